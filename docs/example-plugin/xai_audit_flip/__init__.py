@@ -1,0 +1,48 @@
+"""A complete third-party plugin: one hypothesis, registered by entry point."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from xai_audit import HypothesisContext, HypothesisPlugin, HypothesisResult, Options, hookimpl
+from xai_audit.stats import ALPHA, bootstrap_paired_diff_ci, mcnemar_exact
+
+
+class FlipOptions(Options):
+    axis: str = Field("horizontal", pattern="^(horizontal|vertical)$")
+
+
+class FlipHypothesis(HypothesisPlugin):
+    name = "flip"
+    description = "Mirror every image: a face classifier should not care (horizontal), and may (vertical)."
+    Options = FlipOptions
+
+    def test(self, context: HypothesisContext) -> HypothesisResult:
+        axis = -1 if self.options.axis == "horizontal" else -2
+        flipped = np.ascontiguousarray(np.flip(context.images(), axis=axis))
+        after = context.predict(flipped).argmax(axis=1)
+        before = context.probs.argmax(axis=1)
+        labels = context.labels
+        if labels is None:  # no labels: compare with the model's own clean predictions
+            labels = before
+        ok_before, ok_after = before == labels, after == labels
+        p_value, _, _ = mcnemar_exact(ok_before, ok_after)
+        drop = float(ok_before.mean() - ok_after.mean())
+        return HypothesisResult(
+            claim=f"The model's accuracy drops when images are flipped {self.options.axis}ly.",
+            metric="accuracy",
+            before=float(ok_before.mean()),
+            after=float(ok_after.mean()),
+            effect=drop,
+            ci=bootstrap_paired_diff_ci(ok_before, ok_after, seed=context.seed),
+            p_value=p_value,
+            verdict="supported" if p_value < ALPHA and drop > 0 else "not supported",
+            n=len(labels),
+            test="exact McNemar test",
+        )
+
+
+@hookimpl
+def register_hypotheses() -> list[type[HypothesisPlugin]]:
+    return [FlipHypothesis]

@@ -1,0 +1,13 @@
+"""Built-in model adapter: a torch module (factory + weights) or a TorchScript file."""
+
+from __future__ import annotations
+
+from xai_audit import hookimpl
+from xai_audit.types import ModelAdapterPlugin
+
+from xai_audit_torch.adapter import TorchModelPlugin
+
+
+@hookimpl
+def register_model_adapters() -> list[type[ModelAdapterPlugin]]:
+    return [TorchModelPlugin]

@@ -1,0 +1,1 @@
+"""Report templates and print CSS (a package so installs ship them)."""

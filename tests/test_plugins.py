@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from xai_audit import hookimpl
+from xai_audit.errors import PluginLoadError, PluginNameClash
+from xai_audit.plugins import PluginLoadWarning, make_plugin_manager
+from xai_audit.types import HypothesisPlugin
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_builtins_are_found_through_entry_points(registry):
+    names = {(info.kind, info.name): info for info in registry.all()}
+    assert ("model-adapter", "torch") in names
+    assert ("dataset", "synthetic-faces") in names
+    assert ("dataset", "image-folder") in names
+    assert ("explainer", "integrated-gradients") in names
+    assert ("hypothesis", "grayscale") in names
+    assert ("hypothesis", "group-accuracy") in names
+    info = names[("explainer", "integrated-gradients")]
+    assert info.package == "xai-audit"
+    assert info.version == metadata.version("xai-audit")
+    sources = {ep.name for ep in metadata.entry_points(group="xai_audit")}
+    assert {"torch", "datasets", "captum", "hypotheses"} <= sources
+
+
+def _plugin_with(cls):
+    module = types.ModuleType(f"fake_{cls.__name__}")
+
+    @hookimpl
+    def register_hypotheses():
+        return [cls]
+
+    module.register_hypotheses = register_hypotheses
+    return module
+
+
+def test_two_plugins_with_one_name_is_an_error_naming_both():
+    class A(HypothesisPlugin):
+        name = "same"
+
+        def test(self, context):  # pragma: no cover
+            raise NotImplementedError
+
+    class B(A):
+        pass
+
+    with pytest.raises(PluginNameClash) as info:
+        make_plugin_manager(entry_points=False, extra_plugins=[_plugin_with(A), _plugin_with(B)])
+    message = str(info.value)
+    assert "test_two_plugins_with_one_name_is_an_error_naming_both.<locals>.A" in message or ".A" in message
+    assert "B" in message and '"same"' in message
+
+
+def test_registering_a_non_plugin_class_is_a_clear_error():
+    with pytest.raises(PluginLoadError, match="not a subclass of HypothesisPlugin"):
+        make_plugin_manager(entry_points=False, extra_plugins=[_plugin_with(int)])
+
+
+def test_misspelt_hook_fails_loudly():
+    module = types.ModuleType("typo_plugin")
+
+    @hookimpl
+    def register_hypothesis():  # missing "es"
+        return []
+
+    module.register_hypothesis = register_hypothesis
+    with pytest.raises(PluginLoadError, match="unknown hook"):
+        make_plugin_manager(entry_points=False, extra_plugins=[module])
+
+
+def _with_broken_entry_point(monkeypatch):
+    real = metadata.entry_points
+    broken = metadata.EntryPoint(name="broken", value="no_such_module_for_xai_audit", group="xai_audit")
+
+    def fake(**kwargs):
+        eps = list(real(**kwargs))
+        return eps + [broken] if kwargs.get("group") == "xai_audit" else eps
+
+    monkeypatch.setattr("xai_audit.plugins.metadata.entry_points", fake)
+
+
+def test_a_broken_third_party_plugin_is_skipped_with_a_warning(monkeypatch):
+    _with_broken_entry_point(monkeypatch)
+    with pytest.warns(PluginLoadWarning, match='Error importing plugin "broken"'):
+        registry = make_plugin_manager()
+    assert "grayscale" in registry.names("hypothesis")
+    assert registry.load_errors and "no_such_module_for_xai_audit" in registry.load_errors[0]
+
+
+def test_strict_plugins_makes_a_broken_plugin_fatal(monkeypatch):
+    _with_broken_entry_point(monkeypatch)
+    with pytest.raises(PluginLoadError, match='Error importing plugin "broken"'):
+        make_plugin_manager(strict=True)
+
+
+@pytest.fixture(scope="module")
+def installed_example_plugin(tmp_path_factory):
+    """pip-install docs/example-plugin into a folder and put it on sys.path."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
+         str(ROOT / "docs" / "example-plugin")],
+        check=True,
+    )
+    sys.path.insert(0, str(target))
+    yield target
+    sys.path.remove(str(target))
+    sys.modules.pop("xai_audit_flip", None)
+
+
+def test_third_party_plugin_package_is_discovered_and_runs(installed_example_plugin, write_plan):
+    from conftest import plan_text
+    from xai_audit.cache import Cache
+    from xai_audit.plan import load_plan
+    from xai_audit.runner import run_audit
+
+    registry = make_plugin_manager()
+    info = registry.get("hypothesis", "flip")
+    assert (info.package, info.version) == ("xai-audit-flip", "0.2.0")
+    plan = load_plan(write_plan(plan_text("", "  - flip: {axis: horizontal}\n")), registry)
+    results = run_audit(plan, registry, cache=Cache(None)).results
+    entry = results["hypotheses"]["flip"]
+    assert entry["status"] == "ok", results["failures"]
+    assert entry["metric"] == "accuracy" and 0 <= entry["after"] <= 1
+    assert {"kind": "hypothesis", "name": "flip", "version": "0.2.0", "package": "xai-audit-flip"} in results[
+        "provenance"
+    ]["plugins"]
+
+
+@pytest.mark.parametrize(
+    "hook, kind",
+    [
+        ("register_model_adapters", "model-adapter"),
+        ("register_datasets", "dataset"),
+        ("register_explainers", "explainer"),
+        ("register_hypotheses", "hypothesis"),
+    ],
+)
+def test_each_discovery_hook_returns_classes_of_its_kind(registry, hook, kind):
+    returned = [cls for classes in getattr(registry.pm.hook, hook)() for cls in classes]
+    assert returned and all(cls.kind == kind for cls in returned)
+    assert sorted(cls.name for cls in returned) == registry.names(kind)

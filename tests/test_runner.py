@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+import pytest
+
+from conftest import plan_text
+from xai_audit import hookimpl
+from xai_audit.cache import Cache
+from xai_audit.plan import load_plan
+from xai_audit.plugins import make_plugin_manager
+from xai_audit.runner import run_audit
+from xai_audit.types import ExplainerPlugin, HypothesisPlugin
+
+IG = "  - integrated-gradients: {steps: 4}\n"
+HYPS = "  - grayscale\n  - group-accuracy: {by: [skin_tone], min_group_size: 2}\n"
+
+
+class Exploding(HypothesisPlugin):
+    name = "exploding"
+
+    def test(self, context):
+        raise RuntimeError("boom in a plugin")
+
+
+class ExplodingExplainer(ExplainerPlugin):
+    name = "exploding-explainer"
+
+    def explain(self, model, samples, targets, seed):
+        raise ValueError("explainer broke")
+
+
+def _registry_with_failing_plugins():
+    module = types.ModuleType("failing_plugins")
+    module.register_hypotheses = hookimpl(lambda: [Exploding])
+    module.register_explainers = hookimpl(lambda: [ExplodingExplainer])
+    return make_plugin_manager(extra_plugins=[module])
+
+
+def test_audit_produces_every_part(write_plan, registry):
+    plan = load_plan(write_plan(plan_text(IG, HYPS)), registry)
+    outcome = run_audit(plan, registry, cache=Cache(None))
+    r = outcome.results
+    assert r["schema_version"] == "1.0"
+    assert r["samples"]["n"] == 28 and r["samples"]["labelled"]
+    assert 0 <= r["accuracy"]["value"] <= 1 and r["accuracy"]["ci"][0] <= r["accuracy"]["value"] <= r["accuracy"]["ci"][1]
+    assert np.array(r["confusion_matrix"]).sum() == 28
+    ig = r["explainers"]["integrated-gradients"]
+    assert ig["status"] == "ok" and ig["n_samples"] == 4
+    exp = outcome.explanations["integrated-gradients"]
+    assert exp.maps.shape == (4, 32, 32) and exp.signed
+    gray = r["hypotheses"]["grayscale"]
+    assert gray["status"] == "ok" and gray["metric"] == "accuracy"
+    assert gray["p_value_adjusted"] >= gray["p_value"]
+    groups = r["hypotheses"]["group-accuracy"]
+    assert {row["group"] for row in groups["breakdown"]["skin_tone"]} == {"I", "II", "III", "IV", "V", "VI"}
+    assert r["provenance"]["model"]["files"][0]["sha256"]
+    assert r["failures"] == []
+    json.dumps(r, allow_nan=False)  # strict JSON
+
+
+def test_a_raising_plugin_is_recorded_and_the_rest_completes(write_plan):
+    registry = _registry_with_failing_plugins()
+    plan = load_plan(
+        write_plan(plan_text(IG + "  - exploding-explainer\n", "  - exploding\n  - grayscale\n")), registry
+    )
+    r = run_audit(plan, registry, cache=Cache(None)).results
+    assert r["explainers"]["exploding-explainer"]["status"] == "failed"
+    assert r["hypotheses"]["exploding"]["status"] == "failed"
+    assert r["explainers"]["integrated-gradients"]["status"] == "ok"
+    assert r["hypotheses"]["grayscale"]["status"] == "ok"
+    errors = {f["step"]: f["error"] for f in r["failures"]}
+    assert errors == {
+        "explainer exploding-explainer": "ValueError: explainer broke",
+        "hypothesis exploding": "RuntimeError: boom in a plugin",
+    }
+
+
+def test_second_run_reuses_the_cache_and_computes_only_the_new_step(write_plan, registry, tmp_path):
+    cache_dir = tmp_path / "cache"
+    first = load_plan(write_plan(plan_text(IG, "  - grayscale\n")), registry)
+    cache = Cache(cache_dir)
+    r1 = run_audit(first, registry, cache=cache).results
+    assert (cache.hits, cache.misses) == (0, 3)  # baseline, one explainer, one hypothesis
+
+    cache = Cache(cache_dir)
+    r2 = run_audit(first, registry, cache=cache).results
+    assert (cache.hits, cache.misses) == (3, 0)
+    assert r2["hypotheses"]["grayscale"] == r1["hypotheses"]["grayscale"]
+
+    third = load_plan(write_plan(plan_text(IG, "  - grayscale\n  - group-accuracy\n"), "plan3.yaml"), registry)
+    cache = Cache(cache_dir)
+    run_audit(third, registry, cache=cache)
+    assert (cache.hits, cache.misses) == (3, 1)  # only the new hypothesis ran
+
+    changed = load_plan(write_plan(plan_text(IG.replace("4", "6"), "  - grayscale\n"), "plan4.yaml"), registry)
+    cache = Cache(cache_dir)
+    run_audit(changed, registry, cache=cache)
+    assert (cache.hits, cache.misses) == (2, 1)  # new options: only that explainer recomputes
+
+
+def test_a_corrupt_cache_entry_is_recomputed(write_plan, registry, tmp_path):
+    cache_dir = tmp_path / "cache"
+    plan = load_plan(write_plan(plan_text("", "  - grayscale\n")), registry)
+    r1 = run_audit(plan, registry, cache=Cache(cache_dir)).results
+    for npz in cache_dir.rglob("arrays.npz"):
+        npz.write_bytes(b"garbage")
+    cache = Cache(cache_dir)
+    r2 = run_audit(plan, registry, cache=cache).results
+    assert cache.hits == 0 and cache.misses == 2
+    assert r2["hypotheses"] == r1["hypotheses"]
+
+
+def _numbers(results):
+    r = dict(results)
+    for key in ("started", "finished", "cache"):
+        r.pop(key)
+    return r
+
+
+def test_two_runs_with_one_seed_give_the_same_numbers(write_plan, registry):
+    plan = load_plan(write_plan(plan_text(IG, HYPS)), registry)
+    a = run_audit(plan, registry, cache=Cache(None))
+    b = run_audit(plan, registry, cache=Cache(None))
+    assert _numbers(a.results) == _numbers(b.results)
+    np.testing.assert_array_equal(a.explanations["integrated-gradients"].maps, b.explanations["integrated-gradients"].maps)
+
+
+def test_labels_are_mapped_to_the_models_class_order(write_plan, registry):
+    text = plan_text().replace("classes: [happy, sad,", "classes: [sad, happy,")
+    r = run_audit(load_plan(write_plan(text), registry), registry, cache=Cache(None)).results
+    assert r["classes"][:2] == ["sad", "happy"]
+    per_class = {row["class"]: row["n"] for row in r["per_class"]}
+    assert per_class["sad"] == per_class["happy"] == 4  # 28 balanced samples over 7 classes

@@ -1,0 +1,198 @@
+"""The command line: run, validate, plugins, demo.
+
+Exit status: 0 the audit ran, 1 the audit ran and a check failed,
+2 bad input (plan, model, data, plugin): one clear line, no traceback
+unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from xai_audit.errors import PlanError, XaiAuditError
+
+app = typer.Typer(
+    name="xai-audit",
+    help="Audit what an image classifier looks at, and write it down.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": False}
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
+    """Audit what an image classifier looks at, and write it down."""
+    _state["debug"] = debug
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PlanError as exc:
+            if _state["debug"]:
+                raise
+            for problem in exc.problems:
+                _err(f"error: {problem}")
+            raise typer.Exit(2) from None
+        except XaiAuditError as exc:
+            if _state["debug"]:
+                raise
+            _err(f"error: {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _registry(strict: bool = False):
+    from xai_audit.plugins import PluginLoadWarning, make_plugin_manager
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PluginLoadWarning)
+        registry = make_plugin_manager(strict=strict)
+    for w in caught:
+        if issubclass(w.category, PluginLoadWarning):
+            _err(f"warning: {w.message}")
+    return registry
+
+
+def _cache(cache_dir: Optional[Path], no_cache: bool):
+    from xai_audit.cache import Cache, default_cache_dir
+
+    return Cache(None if no_cache else (cache_dir or default_cache_dir()))
+
+
+def _write(outcome, registry, out: Path, formats: list[str], templates: Optional[Path]) -> dict[str, Path]:
+    from xai_audit.report import ReportArtifacts, write_report
+
+    template_dirs = [templates] if templates else []
+    for dirs in registry.pm.hook.register_template_dirs():
+        template_dirs.extend(Path(d) for d in dirs or [])
+    artifacts = ReportArtifacts(
+        images=outcome.images, explanations=outcome.explanations,
+        predictions=outcome.predictions, labels=outcome.labels,
+    )
+    return write_report(outcome.results, artifacts, out, formats=formats, template_dirs=template_dirs)
+
+
+CacheDir = typer.Option(None, "--cache-dir", help="Step cache folder (default: $XAI_AUDIT_CACHE or ./.xai-audit-cache).")
+NoCache = typer.Option(False, "--no-cache", help="Compute every step afresh and store nothing.")
+Templates = typer.Option(None, "--templates", help="A folder of templates that override the built-in ones.")
+Strict = typer.Option(False, "--strict-plugins", help="Fail when a third-party plugin cannot be imported.")
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
+@app.command()
+@handles_errors
+def run(
+    plan: Path = typer.Argument(..., help="The audit plan (YAML)."),
+    out: Path = typer.Option(Path("xai-audit-report"), "--out", "-o", help="Folder for the report."),
+    cache_dir: Optional[Path] = CacheDir,
+    no_cache: bool = NoCache,
+    templates: Optional[Path] = Templates,
+    strict_plugins: bool = Strict,
+    quiet: bool = Quiet,
+) -> None:
+    """Run the audit PLAN and write report.html, report.pdf and results.json."""
+    from xai_audit.plan import load_plan
+    from xai_audit.runner import run_audit
+
+    registry = _registry(strict_plugins)
+    validated = load_plan(plan, registry)
+    outcome = run_audit(validated, registry, cache=_cache(cache_dir, no_cache), progress=not quiet and sys.stderr.isatty())
+    written = _write(outcome, registry, out, validated.report.formats, templates)
+    _summarise(outcome.results, written)
+
+
+def _summarise(results: dict, written: dict[str, Path]) -> None:
+    acc = results.get("accuracy")
+    if acc:
+        lo, hi = acc["ci"]
+        typer.echo(f"accuracy: {100 * acc['value']:.1f} % (95 % CI {100 * lo:.1f}-{100 * hi:.1f} %, n = {acc['n']})")
+    for finding in results.get("findings", [])[:5]:
+        typer.echo(f"finding [{finding['severity']}]: {finding['title']}")
+    if results.get("failures"):
+        typer.echo(f"{len(results['failures'])} step(s) could not run; see the report's last section")
+    for kind, path in written.items():
+        typer.echo(f"{kind}: {path}")
+
+
+@app.command()
+@handles_errors
+def validate(plan: Path = typer.Argument(..., help="The audit plan (YAML)."), strict_plugins: bool = Strict) -> None:
+    """Check PLAN: every problem with its file, line and field."""
+    from xai_audit.plan import load_plan
+
+    validated = load_plan(plan, _registry(strict_plugins))
+    typer.echo(
+        f"{plan}: valid ({len(validated.explainers)} explainer(s), {len(validated.hypotheses)} hypothesis(es))"
+    )
+
+
+@app.command()
+@handles_errors
+def plugins(strict_plugins: bool = Strict) -> None:
+    """List every plugin by kind, name, version and the package it came from."""
+    from rich.console import Console
+    from rich.table import Table
+
+    registry = _registry(strict_plugins)
+    table = Table("kind", "name", "version", "package", "description")
+    for info in registry.all():
+        table.add_row(info.kind, info.name, info.version, info.package, info.cls.description)
+    Console(width=160).print(table)
+
+
+@app.command()
+@handles_errors
+def demo(
+    out: Path = typer.Option(Path("xai-audit-report"), "--out", "-o", help="Folder for the report."),
+    seed: int = typer.Option(0, help="Seed for the data, training and audit."),
+    shortcuts: bool = typer.Option(True, help="Plant the shortcuts in the training split (--no-shortcuts: clean)."),
+    cache_dir: Optional[Path] = CacheDir,
+    quiet: bool = Quiet,
+) -> None:
+    """Draw synthetic faces, train a small CNN on the CPU, audit it, write the report."""
+    import time
+
+    from xai_audit.demo.plan import demo_plan, write_demo_plan
+    from xai_audit.demo.train import train_demo_model
+    from xai_audit.plan import load_plan
+    from xai_audit.runner import run_audit
+
+    start = time.perf_counter()
+    registry = _registry()
+    cache = _cache(cache_dir, False)
+    trained = train_demo_model(registry, cache, seed=seed, shortcuts=shortcuts, log=typer.echo)
+    typer.echo(
+        "demo model: reused from the cache" if trained.cached else f"demo model trained in {trained.seconds:.0f} s"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    plan_path = out / "plan.yaml"
+    write_demo_plan(plan_path, demo_plan(trained.weights, seed=seed))
+    validated = load_plan(plan_path, registry)
+    outcome = run_audit(validated, registry, cache=cache, progress=not quiet and sys.stderr.isatty())
+    written = _write(outcome, registry, out, validated.report.formats, None)
+    acc = outcome.results.get("accuracy")
+    if acc:
+        typer.echo(f"test accuracy on clean synthetic faces: {100 * acc['value']:.1f} %")
+    _summarise({**outcome.results, "accuracy": None}, written)
+    typer.echo(f"done in {time.perf_counter() - start:.0f} s. Open {written.get('html', out)} in a browser.")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,32 @@
+"""The demo CNN: small enough to train on two CPU cores in seconds."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+EMOTIONS = ["happy", "sad", "neutral", "angry", "disgust", "fear", "surprise"]
+
+
+class DemoCNN(nn.Module):
+    """Three conv blocks, global average pooling, a linear head. Input: (N, 3, 64, 64)."""
+
+    classes = EMOTIONS
+
+    def __init__(self, n_classes: int = len(EMOTIONS), width: int = 16):
+        super().__init__()
+
+        def block(c_in: int, c_out: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=False), nn.MaxPool2d(2)
+            )
+
+        self.features = nn.Sequential(block(3, width), block(width, 2 * width), block(2 * width, 4 * width))
+        self.conv_last = nn.Conv2d(4 * width, 4 * width, 3, padding=1)
+        self.relu = nn.ReLU(inplace=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(4 * width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv_last(self.features(x)))
+        return self.head(torch.flatten(self.pool(x), 1))

@@ -1,0 +1,34 @@
+"""The demo's audit plan, written next to its report so a user can re-run or edit it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from xai_audit.demo.model import EMOTIONS
+
+
+def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 700) -> dict:
+    return {
+        "seed": seed,
+        "model": {
+            "adapter": "torch",
+            "module": "xai_audit.demo.model:DemoCNN",
+            "weights": str(weights.resolve()),
+            "classes": list(EMOTIONS),
+        },
+        "dataset": {"loader": "synthetic-faces", "split": "test", "n": n_test, "seed": seed},
+        "explain": {"samples": 12},
+        "explainers": [{"integrated-gradients": {"steps": 32}}],
+        "hypotheses": [{"grayscale": {}}, {"group-accuracy": {"by": ["skin_tone"]}}],
+        "report": {"title": "Demo audit: emotion CNN on synthetic faces"},
+    }
+
+
+def write_demo_plan(path: Path, plan: dict) -> None:
+    header = (
+        "# The audit plan `xai-audit demo` ran. Re-run it with:\n"
+        f"#   xai-audit run {path.name} --out <folder>\n"
+    )
+    path.write_text(header + yaml.safe_dump(plan, sort_keys=False))

@@ -1,0 +1,78 @@
+"""Train the demo CNN on the synthetic faces' train split (with its planted shortcuts)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from xai_audit.cache import Cache, content_key
+from xai_audit.demo.model import EMOTIONS, DemoCNN
+from xai_audit.plugins import Registry
+from xai_audit.types import LoadContext
+
+#: bump when the architecture or the recipe changes, so cached weights are not reused
+RECIPE_VERSION = 1
+
+
+@dataclass
+class TrainedModel:
+    weights: Path
+    cached: bool
+    seconds: float
+    train_options: dict[str, Any]
+
+
+def train_demo_model(
+    registry: Registry,
+    cache: Cache,
+    *,
+    seed: int = 0,
+    n_train: int = 3000,
+    epochs: int = 8,
+    shortcuts: bool = True,
+    log=print,
+) -> TrainedModel:
+    train_options: dict[str, Any] = {"split": "train", "n": n_train, "seed": seed + 1}
+    if not shortcuts:
+        train_options.update(dark_sad=0.0, dark_other=0.0, rare_tone=None)
+    key = content_key("demo-model", RECIPE_VERSION, train_options, epochs, seed)
+    path = cache.file_path(f"demo-model-{key[:16]}.pt")
+    if path.exists():
+        return TrainedModel(path, True, 0.0, train_options)
+
+    start = time.perf_counter()
+    plugin = registry.get("dataset", "synthetic-faces").cls
+    dataset = plugin(plugin.Options(**train_options)).load(LoadContext(base_dir=Path.cwd(), seed=seed))
+    samples = [dataset[i] for i in range(len(dataset))]
+    x = torch.as_tensor(np.stack([s.image for s in samples]), dtype=torch.float32)
+    y = torch.as_tensor([s.label for s in samples], dtype=torch.long)
+    log(f"training the demo CNN on {len(samples)} synthetic faces ({epochs} epochs, CPU)...")
+
+    torch.manual_seed(seed)
+    model = DemoCNN(n_classes=len(EMOTIONS))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    steps_per_epoch = (len(x) + 63) // 64
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=epochs * steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start_i in range(0, len(x), 64):
+            idx = order[start_i : start_i + 64]
+            optimiser.zero_grad()
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+    model.eval()
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return TrainedModel(path, False, time.perf_counter() - start, train_options)

@@ -1,0 +1,60 @@
+"""The plugin contract: every hook a plugin may implement.
+
+Discovery hooks are called once per run, with no arguments, on every
+registered plugin; each returns a list of classes (subclasses of the base
+classes in :mod:`xai_audit.types`), and the host indexes them by ``name``.
+Two classes with one name for one kind is an error naming both.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from xai_audit.types import DatasetPlugin, ExplainerPlugin, HypothesisPlugin, ModelAdapterPlugin
+
+hookspec = pluggy.HookspecMarker("xai_audit")
+
+
+@hookspec
+def register_model_adapters() -> list[type[ModelAdapterPlugin]]:
+    """Return model adapter classes.
+
+    Called when the plugin manager is built. Each class turns the plan's
+    ``model:`` options into a :class:`~xai_audit.types.ModelAdapter`.
+    """
+
+
+@hookspec
+def register_datasets() -> list[type[DatasetPlugin]]:
+    """Return data set classes.
+
+    Called when the plugin manager is built. Each class turns the plan's
+    ``dataset:`` options into a :class:`~xai_audit.types.Dataset`.
+    """
+
+
+@hookspec
+def register_explainers() -> list[type[ExplainerPlugin]]:
+    """Return explainer classes.
+
+    Called when the plugin manager is built. Each class returns an
+    :class:`~xai_audit.types.Explanation` for a batch of samples.
+    """
+
+
+@hookspec
+def register_hypotheses() -> list[type[HypothesisPlugin]]:
+    """Return hypothesis classes.
+
+    Called when the plugin manager is built. Each class returns a
+    :class:`~xai_audit.types.HypothesisResult`.
+    """
+
+
+@hookspec
+def register_template_dirs() -> list[str]:
+    """Return folders of jinja2 templates this plugin ships.
+
+    Searched after a user's ``--templates`` folder and before the built-in
+    templates, so a plugin can add a section template or override one.
+    """

@@ -1,0 +1,304 @@
+"""The audit plan: YAML in, a validated :class:`Plan` out.
+
+Every problem is reported at once, each with the file, the line and the
+field, and the nearest valid name for a typo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from xai_audit.errors import PlanError
+from xai_audit.plugins import PluginInfo, Registry, suggest
+from xai_audit.types import Options
+
+FORMATS = ("html", "pdf", "json")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReportSpec(_Strict):
+    title: str = "xai-audit report"
+    formats: list[Literal["html", "pdf", "json"]] = Field(default_factory=lambda: list(FORMATS))
+
+
+class ExplainSpec(_Strict):
+    #: how many audited samples the explainers explain (chosen across classes, errors first)
+    samples: int = Field(12, ge=1, le=100_000)
+
+
+class RuntimeSpec(_Strict):
+    batch_size: int = Field(64, ge=1, le=65_536)
+    device: str = "cpu"
+
+
+class _PlanSchema(_Strict):
+    seed: int = 0
+    model: dict[str, Any]
+    dataset: dict[str, Any]
+    explainers: list[Any] = Field(default_factory=list)
+    hypotheses: list[Any] = Field(default_factory=list)
+    explain: ExplainSpec = Field(default_factory=ExplainSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+
+
+@dataclass
+class Step:
+    """One plugin use in the plan: its kind, plan name, plugin and validated options."""
+
+    kind: str
+    name: str
+    plugin: PluginInfo
+    options: Options
+
+    def instantiate(self) -> Any:
+        return self.plugin.cls(self.options)
+
+    def options_dict(self) -> dict[str, Any]:
+        return self.options.model_dump(mode="json")
+
+
+@dataclass
+class Plan:
+    path: Path | None
+    base_dir: Path
+    seed: int
+    model: Step
+    dataset: Step
+    sample: int | None
+    explainers: list[Step]
+    hypotheses: list[Step]
+    explain: ExplainSpec
+    report: ReportSpec
+    runtime: RuntimeSpec
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def as_run(self) -> dict[str, Any]:
+        """The validated plan with every default filled in, for results.json."""
+        return {
+            "seed": self.seed,
+            "model": {"adapter": self.model.name, **self.model.options_dict()},
+            "dataset": {"loader": self.dataset.name, "sample": self.sample, **self.dataset.options_dict()},
+            "explainers": [{s.name: s.options_dict()} for s in self.explainers],
+            "hypotheses": [{s.name: s.options_dict()} for s in self.hypotheses],
+            "explain": self.explain.model_dump(),
+            "report": self.report.model_dump(),
+            "runtime": self.runtime.model_dump(),
+        }
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader that records the line of every mapping key and sequence item."""
+
+
+def _compose_lines(text: str) -> dict[tuple, int]:
+    """Map each path (tuple of keys / indices) to its 1-based line in ``text``."""
+    lines: dict[tuple, int] = {}
+    root = yaml.compose(text, Loader=_LineLoader)
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value
+                lines[path + (key,)] = key_node.start_mark.line + 1
+                walk(value_node, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[path + (i,)] = item.start_mark.line + 1
+                walk(item, path + (i,))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+class _Problems:
+    def __init__(self, filename: str, lines: dict[tuple, int]):
+        self.filename = filename
+        self.lines = lines
+        self.items: list[str] = []
+
+    def add(self, path: tuple, message: str) -> None:
+        line = None
+        for cut in range(len(path), -1, -1):
+            if path[:cut] in self.lines:
+                line = self.lines[path[:cut]]
+                break
+        where = f"{self.filename}:{line}" if line else self.filename
+        field_name = _format_path(path)
+        self.items.append(f"{where}: {field_name}: {message}" if field_name else f"{where}: {message}")
+
+
+def _format_path(path: tuple) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_plan(path: str | Path, registry: Registry) -> Plan:
+    """Read, parse and validate a plan file. Raises :class:`PlanError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlanError([f"{path}: plan file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanError([f"{path}: cannot read plan: {exc}"]) from None
+    return parse_plan(text, registry, filename=str(path), base_dir=path.resolve().parent)
+
+
+def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_dir: Path | None = None) -> Plan:
+    try:
+        data = yaml.safe_load(text)
+        lines = _compose_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{filename}:{mark.line + 1}" if mark else filename
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PlanError([f"{where}: not valid YAML: {problem}"]) from None
+    problems = _Problems(filename, lines)
+    if not isinstance(data, dict):
+        problems.add((), "a plan must be a YAML mapping with at least 'model' and 'dataset'")
+        raise PlanError(problems.items)
+
+    schema: _PlanSchema | None = None
+    try:
+        schema = _PlanSchema.model_validate(data)
+    except ValidationError as exc:
+        _add_pydantic_errors(problems, (), exc, _PlanSchema)
+
+    # the plugin sections are checked even when the top level has problems, so every problem shows at once
+    model = dataset = None
+    if isinstance(data.get("model"), dict):
+        model = _plugin_step(problems, registry, "model-adapter", ("model",), data["model"], key="adapter")
+    sample = None
+    if isinstance(data.get("dataset"), dict):
+        dataset_options = dict(data["dataset"])
+        sample = dataset_options.pop("sample", None)
+        if sample is not None and (not isinstance(sample, int) or isinstance(sample, bool) or sample < 1):
+            problems.add(("dataset", "sample"), f"must be a positive whole number, got {sample!r}")
+            sample = None
+        dataset = _plugin_step(problems, registry, "dataset", ("dataset",), dataset_options, key="loader")
+    lists = {}
+    for section, kind in (("explainers", "explainer"), ("hypotheses", "hypothesis")):
+        entries = data.get(section) or []
+        lists[section] = _plugin_list(problems, registry, kind, section, entries) if isinstance(entries, list) else []
+    if problems.items or schema is None or model is None or dataset is None:
+        raise PlanError(problems.items or [f"{filename}: invalid plan"])
+    explainers, hypotheses = lists["explainers"], lists["hypotheses"]
+    return Plan(
+        path=Path(filename) if filename != "<plan>" else None,
+        base_dir=base_dir or Path.cwd(),
+        seed=schema.seed,
+        model=model,
+        dataset=dataset,
+        sample=sample,
+        explainers=explainers,
+        hypotheses=hypotheses,
+        explain=schema.explain,
+        report=schema.report,
+        runtime=schema.runtime,
+        raw=data,
+    )
+
+
+def _plugin_step(
+    problems: _Problems, registry: Registry, kind: str, path: tuple, options: Any, *, key: str
+) -> Step | None:
+    if not isinstance(options, dict):
+        problems.add(path, "must be a mapping")
+        return None
+    options = dict(options)
+    name = options.pop(key, None)
+    if not isinstance(name, str):
+        problems.add(path, f"missing '{key}': the {kind} plugin to use{suggest('', registry.names(kind))}")
+        return None
+    return _validate_step(problems, registry, kind, path, name, options, name_path=path + (key,))
+
+
+def _plugin_list(problems: _Problems, registry: Registry, kind: str, section: str, entries: list) -> list[Step]:
+    steps: list[Step] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        path = (section, i)
+        if isinstance(entry, str):
+            name, options = entry, {}
+        elif isinstance(entry, dict) and len(entry) == 1:
+            name, options = next(iter(entry.items()))
+            options = {} if options is None else options
+        else:
+            problems.add(path, f"each entry is a {kind} name, or one '{kind}-name: {{options}}' mapping")
+            continue
+        if not isinstance(options, dict):
+            problems.add(path + (name,), "options must be a mapping")
+            continue
+        if name in seen:
+            problems.add(path + (name,), f'"{name}" is listed twice')
+            continue
+        seen.add(name)
+        step = _validate_step(problems, registry, kind, path + (name,), str(name), options, name_path=path)
+        if step is not None:
+            steps.append(step)
+    return steps
+
+
+def _validate_step(
+    problems: _Problems, registry: Registry, kind: str, path: tuple, name: str, options: dict, *, name_path: tuple
+) -> Step | None:
+    names = registry.names(kind)
+    if name not in names:
+        problems.add(name_path, f'unknown {kind} "{name}"{suggest(name, names)}')
+        return None
+    info = registry.get(kind, name)
+    try:
+        validated = info.cls.Options.model_validate(options)
+    except ValidationError as exc:
+        _add_pydantic_errors(problems, path, exc, info.cls.Options)
+        return None
+    return Step(kind=kind, name=name, plugin=info, options=validated)
+
+
+def _add_pydantic_errors(problems: _Problems, base: tuple, exc: ValidationError, model: type[BaseModel]) -> None:
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            valid = list(parent.model_fields) if parent is not None else []
+            message = f"unknown option{suggest(str(loc[-1]), valid)}"
+        elif error["type"] == "missing":
+            message = "required option is missing"
+        elif "input" in error and error["type"] not in ("missing",):
+            message = f"{message} (got {error['input']!r})"
+        problems.add(base + loc, message)
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field_info = getattr(current, "model_fields", {}).get(part)
+        if field_info is None:
+            return None
+        current = field_info.annotation
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None

@@ -1,0 +1,401 @@
+"""The runner: baseline predictions, then explainers, then hypotheses.
+
+Each step reads only what the step before produced, and each step's output is
+cached by a content hash of model weights, data and options. A plugin that
+raises is recorded in ``failures``; the rest of the audit completes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import platform
+import sys
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from xai_audit import __version__
+from xai_audit.cache import Cache, content_key
+from xai_audit.errors import DataError, ModelError, XaiAuditError
+from xai_audit.plan import Plan, Step
+from xai_audit.plugins import Registry
+from xai_audit.findings import derive_findings
+from xai_audit.serialize import (
+    explanation_from_cache,
+    explanation_to_cache,
+    hypothesis_from_cache,
+    hypothesis_to_cache,
+    to_jsonable,
+)
+from xai_audit.stats import ALPHA, holm, wilson_ci
+from xai_audit.types import Dataset, Explanation, HypothesisContext, HypothesisResult, LoadContext, ModelAdapter, Sample
+
+SCHEMA_VERSION = "1.0"
+log = logging.getLogger("xai_audit")
+
+
+@dataclass
+class AuditOutcome:
+    """What the runner hands the report stage: plain results and the arrays for figures."""
+
+    results: dict[str, Any]
+    images: dict[str, np.ndarray]
+    explanations: dict[str, Explanation]
+    predictions: dict[str, tuple[int, float]]
+    labels: dict[str, int | None]
+
+
+class _Progress:
+    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool, total: int):
+        self._progress = None
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description:<34}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(), transient=False,
+            )
+            self._task = self._progress.add_task("audit", total=total)
+
+    def __enter__(self) -> "_Progress":
+        if self._progress is not None:
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    @contextmanager
+    def step(self, description: str) -> Iterator[None]:
+        if self._progress is not None:
+            self._progress.update(self._task, description=description)
+        try:
+            yield
+        finally:
+            if self._progress is not None:
+                self._progress.advance(self._task)
+
+
+def run_audit(plan: Plan, registry: Registry, *, cache: Cache, progress: bool = False) -> AuditOutcome:
+    started = _now()
+    seed = plan.seed
+    context = LoadContext(base_dir=plan.base_dir, seed=seed, device=plan.runtime.device)
+    model = _load(plan.model, context, ModelError, "model")
+    dataset = _load(plan.dataset, context, DataError, "data set")
+    samples = _select_samples(dataset, plan.sample, seed)
+    samples = _align_labels(samples, dataset, model, plan)
+    ids = [s.id for s in samples]
+    ids_sha = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    model_fp, data_fp = model.fingerprint(), dataset.fingerprint()
+    base_key = {"model": model_fp, "data": data_fp, "ids": ids_sha, "seed": seed}
+    failures: list[dict[str, str]] = []
+    n_steps = 1 + len(plan.explainers) + len(plan.hypotheses)
+
+    with _Progress(progress, n_steps) as bar:
+        with bar.step("baseline predictions"):
+            probs = _baseline(model, samples, plan, cache, base_key)
+        labels = np.array([-1 if s.label is None else s.label for s in samples])
+        labelled = bool(len(samples)) and all(s.label is not None for s in samples)
+        preds = probs.argmax(axis=1)
+
+        chosen = _choose_examples(samples, preds, labels if labelled else None, plan.explain.samples)
+        chosen_samples = [samples[i] for i in chosen]
+        targets = preds[chosen]
+        explanations: dict[str, Explanation] = {}
+        explainer_results: dict[str, Any] = {}
+        for step in plan.explainers:
+            with bar.step(f"explainer {step.name}"):
+                entry = {"status": "ok", "plugin": step.plugin.name, "options": step.options_dict()}
+                try:
+                    exp = _explain(step, model, chosen_samples, targets, seed, cache, base_key)
+                    explanations[step.name] = exp
+                    entry.update(
+                        n_samples=len(exp.sample_ids), sample_ids=exp.sample_ids, targets=exp.targets.tolist(),
+                        scalars=exp.scalars, tables=exp.tables, notes=exp.notes,
+                    )
+                except Exception as exc:  # a failing plugin is recorded, not fatal
+                    entry["status"] = "failed"
+                    failures.append(_failure(f"explainer {step.name}", step, exc))
+                explainer_results[step.name] = entry
+
+        hyp_context = HypothesisContext(
+            model=model, samples=samples, probs=probs, classes=list(model.classes), seed=seed,
+            predict=lambda images: model.predict_proba(images, batch_size=plan.runtime.batch_size),
+        )
+        hypothesis_results: dict[str, Any] = {}
+        for step in plan.hypotheses:
+            with bar.step(f"hypothesis {step.name}"):
+                entry = {"status": "ok", "plugin": step.plugin.name, "options": step.options_dict()}
+                try:
+                    result = _hypothesis(step, hyp_context, cache, base_key)
+                    entry.update(_result_dict(result))
+                except Exception as exc:
+                    entry["status"] = "failed"
+                    failures.append(_failure(f"hypothesis {step.name}", step, exc))
+                hypothesis_results[step.name] = entry
+    _correct_for_multiple_tests(hypothesis_results)
+
+    accuracy, confusion, per_class = _accuracy_tables(labels, preds, list(model.classes), labelled)
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "xai-audit", "version": __version__},
+        "title": plan.report.title,
+        "started": started,
+        "finished": None,
+        "seed": seed,
+        "plan": plan.as_run(),
+        "provenance": _provenance(plan, registry, model, dataset, model_fp, data_fp),
+        "classes": list(model.classes),
+        "samples": {"n": len(samples), "ids_sha256": ids_sha, "labelled": labelled},
+        "accuracy": accuracy,
+        "confusion_matrix": confusion,
+        "per_class": per_class,
+        "prediction_share": {c: float(np.mean(preds == k)) if len(preds) else 0.0 for k, c in enumerate(model.classes)},
+        "explainers": explainer_results,
+        "hypotheses": hypothesis_results,
+        "findings": [],
+        "failures": failures,
+        "cache": {"hits": cache.hits, "misses": cache.misses},
+    }
+    results["findings"] = derive_findings(results)
+    results["finished"] = _now()
+    results = to_jsonable(results)
+
+    shown = set(chosen.tolist())
+    for entry in hypothesis_results.values():
+        shown.update(i for i, s in enumerate(samples) if s.id in set(entry.get("examples", [])))
+    return AuditOutcome(
+        results=results,
+        images={samples[i].id: samples[i].image for i in sorted(shown)},
+        explanations=explanations,
+        predictions={samples[i].id: (int(preds[i]), float(probs[i, preds[i]])) for i in sorted(shown)},
+        labels={samples[i].id: samples[i].label for i in sorted(shown)},
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _load(step: Step, context: LoadContext, error: type[XaiAuditError], what: str) -> Any:
+    try:
+        return step.instantiate().load(context)
+    except XaiAuditError:
+        raise
+    except Exception as exc:
+        raise error(f"cannot load the {what} with plugin '{step.name}': {type(exc).__name__}: {exc}") from exc
+
+
+def _select_samples(dataset: Dataset, sample: int | None, seed: int) -> list[Sample]:
+    n = len(dataset)
+    if n == 0:
+        raise DataError("the data set has no samples")
+    if sample is not None and sample < n:
+        indices = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    else:
+        indices = np.arange(n)
+    return [dataset[int(i)] for i in indices]
+
+
+def _align_labels(samples: list[Sample], dataset: Dataset, model: ModelAdapter, plan: Plan) -> list[Sample]:
+    """Re-index labels from the data set's class order to the model's."""
+    if dataset.classes is None or list(dataset.classes) == list(model.classes):
+        return samples
+    index = {name: k for k, name in enumerate(model.classes)}
+    unknown = [c for c in dataset.classes if c not in index]
+    if unknown:
+        raise DataError(
+            f"data set class {unknown[0]!r} is not among the model's classes {list(model.classes)} "
+            f"(dataset loader '{plan.dataset.name}')"
+        )
+    mapping = {k: index[name] for k, name in enumerate(dataset.classes)}
+    return [s if s.label is None else dataclasses.replace(s, label=mapping[s.label]) for s in samples]
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _baseline(model: ModelAdapter, samples: list[Sample], plan: Plan, cache: Cache, base_key: dict) -> np.ndarray:
+    key = content_key("baseline", base_key)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit[1]["probs"]
+    _seed_everything(plan.seed)
+    images = np.stack([s.image for s in samples]).astype(np.float32)
+    try:
+        probs = model.predict_proba(images, batch_size=plan.runtime.batch_size)
+    except XaiAuditError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"the model failed on the baseline predictions: {type(exc).__name__}: {exc}") from exc
+    if not np.all(np.isfinite(probs)):
+        bad = samples[int(np.flatnonzero(~np.isfinite(probs).all(axis=1))[0])].id
+        raise ModelError(f"the model returned NaN or infinite scores (first on sample {bad!r})")
+    cache.put(key, {}, {"probs": probs})
+    return probs
+
+
+def _step_key(kind: str, step: Step, base_key: dict, extra: Any = None) -> str:
+    return content_key(kind, step.name, step.plugin.package, step.plugin.version, step.options_dict(), base_key, extra)
+
+
+def _explain(step, model, samples, targets, seed, cache, base_key) -> Explanation:
+    plugin = step.instantiate()
+    if plugin.needs_gradients and model.module is None:
+        raise ModelError(f"'{step.name}' needs gradients, and this model is a black box")
+    key = _step_key("explainer", step, base_key, [[s.id for s in samples], np.asarray(targets).tolist()])
+    hit = cache.get(key)
+    if hit is not None:
+        return explanation_from_cache(*hit)
+    _seed_everything(seed)
+    exp = plugin.explain(model, samples, np.asarray(targets), seed)
+    if exp.maps.shape[0] != len(samples):
+        raise ValueError(f"explainer returned {exp.maps.shape[0]} maps for {len(samples)} samples")
+    cache.put(key, *explanation_to_cache(exp))
+    return exp
+
+
+def _hypothesis(step: Step, context: HypothesisContext, cache: Cache, base_key: dict) -> HypothesisResult:
+    key = _step_key("hypothesis", step, base_key)
+    hit = cache.get(key)
+    if hit is not None:
+        return hypothesis_from_cache(*hit)
+    _seed_everything(context.seed)
+    result = step.instantiate().test(context)
+    cache.put(key, *hypothesis_to_cache(result))
+    return result
+
+
+def _result_dict(result: HypothesisResult) -> dict[str, Any]:
+    data = dataclasses.asdict(result)
+    data["ci"] = list(result.ci) if result.ci is not None else None
+    return data
+
+
+def _correct_for_multiple_tests(hypotheses: dict[str, Any]) -> None:
+    """Holm correction across every test of the audit; verdicts follow the adjusted p-value."""
+    names = [n for n, e in hypotheses.items() if e["status"] == "ok" and e.get("p_value") is not None]
+    adjusted = holm([hypotheses[n]["p_value"] for n in names])
+    for name, p_adj in zip(names, adjusted):
+        entry = hypotheses[name]
+        entry["p_value_adjusted"] = p_adj
+        if entry["verdict"] == "supported" and p_adj is not None and p_adj >= ALPHA:
+            entry["verdict"] = "not supported"
+            entry.setdefault("details", {})["note"] = "significant alone, not after Holm correction"
+    for entry in hypotheses.values():
+        entry.setdefault("p_value_adjusted", None)
+
+
+def _failure(where: str, step: Step, exc: Exception) -> dict[str, str]:
+    log.debug("step %s failed", where, exc_info=exc)
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return {
+        "step": where,
+        "plugin": f"{step.plugin.name} {step.plugin.version}",
+        "error": f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
+        "traceback": "".join(traceback.format_exception_only(type(exc), exc)).strip(),
+    }
+
+
+def _choose_examples(samples: list[Sample], preds: np.ndarray, labels: np.ndarray | None, k: int) -> np.ndarray:
+    """Up to k samples spread over predicted classes, errors first within each class."""
+    k = min(k, len(samples))
+    by_class: dict[int, list[int]] = {}
+    order = range(len(samples))
+    if labels is not None:
+        order = sorted(order, key=lambda i: (preds[i] == labels[i], i))
+    for i in order:
+        by_class.setdefault(int(preds[i]), []).append(i)
+    chosen: list[int] = []
+    while len(chosen) < k:
+        for cls in sorted(by_class):
+            if by_class[cls] and len(chosen) < k:
+                chosen.append(by_class[cls].pop(0))
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def _accuracy_tables(labels: np.ndarray, preds: np.ndarray, classes: list[str], labelled: bool):
+    n_classes = len(classes)
+    share = [float(np.mean(preds == k)) if len(preds) else 0.0 for k in range(n_classes)]
+    if not labelled:
+        return None, None, [
+            {"class": c, "n": None, "recall": None, "precision": None, "predicted_share": share[k]}
+            for k, c in enumerate(classes)
+        ]
+    correct = preds == labels
+    ci = wilson_ci(int(correct.sum()), len(correct))
+    accuracy = {"value": float(correct.mean()), "ci": list(ci) if ci else None, "n": int(len(correct)), "correct": int(correct.sum())}
+    confusion = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(confusion, (labels, preds), 1)
+    per_class = []
+    for k, c in enumerate(classes):
+        n_true, n_pred = int(confusion[k].sum()), int(confusion[:, k].sum())
+        per_class.append(
+            {
+                "class": c,
+                "n": n_true,
+                "recall": confusion[k, k] / n_true if n_true else None,
+                "precision": confusion[k, k] / n_pred if n_pred else None,
+                "predicted_share": share[k],
+            }
+        )
+    return accuracy, confusion.tolist(), per_class
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _provenance(plan, registry: Registry, model, dataset, model_fp: str, data_fp: str) -> dict[str, Any]:
+    import torch
+
+    model_files = [{"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size} for p in model.files()]
+    data_files = sorted(str(p) for p in dataset.files())
+    manifest = "\n".join(f"{p}\t{file_sha256(Path(p))}" for p in data_files)
+    used = {("model-adapter", plan.model.name), ("dataset", plan.dataset.name)}
+    used |= {("explainer", s.name) for s in plan.explainers} | {("hypothesis", s.name) for s in plan.hypotheses}
+    return {
+        "model": {"adapter": plan.model.name, "description": model.describe(), "fingerprint": model_fp, "files": model_files},
+        "dataset": {
+            "loader": plan.dataset.name,
+            "description": dataset.describe(),
+            "fingerprint": data_fp,
+            "files_manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest() if data_files else None,
+            "n_files": len(data_files),
+        },
+        "plugins": [info.as_dict() for info in registry.all() if (info.kind, info.name) in used],
+        "environment": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "device": plan.runtime.device,
+        },
+    }
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

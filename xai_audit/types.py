@@ -1,0 +1,253 @@
+"""The objects that travel between stages, and the base classes plugins extend.
+
+Everything here is plain data or an abstract interface: no stage reaches back
+into an earlier one, and no explainer library is imported.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+#: Region names the built-in data sets and hypotheses use.
+FACE_REGIONS = ("eyes", "brows", "nose", "mouth", "hair", "skin", "background")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image in display space.
+
+    ``image`` is float32 RGB in [0, 1], shape (3, H, W). ``label`` is a class
+    index into the data set's ``classes`` (or None when unlabelled). ``groups``
+    maps a group attribute to its value (``{"skin_tone": "IV"}``). ``regions``
+    maps a region name to a boolean (H, W) mask.
+    """
+
+    id: str
+    image: np.ndarray
+    label: int | None = None
+    groups: Mapping[str, str] = field(default_factory=dict)
+    regions: Mapping[str, np.ndarray] | None = None
+
+
+class Dataset(abc.ABC):
+    """A sized, indexable collection of :class:`Sample` read lazily."""
+
+    #: class names in label order, or None when the data set has no labels
+    classes: list[str] | None = None
+    #: group attribute names every sample carries in ``groups``
+    group_names: list[str] = []
+    #: region names available in ``Sample.regions`` (empty when none)
+    region_names: list[str] = []
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """A content hash: equal fingerprints mean equal samples."""
+
+    def files(self) -> list[Path]:
+        """Files the data came from, for provenance (empty for generated data)."""
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        """Plain facts about the data set for the report (size, source, ...)."""
+        return {"n_samples": len(self)}
+
+
+class ModelAdapter(abc.ABC):
+    """Maps display-space images to a model's input and returns logits."""
+
+    classes: list[str]
+    #: the torch module when gradients exist; None for a black box
+    module: Any = None
+    #: named layers for activations / Grad-CAM
+    default_layer: str | None = None
+    device: str = "cpu"
+
+    @abc.abstractmethod
+    def forward(self, images: Any) -> Any:
+        """Logits for a torch tensor of display-space images (N, 3, H, W).
+
+        Differentiable with respect to ``images`` when ``module`` is set.
+        """
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """A content hash of the model's weights and its input mapping."""
+
+    def layers(self) -> dict[str, Any]:
+        """Named sub-modules whose activations can be read."""
+        return {}
+
+    def files(self) -> list[Path]:
+        """Files the model came from, for provenance."""
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities (N, C) for display-space images (N, 3, H, W)."""
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                batch = torch.as_tensor(images[start : start + batch_size], device=self.device)
+                logits = self.forward(batch.float())
+                out.append(torch.softmax(logits, dim=1).cpu().numpy())
+        if not out:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+
+@dataclass
+class Explanation:
+    """What an explainer returns: per-sample maps in display space, and data.
+
+    ``maps`` has shape (N, H, W) aligned with ``sample_ids`` and ``targets``.
+    ``signed`` says whether negative values carry meaning. ``scalars``,
+    ``arrays`` and ``tables`` hold anything else the method yields, as data.
+    """
+
+    method: str
+    sample_ids: list[str]
+    targets: np.ndarray
+    maps: np.ndarray
+    signed: bool
+    scalars: dict[str, float] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HypothesisResult:
+    """The outcome of one hypothesis test, as plain data.
+
+    ``verdict`` is one of ``"supported"``, ``"not supported"``,
+    ``"inconclusive"``. ``effect`` is signed so that a positive value is the
+    harm the claim names (e.g. an accuracy drop, an accuracy gap).
+    """
+
+    claim: str
+    metric: str
+    before: float | None
+    after: float | None
+    effect: float | None
+    ci: tuple[float, float] | None
+    p_value: float | None
+    verdict: str
+    n: int
+    test: str = ""
+    breakdown: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a model adapter or data set plugin needs to resolve its options."""
+
+    base_dir: Path
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class HypothesisContext:
+    """What a hypothesis sees: the model, the audited samples and the baseline.
+
+    ``probs`` are the model's clean-image probabilities (N, C) aligned with
+    ``samples``. ``predict`` maps display-space images (N, 3, H, W) to
+    probabilities with the audit's batching.
+    """
+
+    model: ModelAdapter
+    samples: Sequence[Sample]
+    probs: np.ndarray
+    classes: list[str]
+    seed: int
+    predict: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        labels = [s.label for s in self.samples]
+        if any(label is None for label in labels):
+            return None
+        return np.asarray(labels, dtype=np.int64)
+
+    def images(self) -> np.ndarray:
+        return np.stack([s.image for s in self.samples]).astype(np.float32)
+
+
+class Options(BaseModel):
+    """Base of every plugin's options schema: unknown options are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Plugin:
+    """Base of the four plugin kinds. A plugin is a class with a unique ``name``.
+
+    ``Options`` is the pydantic schema of its plan options. The host builds
+    the plugin as ``cls(options)`` with a validated ``Options`` instance.
+    """
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, options: Options | None = None):
+        self.options = options if options is not None else self.Options()
+
+
+class ModelAdapterPlugin(Plugin):
+    kind = "model-adapter"
+
+    @abc.abstractmethod
+    def load(self, context: LoadContext) -> ModelAdapter:
+        """Build the model adapter from ``self.options``."""
+
+
+class DatasetPlugin(Plugin):
+    kind = "dataset"
+
+    @abc.abstractmethod
+    def load(self, context: LoadContext) -> Dataset:
+        """Build the data set from ``self.options``."""
+
+
+class ExplainerPlugin(Plugin):
+    kind = "explainer"
+    #: True when the method needs gradients (a torch ``module``)
+    needs_gradients: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def explain(
+        self,
+        model: ModelAdapter,
+        samples: Sequence[Sample],
+        targets: np.ndarray,
+        seed: int,
+    ) -> Explanation:
+        """Explain ``model``'s score for class ``targets[i]`` on each sample."""
+
+
+class HypothesisPlugin(Plugin):
+    kind = "hypothesis"
+
+    @abc.abstractmethod
+    def test(self, context: HypothesisContext) -> HypothesisResult:
+        """Run the test on the audited samples and return its result."""
