@@ -148,3 +148,17 @@ def test_each_discovery_hook_returns_classes_of_its_kind(registry, hook, kind):
     returned = [cls for classes in getattr(registry.pm.hook, hook)() for cls in classes]
     assert returned and all(cls.kind == kind for cls in returned)
     assert sorted(cls.name for cls in returned) == registry.names(kind)
+
+
+def test_plugin_template_dirs_override_builtin_sections(tmp_path):
+    from xai_audit.report.render import make_environment
+
+    (tmp_path / "sections").mkdir()
+    (tmp_path / "sections" / "failures.html").write_text("<p>branded failures section</p>")
+    module = types.ModuleType("template_plugin")
+    module.register_template_dirs = hookimpl(lambda: [str(tmp_path)])
+    registry = make_plugin_manager(entry_points=False, extra_plugins=[module])
+    assert registry.template_dirs() == [tmp_path]
+    env = make_environment(registry.template_dirs())
+    assert env.get_template("sections/failures.html").render() == "<p>branded failures section</p>"
+    assert "section" in env.get_template("sections/summary.html").filename  # others still built-in

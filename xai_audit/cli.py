@@ -79,9 +79,7 @@ def _cache(cache_dir: Optional[Path], no_cache: bool):
 def _write(outcome, registry, out: Path, formats: list[str], templates: Optional[Path]) -> dict[str, Path]:
     from xai_audit.report import ReportArtifacts, write_report
 
-    template_dirs = [templates] if templates else []
-    for dirs in registry.pm.hook.register_template_dirs():
-        template_dirs.extend(Path(d) for d in dirs or [])
+    template_dirs = ([templates] if templates else []) + registry.template_dirs()
     artifacts = ReportArtifacts(
         images=outcome.images, explanations=outcome.explanations,
         predictions=outcome.predictions, labels=outcome.labels,

@@ -11,6 +11,7 @@ import difflib
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 from typing import Iterable
 
@@ -96,6 +97,10 @@ class Registry:
             return self._by_kind[kind][name]
         except KeyError:
             raise XaiAuditError(f'no {kind} plugin named "{name}"{suggest(name, self.names(kind))}') from None
+
+    def template_dirs(self) -> list[Path]:
+        """Template folders that plugins ship (``register_template_dirs``), in registration order."""
+        return [Path(d) for dirs in self.pm.hook.register_template_dirs() for d in (dirs or [])]
 
     def all(self) -> list[PluginInfo]:
         return [info for kind in KINDS for _, info in sorted(self._by_kind[kind].items())]

@@ -48,8 +48,7 @@ class GroupAccuracyHypothesis(HypothesisPlugin):
                         "group": value,
                         "n": n,
                         "accuracy": k / n,
-                        "ci low": ci[0] if ci else None,
-                        "ci high": ci[1] if ci else None,
+                        "ci": list(ci) if ci else None,
                         "too small": n < opts.min_group_size,
                     }
                 )

@@ -1,0 +1,682 @@
+"""Turn ``results.json`` data and the report artifacts into template data.
+
+Templates do layout, not arithmetic: every percentage, p-value, confidence
+interval and file size is formatted here, every figure is drawn here, and the
+templates receive plain strings, numbers, lists and data-URI images.
+
+Strings from models, data sets and plugins are passed through unchanged:
+the templates escape them (autoescape), so nothing here builds HTML.
+
+Group-accuracy breakdowns are read as ``breakdown[attribute] = [row, ...]``
+where a row holds the group value (``group``, ``value`` or the attribute's
+own name), ``n``, ``accuracy`` and ``ci`` (``[lo, hi]``, or ``ci_low`` /
+``ci_high``). A breakdown table that does not look like that is shown as a
+plain table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from xai_audit.report import figures
+from xai_audit.report.artifacts import ReportArtifacts
+
+#: The report's sections, in order: (anchor id, heading).
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("summary", "Summary of findings"),
+    ("provenance", "Model and data provenance"),
+    ("accuracy", "Accuracy and confusion matrix"),
+    ("groups", "Per-group accuracy"),
+    ("explanations", "Explanations"),
+    ("hypotheses", "Hypotheses"),
+    ("failures", "What could not be run"),
+)
+
+#: Samples drawn per explanation grid (rows).
+MAX_GRID_ROWS = 6
+#: Sample ids listed for a hypothesis's examples.
+MAX_EXAMPLES = 12
+
+GROUP_PLUGIN = "group-accuracy"
+_SEVERITIES = ("high", "medium", "low", "info")
+_VERDICTS = {"supported": "supported", "not supported": "not-supported", "inconclusive": "inconclusive"}
+_PROPORTION_WORDS = ("accuracy", "recall", "precision", "rate", "share", "agreement", "fraction", "proportion")
+_DASH = "—"
+
+
+def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dict[str, Any]:
+    """Everything the templates show, as plain, already formatted data."""
+    classes = [str(c) for c in results.get("classes") or []]
+    failures = list(results.get("failures") or [])
+    errors = {str(f.get("step")): str(f.get("error", "")) for f in failures}
+    sections = [
+        {"id": anchor, "number": str(number), "title": title}
+        for number, (anchor, title) in enumerate(SECTIONS, start=1)
+    ]
+    hypotheses = results.get("hypotheses") or {}
+    group_steps = {k: v for k, v in hypotheses.items() if v.get("plugin") == GROUP_PLUGIN}
+    other_steps = {k: v for k, v in hypotheses.items() if v.get("plugin") != GROUP_PLUGIN}
+    tool = results.get("tool") or {}
+    return {
+        "title": str(results.get("title") or "Model audit"),
+        "tool": " ".join(str(p) for p in (tool.get("name", "xai-audit"), tool.get("version")) if p),
+        "schema_version": str(results.get("schema_version", "")),
+        "date": _date(results.get("finished") or results.get("started")),
+        "run_time": _run_time(results.get("started"), results.get("finished")),
+        "toc": sections,
+        "section": {s["id"]: s for s in sections},
+        "summary": _summary(results, failures),
+        "provenance": _provenance(results),
+        "accuracy": _accuracy(results, classes),
+        "groups": _groups(group_steps, results, errors),
+        "explainers": _explainers(results.get("explainers") or {}, artifacts, classes, errors),
+        "hypotheses": _hypotheses(other_steps, errors),
+        "failures": _failures(failures),
+    }
+
+
+# -- sections ----------------------------------------------------------------
+
+
+def _summary(results: Mapping[str, Any], failures: list[dict]) -> dict[str, Any]:
+    provenance = results.get("provenance") or {}
+    model = provenance.get("model") or {}
+    dataset = provenance.get("dataset") or {}
+    samples = results.get("samples") or {}
+    accuracy = results.get("accuracy")
+
+    model_parts = [str(model.get("adapter") or "unknown adapter")]
+    if model.get("description"):
+        model_parts.append(_short_description(model["description"]))
+    if model.get("fingerprint"):
+        model_parts.append(f"fingerprint {_short_hash(model['fingerprint'])}")
+
+    data_parts = [str(dataset.get("loader") or "unknown loader")]
+    if samples.get("n") is not None:
+        labelled = "labelled" if samples.get("labelled") else "unlabelled"
+        data_parts.append(f"{_int(samples['n'])} samples audited, {labelled}")
+    if dataset.get("fingerprint"):
+        data_parts.append(f"fingerprint {_short_hash(dataset['fingerprint'])}")
+
+    findings = []
+    for finding in results.get("findings") or []:
+        severity = str(finding.get("severity", "info")).lower()
+        severity = severity if severity in _SEVERITIES else "info"
+        findings.append({
+            "severity": severity,
+            "severity_label": severity.capitalize(),
+            "title": str(finding.get("title", "")),
+            "detail": str(finding.get("detail", "")),
+            "source": str(finding.get("source") or ""),
+        })
+
+    n_failed = len(failures)
+    if n_failed == 0:
+        failures_line = "Every step ran."
+    else:
+        steps = "step" if n_failed == 1 else "steps"
+        failures_line = f"{n_failed} {steps} could not run (see section 7)."
+    return {
+        "model_line": " · ".join(model_parts),
+        "data_line": " · ".join(data_parts),
+        "accuracy": _accuracy_with_ci(accuracy) if accuracy else None,
+        "accuracy_note": (
+            f"95 % Wilson interval, n = {_int(accuracy.get('n'))}" if accuracy else
+            "not computed: the data have no labels"
+        ),
+        "findings": findings,
+        "no_findings_text": "No finding reached significance.",
+        "n_failures": n_failed,
+        "failures_line": failures_line,
+    }
+
+
+def _provenance(results: Mapping[str, Any]) -> dict[str, Any]:
+    provenance = results.get("provenance") or {}
+    model = provenance.get("model") or {}
+    dataset = provenance.get("dataset") or {}
+    samples = results.get("samples") or {}
+    cache = results.get("cache") or {}
+    model_description = model.get("description")
+    data_description = dataset.get("description")
+    return {
+        "model": {
+            "adapter": str(model.get("adapter") or _DASH),
+            "description_text": model_description if isinstance(model_description, str) else None,
+            "description": _key_values(model_description) if isinstance(model_description, Mapping) else [],
+            "fingerprint": str(model.get("fingerprint") or _DASH),
+            "files": [
+                {
+                    "path": str(f.get("path", "")),
+                    "sha256": str(f.get("sha256") or _DASH),
+                    "size": _bytes(f.get("bytes")),
+                }
+                for f in model.get("files") or []
+            ],
+        },
+        "dataset": {
+            "loader": str(dataset.get("loader") or _DASH),
+            "description_text": data_description if isinstance(data_description, str) else None,
+            "description": _key_values(data_description) if isinstance(data_description, Mapping) else [],
+            "fingerprint": str(dataset.get("fingerprint") or _DASH),
+            "files_manifest_sha256": str(dataset.get("files_manifest_sha256") or _DASH),
+            "n_files": _int(dataset.get("n_files")),
+        },
+        "samples": [
+            {"key": "samples audited", "value": _int(samples.get("n")), "hash": False},
+            {"key": "labelled", "value": _yes_no(samples.get("labelled")), "hash": False},
+            {"key": "ids sha256", "value": str(samples.get("ids_sha256") or _DASH), "hash": True},
+        ],
+        "plan_text": _plan_text(results.get("plan") or {}),
+        "seed": _int(results.get("seed")),
+        "plugins": [
+            {
+                "kind": str(p.get("kind", "")),
+                "name": str(p.get("name", "")),
+                "version": str(p.get("version") or _DASH),
+                "package": str(p.get("package") or _DASH),
+            }
+            for p in provenance.get("plugins") or []
+        ],
+        "environment": _key_values(provenance.get("environment") or {}),
+        "cache_line": (
+            f"{_int(cache.get('hits', 0))} step(s) reused from the cache, "
+            f"{_int(cache.get('misses', 0))} computed."
+        ),
+        "run": [
+            {"key": "started", "value": str(results.get("started") or _DASH)},
+            {"key": "finished", "value": str(results.get("finished") or _DASH)},
+            {"key": "schema version", "value": str(results.get("schema_version") or _DASH)},
+        ],
+    }
+
+
+def _accuracy(results: Mapping[str, Any], classes: list[str]) -> dict[str, Any]:
+    accuracy = results.get("accuracy")
+    colors = figures.class_colors(classes)
+    per_class = [
+        {
+            "name": str(row.get("class", "")),
+            "color": colors.get(str(row.get("class", "")), "#9aa5b1"),
+            "n": _int(row.get("n")),
+            "recall": _pct(row.get("recall")),
+            "precision": _pct(row.get("precision")),
+            "predicted_share": _pct(row.get("predicted_share")),
+        }
+        for row in results.get("per_class") or []
+    ]
+    matrix = results.get("confusion_matrix")
+    confusion = None
+    if matrix and classes:
+        confusion = {
+            "src": figures.confusion_matrix_figure(matrix, classes),
+            "alt": (
+                f"Confusion matrix of {len(classes)} classes: rows are true classes, "
+                "columns predicted classes; each cell shows a count, its colour the share of its row."
+            ),
+            "caption": (
+                "Confusion matrix. Rows: true class; columns: predicted class. Numbers are counts; "
+                "colour is the share of the row, so a dark off-diagonal cell is a class the model "
+                "mostly mistakes for another."
+            ),
+            "samples": [],
+        }
+    return {
+        "available": accuracy is not None,
+        "text": _accuracy_with_ci(accuracy) if accuracy else None,
+        "n": _int(accuracy.get("n")) if accuracy else _DASH,
+        "correct": _int(accuracy.get("correct")) if accuracy else _DASH,
+        "unavailable_text": (
+            "The audited data have no labels, so accuracy, per-class recall and the confusion "
+            "matrix cannot be computed. Prediction shares are shown where available."
+        ),
+        "per_class": per_class,
+        "confusion": confusion,
+    }
+
+
+def _groups(steps: Mapping[str, Any], results: Mapping[str, Any], errors: dict[str, str]) -> dict[str, Any]:
+    overall = (results.get("accuracy") or {}).get("value")
+    items = []
+    for index, (name, step) in enumerate(steps.items()):
+        item = _hypothesis_common(name, step, errors, prefix="group", index=index)
+        attributes, others = [], []
+        for attribute, rows in (step.get("breakdown") or {}).items():
+            groups = _group_rows(str(attribute), rows)
+            if groups is None:
+                others.append(_table(str(attribute), rows))
+                continue
+            attributes.append({
+                "name": str(attribute),
+                "rows": [
+                    {"value": g["label"], "n": _int(g["n"]), "accuracy": _pct(g["accuracy"]),
+                     "ci": _ci_pct(g["ci"])}
+                    for g in groups
+                ],
+                "figure": {
+                    "src": figures.group_accuracy_figure(groups, str(attribute), overall),
+                    "alt": (
+                        f"Bar chart of accuracy for each value of {attribute}, with 95 % confidence "
+                        "intervals as error bars" + ("; dashed line: overall accuracy." if overall is not None else ".")
+                    ),
+                    "caption": (
+                        f"Accuracy by {attribute}. Error bars: 95 % confidence interval; "
+                        "wide bars mean few samples, so read small groups with care."
+                    ),
+                    "samples": [],
+                },
+            })
+        item["attributes"] = attributes
+        item["tables"] = others
+        item["gap"] = item.pop("effect")
+        items.append(item)
+    return {"steps": items, "empty_text": "No group analysis (group-accuracy) was in the plan."}
+
+
+def _explainers(
+    steps: Mapping[str, Any], artifacts: ReportArtifacts, classes: list[str], errors: dict[str, str]
+) -> dict[str, Any]:
+    items = []
+    for index, (name, step) in enumerate(steps.items()):
+        status = str(step.get("status", "ok"))
+        explanation = artifacts.explanations.get(name)
+        scalars = step.get("scalars") or (explanation.scalars if explanation else {})
+        tables = step.get("tables") or (explanation.tables if explanation else {})
+        notes = step.get("notes") or (explanation.notes if explanation else [])
+        item = {
+            "id": _anchor("explainer", name, index),
+            "name": str(name),
+            "plugin": str(step.get("plugin") or _DASH),
+            "status": status,
+            "failed": status != "ok",
+            "error": errors.get(name, "") or str(step.get("error") or ""),
+            "options": _key_values(step.get("options") or {}),
+            "n_samples": _int(step.get("n_samples")),
+            "notes": [str(n) for n in notes],
+            "scalars": _key_values(scalars),
+            "tables": [_table(str(k), v) for k, v in tables.items()],
+            "figure": None,
+            "figure_missing_text": "",
+        }
+        if status == "ok":
+            item["figure"] = _explanation_figure(name, explanation, artifacts, classes)
+            if item["figure"] is None:
+                item["figure_missing_text"] = (
+                    "The attribution maps of this step were not available to the report "
+                    "(for example a run read back from results.json alone)."
+                )
+        items.append(item)
+    return {"steps": items, "empty_text": "No explainer was in the plan."}
+
+
+def _hypotheses(steps: Mapping[str, Any], errors: dict[str, str]) -> dict[str, Any]:
+    items = []
+    for index, (name, step) in enumerate(steps.items()):
+        item = _hypothesis_common(name, step, errors, prefix="hypothesis", index=index)
+        item["tables"] = [_table(str(k), v) for k, v in (step.get("breakdown") or {}).items()]
+        item["figure"] = None
+        if not item["failed"] and any(step.get(k) is not None for k in ("before", "after", "effect")):
+            metric = str(step.get("metric") or "metric")
+            item["figure"] = {
+                "src": figures.hypothesis_figure(
+                    metric, step.get("before"), step.get("after"), step.get("effect"),
+                    step.get("ci"), percent=item["percent"],
+                ),
+                "alt": (
+                    f"Left: {metric} before ({item['before']}) and after ({item['after']}) the intervention. "
+                    f"Right: the effect {item['effect']} with its 95 % confidence interval."
+                ),
+                "caption": (
+                    f"{name}: {metric} before and after, and the effect with its 95 % confidence interval. "
+                    "An interval that excludes zero is a change larger than chance."
+                ),
+                "samples": [],
+            }
+        items.append(item)
+    return {"steps": items, "empty_text": "No hypothesis other than group accuracy was in the plan."}
+
+
+def _failures(failures: list[dict]) -> dict[str, Any]:
+    return {
+        "rows": [
+            {
+                "step": str(f.get("step", "")),
+                "plugin": str(f.get("plugin") or _DASH),
+                "error": str(f.get("error", "")),
+            }
+            for f in failures
+        ],
+        "empty_text": "Every step ran.",
+    }
+
+
+# -- pieces --------------------------------------------------------------------
+
+
+def _hypothesis_common(
+    name: str, step: Mapping[str, Any], errors: dict[str, str], prefix: str, index: int
+) -> dict[str, Any]:
+    status = str(step.get("status", "ok"))
+    metric = str(step.get("metric") or "")
+    percent = _is_proportion(metric, step.get("before"), step.get("after"))
+    verdict = str(step.get("verdict") or "not computed")
+    examples = [str(e) for e in step.get("examples") or []]
+    return {
+        "id": _anchor(prefix, name, index),
+        "name": str(name),
+        "plugin": str(step.get("plugin") or _DASH),
+        "status": status,
+        "failed": status != "ok",
+        "error": errors.get(name, "") or str(step.get("error") or ""),
+        "options": _key_values(step.get("options") or {}),
+        "claim": str(step.get("claim") or ""),
+        "metric": metric or _DASH,
+        "percent": percent,
+        "before": _metric(step.get("before"), percent),
+        "after": _metric(step.get("after"), percent),
+        "effect": _effect_with_ci(step.get("effect"), step.get("ci"), percent),
+        "test": str(step.get("test") or _DASH),
+        "p_value": _p(step.get("p_value")),
+        "p_value_adjusted": _p(step.get("p_value_adjusted")) if step.get("p_value_adjusted") is not None else None,
+        "verdict": verdict,
+        "verdict_class": _VERDICTS.get(verdict.lower(), "unknown"),
+        "n": _int(step.get("n")),
+        "examples": examples[:MAX_EXAMPLES],
+        "examples_more": (
+            f"and {len(examples) - MAX_EXAMPLES} more" if len(examples) > MAX_EXAMPLES else ""
+        ),
+        "details": _key_values(step.get("details") or {}),
+    }
+
+
+def _group_rows(attribute: str, rows: Any) -> list[dict[str, Any]] | None:
+    """Rows of a group-accuracy breakdown as {label, n, accuracy, ci}, or None."""
+    if not isinstance(rows, list) or not rows:
+        return None
+    groups = []
+    for row in rows:
+        if not isinstance(row, Mapping) or "accuracy" not in row or "n" not in row:
+            return None
+        label = next((row[k] for k in ("group", "value", attribute, "name") if k in row), None)
+        if label is None:
+            return None
+        ci = row.get("ci")
+        if ci is None and row.get("ci_low") is not None and row.get("ci_high") is not None:
+            ci = (row["ci_low"], row["ci_high"])
+        groups.append({"label": str(label), "n": row["n"], "accuracy": row["accuracy"], "ci": ci})
+    return groups
+
+
+def _explanation_figure(
+    name: str, explanation: Any, artifacts: ReportArtifacts, classes: list[str]
+) -> dict[str, Any] | None:
+    if explanation is None or explanation.maps is None or len(explanation.sample_ids) == 0:
+        return None
+    rows = [i for i, sid in enumerate(explanation.sample_ids) if sid in artifacts.images][:MAX_GRID_ROWS]
+    if not rows:
+        return None
+    ids = [str(explanation.sample_ids[i]) for i in rows]
+    targets = np.asarray(explanation.targets).reshape(-1)
+    titles = []
+    explains_prediction = True
+    for i, sid in zip(rows, ids):
+        label = artifacts.labels.get(sid)
+        prediction = artifacts.predictions.get(sid)
+        true_name = _clip(_class_name(classes, label), 16) if label is not None else "unlabelled"
+        lines = [_clip(sid, 24), f"true: {true_name}"]
+        if prediction is not None:
+            predicted, probability = prediction
+            wrong = " – wrong" if label is not None and int(label) != int(predicted) else ""
+            lines.append(f"pred: {_clip(_class_name(classes, predicted), 16)} ({float(probability):.2f}){wrong}")
+            if i < len(targets) and int(targets[i]) != int(predicted):
+                explains_prediction = False
+                lines.append(f"explained: {_clip(_class_name(classes, int(targets[i])), 16)}")
+        titles.append("\n".join(lines))
+    maps = np.asarray(explanation.maps)[rows]
+    signed = bool(explanation.signed)
+    scale = figures.robust_scale([maps])
+    src = figures.explanation_grid([artifacts.images[sid] for sid in ids], {name: maps}, titles, signed)
+    target = "the predicted class" if explains_prediction else "the explained class named in each row"
+    if signed:
+        reading = (
+            f"Red = pushes toward {target}, blue = against; "
+            f"one colour scale for the whole figure (±{scale:.3g}, the 99th percentile of |attribution|)."
+        )
+    else:
+        reading = (
+            f"Brighter = more important for {target}; "
+            f"one colour scale for the whole figure (0 to {scale:.3g}, the 99th percentile of the attribution)."
+        )
+    return {
+        "src": src,
+        "alt": (
+            f"{name} attributions for {len(ids)} samples ({', '.join(ids)}): each row shows the image, "
+            "then the attribution map over a grayscale copy of it."
+        ),
+        "caption": f"{name}. Each row is one sample: the image, then the attribution over its grayscale copy. {reading}",
+        "samples": ids,
+    }
+
+
+def _table(title: str, rows: Any) -> dict[str, Any]:
+    """Row dicts as {title, columns: [{label, num}], rows: [[{text, num}]]}; keys become columns."""
+    rows = [r for r in rows or [] if isinstance(r, Mapping)]
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if str(key) not in columns:
+                columns.append(str(key))
+    body = []
+    for row in rows:
+        lookup = {str(k): v for k, v in row.items()}
+        body.append([_cell(lookup.get(column)) for column in columns])
+    numeric = [
+        any(cells[i]["num"] for cells in body)
+        and all(cells[i]["num"] or cells[i]["text"] == _DASH for cells in body)
+        for i in range(len(columns))
+    ]
+    return {
+        "title": title,
+        "columns": [{"label": c, "num": n} for c, n in zip(columns, numeric)],
+        "rows": body,
+    }
+
+
+def _cell(value: Any) -> dict[str, Any]:
+    numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return {"text": _value(value), "num": numeric}
+
+
+def _key_values(mapping: Any) -> list[dict[str, str]]:
+    if not isinstance(mapping, Mapping):
+        return []
+    return [{"key": str(k), "value": _value(v)} for k, v in mapping.items()]
+
+
+# -- formatting ----------------------------------------------------------------
+
+
+def _value(value: Any) -> str:
+    """Any plain JSON value as short display text."""
+    if value is None:
+        return _DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return _int(value)
+    if isinstance(value, (float, np.floating)):
+        return _float(float(value))
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if len(value) <= 8:
+            return "[" + ", ".join(_value(v) for v in value) + "]"
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= 240 else text[:239] + "…"
+
+
+def _float(value: float) -> str:
+    if not math.isfinite(value):
+        return _DASH
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e5 or abs(value) < 1e-3:
+        return f"{value:.3e}"
+    return f"{value:.4g}"
+
+
+def _int(value: Any) -> str:
+    if value is None:
+        return _DASH
+    try:
+        return f"{int(value):,}".replace(",", "\u2009")
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _pct(value: Any, decimals: int = 1) -> str:
+    if value is None:
+        return _DASH
+    return f"{float(value) * 100:.{decimals}f} %"
+
+
+def _ci_pct(ci: Any) -> str:
+    if not ci or len(ci) != 2 or ci[0] is None or ci[1] is None:
+        return _DASH
+    return f"[{float(ci[0]) * 100:.1f}, {float(ci[1]) * 100:.1f}]"
+
+
+def _accuracy_with_ci(accuracy: Mapping[str, Any]) -> str:
+    """``"91.2 % [89.0, 93.1]"``."""
+    text = _pct(accuracy.get("value"))
+    ci = accuracy.get("ci")
+    return f"{text} {_ci_pct(ci)}" if ci else text
+
+
+def _metric(value: Any, percent: bool) -> str:
+    if value is None:
+        return _DASH
+    return _pct(value) if percent else _float(float(value))
+
+
+def _effect_with_ci(effect: Any, ci: Any, percent: bool) -> str:
+    """``"+29.2 pp [25.0, 33.1]"`` for proportions, ``"+0.412 [0.3, 0.52]"`` otherwise."""
+    if effect is None:
+        return _DASH
+    if percent:
+        text = f"{float(effect) * 100:+.1f} pp"
+        if ci and ci[0] is not None and ci[1] is not None:
+            text += f" [{float(ci[0]) * 100:+.1f}, {float(ci[1]) * 100:+.1f}]"
+        return text
+    text = f"{float(effect):+.3g}"
+    if ci and ci[0] is not None and ci[1] is not None:
+        text += f" [{float(ci[0]):+.3g}, {float(ci[1]):+.3g}]"
+    return text
+
+
+def _p(value: Any) -> str:
+    """``"p < 0.001"``, ``"p = 0.034"``; a dash when not computed."""
+    if value is None:
+        return _DASH
+    p = float(value)
+    if not math.isfinite(p):
+        return _DASH
+    if p < 0.001:
+        return "p < 0.001"
+    return f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
+
+
+def _bytes(value: Any) -> str:
+    if value is None:
+        return _DASH
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return _DASH  # pragma: no cover
+
+
+def _yes_no(value: Any) -> str:
+    return _DASH if value is None else ("yes" if value else "no")
+
+
+def _is_proportion(metric: str, *values: Any) -> bool:
+    if not any(word in metric.lower() for word in _PROPORTION_WORDS):
+        return False
+    return all(v is None or 0.0 <= float(v) <= 1.0 for v in values)
+
+
+def _short_hash(value: Any) -> str:
+    text = str(value)
+    prefix, _, digest = text.rpartition(":")
+    digest = digest or text
+    short = digest[:12] + ("…" if len(digest) > 12 else "")
+    return f"{prefix}:{short}" if prefix else short
+
+
+def _short_description(description: Any) -> str:
+    if isinstance(description, Mapping):
+        parts = [f"{k}: {_value(v)}" for k, v in list(description.items())[:3]]
+        return ", ".join(parts)
+    return _clip(str(description), 120)
+
+
+def _plan_text(plan: Any) -> str:
+    try:
+        import yaml
+
+        return yaml.safe_dump(plan, sort_keys=False, allow_unicode=True, default_flow_style=False, width=88).strip()
+    except Exception:  # noqa: BLE001 - anything yaml cannot dump is shown as JSON
+        return json.dumps(plan, indent=2, ensure_ascii=False, default=str)
+
+
+def _date(value: Any) -> str:
+    moment = _parse_time(value)
+    return moment.strftime("%Y-%m-%d") if moment else (str(value) if value else _DASH)
+
+
+def _run_time(started: Any, finished: Any) -> str:
+    start, end = _parse_time(started), _parse_time(finished)
+    if start is None:
+        return _DASH
+    text = start.strftime("%Y-%m-%d %H:%M")
+    if end is None:
+        return text + " UTC"
+    seconds = max(0, int(round((end - start).total_seconds())))
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    took = f"{hours} h {minutes} min" if hours else (f"{minutes} min {seconds} s" if minutes else f"{seconds} s")
+    return f"{text}–{end.strftime('%H:%M')} UTC ({took})"
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _class_name(classes: Sequence[str], index: Any) -> str:
+    try:
+        return classes[int(index)]
+    except (IndexError, TypeError, ValueError):
+        return str(index)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _anchor(prefix: str, name: Any, index: int) -> str:
+    """An HTML id made only of safe characters, unique by its index."""
+    slug = re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-")[:40] or "step"
+    return f"{prefix}-{index + 1}-{slug}"

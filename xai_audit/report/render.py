@@ -1,0 +1,180 @@
+"""Render the report: jinja2 templates to HTML, WeasyPrint to PDF, atomic writes.
+
+Templates are looked up in the folders a caller gives (a user's, then
+plugins'), then in the built-in ``xai_audit_templates`` package, so any
+template, section or the CSS can be overridden by name. The CSS is inlined
+so ``report.html`` is one file that opens offline, and the PDF renderer is
+given a URL fetcher that serves ``data:`` URLs only: it reads no file and
+touches no network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+from xai_audit.errors import XaiAuditError
+from xai_audit.report.artifacts import ReportArtifacts
+
+#: The page template and the stylesheet, by template name.
+PAGE_TEMPLATE = "report.html"
+CSS_TEMPLATE = "report.css"
+#: Output formats and the file each writes.
+FILENAMES = {"html": "report.html", "pdf": "report.pdf", "json": "results.json"}
+
+
+class ReportError(XaiAuditError):
+    """The report could not be rendered or written."""
+
+
+class URLRefusedError(ReportError):
+    """The PDF renderer asked for a URL that is not an embedded ``data:`` URL."""
+
+
+def builtin_template_dir() -> Path:
+    """The folder of the built-in templates (the ``xai_audit_templates`` package)."""
+    try:
+        return Path(str(importlib.resources.files("xai_audit_templates")))
+    except ModuleNotFoundError:
+        # A source checkout that was not installed: the repo's top-level templates/.
+        return Path(__file__).resolve().parents[2] / "templates"
+
+
+def make_environment(template_dirs: Sequence[Path] = ()) -> Environment:
+    """A jinja2 environment: the given folders first, the built-in templates last."""
+    loaders = [FileSystemLoader(str(d)) for d in template_dirs]
+    loaders.append(FileSystemLoader(str(builtin_template_dir())))
+    return Environment(
+        loader=ChoiceLoader(loaders),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render_html(context: Mapping[str, Any], template_dirs: Sequence[Path] = ()) -> str:
+    """The report as one self-contained HTML page (CSS inlined, images as data URIs)."""
+    env = make_environment(template_dirs)
+    css_source, _, _ = env.loader.get_source(env, CSS_TEMPLATE)  # type: ignore[union-attr]
+    # The stylesheet is trusted template text, not data; only guard the </style> end.
+    css = Markup(css_source.replace("</", "<\\/"))
+    return env.get_template(PAGE_TEMPLATE).render({**context, "css": css})
+
+
+def render_pdf(html: str, path: Path) -> None:
+    """Write ``html`` as a PDF to ``path`` (atomically), fetching only ``data:`` URLs."""
+    _atomic_write(Path(path), _pdf_bytes(html))
+
+
+def write_report(
+    results: dict,
+    artifacts: ReportArtifacts,
+    out_dir: Path,
+    formats: list[str] = ["html", "pdf", "json"],  # noqa: B006 - never mutated
+    template_dirs: list[Path] = [],  # noqa: B006 - never mutated
+) -> dict[str, Path]:
+    """Render every requested format, then write each file atomically.
+
+    Everything is rendered in memory before the first file is written, so a
+    failure leaves no partial report; each file goes to a temporary name in
+    ``out_dir`` and is renamed into place, so a reader never opens a
+    half-written file. Returns the path written for each format.
+    """
+    unknown = [f for f in formats if f not in FILENAMES]
+    if unknown:
+        raise ReportError(f"unknown report format(s) {unknown}; choose from {sorted(FILENAMES)}")
+    out_dir = Path(out_dir)
+    payloads: dict[str, bytes] = {}
+    if "json" in formats:
+        try:
+            text = json.dumps(results, indent=2, allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise ReportError(f"results are not plain JSON (no NaN, no arrays): {exc}") from exc
+        payloads["json"] = (text + "\n").encode("utf-8")
+    if "html" in formats or "pdf" in formats:
+        from xai_audit.report.context import build_context
+
+        html = render_html(build_context(results, artifacts), template_dirs)
+        if "html" in formats:
+            payloads["html"] = html.encode("utf-8")
+        if "pdf" in formats:
+            payloads["pdf"] = _pdf_bytes(html)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for fmt in formats:
+        path = out_dir / FILENAMES[fmt]
+        _atomic_write(path, payloads[fmt])
+        written[fmt] = path
+    return written
+
+
+# -- PDF -------------------------------------------------------------------------
+
+
+def data_only_url_fetcher() -> Callable[..., Any]:
+    """A WeasyPrint URL fetcher that serves ``data:`` URLs and refuses every other scheme."""
+    try:
+        from weasyprint.urls import URLFetcher
+    except ImportError:  # WeasyPrint < 66: fetchers are plain functions returning dicts
+        from weasyprint import default_url_fetcher
+
+        def fetch(url: str, *args: Any, **kwargs: Any) -> Any:
+            _check_data_url(url)
+            return default_url_fetcher(url, *args, **kwargs)
+
+        return fetch
+
+    class DataOnlyURLFetcher(URLFetcher):
+        def __init__(self) -> None:
+            super().__init__(allowed_protocols=("data",), allow_redirects=False, fail_on_errors=False)
+
+        def fetch(self, url: str, headers: Any = None) -> Any:
+            _check_data_url(url)
+            return super().fetch(url, headers)
+
+    return DataOnlyURLFetcher()
+
+
+def _check_data_url(url: str) -> None:
+    if not str(url).lower().startswith("data:"):
+        scheme = str(url).split(":", 1)[0] if ":" in str(url) else "relative"
+        raise URLRefusedError(
+            f"the PDF renderer may only read embedded data: URLs; refused a {scheme} URL: {str(url)[:120]}"
+        )
+
+
+def _pdf_bytes(html: str) -> bytes:
+    from weasyprint import HTML
+
+    return HTML(string=html, url_fetcher=data_only_url_fetcher()).write_pdf()
+
+
+# -- files -----------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    replaced = False
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temp_name, 0o644)
+        os.replace(temp_name, path)
+        replaced = True
+    finally:
+        if not replaced:
+            with contextlib.suppress(OSError):
+                os.unlink(temp_name)
