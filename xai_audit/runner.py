@@ -8,6 +8,7 @@ raises is recorded in ``failures``; the rest of the audit completes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import platform
@@ -245,7 +246,23 @@ def _baseline(model: ModelAdapter, samples: list[Sample], plan: Plan, cache: Cac
 
 
 def _step_key(kind: str, step: Step, base_key: dict, extra: Any = None) -> str:
-    return content_key(kind, step.name, step.plugin.package, step.plugin.version, step.options_dict(), base_key, extra)
+    return content_key(
+        kind, step.name, step.plugin.package, step.plugin.version, _code_hash(step.plugin.cls),
+        step.options_dict(), base_key, extra,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _code_hash(cls: type) -> str:
+    """Hash of the source files of the plugin's package, so an edited plugin never reuses stale results."""
+    module = sys.modules.get(cls.__module__)
+    path = Path(getattr(module, "__file__", "") or "")
+    if not path.is_file():
+        return ""
+    h = hashlib.sha256()
+    for source in sorted(path.parent.glob("*.py")):
+        h.update(source.read_bytes())
+    return h.hexdigest()
 
 
 def _explain(step, model, samples, targets, seed, cache, base_key) -> Explanation:

@@ -72,6 +72,11 @@ class GroupAccuracyHypothesis(HypothesisPlugin):
                 "worst": worst["group"],
                 "too_small": [r["group"] for r in rows if r["too small"]],
             }
+        if len(per_column) > 1:
+            breakdown["gap by column"] = [
+                {"column": c, "gap": v["gap"], "ci": v["ci"], "p_value": v["p_value"], "best": v["best"], "worst": v["worst"]}
+                for c, v in per_column.items()
+            ]
         main = max(per_column, key=lambda c: per_column[c]["gap"])
         stats = per_column[main]
         p_value = stats["p_value"]
@@ -90,5 +95,6 @@ class GroupAccuracyHypothesis(HypothesisPlugin):
             test="chi-square test of equal accuracy across groups (Fisher's exact for two small groups); "
             "95 % bootstrap interval of the gap",
             breakdown=breakdown,
-            details={"column": main, "columns": per_column, "min_group_size": opts.min_group_size},
+            details={"column": main, "min_group_size": opts.min_group_size,
+                     "too_small": ", ".join(stats["too_small"]) or "none"},
         )

@@ -39,7 +39,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
 )
 
 #: Samples drawn per explanation grid (rows).
-MAX_GRID_ROWS = 6
+MAX_GRID_ROWS = 12
 #: Sample ids listed for a hypothesis's examples.
 MAX_EXAMPLES = 12
 
