@@ -81,7 +81,7 @@ def _write(outcome, registry, out: Path, formats: list[str], templates: Optional
 
     template_dirs = ([templates] if templates else []) + registry.template_dirs()
     artifacts = ReportArtifacts(
-        images=outcome.images, explanations=outcome.explanations,
+        images=outcome.images, explanations=outcome.explanations, hypotheses=outcome.hypotheses,
         predictions=outcome.predictions, labels=outcome.labels,
     )
     return write_report(outcome.results, artifacts, out, formats=formats, template_dirs=template_dirs)

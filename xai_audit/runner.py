@@ -49,6 +49,7 @@ class AuditOutcome:
     results: dict[str, Any]
     images: dict[str, np.ndarray]
     explanations: dict[str, Explanation]
+    hypotheses: dict[str, HypothesisResult]
     predictions: dict[str, tuple[int, float]]
     labels: dict[str, int | None]
 
@@ -134,11 +135,13 @@ def run_audit(plan: Plan, registry: Registry, *, cache: Cache, progress: bool = 
             predict=lambda images: model.predict_proba(images, batch_size=plan.runtime.batch_size),
         )
         hypothesis_results: dict[str, Any] = {}
+        hypothesis_objects: dict[str, HypothesisResult] = {}
         for step in plan.hypotheses:
             with bar.step(f"hypothesis {step.name}"):
                 entry = {"status": "ok", "plugin": step.plugin.name, "options": step.options_dict()}
                 try:
                     result = _hypothesis(step, hyp_context, cache, base_key)
+                    hypothesis_objects[step.name] = result
                     entry.update(_result_dict(result))
                 except Exception as exc:
                     entry["status"] = "failed"
@@ -179,6 +182,7 @@ def run_audit(plan: Plan, registry: Registry, *, cache: Cache, progress: bool = 
         results=results,
         images={samples[i].id: samples[i].image for i in sorted(shown)},
         explanations=explanations,
+        hypotheses=hypothesis_objects,
         predictions={samples[i].id: (int(preds[i]), float(probs[i, preds[i]])) for i in sorted(shown)},
         labels={samples[i].id: samples[i].label for i in sorted(shown)},
     )
@@ -293,9 +297,10 @@ def _hypothesis(step: Step, context: HypothesisContext, cache: Cache, base_key: 
 
 
 def _result_dict(result: HypothesisResult) -> dict[str, Any]:
-    data = dataclasses.asdict(result)
+    """The result as results.json holds it: numbers and tables; figures and arrays go to the report only."""
+    data = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("arrays", "figures")}
     data["ci"] = list(result.ci) if result.ci is not None else None
-    return data
+    return to_jsonable(data)
 
 
 def _correct_for_multiple_tests(hypotheses: dict[str, Any]) -> None:

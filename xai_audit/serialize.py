@@ -18,6 +18,7 @@ def explanation_to_cache(exp: Explanation) -> tuple[dict[str, Any], dict[str, np
         "scalars": {k: float(v) for k, v in exp.scalars.items()},
         "tables": exp.tables,
         "notes": list(exp.notes),
+        "figures": to_jsonable(exp.figures),
         "array_names": sorted(exp.arrays),
     }
     arrays = {"maps": np.asarray(exp.maps), "targets": np.asarray(exp.targets)}
@@ -36,18 +37,21 @@ def explanation_from_cache(data: dict[str, Any], arrays: dict[str, np.ndarray]) 
         arrays={k: arrays[f"extra__{k}"] for k in data["array_names"]},
         tables=data["tables"],
         notes=list(data["notes"]),
+        figures=list(data.get("figures", [])),
     )
 
 
 def hypothesis_to_cache(result: HypothesisResult) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    data = dataclasses.asdict(result)
+    data = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "arrays"}
     data["ci"] = list(result.ci) if result.ci is not None else None
-    return to_jsonable(data), {}
+    data["array_names"] = sorted(result.arrays)
+    return to_jsonable(data), {f"extra__{k}": np.asarray(v) for k, v in result.arrays.items()}
 
 
 def hypothesis_from_cache(data: dict[str, Any], arrays: dict[str, np.ndarray]) -> HypothesisResult:
     data = dict(data)
     data["ci"] = tuple(data["ci"]) if data.get("ci") is not None else None
+    data["arrays"] = {k: arrays[f"extra__{k}"] for k in data.pop("array_names", [])}
     return HypothesisResult(**data)
 
 

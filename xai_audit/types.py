@@ -129,6 +129,8 @@ class Explanation:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: figures described as data (see xai_audit.report.specs); arrays by reference
+    figures: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -153,6 +155,9 @@ class HypothesisResult:
     breakdown: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    #: figures described as data (see xai_audit.report.specs), and the arrays they refer to
+    figures: list[dict[str, Any]] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

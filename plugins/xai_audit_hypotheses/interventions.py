@@ -48,6 +48,19 @@ def intervention_result(
         }
         for k, name in enumerate(classes)
     ]
+    shift_figure = {
+        "kind": "bars",
+        "title": "Share of predictions per class, before and after",
+        "labels": list(classes),
+        "series": [
+            {"label": "clean", "values": [row["share before"] for row in shift]},
+            {"label": "after", "values": [row["share after"] for row in shift]},
+        ],
+        "ylabel": "share of predictions",
+        "caption": f"Where the predictions go when {what}: a class that gains many predictions is where "
+        "a shortcut drains the errors; an even spread of losses is plain fragility.",
+        "alt": "Bar chart of the share of predictions per class on clean images and after the intervention.",
+    }
     flips = pred_before != pred_after
     changed = [context.samples[i].id for i in np.flatnonzero(flips)[:8]]
     details = {
@@ -72,6 +85,7 @@ def intervention_result(
             breakdown={"prediction shift": shift},
             examples=changed,
             details=details,
+            figures=[shift_figure],
         )
     correct_before = pred_before == labels
     correct_after = pred_after == labels
@@ -106,6 +120,7 @@ def intervention_result(
         breakdown={"per class": per_class, "prediction shift": shift},
         examples=changed,
         details=details,
+        figures=[shift_figure],
     )
 
 

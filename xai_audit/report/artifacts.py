@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xai_audit.types import Explanation
+from xai_audit.types import Explanation, HypothesisResult
 
 
 @dataclass
@@ -26,5 +26,7 @@ class ReportArtifacts:
 
     images: dict[str, np.ndarray] = field(default_factory=dict)
     explanations: dict[str, Explanation] = field(default_factory=dict)
+    #: plan step name -> the HypothesisResult (for its figure specs and arrays)
+    hypotheses: dict[str, HypothesisResult] = field(default_factory=dict)
     predictions: dict[str, tuple[int, float]] = field(default_factory=dict)
     labels: dict[str, int | None] = field(default_factory=dict)

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from xai_audit.report import figures
+from xai_audit.report import figures, specs
 from xai_audit.report.artifacts import ReportArtifacts
 
 #: The report's sections, in order: (anchor id, heading).
@@ -76,7 +76,7 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
         "accuracy": _accuracy(results, classes),
         "groups": _groups(group_steps, results, errors),
         "explainers": _explainers(results.get("explainers") or {}, artifacts, classes, errors),
-        "hypotheses": _hypotheses(other_steps, errors),
+        "hypotheses": _hypotheses(other_steps, errors, artifacts),
         "failures": _failures(failures),
     }
 
@@ -303,6 +303,7 @@ def _explainers(
             "tables": [_table(str(k), v) for k, v in tables.items()],
             "figure": None,
             "figure_missing_text": "",
+            "extra_figures": _spec_figures(explanation.figures, explanation.arrays) if explanation else [],
         }
         if status == "ok":
             item["figure"] = _explanation_figure(name, explanation, artifacts, classes)
@@ -315,11 +316,25 @@ def _explainers(
     return {"steps": items, "empty_text": "No explainer was in the plan."}
 
 
-def _hypotheses(steps: Mapping[str, Any], errors: dict[str, str]) -> dict[str, Any]:
+def _spec_figures(figure_specs: Sequence[Mapping[str, Any]], arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Figures a plugin described as data; one that cannot be drawn says why instead."""
+    out = []
+    for spec in figure_specs:
+        try:
+            out.append(specs.render_spec(spec, arrays))
+        except Exception as exc:  # a bad spec must not lose the rest of the report
+            out.append({"src": None, "alt": "", "caption": f"Figure {spec.get('title', '')!s} could not be drawn: {exc}",
+                        "samples": []})
+    return out
+
+
+def _hypotheses(steps: Mapping[str, Any], errors: dict[str, str], artifacts: ReportArtifacts) -> dict[str, Any]:
     items = []
     for index, (name, step) in enumerate(steps.items()):
         item = _hypothesis_common(name, step, errors, prefix="hypothesis", index=index)
         item["tables"] = [_table(str(k), v) for k, v in (step.get("breakdown") or {}).items()]
+        result = artifacts.hypotheses.get(name)
+        item["extra_figures"] = _spec_figures(result.figures, result.arrays) if result else []
         item["figure"] = None
         if not item["failed"] and any(step.get(k) is not None for k in ("before", "after", "effect")):
             metric = str(step.get("metric") or "metric")

@@ -1,0 +1,173 @@
+"""Figures that plugins describe as data, drawn by the report.
+
+A plugin never renders: it returns figure *specs*, plain dicts in
+``Explanation.figures`` or ``HypothesisResult.figures``. Each spec has a
+``kind`` and a ``title``, ``caption`` and ``alt`` text; any value may be an
+array reference ``{"array": "name"}`` into the step's ``arrays``. Kinds:
+
+``lines``   ``x``, ``series`` = [{``label``, ``y``}], ``xlabel``, ``ylabel``
+``bars``    ``labels``, ``series`` = [{``label``, ``values``, optional ``low``/``high``}], ``ylabel``
+``matrix``  ``values`` (2-D), ``rows``, ``cols``, ``row_label``, ``col_label``, optional ``signed``
+``images``  ``images`` (N, 3, H, W) or (N, H, W) in [0, 1], optional ``titles``, ``columns``
+``scatter`` ``x``, ``y``, optional ``groups`` (a label per point), ``xlabel``, ``ylabel``, ``diagonal``
+``graph``   ``nodes`` = [{``x``, ``y``, ``size``, ``color``}], ``edges`` = [[i, j]], ``color_label``
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from matplotlib.colors import TwoSlopeNorm
+
+from xai_audit.report import figures as f
+
+
+def resolve(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    if isinstance(value, Mapping) and set(value) == {"array"}:
+        return arrays[value["array"]]
+    if isinstance(value, list):
+        return [resolve(v, arrays) for v in value]
+    if isinstance(value, Mapping):
+        return {k: resolve(v, arrays) for k, v in value.items()}
+    return value
+
+
+def render_spec(spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """A template figure ``{src, alt, caption, samples}`` from a spec."""
+    spec = resolve(dict(spec), arrays)
+    kind = spec.get("kind")
+    if kind not in RENDERERS:
+        raise ValueError(f"unknown figure kind {kind!r}; known: {sorted(RENDERERS)}")
+    with f._style():
+        src = RENDERERS[kind](spec)
+    title = str(spec.get("title", ""))
+    return {
+        "src": src,
+        "alt": str(spec.get("alt") or title or kind),
+        "caption": str(spec.get("caption") or title),
+        "samples": [],
+    }
+
+
+def _axes(spec: Mapping[str, Any], width: float = 6.0, height: float = 3.0):
+    fig = f._figure(float(spec.get("width", width)), float(spec.get("height", height)))
+    ax = fig.add_subplot(1, 1, 1)
+    if spec.get("title"):
+        ax.set_title(f._plain(spec["title"], 80))
+    ax.set_xlabel(f._plain(spec.get("xlabel", ""), 60))
+    ax.set_ylabel(f._plain(spec.get("ylabel", ""), 60))
+    return fig, ax
+
+
+def _lines(spec: Mapping[str, Any]) -> str:
+    fig, ax = _axes(spec)
+    x = np.asarray(spec.get("x"), dtype=float) if spec.get("x") is not None else None
+    for series in spec.get("series", []):
+        y = np.asarray(series["y"], dtype=float)
+        ax.plot(x if x is not None else np.arange(len(y)), y, label=f._plain(series.get("label", ""), 30), lw=1.4)
+    if any(s.get("label") for s in spec.get("series", [])):
+        ax.legend(frameon=False, fontsize=7)
+    return f._encode(fig)
+
+
+def _bars(spec: Mapping[str, Any]) -> str:
+    fig, ax = _axes(spec)
+    labels = [f._plain(l, 18) for l in spec.get("labels", [])]
+    series = spec.get("series", [])
+    width = 0.8 / max(1, len(series))
+    xs = np.arange(len(labels))
+    for k, s in enumerate(series):
+        values = np.asarray(s["values"], dtype=float)
+        err = None
+        if s.get("low") is not None and s.get("high") is not None:
+            err = np.vstack([values - np.asarray(s["low"], float), np.asarray(s["high"], float) - values])
+        ax.bar(xs + (k - (len(series) - 1) / 2) * width, values, width, yerr=err, capsize=2,
+               label=f._plain(s.get("label", ""), 30))
+    ax.set_xticks(xs, labels, rotation=30 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
+    if len(series) > 1:
+        ax.legend(frameon=False, fontsize=7)
+    return f._encode(fig)
+
+
+def _matrix(spec: Mapping[str, Any]) -> str:
+    values = np.asarray(spec["values"], dtype=float)
+    fig, ax = _axes(spec, width=1.2 + 0.5 * values.shape[1], height=1.0 + 0.42 * values.shape[0])
+    if spec.get("signed"):
+        bound = float(np.nanmax(np.abs(values))) or 1.0
+        image = ax.imshow(values, cmap="RdBu_r", norm=TwoSlopeNorm(0, -bound, bound))
+    else:
+        image = ax.imshow(values, cmap="Blues")
+    ax.set_xticks(range(values.shape[1]), [f._plain(c, 14) for c in spec.get("cols", range(values.shape[1]))],
+                  rotation=45, ha="right")
+    ax.set_yticks(range(values.shape[0]), [f._plain(r, 14) for r in spec.get("rows", range(values.shape[0]))])
+    ax.set_xlabel(f._plain(spec.get("col_label", ""), 40))
+    ax.set_ylabel(f._plain(spec.get("row_label", ""), 40))
+    fmt = spec.get("format", "{:.2f}")
+    if values.size <= 150:
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=6.5)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return f._encode(fig)
+
+
+def _images(spec: Mapping[str, Any]) -> str:
+    images = [np.asarray(im, dtype=np.float32) for im in spec["images"]]
+    titles = list(spec.get("titles") or [""] * len(images))
+    columns = int(spec.get("columns", min(8, max(1, len(images)))))
+    rows = (len(images) + columns - 1) // columns
+    fig = f._figure(1.1 * columns, 1.25 * rows + (0.3 if spec.get("title") else 0))
+    if spec.get("title"):
+        fig.suptitle(f._plain(spec["title"], 80))
+    for k, image in enumerate(images):
+        ax = fig.add_subplot(rows, columns, k + 1)
+        ax.imshow(f._to_rgb(image), interpolation="nearest")
+        ax.set_axis_off()
+        if k < len(titles) and titles[k]:
+            ax.set_title(f._plain(titles[k], 18), fontsize=6.5)
+    return f._encode(fig, dpi=f.GRID_DPI)
+
+
+def _scatter(spec: Mapping[str, Any]) -> str:
+    fig, ax = _axes(spec, width=4.6, height=3.6)
+    x = np.asarray(spec["x"], dtype=float)
+    y = np.asarray(spec["y"], dtype=float)
+    groups = spec.get("groups")
+    if groups is None:
+        ax.scatter(x, y, s=10, alpha=0.7)
+    else:
+        groups = np.asarray([str(g) for g in groups])
+        for g in sorted(set(groups.tolist())):
+            mask = groups == g
+            ax.scatter(x[mask], y[mask], s=10, alpha=0.7, label=f._plain(g, 20))
+        ax.legend(frameon=False, fontsize=7, markerscale=1.5)
+    if spec.get("diagonal") and len(x):
+        lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+        ax.plot([lo, hi], [lo, hi], color="#9aa5b1", lw=0.8, ls="--")
+    return f._encode(fig)
+
+
+def _graph(spec: Mapping[str, Any]) -> str:
+    fig, ax = _axes(spec, width=5.0, height=4.0)
+    nodes = spec.get("nodes", [])
+    for i, j in spec.get("edges", []):
+        ax.plot([nodes[i]["x"], nodes[j]["x"]], [nodes[i]["y"], nodes[j]["y"]], color="#9aa5b1", lw=0.7, zorder=1)
+    if nodes:
+        points = ax.scatter(
+            [n["x"] for n in nodes], [n["y"] for n in nodes],
+            s=[20 + 8 * float(n.get("size", 1)) for n in nodes],
+            c=[float(n.get("color", 0)) for n in nodes], cmap="viridis", zorder=2, edgecolors="white", linewidths=0.5,
+        )
+        fig.colorbar(points, ax=ax, shrink=0.8, label=f._plain(spec.get("color_label", ""), 40))
+    ax.set_axis_off()
+    return f._encode(fig)
+
+
+RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "lines": _lines,
+    "bars": _bars,
+    "matrix": _matrix,
+    "images": _images,
+    "scatter": _scatter,
+    "graph": _graph,
+}
