@@ -142,6 +142,7 @@ def test_third_party_plugin_package_is_discovered_and_runs(installed_example_plu
         ("register_datasets", "dataset"),
         ("register_explainers", "explainer"),
         ("register_hypotheses", "hypothesis"),
+        ("register_region_sources", "region-source"),
     ],
 )
 def test_each_discovery_hook_returns_classes_of_its_kind(registry, hook, kind):

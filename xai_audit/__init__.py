@@ -21,6 +21,8 @@ from xai_audit.types import (  # noqa: E402  (public API, after hookimpl)
     ModelAdapter,
     ModelAdapterPlugin,
     Options,
+    RegionSource,
+    RegionSourcePlugin,
     Sample,
 )
 
@@ -38,5 +40,7 @@ __all__ = [
     "ModelAdapter",
     "ModelAdapterPlugin",
     "Options",
+    "RegionSource",
+    "RegionSourcePlugin",
     "Sample",
 ]

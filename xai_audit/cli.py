@@ -131,11 +131,18 @@ def _summarise(results: dict, written: dict[str, Path]) -> None:
 
 @app.command()
 @handles_errors
-def validate(plan: Path = typer.Argument(..., help="The audit plan (YAML)."), strict_plugins: bool = Strict) -> None:
-    """Check PLAN: every problem with its file, line and field."""
+def validate(
+    plan: Path = typer.Argument(..., help="The audit plan (YAML)."),
+    load: bool = typer.Option(True, help="Also load the model and data and check they fit (--no-load: the plan only)."),
+    strict_plugins: bool = Strict,
+) -> None:
+    """Check PLAN: every problem with its file, line and field; then that the model and data fit."""
     from xai_audit.plan import load_plan
+    from xai_audit.runner import load_model_and_data
 
     validated = load_plan(plan, _registry(strict_plugins))
+    if load:
+        load_model_and_data(validated)
     typer.echo(
         f"{plan}: valid ({len(validated.explainers)} explainer(s), {len(validated.hypotheses)} hypothesis(es))"
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pluggy
 
-from xai_audit.types import DatasetPlugin, ExplainerPlugin, HypothesisPlugin, ModelAdapterPlugin
+from xai_audit.types import DatasetPlugin, ExplainerPlugin, HypothesisPlugin, ModelAdapterPlugin, RegionSourcePlugin
 
 hookspec = pluggy.HookspecMarker("xai_audit")
 
@@ -48,6 +48,17 @@ def register_hypotheses() -> list[type[HypothesisPlugin]]:
 
     Called when the plugin manager is built. Each class returns a
     :class:`~xai_audit.types.HypothesisResult`.
+    """
+
+
+@hookspec
+def register_region_sources() -> list[type[RegionSourcePlugin]]:
+    """Return region source classes.
+
+    Called when the plugin manager is built. Each class turns the plan's
+    ``regions:`` options into a :class:`~xai_audit.types.RegionSource`, which
+    gives region masks to samples whose data set has none (e.g. a
+    face-parsing segmentation model).
     """
 
 

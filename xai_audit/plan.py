@@ -43,6 +43,7 @@ class _PlanSchema(_Strict):
     seed: int = 0
     model: dict[str, Any]
     dataset: dict[str, Any]
+    regions: dict[str, Any] | None = None
     explainers: list[Any] = Field(default_factory=list)
     hypotheses: list[Any] = Field(default_factory=list)
     explain: ExplainSpec = Field(default_factory=ExplainSpec)
@@ -74,6 +75,7 @@ class Plan:
     model: Step
     dataset: Step
     sample: int | None
+    regions: Step | None
     explainers: list[Step]
     hypotheses: list[Step]
     explain: ExplainSpec
@@ -87,6 +89,7 @@ class Plan:
             "seed": self.seed,
             "model": {"adapter": self.model.name, **self.model.options_dict()},
             "dataset": {"loader": self.dataset.name, "sample": self.sample, **self.dataset.options_dict()},
+            "regions": {"source": self.regions.name, **self.regions.options_dict()} if self.regions else None,
             "explainers": [{s.name: s.options_dict()} for s in self.explainers],
             "hypotheses": [{s.name: s.options_dict()} for s in self.hypotheses],
             "explain": self.explain.model_dump(),
@@ -198,10 +201,23 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
             problems.add(("dataset", "sample"), f"must be a positive whole number, got {sample!r}")
             sample = None
         dataset = _plugin_step(problems, registry, "dataset", ("dataset",), dataset_options, key="loader")
+    regions = None
+    if isinstance(data.get("regions"), dict):
+        regions = _plugin_step(problems, registry, "region-source", ("regions",), data["regions"], key="source")
     lists = {}
     for section, kind in (("explainers", "explainer"), ("hypotheses", "hypothesis")):
         entries = data.get(section) or []
         lists[section] = _plugin_list(problems, registry, kind, section, entries) if isinstance(entries, list) else []
+    if model is not None and not model.plugin.cls.provides_gradients:
+        need = [s.name for s in lists["explainers"] if getattr(s.plugin.cls, "needs_gradients", True)]
+        for i, entry in enumerate(data.get("explainers") or []):
+            name = entry if isinstance(entry, str) else next(iter(entry), None) if isinstance(entry, dict) else None
+            if name in need:
+                problems.add(
+                    ("explainers", i),
+                    f'"{name}" needs gradients, and the {model.name} adapter runs the model as a black box '
+                    f"(methods here that need gradients: {', '.join(need)}); use a perturbation method such as occlusion or lime",
+                )
     if problems.items or schema is None or model is None or dataset is None:
         raise PlanError(problems.items or [f"{filename}: invalid plan"])
     explainers, hypotheses = lists["explainers"], lists["hypotheses"]
@@ -212,6 +228,7 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
         model=model,
         dataset=dataset,
         sample=sample,
+        regions=regions,
         explainers=explainers,
         hypotheses=hypotheses,
         explain=schema.explain,

@@ -25,6 +25,7 @@ from xai_audit.types import (
     HypothesisPlugin,
     ModelAdapterPlugin,
     Plugin,
+    RegionSourcePlugin,
 )
 
 ENTRY_POINT_GROUP = "xai_audit"
@@ -35,6 +36,7 @@ KINDS: dict[str, tuple[str, type[Plugin]]] = {
     "dataset": ("register_datasets", DatasetPlugin),
     "explainer": ("register_explainers", ExplainerPlugin),
     "hypothesis": ("register_hypotheses", HypothesisPlugin),
+    "region-source": ("register_region_sources", RegionSourcePlugin),
 }
 
 

@@ -91,14 +91,17 @@ class _Progress:
 def run_audit(plan: Plan, registry: Registry, *, cache: Cache, progress: bool = False) -> AuditOutcome:
     started = _now()
     seed = plan.seed
-    context = LoadContext(base_dir=plan.base_dir, seed=seed, device=plan.runtime.device)
-    model = _load(plan.model, context, ModelError, "model")
-    dataset = _load(plan.dataset, context, DataError, "data set")
+    model, dataset = load_model_and_data(plan)
     samples = _select_samples(dataset, plan.sample, seed)
     samples = _align_labels(samples, dataset, model, plan)
     ids = [s.id for s in samples]
     ids_sha = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     model_fp, data_fp = model.fingerprint(), dataset.fingerprint()
+    region_source = None
+    if plan.regions is not None:
+        region_source = _load(plan.regions, LoadContext(plan.base_dir, seed, plan.runtime.device), DataError, "region source")
+        samples = _add_regions(samples, region_source, plan, cache, {"data": data_fp, "ids": ids_sha})
+        data_fp = content_key(data_fp, region_source.fingerprint(), plan.regions.options_dict())
     base_key = {"model": model_fp, "data": data_fp, "ids": ids_sha, "seed": seed}
     failures: list[dict[str, str]] = []
     n_steps = 1 + len(plan.explainers) + len(plan.hypotheses)
@@ -158,7 +161,7 @@ def run_audit(plan: Plan, registry: Registry, *, cache: Cache, progress: bool = 
         "finished": None,
         "seed": seed,
         "plan": plan.as_run(),
-        "provenance": _provenance(plan, registry, model, dataset, model_fp, data_fp),
+        "provenance": _provenance(plan, registry, model, dataset, model_fp, data_fp, region_source),
         "classes": list(model.classes),
         "samples": {"n": len(samples), "ids_sha256": ids_sha, "labelled": labelled},
         "accuracy": accuracy,
@@ -191,6 +194,18 @@ def run_audit(plan: Plan, registry: Registry, *, cache: Cache, progress: bool = 
 # --------------------------------------------------------------------------- loading
 
 
+def load_model_and_data(plan: Plan) -> tuple[ModelAdapter, Dataset]:
+    """Load the model and the data set, and check that the data's images go through the model."""
+    context = LoadContext(base_dir=plan.base_dir, seed=plan.seed, device=plan.runtime.device)
+    model = _load(plan.model, context, ModelError, "model")
+    dataset = _load(plan.dataset, context, DataError, "data set")
+    if len(dataset) == 0:
+        raise DataError("the data set has no samples")
+    first = dataset[0]
+    model.check(*first.image.shape[-2:])
+    return model, dataset
+
+
 def _load(step: Step, context: LoadContext, error: type[XaiAuditError], what: str) -> Any:
     try:
         return step.instantiate().load(context)
@@ -198,6 +213,32 @@ def _load(step: Step, context: LoadContext, error: type[XaiAuditError], what: st
         raise
     except Exception as exc:
         raise error(f"cannot load the {what} with plugin '{step.name}': {type(exc).__name__}: {exc}") from exc
+
+
+def _add_regions(samples: list[Sample], source: Any, plan: Plan, cache: Cache, data_key: dict) -> list[Sample]:
+    """Give region masks from the plan's region source to the samples whose data set has none."""
+    todo = [i for i, s in enumerate(samples) if not s.regions]
+    if not todo:
+        return samples
+    key = content_key("regions", plan.regions.name, plan.regions.options_dict(), source.fingerprint(), data_key, todo)
+    hit = cache.get(key)
+    if hit is not None:
+        names, arrays = hit[0]["names"], hit[1]
+        masks = [{n: arrays[n][k] for n in names} for k in range(len(todo))]
+    else:
+        masks = []
+        for start in range(0, len(todo), plan.runtime.batch_size):
+            chunk = todo[start : start + plan.runtime.batch_size]
+            masks.extend(source.regions(np.stack([samples[i].image for i in chunk]).astype(np.float32)))
+        names = sorted({n for m in masks for n in m})
+        shape = samples[todo[0]].image.shape[-2:]
+        arrays = {n: np.stack([m.get(n, np.zeros(shape, bool)) for m in masks]) for n in names}
+        cache.put(key, {"names": names}, arrays)
+        masks = [{n: arrays[n][k] for n in names} for k in range(len(todo))]
+    out = list(samples)
+    for i, m in zip(todo, masks):
+        out[i] = dataclasses.replace(samples[i], regions=m)
+    return out
 
 
 def _select_samples(dataset: Dataset, sample: int | None, seed: int) -> list[Sample]:
@@ -384,7 +425,7 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _provenance(plan, registry: Registry, model, dataset, model_fp: str, data_fp: str) -> dict[str, Any]:
+def _provenance(plan, registry: Registry, model, dataset, model_fp: str, data_fp: str, region_source=None) -> dict[str, Any]:
     import torch
 
     model_files = [{"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size} for p in model.files()]
@@ -392,7 +433,18 @@ def _provenance(plan, registry: Registry, model, dataset, model_fp: str, data_fp
     manifest = "\n".join(f"{p}\t{file_sha256(Path(p))}" for p in data_files)
     used = {("model-adapter", plan.model.name), ("dataset", plan.dataset.name)}
     used |= {("explainer", s.name) for s in plan.explainers} | {("hypothesis", s.name) for s in plan.hypotheses}
+    if plan.regions is not None:
+        used.add(("region-source", plan.regions.name))
+    regions = None
+    if region_source is not None:
+        regions = {
+            "source": plan.regions.name,
+            "description": region_source.describe(),
+            "fingerprint": region_source.fingerprint(),
+            "files": [{"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size} for p in region_source.files()],
+        }
     return {
+        "regions": regions,
         "model": {"adapter": plan.model.name, "description": model.describe(), "fingerprint": model_fp, "files": model_files},
         "dataset": {
             "loader": plan.dataset.name,

@@ -96,6 +96,29 @@ class ModelAdapter(abc.ABC):
     def describe(self) -> dict[str, Any]:
         return {}
 
+    def check(self, height: int, width: int) -> None:
+        """Raise ModelError when display images of (height, width) cannot go through the model.
+
+        The default runs one black image through ``forward`` and checks the
+        output has one score per class.
+        """
+        import torch
+
+        from xai_audit.errors import ModelError
+
+        try:
+            with torch.no_grad():
+                logits = self.forward(torch.zeros(1, 3, height, width, device=self.device))
+        except ModelError:
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"a {height}x{width} image does not go through the model: {first}") from None
+        if tuple(logits.shape) != (1, len(self.classes)):
+            raise ModelError(
+                f"the model returns {tuple(logits.shape)[1:]} scores per image, but {len(self.classes)} classes are named"
+            )
+
     def predict_proba(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Class probabilities (N, C) for display-space images (N, 3, H, W)."""
         import torch
@@ -220,6 +243,8 @@ class Plugin:
 
 class ModelAdapterPlugin(Plugin):
     kind = "model-adapter"
+    #: False for a black box (e.g. ONNX): explainers that need gradients are refused at validation
+    provides_gradients: ClassVar[bool] = True
 
     @abc.abstractmethod
     def load(self, context: LoadContext) -> ModelAdapter:
@@ -232,6 +257,32 @@ class DatasetPlugin(Plugin):
     @abc.abstractmethod
     def load(self, context: LoadContext) -> Dataset:
         """Build the data set from ``self.options``."""
+
+
+class RegionSource(abc.ABC):
+    """Finds named regions (eyes, mouth, ...) in display-space images."""
+
+    @abc.abstractmethod
+    def regions(self, images: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """One ``{region name: bool (H, W) mask}`` per image of (N, 3, H, W)."""
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """A content hash of the model behind the regions."""
+
+    def files(self) -> list[Path]:
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+
+class RegionSourcePlugin(Plugin):
+    kind = "region-source"
+
+    @abc.abstractmethod
+    def load(self, context: LoadContext) -> RegionSource:
+        """Build the region source from ``self.options``."""
 
 
 class ExplainerPlugin(Plugin):

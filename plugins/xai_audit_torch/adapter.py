@@ -17,41 +17,42 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from xai_audit.errors import ModelError
+from xai_audit.inputs import InputSpec, Preprocess
 from xai_audit.types import LoadContext, ModelAdapter, ModelAdapterPlugin, Options
 
 
 class TorchModelOptions(Options):
     module: str | None = Field(None, description="'package.module:factory' or 'file.py:factory'")
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
-    weights: str | None = Field(None, description="state-dict file, loaded with weights_only=True")
+    weights: str | None = Field(None, description="state-dict file (.pt/.pth loaded with weights_only=True, or .safetensors)")
     torchscript: str | None = Field(None, description="a TorchScript file (instead of module)")
+    model_file: str | None = Field(None, description="a whole pickled model (torch.save(model)); needs trusted: true")
+    trusted: bool = Field(False, description="allow loading files that can run code (pickled models)")
     classes: list[str] | None = Field(None, description="class names in output order")
-    input_size: int | None = Field(None, ge=1, description="resize display images to this square size")
-    channels: int = Field(3, description="1 for a grayscale model, 3 for RGB")
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    input: InputSpec = Field(default_factory=InputSpec, description="how display images become the model's input")
     default_layer: str | None = Field(None, description="layer for Grad-CAM / activations; default: last conv")
 
     @model_validator(mode="after")
     def _one_source(self) -> "TorchModelOptions":
-        if (self.module is None) == (self.torchscript is None):
-            raise ValueError("give exactly one of 'module' (with optional 'weights') or 'torchscript'")
-        if self.channels not in (1, 3):
-            raise ValueError("channels must be 1 or 3")
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if value is not None and len(value) not in (1, self.channels):
-                raise ValueError(f"{name} needs 1 or {self.channels} values")
+        sources = [n for n in ("module", "torchscript", "model_file") if getattr(self, n) is not None]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of 'module' (with optional 'weights'), 'torchscript' or 'model_file'")
+        if self.weights is not None and self.module is None:
+            raise ValueError("'weights' goes with 'module'")
+        if self.model_file is not None and not self.trusted:
+            raise ValueError(
+                "'model_file' is a pickled model, which can run code when loaded: "
+                "set 'trusted: true' only for a file you trust, or give 'module' + 'weights' instead"
+            )
         return self
 
 
 class TorchModelPlugin(ModelAdapterPlugin):
     name = "torch"
-    description = "A torch module from a factory plus weights, or a TorchScript file."
+    description = "A torch module from a factory plus weights, a TorchScript file, or a trusted pickled model."
     Options = TorchModelOptions
 
     def load(self, context: LoadContext) -> ModelAdapter:
@@ -63,7 +64,16 @@ class TorchModelPlugin(ModelAdapterPlugin):
             try:
                 module = torch.jit.load(str(path), map_location=context.device)
             except Exception as exc:
-                raise ModelError(f"{path}: cannot load TorchScript model: {exc}") from None
+                raise ModelError(f"{path}: cannot load TorchScript model: {_first_line(exc)}") from None
+        elif opts.model_file is not None:
+            path = _resolve(context.base_dir, opts.model_file)
+            files.append(path)
+            try:  # the plan said trusted: true (checked when the plan was validated)
+                module = torch.load(str(path), map_location=context.device, weights_only=False)
+            except Exception as exc:
+                raise ModelError(f"{path}: cannot load pickled model: {_first_line(exc)}") from None
+            if not isinstance(module, torch.nn.Module):
+                raise ModelError(f"{path}: holds a {type(module).__name__}, not a torch.nn.Module")
         else:
             assert opts.module is not None
             factory = _import_factory(opts.module, context.base_dir)
@@ -90,35 +100,31 @@ class TorchModelAdapter(ModelAdapter):
         self.opts = opts
         self._files = files
         self.device = device
-        channels = opts.channels
-        mean = opts.mean or [0.0] * channels
-        std = opts.std or [1.0] * channels
-        self._mean = torch.tensor(mean * (channels if len(mean) == 1 else 1), device=device).view(1, -1, 1, 1)
-        self._std = torch.tensor(std * (channels if len(std) == 1 else 1), device=device).view(1, -1, 1, 1)
+        self.preprocess = Preprocess(opts.input).to(device)
         convs = [name for name, m in module.named_modules() if isinstance(m, torch.nn.Conv2d)]
         self.default_layer = opts.default_layer or (convs[-1] if convs else None)
         if self.default_layer is not None and self.default_layer not in dict(module.named_modules()):
             raise ModelError(f"model has no layer named '{self.default_layer}' (default_layer)")
         self._fingerprint: str | None = None
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Display space (N, 3, H, W) in [0, 1] -> the model's input, differentiably."""
-        x = images
-        size = self.opts.input_size
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-        if self.opts.channels == 1:
-            weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-            x = (x * weights).sum(dim=1, keepdim=True)
-        return (x - self._mean) / self._std
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.module(self.preprocess(images))
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
         if logits.ndim != 2 or logits.shape[1] != len(self.classes):
             raise ModelError(
                 f"model output has shape {tuple(logits.shape)}, expected (batch, {len(self.classes)}) for {len(self.classes)} classes"
             )
         return logits
+
+    def check(self, height: int, width: int) -> None:
+        first = next((m for m in self.module.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        channels = self.opts.input.channels
+        if first is not None and first.in_channels != channels:
+            raise ModelError(
+                f"the model's first conv layer takes {first.in_channels} channel(s), but model.input.channels is {channels}"
+            )
+        super().check(height, width)
 
     def layers(self) -> dict[str, Any]:
         return {name: m for name, m in self.module.named_modules() if name}
@@ -128,27 +134,38 @@ class TorchModelAdapter(ModelAdapter):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            for name, tensor in sorted(self.module.state_dict().items()):
-                t = tensor.detach().cpu().contiguous()
-                h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-                h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-            h.update(self.opts.model_dump_json(exclude={"weights", "torchscript"}).encode())
-            h.update(repr(type(self.module)).encode())
-            self._fingerprint = h.hexdigest()
+            self._fingerprint = state_dict_fingerprint(
+                self.module, self.opts.input.model_dump_json(), self.classes, repr(type(self.module))
+            )
         return self._fingerprint
 
     def describe(self) -> dict[str, Any]:
         n_params = sum(p.numel() for p in self.module.parameters())
         return {
-            "source": self.opts.torchscript or self.opts.module,
+            "source": self.opts.torchscript or self.opts.model_file or self.opts.module,
             "architecture": type(self.module).__name__,
             "parameters": n_params,
             "classes": len(self.classes),
-            "input": f"{self.opts.channels} channel(s)"
-            + (f", resized to {self.opts.input_size}x{self.opts.input_size}" if self.opts.input_size else ""),
+            "input": self.opts.input.describe(),
             "default_layer": self.default_layer,
         }
+
+
+def state_dict_fingerprint(module: torch.nn.Module, *extra: Any) -> str:
+    """sha256 of every tensor in the state dict (name, dtype, shape, bytes) and ``extra``."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    for item in extra:
+        h.update(repr(item).encode())
+    return h.hexdigest()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _resolve(base_dir: Path, value: str) -> Path:
@@ -186,7 +203,12 @@ def _import_factory(spec: str, base_dir: Path) -> Any:
 
 def _load_weights(module: torch.nn.Module, path: Path, device: str) -> None:
     try:
-        state = torch.load(str(path), map_location=device, weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device=device)
+        else:
+            state = torch.load(str(path), map_location=device, weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: cannot load weights safely (weights_only=True): {first}") from None

@@ -1,0 +1,19 @@
+"""Built-in transformers plugins: image classifiers, and face-parsing regions."""
+
+from __future__ import annotations
+
+from xai_audit import hookimpl
+from xai_audit.types import ModelAdapterPlugin, RegionSourcePlugin
+
+from xai_audit_transformers.classifier import TransformersModelPlugin
+from xai_audit_transformers.segmentation import SegmentationRegionsPlugin
+
+
+@hookimpl
+def register_model_adapters() -> list[type[ModelAdapterPlugin]]:
+    return [TransformersModelPlugin]
+
+
+@hookimpl
+def register_region_sources() -> list[type[RegionSourcePlugin]]:
+    return [SegmentationRegionsPlugin]
