@@ -1,4 +1,4 @@
-"""Built-in data sets: ``synthetic-faces`` and ``image-folder``.
+"""Built-in data sets: ``synthetic-faces``, ``image-folder``, ``fer2013-csv`` and ``digits``.
 
 Registered through the ``xai_audit`` entry point exactly as a third-party
 plugin would be.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from xai_audit import DatasetPlugin, hookimpl
 
+from xai_audit_datasets.digits import DigitsPlugin
+from xai_audit_datasets.fer2013 import Fer2013Plugin
 from xai_audit_datasets.image_folder import ImageFolderDataset, ImageFolderOptions, ImageFolderPlugin
 from xai_audit_datasets.synthetic_faces import (
     CLASSES,
@@ -38,4 +40,4 @@ __all__ = [
 
 @hookimpl
 def register_datasets() -> list[type[DatasetPlugin]]:
-    return [SyntheticFacesPlugin, ImageFolderPlugin]
+    return [SyntheticFacesPlugin, ImageFolderPlugin, Fer2013Plugin, DigitsPlugin]

@@ -9,11 +9,11 @@ EMOTIONS = ["happy", "sad", "neutral", "angry", "disgust", "fear", "surprise"]
 
 
 class DemoCNN(nn.Module):
-    """Three conv blocks, global average pooling, a linear head. Input: (N, 3, 64, 64)."""
+    """Three conv blocks, global average pooling, a linear head. Input: (N, in_channels, H, W)."""
 
     classes = EMOTIONS
 
-    def __init__(self, n_classes: int = len(EMOTIONS), width: int = 16):
+    def __init__(self, n_classes: int = len(EMOTIONS), width: int = 16, in_channels: int = 3):
         super().__init__()
 
         def block(c_in: int, c_out: int) -> nn.Sequential:
@@ -21,7 +21,7 @@ class DemoCNN(nn.Module):
                 nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=False), nn.MaxPool2d(2)
             )
 
-        self.features = nn.Sequential(block(3, width), block(width, 2 * width), block(2 * width, 4 * width))
+        self.features = nn.Sequential(block(in_channels, width), block(width, 2 * width), block(2 * width, 4 * width))
         self.conv_last = nn.Conv2d(4 * width, 4 * width, 3, padding=1)
         self.relu = nn.ReLU(inplace=False)
         self.pool = nn.AdaptiveAvgPool2d(1)

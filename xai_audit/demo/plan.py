@@ -26,6 +26,26 @@ def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 700) -> dict:
     }
 
 
+def digits_plan(weights: Path, *, seed: int = 0) -> dict:
+    """The second offline demo: a small CNN on scikit-learn's handwritten digits (one input channel)."""
+    return {
+        "seed": seed,
+        "model": {
+            "adapter": "torch",
+            "module": "xai_audit.demo.model:DemoCNN",
+            "factory_kwargs": {"n_classes": 10, "in_channels": 1},
+            "weights": str(weights.resolve()),
+            "classes": [str(d) for d in range(10)],
+            "input": {"channels": 1},
+        },
+        "dataset": {"loader": "digits", "split": "test", "seed": seed},
+        "explain": {"samples": 10},
+        "explainers": [{"integrated-gradients": {"steps": 32}}],
+        "hypotheses": [],
+        "report": {"title": "Demo audit: digit CNN on scikit-learn's handwritten digits"},
+    }
+
+
 def write_demo_plan(path: Path, plan: dict) -> None:
     header = (
         "# The audit plan `xai-audit demo` ran. Re-run it with:\n"

@@ -17,7 +17,27 @@ from xai_audit.plugins import Registry
 from xai_audit.types import LoadContext
 
 #: bump when the architecture or the recipe changes, so cached weights are not reused
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the demo trains: a data set plugin's train split, and the CNN's shape."""
+
+    dataset: str
+    train_options: dict[str, Any]
+    n_classes: int
+    in_channels: int
+    epochs: int
+
+
+def recipe_for(data: str, *, seed: int, shortcuts: bool = True, n_train: int = 3000) -> Recipe:
+    if data == "digits":
+        return Recipe("digits", {"split": "train", "seed": seed, "size": 32}, 10, 1, 12)
+    options: dict[str, Any] = {"split": "train", "n": n_train, "seed": seed + 1}
+    if not shortcuts:
+        options.update(dark_sad=0.0, dark_other=0.0, rare_tone=None)
+    return Recipe("synthetic-faces", options, len(EMOTIONS), 3, 8)
 
 
 @dataclass
@@ -25,37 +45,37 @@ class TrainedModel:
     weights: Path
     cached: bool
     seconds: float
-    train_options: dict[str, Any]
+    recipe: Recipe
 
 
 def train_demo_model(
     registry: Registry,
     cache: Cache,
     *,
+    data: str = "faces",
     seed: int = 0,
-    n_train: int = 3000,
-    epochs: int = 8,
     shortcuts: bool = True,
     log=print,
 ) -> TrainedModel:
-    train_options: dict[str, Any] = {"split": "train", "n": n_train, "seed": seed + 1}
-    if not shortcuts:
-        train_options.update(dark_sad=0.0, dark_other=0.0, rare_tone=None)
-    key = content_key("demo-model", RECIPE_VERSION, train_options, epochs, seed)
+    recipe = recipe_for(data, seed=seed, shortcuts=shortcuts)
+    key = content_key("demo-model", RECIPE_VERSION, recipe.dataset, recipe.train_options, recipe.epochs, seed)
     path = cache.file_path(f"demo-model-{key[:16]}.pt")
     if path.exists():
-        return TrainedModel(path, True, 0.0, train_options)
+        return TrainedModel(path, True, 0.0, recipe)
 
     start = time.perf_counter()
-    plugin = registry.get("dataset", "synthetic-faces").cls
-    dataset = plugin(plugin.Options(**train_options)).load(LoadContext(base_dir=Path.cwd(), seed=seed))
+    plugin = registry.get("dataset", recipe.dataset).cls
+    dataset = plugin(plugin.Options(**recipe.train_options)).load(LoadContext(base_dir=Path.cwd(), seed=seed))
     samples = [dataset[i] for i in range(len(dataset))]
     x = torch.as_tensor(np.stack([s.image for s in samples]), dtype=torch.float32)
+    if recipe.in_channels == 1:
+        x = x.mean(dim=1, keepdim=True)  # the plan's input spec feeds luminance; equal channels here
     y = torch.as_tensor([s.label for s in samples], dtype=torch.long)
-    log(f"training the demo CNN on {len(samples)} synthetic faces ({epochs} epochs, CPU)...")
+    log(f"training the demo CNN on {len(samples)} {recipe.dataset} images ({recipe.epochs} epochs, CPU)...")
 
     torch.manual_seed(seed)
-    model = DemoCNN(n_classes=len(EMOTIONS))
+    model = DemoCNN(n_classes=recipe.n_classes, in_channels=recipe.in_channels)
+    epochs = recipe.epochs
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     steps_per_epoch = (len(x) + 63) // 64
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=epochs * steps_per_epoch)
@@ -75,4 +95,4 @@ def train_demo_model(
     tmp = path.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)
-    return TrainedModel(path, False, time.perf_counter() - start, train_options)
+    return TrainedModel(path, False, time.perf_counter() - start, recipe)
