@@ -111,9 +111,73 @@ def run(
 
     registry = _registry(strict_plugins)
     validated = load_plan(plan, registry)
-    outcome = run_audit(validated, registry, cache=_cache(cache_dir, no_cache), progress=not quiet and sys.stderr.isatty())
-    written = _write(outcome, registry, out, validated.report.formats, templates)
-    _summarise(outcome.results, written)
+    cache = _cache(cache_dir, no_cache)
+    show = not quiet and sys.stderr.isatty()
+    if len(validated.models) == 1:
+        outcome = run_audit(validated, registry, cache=cache, progress=show)
+        _summarise(outcome.results, _write(outcome, registry, out, validated.report.formats, templates))
+        return
+    _run_several(validated, registry, cache, out, templates, show)
+
+
+def _run_several(validated, registry, cache, out: Path, templates: Optional[Path], show: bool) -> None:
+    """A several-model plan: one report per model in out/<name>/, and the comparison in out/."""
+    from xai_audit.compare import compare_results
+    from xai_audit.report import ReportArtifacts
+    from xai_audit.report.comparison import write_comparison
+    from xai_audit.runner import run_audit
+
+    outcomes = {}
+    explain_ids = None
+    for name, _ in validated.models:
+        typer.echo(f"model {name}:")
+        outcome = run_audit(validated.for_model(name), registry, cache=cache, progress=show, explain_ids=explain_ids)
+        explain_ids = explain_ids or outcome.explained_ids
+        _summarise(outcome.results, _write(outcome, registry, out / name, validated.report.formats, templates))
+        outcomes[name] = outcome
+    comparison = compare_results([(n, o.results) for n, o in outcomes.items()], seed=validated.seed)
+    artifacts = {
+        n: ReportArtifacts(images=o.images, explanations=o.explanations, hypotheses=o.hypotheses,
+                           predictions=o.predictions, labels=o.labels)
+        for n, o in outcomes.items()
+    }
+    template_dirs = ([templates] if templates else []) + registry.template_dirs()
+    written = write_comparison(comparison, artifacts, out, validated.report.formats, template_dirs)
+    for kind, path in written.items():
+        typer.echo(f"comparison {kind}: {path}")
+
+
+@app.command()
+@handles_errors
+def compare(
+    results: list[Path] = typer.Argument(..., help="Two or more results.json files of earlier audits."),
+    out: Path = typer.Option(Path("xai-audit-comparison"), "--out", "-o", help="Folder for the comparison."),
+    templates: Optional[Path] = Templates,
+) -> None:
+    """Compare earlier audits (e.g. before and after fine-tuning) from their results.json files."""
+    import json
+
+    from xai_audit.compare import compare_results
+    from xai_audit.errors import DataError
+    from xai_audit.report.comparison import write_comparison
+
+    named = []
+    for path in results:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{path}: file not found") from None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable results.json: {exc}") from None
+        if not isinstance(data, dict) or "provenance" not in data or "samples" not in data:
+            raise DataError(f"{path}: not an xai-audit results.json")
+        name = path.parent.name or path.stem
+        while name in {n for n, _ in named}:
+            name += "'"
+        named.append((name, data))
+    written = write_comparison(compare_results(named), {}, out, template_dirs=[templates] if templates else [])
+    for kind, path in written.items():
+        typer.echo(f"comparison {kind}: {path}")
 
 
 def _summarise(results: dict, written: dict[str, Path]) -> None:

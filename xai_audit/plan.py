@@ -6,6 +6,8 @@ field, and the nearest valid name for a typo.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +43,8 @@ class RuntimeSpec(_Strict):
 
 class _PlanSchema(_Strict):
     seed: int = 0
-    model: dict[str, Any]
+    model: dict[str, Any] | None = None
+    models: list[dict[str, Any]] | None = None
     dataset: dict[str, Any]
     regions: dict[str, Any] | None = None
     explainers: list[Any] = Field(default_factory=list)
@@ -82,6 +85,13 @@ class Plan:
     report: ReportSpec
     runtime: RuntimeSpec
     raw: dict[str, Any] = field(default_factory=dict)
+    #: every model of the plan with its name; one entry unless the plan lists ``models:``
+    models: list[tuple[str, Step]] = field(default_factory=list)
+
+    def for_model(self, name: str) -> "Plan":
+        """This plan with only the named model (for running a several-model plan one model at a time)."""
+        step = dict(self.models)[name]
+        return dataclasses.replace(self, model=step, models=[(name, step)])
 
     def as_run(self) -> dict[str, Any]:
         """The validated plan with every default filled in, for results.json."""
@@ -191,8 +201,16 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
 
     # the plugin sections are checked even when the top level has problems, so every problem shows at once
     model = dataset = None
+    models: list[tuple[str, Step]] = []
+    if ("model" in data) == ("models" in data):
+        problems.add((), "give either 'model' (one model) or 'models' (a list, compared side by side)")
     if isinstance(data.get("model"), dict):
         model = _plugin_step(problems, registry, "model-adapter", ("model",), data["model"], key="adapter")
+        if model is not None:
+            models = [(model.name, model)]
+    elif isinstance(data.get("models"), list):
+        models = _model_list(problems, registry, data["models"])
+        model = models[0][1] if models else None
     sample = None
     if isinstance(data.get("dataset"), dict):
         dataset_options = dict(data["dataset"])
@@ -208,14 +226,18 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
     for section, kind in (("explainers", "explainer"), ("hypotheses", "hypothesis")):
         entries = data.get(section) or []
         lists[section] = _plugin_list(problems, registry, kind, section, entries) if isinstance(entries, list) else []
-    if model is not None and not model.plugin.cls.provides_gradients:
+    for model_name, step in models if len(models) > 1 else [("", model)] if model is not None else []:
+        if step.plugin.cls.provides_gradients:
+            continue
         need = [s.name for s in lists["explainers"] if getattr(s.plugin.cls, "needs_gradients", True)]
         for i, entry in enumerate(data.get("explainers") or []):
             name = entry if isinstance(entry, str) else next(iter(entry), None) if isinstance(entry, dict) else None
             if name in need:
                 problems.add(
                     ("explainers", i),
-                    f'"{name}" needs gradients, and the {model.name} adapter runs the model as a black box '
+                    f'"{name}" needs gradients, and the {step.name} adapter'
+                    + (f' (model "{model_name}")' if model_name else "")
+                    + " runs the model as a black box "
                     f"(methods here that need gradients: {', '.join(need)}); use a perturbation method such as occlusion or lime",
                 )
     if problems.items or schema is None or model is None or dataset is None:
@@ -235,6 +257,7 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
         report=schema.report,
         runtime=schema.runtime,
         raw=data,
+        models=models,
     )
 
 
@@ -250,6 +273,30 @@ def _plugin_step(
         problems.add(path, f"missing '{key}': the {kind} plugin to use{suggest('', registry.names(kind))}")
         return None
     return _validate_step(problems, registry, kind, path, name, options, name_path=path + (key,))
+
+
+def _model_list(problems: _Problems, registry: Registry, entries: list) -> list[tuple[str, Step]]:
+    models: list[tuple[str, Step]] = []
+    names: set[str] = set()
+    if not entries:
+        problems.add(("models",), "lists no model")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            problems.add(("models", i), "each model is a mapping with 'name', 'adapter' and the adapter's options")
+            continue
+        options = dict(entry)
+        name = options.pop("name", None)
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            problems.add(("models", i, "name"), "each model needs a 'name' of letters, digits, '.', '_' or '-' (it names its report folder)")
+            continue
+        if name in names:
+            problems.add(("models", i, "name"), f'"{name}" is used twice')
+            continue
+        names.add(name)
+        step = _plugin_step(problems, registry, "model-adapter", ("models", i), options, key="adapter")
+        if step is not None:
+            models.append((name, step))
+    return models
 
 
 def _plugin_list(problems: _Problems, registry: Registry, kind: str, section: str, entries: list) -> list[Step]:

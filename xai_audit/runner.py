@@ -52,6 +52,8 @@ class AuditOutcome:
     hypotheses: dict[str, HypothesisResult]
     predictions: dict[str, tuple[int, float]]
     labels: dict[str, int | None]
+    #: the samples chosen for the explainers (a several-model plan reuses them for every model)
+    explained_ids: list[str] = dataclasses.field(default_factory=list)
 
 
 class _Progress:
@@ -88,7 +90,11 @@ class _Progress:
                 self._progress.advance(self._task)
 
 
-def run_audit(plan: Plan, registry: Registry, *, cache: Cache, progress: bool = False) -> AuditOutcome:
+def run_audit(
+    plan: Plan, registry: Registry, *, cache: Cache, progress: bool = False, explain_ids: list[str] | None = None
+) -> AuditOutcome:
+    """Audit ``plan.model``. ``explain_ids`` fixes which samples the explainers explain
+    (a several-model plan explains the same images with every model)."""
     started = _now()
     seed = plan.seed
     model, dataset = load_model_and_data(plan)
@@ -113,7 +119,11 @@ def run_audit(plan: Plan, registry: Registry, *, cache: Cache, progress: bool = 
         labelled = bool(len(samples)) and all(s.label is not None for s in samples)
         preds = probs.argmax(axis=1)
 
-        chosen = _choose_examples(samples, preds, labels if labelled else None, plan.explain.samples)
+        if explain_ids is not None:
+            index_of = {s.id: i for i, s in enumerate(samples)}
+            chosen = np.array(sorted(index_of[i] for i in explain_ids if i in index_of), dtype=np.int64)
+        else:
+            chosen = _choose_examples(samples, preds, labels if labelled else None, plan.explain.samples)
         chosen_samples = [samples[i] for i in chosen]
         targets = preds[chosen]
         explanations: dict[str, Explanation] = {}
@@ -164,6 +174,12 @@ def run_audit(plan: Plan, registry: Registry, *, cache: Cache, progress: bool = 
         "provenance": _provenance(plan, registry, model, dataset, model_fp, data_fp, region_source),
         "classes": list(model.classes),
         "samples": {"n": len(samples), "ids_sha256": ids_sha, "labelled": labelled},
+        "per_sample": {
+            "ids": ids,
+            "labels": [s.label for s in samples],
+            "predictions": preds.tolist(),
+            "confidence": probs.max(axis=1).round(6).tolist(),
+        },
         "accuracy": accuracy,
         "confusion_matrix": confusion,
         "per_class": per_class,
@@ -188,6 +204,7 @@ def run_audit(plan: Plan, registry: Registry, *, cache: Cache, progress: bool = 
         hypotheses=hypothesis_objects,
         predictions={samples[i].id: (int(preds[i]), float(probs[i, preds[i]])) for i in sorted(shown)},
         labels={samples[i].id: samples[i].label for i in sorted(shown)},
+        explained_ids=[samples[i].id for i in chosen],
     )
 
 

@@ -62,13 +62,13 @@ def make_environment(template_dirs: Sequence[Path] = ()) -> Environment:
     )
 
 
-def render_html(context: Mapping[str, Any], template_dirs: Sequence[Path] = ()) -> str:
-    """The report as one self-contained HTML page (CSS inlined, images as data URIs)."""
+def render_html(context: Mapping[str, Any], template_dirs: Sequence[Path] = (), page: str | None = None) -> str:
+    """The report (or another ``page`` template) as one self-contained HTML page (CSS inlined, images as data URIs)."""
     env = make_environment(template_dirs)
     css_source, _, _ = env.loader.get_source(env, CSS_TEMPLATE)  # type: ignore[union-attr]
     # The stylesheet is trusted template text, not data; only guard the </style> end.
     css = Markup(css_source.replace("</", "<\\/"))
-    return env.get_template(PAGE_TEMPLATE).render({**context, "css": css})
+    return env.get_template(page or PAGE_TEMPLATE).render({**context, "css": css})
 
 
 def render_pdf(html: str, path: Path) -> None:

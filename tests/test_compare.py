@@ -1,0 +1,100 @@
+"""Several models in one plan, and `xai-audit compare` from earlier results."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import torch
+from typer.testing import CliRunner
+
+from conftest import EMOTIONS, TINY_MODEL
+from xai_audit.cli import app
+from xai_audit.compare import compare_results
+
+runner = CliRunner()
+
+
+def _two_model_plan(model_dir):
+    namespace: dict = {}
+    exec(TINY_MODEL, namespace)
+    torch.manual_seed(1)
+    torch.save(namespace["make"]().state_dict(), model_dir / "weights_b.pt")
+    classes = ", ".join(EMOTIONS)
+    text = textwrap.dedent(
+        f"""\
+        seed: 2
+        models:
+          - {{name: first, adapter: torch, module: tiny_model.py:make, weights: weights.pt, classes: [{classes}]}}
+          - {{name: second, adapter: torch, module: tiny_model.py:make, weights: weights_b.pt, classes: [{classes}]}}
+        dataset: {{loader: synthetic-faces, n: 28, size: 32}}
+        explain: {{samples: 3}}
+        explainers:
+          - integrated-gradients: {{steps: 3}}
+        hypotheses:
+          - grayscale
+        """
+    )
+    (model_dir / "two.yaml").write_text(text)
+    return model_dir / "two.yaml"
+
+
+def test_two_model_plan_renders_both_reports_and_the_comparison(model_dir, tmp_path):
+    plan = _two_model_plan(model_dir)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(plan), "--out", str(out), "--no-cache", "-q"])
+    assert result.exit_code == 0, result.output
+    for name in ("first", "second"):
+        assert (out / name / "report.html").is_file() and (out / name / "results.json").is_file()
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert [m["name"] for m in comparison["models"]] == ["first", "second"]
+    (pair,) = comparison["pairs"]
+    assert pair["n_common"] == 28 and pair["p_value_adjusted"] is not None
+    assert comparison["hypotheses"][0]["step"] == "grayscale"
+    first = json.loads((out / "first" / "results.json").read_text())
+    second = json.loads((out / "second" / "results.json").read_text())
+    # the same images are explained under both models
+    assert first["explainers"]["integrated-gradients"]["sample_ids"] == second["explainers"]["integrated-gradients"]["sample_ids"]
+    html = (out / "comparison.html").read_text()
+    assert "Paired tests between the models" in html and "The same images, explained by each model" in html
+    assert html.count("data:image/png;base64,") >= 2  # accuracy chart and the side-by-side heatmaps
+    assert (out / "comparison.pdf").stat().st_size > 1000
+
+
+def test_compare_command_from_results_files(model_dir, tmp_path):
+    plan = _two_model_plan(model_dir)
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["run", str(plan), "--out", str(out), "--no-cache", "-q"]).exit_code == 0
+    result = runner.invoke(app, ["compare", str(out / "first" / "results.json"), str(out / "second" / "results.json"),
+                                 "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert comparison == json.loads((out / "comparison.json").read_text()) | {"title": comparison["title"]}
+    assert "hold no attribution maps" in (tmp_path / "cmp" / "comparison.html").read_text()
+
+
+def test_compare_rejects_bad_input(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text("{}")
+    result = runner.invoke(app, ["compare", str(bad), str(tmp_path / "missing.json")])
+    assert result.exit_code == 2 and "not an xai-audit results.json" in result.stderr
+
+
+def test_paired_test_finds_a_real_difference():
+    def results(name, correct):
+        return {
+            "schema_version": "1.0",
+            "provenance": {"model": {"adapter": "torch", "fingerprint": name * 12}, "dataset": {"fingerprint": "d"}},
+            "samples": {"n": len(correct)},
+            "accuracy": {"value": sum(correct) / len(correct), "ci": [0, 1]},
+            "per_sample": {"ids": [f"s{i}" for i in range(len(correct))], "labels": [0] * len(correct),
+                           "predictions": [0 if c else 1 for c in correct]},
+        }
+
+    good = results("a", [True] * 90 + [False] * 10)
+    bad = results("b", [True] * 50 + [False] * 50)
+    (pair,) = compare_results([("good", good), ("bad", bad)])["pairs"]
+    assert pair["difference"] == 0.4 and pair["p_value"] < 1e-6 and pair["verdict"] == "different"
+    assert pair["ci"][0] > 0.25
+    (same,) = compare_results([("good", good), ("again", good)])["pairs"]
+    assert same["verdict"] == "no significant difference" and same["difference"] == 0

@@ -1,0 +1,137 @@
+"""Several models side by side: accuracy, group gaps, hypothesis effects, paired tests.
+
+Works from results alone (``xai-audit compare A/results.json B/results.json``)
+or straight after a several-model plan. Paired tests compare the models on
+the images both audited (matched by sample id): exact McNemar on
+correct/incorrect pairs, a paired bootstrap interval of the accuracy
+difference, Holm correction across the pairs.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Any, Sequence
+
+import numpy as np
+
+from xai_audit import __version__
+from xai_audit.errors import DataError
+from xai_audit.serialize import to_jsonable
+from xai_audit.stats import ALPHA, bootstrap_paired_diff_ci, holm, mcnemar_exact
+
+COMPARISON_SCHEMA_VERSION = "1.0"
+
+
+def compare_results(named: Sequence[tuple[str, dict[str, Any]]], *, seed: int = 0) -> dict[str, Any]:
+    """The comparison of several audits' results, as plain data (``comparison.json``)."""
+    if len(named) < 2:
+        raise DataError("a comparison needs at least two audits")
+    for name, results in named:
+        major = str(results.get("schema_version", "0")).split(".")[0]
+        if major != COMPARISON_SCHEMA_VERSION.split(".")[0]:
+            raise DataError(f"{name}: results.json schema {results.get('schema_version')} is not readable by this version")
+    models = [_model_row(name, r) for name, r in named]
+    pairs = [_paired(a, ra, b, rb, seed) for (a, ra), (b, rb) in combinations(named, 2)]
+    adjusted = holm([p["p_value"] for p in pairs])
+    for pair, p_adj in zip(pairs, adjusted):
+        pair["p_value_adjusted"] = p_adj
+        pair["verdict"] = "different" if p_adj is not None and p_adj < ALPHA else "no significant difference"
+    return to_jsonable(
+        {
+            "schema_version": COMPARISON_SCHEMA_VERSION,
+            "tool": {"name": "xai-audit", "version": __version__},
+            "title": "Model comparison: " + " vs ".join(name for name, _ in named),
+            "models": models,
+            "pairs": pairs,
+            "groups": _groups(named),
+            "hypotheses": _hypotheses(named),
+            "explainers": sorted({e for _, r in named for e in r.get("explainers", {})}),
+            "same_data": len({r["provenance"]["dataset"]["fingerprint"] for _, r in named}) == 1,
+        }
+    )
+
+
+def _model_row(name: str, results: dict[str, Any]) -> dict[str, Any]:
+    acc = results.get("accuracy") or {}
+    return {
+        "name": name,
+        "title": results.get("title"),
+        "adapter": results["provenance"]["model"]["adapter"],
+        "fingerprint": results["provenance"]["model"]["fingerprint"],
+        "n": results["samples"]["n"],
+        "accuracy": acc.get("value"),
+        "ci": acc.get("ci"),
+        "findings": len(results.get("findings", [])),
+        "failures": len(results.get("failures", [])),
+    }
+
+
+def _correct_by_id(results: dict[str, Any]) -> dict[str, bool]:
+    per = results.get("per_sample")
+    if not per:
+        return {}
+    return {
+        sid: (label is not None and label == pred)
+        for sid, label, pred in zip(per["ids"], per["labels"], per["predictions"])
+        if label is not None
+    }
+
+
+def _paired(a: str, ra: dict, b: str, rb: dict, seed: int) -> dict[str, Any]:
+    ca, cb = _correct_by_id(ra), _correct_by_id(rb)
+    common = sorted(set(ca) & set(cb))
+    row: dict[str, Any] = {"a": a, "b": b, "n_common": len(common)}
+    if not common:
+        row.update(difference=None, ci=None, p_value=None, test="no labelled sample audited by both models")
+        return row
+    xa = np.array([ca[i] for i in common])
+    xb = np.array([cb[i] for i in common])
+    p_value, only_a, only_b = mcnemar_exact(xa, xb)
+    row.update(
+        accuracy_a=float(xa.mean()),
+        accuracy_b=float(xb.mean()),
+        difference=float(xa.mean() - xb.mean()),
+        ci=list(bootstrap_paired_diff_ci(xa, xb, seed=seed)),
+        p_value=p_value,
+        only_a_correct=only_a,
+        only_b_correct=only_b,
+        test="exact McNemar test on the images both models saw; 95 % paired bootstrap interval",
+    )
+    return row
+
+
+def _groups(named: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for name, results in named:
+        for step, entry in results.get("hypotheses", {}).items():
+            if entry.get("plugin") != "group-accuracy" or entry.get("status") != "ok":
+                continue
+            rows.append(
+                {"model": name, "step": step, "column": (entry.get("details") or {}).get("column"),
+                 "gap": entry.get("effect"), "ci": entry.get("ci"), "p_value_adjusted": entry.get("p_value_adjusted"),
+                 "verdict": entry.get("verdict"), "claim": entry.get("claim")}
+            )
+    return rows
+
+
+def _hypotheses(named: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    steps: list[str] = []
+    for _, results in named:
+        for step, entry in results.get("hypotheses", {}).items():
+            if entry.get("plugin") != "group-accuracy" and step not in steps:
+                steps.append(step)
+    rows = []
+    for step in steps:
+        cells = []
+        for name, results in named:
+            entry = results.get("hypotheses", {}).get(step)
+            if entry is None or entry.get("status") != "ok":
+                cells.append({"model": name, "status": "not run" if entry is None else "failed"})
+                continue
+            cells.append(
+                {"model": name, "status": "ok", "metric": entry.get("metric"), "before": entry.get("before"),
+                 "after": entry.get("after"), "effect": entry.get("effect"), "ci": entry.get("ci"),
+                 "p_value_adjusted": entry.get("p_value_adjusted"), "verdict": entry.get("verdict")}
+            )
+        rows.append({"step": step, "models": cells})
+    return rows
