@@ -42,6 +42,7 @@ def compare_results(named: Sequence[tuple[str, dict[str, Any]]], *, seed: int = 
             "tool": {"name": "xai-audit", "version": __version__},
             "title": "Model comparison: " + " vs ".join(name for name, _ in named),
             "models": models,
+            "classes": named[0][1].get("classes") or [],
             "pairs": pairs,
             "groups": _groups(named),
             "hypotheses": _hypotheses(named),

@@ -90,7 +90,8 @@ def _heatmaps(comparison: Mapping[str, Any], artifacts: Mapping[str, ReportArtif
         titles = []
         for sid in common:
             preds = ", ".join(
-                f"{n}: {comparison_class(artifacts[n], sid)}" for n in names if sid in artifacts[n].predictions
+                f"{n}: {comparison_class(artifacts[n], sid, comparison.get('classes') or [])}"
+                for n in names if sid in artifacts[n].predictions
             )
             titles.append(f"{sid}\n{preds}")
         signed = all(e.signed for e in exps.values())
@@ -106,9 +107,10 @@ def _heatmaps(comparison: Mapping[str, Any], artifacts: Mapping[str, ReportArtif
     return out
 
 
-def comparison_class(artifacts: ReportArtifacts, sid: str) -> str:
+def comparison_class(artifacts: ReportArtifacts, sid: str, classes: Sequence[str]) -> str:
     index, prob = artifacts.predictions[sid]
-    return f"{index} ({prob:.2f})"
+    name = classes[index] if 0 <= index < len(classes) else str(index)
+    return f"{name} ({prob:.2f})"
 
 
 def write_comparison(
