@@ -116,11 +116,31 @@ def run(
     if len(validated.models) == 1:
         outcome = run_audit(validated, registry, cache=cache, progress=show)
         _summarise(outcome.results, _write(outcome, registry, out, validated.report.formats, templates))
-        return
-    _run_several(validated, registry, cache, out, templates, show)
+        failed = _gate([outcome.results], out)
+    else:
+        failed = _run_several(validated, registry, cache, out, templates, show)
+    if failed:
+        raise typer.Exit(1)
 
 
-def _run_several(validated, registry, cache, out: Path, templates: Optional[Path], show: bool) -> None:
+def _gate(all_results: list[dict], out: Path) -> bool:
+    """Print the checks, write checks.xml (JUnit) beside the report; True when one FAILs."""
+    from xai_audit.checks import junit_xml
+    from xai_audit.report.render import _atomic_write
+
+    failed = False
+    for results in all_results:
+        rows = results.get("checks") or []
+        for row in rows:
+            typer.echo(f"check {row['status']}: {row['check']}" + (f" ({row['reason']})" if row["reason"] else ""))
+        failed = failed or any(r["status"] == "FAIL" for r in rows)
+    rows = [r for results in all_results for r in results.get("checks") or []]
+    if rows:
+        _atomic_write(out / "checks.xml", junit_xml(rows, all_results[0].get("title", "")).encode())
+    return failed
+
+
+def _run_several(validated, registry, cache, out: Path, templates: Optional[Path], show: bool) -> bool:
     """A several-model plan: one report per model in out/<name>/, and the comparison in out/."""
     from xai_audit.compare import compare_results
     from xai_audit.report import ReportArtifacts
@@ -145,6 +165,10 @@ def _run_several(validated, registry, cache, out: Path, templates: Optional[Path
     written = write_comparison(comparison, artifacts, out, validated.report.formats, template_dirs)
     for kind, path in written.items():
         typer.echo(f"comparison {kind}: {path}")
+    failed = False
+    for name, outcome in outcomes.items():
+        failed = _gate([outcome.results], out / name) or failed
+    return failed
 
 
 @app.command()

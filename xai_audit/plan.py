@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from xai_audit.checks import Check, parse_plan_checks
 from xai_audit.errors import PlanError
 from xai_audit.plugins import PluginInfo, Registry, suggest
 from xai_audit.types import Options
@@ -52,6 +53,7 @@ class _PlanSchema(_Strict):
     explain: ExplainSpec = Field(default_factory=ExplainSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    checks: list[Any] = Field(default_factory=list)
 
 
 @dataclass
@@ -87,6 +89,8 @@ class Plan:
     raw: dict[str, Any] = field(default_factory=dict)
     #: every model of the plan with its name; one entry unless the plan lists ``models:``
     models: list[tuple[str, Step]] = field(default_factory=list)
+    #: the plan's checks, evaluated against the results; a failing one makes `run` exit 1
+    checks: list[Check] = field(default_factory=list)
 
     def for_model(self, name: str) -> "Plan":
         """This plan with only the named model (for running a several-model plan one model at a time)."""
@@ -105,6 +109,7 @@ class Plan:
             "explain": self.explain.model_dump(),
             "report": self.report.model_dump(),
             "runtime": self.runtime.model_dump(),
+            "checks": [{"check": c.text, "severity": c.severity} for c in self.checks],
         }
 
 
@@ -222,6 +227,7 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
     regions = None
     if isinstance(data.get("regions"), dict):
         regions = _plugin_step(problems, registry, "region-source", ("regions",), data["regions"], key="source")
+    checks = parse_plan_checks(data.get("checks"), problems.add)
     lists = {}
     for section, kind in (("explainers", "explainer"), ("hypotheses", "hypothesis")):
         entries = data.get(section) or []
@@ -258,6 +264,7 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
         runtime=schema.runtime,
         raw=data,
         models=models,
+        checks=checks,
     )
 
 

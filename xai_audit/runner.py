@@ -27,6 +27,7 @@ from xai_audit.cache import Cache, content_key
 from xai_audit.errors import DataError, ModelError, XaiAuditError
 from xai_audit.plan import Plan, Step
 from xai_audit.plugins import Registry
+from xai_audit.checks import evaluate_checks
 from xai_audit.findings import derive_findings
 from xai_audit.serialize import (
     explanation_from_cache,
@@ -193,6 +194,7 @@ def run_audit(
     results["findings"] = derive_findings(results)
     results["finished"] = _now()
     results = to_jsonable(results)
+    results["checks"] = to_jsonable(evaluate_checks(plan.checks, results))
 
     shown = set(chosen.tolist())
     for entry in hypothesis_results.values():

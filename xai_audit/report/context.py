@@ -78,6 +78,21 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
         "explainers": _explainers(results.get("explainers") or {}, artifacts, classes, errors),
         "hypotheses": _hypotheses(other_steps, errors, artifacts),
         "failures": _failures(failures),
+        "checks": _checks(results.get("checks") or []),
+    }
+
+
+def _checks(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The plan's checks as the summary shows them: PASS / WARN / FAIL with what was found."""
+    counts = {status: sum(r.get("status") == status for r in rows) for status in ("PASS", "WARN", "FAIL")}
+    return {
+        "rows": [
+            {"check": str(r.get("check")), "status": str(r.get("status")), "status_class": str(r.get("status")).lower(),
+             "actual": _value(r.get("actual")), "reason": str(r.get("reason") or "")}
+            for r in rows
+        ],
+        "line": ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no checks in the plan",
+        "failed": counts["FAIL"] > 0,
     }
 
 
