@@ -252,6 +252,26 @@ def plugins(strict_plugins: bool = Strict) -> None:
 
 @app.command()
 @handles_errors
+def verify(
+    folder: Path = typer.Argument(..., help="A report folder (or its results.json)."),
+    load: bool = typer.Option(True, help="Also reload the model and data and compare content fingerprints."),
+) -> None:
+    """Recompute the hashes: do the model and data still match the report? Exit 1 when not."""
+    from xai_audit.verify import verify_report
+
+    rows = verify_report(folder, _registry(), load=load)
+    for row in rows:
+        where = f" {row['path']}" if row["path"] else ""
+        typer.echo(f"{row['status']:>8}  {row['what']}{where}")
+    bad = [r for r in rows if r["status"] != "match"]
+    if bad:
+        typer.echo(f"{len(bad)} of {len(rows)} no longer match the report.")
+        raise typer.Exit(1)
+    typer.echo(f"all {len(rows)} match the report.")
+
+
+@app.command()
+@handles_errors
 def demo(
     out: Path = typer.Option(Path("xai-audit-report"), "--out", "-o", help="Folder for the report."),
     data: str = typer.Option("faces", help="faces (synthetic faces with planted shortcuts) or digits (scikit-learn's digits)."),

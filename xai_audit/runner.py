@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import platform
 import sys
 import traceback
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from xai_audit.plan import Plan, Step
 from xai_audit.plugins import Registry
 from xai_audit.checks import evaluate_checks
 from xai_audit.findings import derive_findings
+from xai_audit.provenance import build_provenance
 from xai_audit.serialize import (
     explanation_from_cache,
     explanation_to_cache,
@@ -172,7 +172,7 @@ def run_audit(
         "finished": None,
         "seed": seed,
         "plan": plan.as_run(),
-        "provenance": _provenance(plan, registry, model, dataset, model_fp, data_fp, region_source),
+        "provenance": build_provenance(plan, registry, model, dataset, region_source),
         "classes": list(model.classes),
         "samples": {"n": len(samples), "ids_sha256": ids_sha, "labelled": labelled},
         "per_sample": {
@@ -216,6 +216,7 @@ def run_audit(
 def load_model_and_data(plan: Plan) -> tuple[ModelAdapter, Dataset]:
     """Load the model and the data set, and check that the data's images go through the model."""
     context = LoadContext(base_dir=plan.base_dir, seed=plan.seed, device=plan.runtime.device)
+    _seed_everything(plan.seed)  # a model built without a weights file is then the same every time
     model = _load(plan.model, context, ModelError, "model")
     dataset = _load(plan.dataset, context, DataError, "data set")
     if len(dataset) == 0:
@@ -434,53 +435,6 @@ def _accuracy_tables(labels: np.ndarray, preds: np.ndarray, classes: list[str], 
 
 
 # --------------------------------------------------------------------------- provenance
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _provenance(plan, registry: Registry, model, dataset, model_fp: str, data_fp: str, region_source=None) -> dict[str, Any]:
-    import torch
-
-    model_files = [{"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size} for p in model.files()]
-    data_files = sorted(str(p) for p in dataset.files())
-    manifest = "\n".join(f"{p}\t{file_sha256(Path(p))}" for p in data_files)
-    used = {("model-adapter", plan.model.name), ("dataset", plan.dataset.name)}
-    used |= {("explainer", s.name) for s in plan.explainers} | {("hypothesis", s.name) for s in plan.hypotheses}
-    if plan.regions is not None:
-        used.add(("region-source", plan.regions.name))
-    regions = None
-    if region_source is not None:
-        regions = {
-            "source": plan.regions.name,
-            "description": region_source.describe(),
-            "fingerprint": region_source.fingerprint(),
-            "files": [{"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size} for p in region_source.files()],
-        }
-    return {
-        "regions": regions,
-        "model": {"adapter": plan.model.name, "description": model.describe(), "fingerprint": model_fp, "files": model_files},
-        "dataset": {
-            "loader": plan.dataset.name,
-            "description": dataset.describe(),
-            "fingerprint": data_fp,
-            "files_manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest() if data_files else None,
-            "n_files": len(data_files),
-        },
-        "plugins": [info.as_dict() for info in registry.all() if (info.kind, info.name) in used],
-        "environment": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "device": plan.runtime.device,
-        },
-    }
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,0 +1,72 @@
+"""`xai-audit verify DIR`: do the model and the data still match the report?
+
+Recomputes the sha256 of every model file and data file the report recorded,
+and, unless told not to, loads the model and data again from the plan as run
+and compares the content fingerprints (which also covers generated data).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xai_audit.errors import DataError
+from xai_audit.provenance import file_sha256
+
+
+def verify_report(folder: Path, registry: Any, *, load: bool = True) -> list[dict[str, Any]]:
+    """One row per thing checked: ``{what, path, status: match|changed|missing, expected, found}``."""
+    path = Path(folder) / "results.json" if Path(folder).is_dir() else Path(folder)
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no results.json here") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable results.json: {exc}") from None
+    provenance = results.get("provenance") if isinstance(results, dict) else None
+    if not isinstance(provenance, dict) or "model" not in provenance:
+        raise DataError(f"{path}: not an xai-audit results.json (no provenance)")
+
+    rows: list[dict[str, Any]] = []
+    for entry in provenance["model"].get("files") or []:
+        rows.append(_file_row("model file", entry["path"], entry["sha256"]))
+    for file_path, sha in provenance.get("dataset", {}).get("files") or []:
+        rows.append(_file_row("data file", file_path, sha))
+    for entry in (provenance.get("regions") or {}).get("files") or []:
+        rows.append(_file_row("region model file", entry["path"], entry["sha256"]))
+    if provenance.get("plan_file"):
+        rows.append(_file_row("plan file", provenance["plan_file"]["path"], provenance["plan_file"]["sha256"]))
+    if load:
+        rows.extend(_fingerprints(results, registry))
+    return rows
+
+
+def _file_row(what: str, file_path: str, expected: str) -> dict[str, Any]:
+    p = Path(file_path)
+    if not p.is_file():
+        return {"what": what, "path": file_path, "status": "missing", "expected": expected, "found": None}
+    found = file_sha256(p)
+    return {"what": what, "path": file_path, "status": "match" if found == expected else "changed",
+            "expected": expected, "found": found}
+
+
+def _fingerprints(results: dict[str, Any], registry: Any) -> list[dict[str, Any]]:
+    from xai_audit.plan import parse_plan
+    from xai_audit.runner import load_model_and_data
+
+    provenance = results["provenance"]
+    plan_data = {k: v for k, v in results["plan"].items() if v is not None}
+    plan = parse_plan(yaml.safe_dump(plan_data), registry, filename="results.json plan",
+                      base_dir=Path(provenance.get("base_dir") or "."))
+    model, dataset = load_model_and_data(plan)
+    rows = []
+    for what, expected, found in (
+        ("model weights fingerprint", provenance["model"]["fingerprint"], model.fingerprint()),
+        ("data fingerprint", provenance["dataset"]["fingerprint"], dataset.fingerprint()),
+    ):
+        rows.append({"what": what, "path": "", "status": "match" if expected == found else "changed",
+                     "expected": expected, "found": found})
+    return rows
