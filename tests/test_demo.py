@@ -26,6 +26,9 @@ def test_demo_trains_audits_and_finds_the_planted_skin_tone_gap(tmp_path):
     assert result.exit_code == 0, result.output
     assert "test accuracy on clean synthetic faces" in result.output
     results = json.loads((out / "results.json").read_text())
+    from test_schema import validate
+
+    validate(results)  # the published schema holds for the demo's results
     assert results["accuracy"]["value"] > 0.85
     assert results["failures"] == []
     groups = results["hypotheses"]["group-accuracy"]

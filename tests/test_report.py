@@ -412,7 +412,8 @@ def test_url_fetcher_serves_data_urls():
 def test_writes_are_atomic_and_complete(written):
     out, paths = written
     assert set(paths) == {"html", "pdf", "json"}
-    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.pdf", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.pdf", "results.json", "results.schema.json", "tables"]
+    assert not [p for p in out.rglob(".*")]  # no temporary file left behind
     assert json.loads(paths["json"].read_text())["schema_version"] == "1.0"
     assert paths["pdf"].read_bytes().startswith(b"%PDF")
     assert paths["html"].read_text().lstrip().startswith("<!DOCTYPE html>")

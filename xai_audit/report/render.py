@@ -23,6 +23,10 @@ from markupsafe import Markup
 
 from xai_audit.errors import XaiAuditError
 from xai_audit.report.artifacts import ReportArtifacts
+from xai_audit.report.tables import csv_tables
+
+#: the published JSON Schema of results.json, written beside each one
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema" / "results.schema.json"
 
 #: The page template and the stylesheet, by template name.
 PAGE_TEMPLATE = "report.html"
@@ -101,6 +105,8 @@ def write_report(
         except (TypeError, ValueError) as exc:
             raise ReportError(f"results are not plain JSON (no NaN, no arrays): {exc}") from exc
         payloads["json"] = (text + "\n").encode("utf-8")
+        payloads["schema"] = SCHEMA_PATH.read_bytes()
+        payloads.update({f"tables/{name}": text.encode("utf-8") for name, text in csv_tables(results).items()})
     if "html" in formats or "pdf" in formats:
         from xai_audit.report.context import build_context
 
@@ -111,6 +117,12 @@ def write_report(
             payloads["pdf"] = _pdf_bytes(html)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
+    for name, data in payloads.items():  # beside results.json: its JSON Schema, and the tables as CSV
+        if name in FILENAMES:
+            continue
+        path = out_dir / ("results.schema.json" if name == "schema" else name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, data)
     for fmt in formats:
         path = out_dir / FILENAMES[fmt]
         _atomic_write(path, payloads[fmt])
