@@ -38,7 +38,7 @@ def brightness(images: np.ndarray) -> np.ndarray:
 
 def test_hook_registers_both_plugins():
     plugins = xai_audit_datasets.register_datasets()
-    assert [p.name for p in plugins] == ["synthetic-faces", "image-folder"]
+    assert [p.name for p in plugins] == ["synthetic-faces", "image-folder", "fer2013-csv", "digits"]
     assert all(p.kind == "dataset" and p.description for p in plugins)
 
 

@@ -32,9 +32,25 @@ class ReportSpec(_Strict):
     formats: list[Literal["html", "pdf", "json"]] = Field(default_factory=lambda: list(FORMATS))
 
 
+class TrustSpec(_Strict):
+    """How the host checks every explainer's maps (see xai_audit.trust)."""
+
+    #: compute faithfulness, sanity, localisation and agreement for every explainer
+    enabled: bool = True
+    #: deletion / insertion curve points (each a model pass over the explained images)
+    steps: int = Field(12, ge=3, le=256)
+    #: images the sanity check re-explains on weight-randomised copies of the model (0: no sanity check)
+    sanity_samples: int = Field(4, ge=0, le=10_000)
+    #: cascade stages of the sanity check: the top layer randomised first, every layer last
+    sanity_stages: int = Field(3, ge=1, le=50)
+    #: the regions that define every class, for localisation; default: the data set's own
+    regions: list[str] | None = None
+
+
 class ExplainSpec(_Strict):
-    #: how many audited samples the explainers explain (chosen across classes, errors first)
+    #: how many audited samples the explainers explain: borderline / confident x correct / wrong
     samples: int = Field(12, ge=1, le=100_000)
+    trust: TrustSpec = Field(default_factory=TrustSpec)
 
 
 class RuntimeSpec(_Strict):
@@ -80,6 +96,8 @@ class Plan:
     model: Step
     dataset: Step
     sample: int | None
+    #: "fail": an unreadable sample stops the audit (exit 2); "skip": it is left out and listed in the report
+    on_bad_sample: str
     regions: Step | None
     explainers: list[Step]
     hypotheses: list[Step]
@@ -102,7 +120,8 @@ class Plan:
         return {
             "seed": self.seed,
             "model": {"adapter": self.model.name, **self.model.options_dict()},
-            "dataset": {"loader": self.dataset.name, "sample": self.sample, **self.dataset.options_dict()},
+            "dataset": {"loader": self.dataset.name, "sample": self.sample, "on_bad_sample": self.on_bad_sample,
+                        **self.dataset.options_dict()},
             "regions": {"source": self.regions.name, **self.regions.options_dict()} if self.regions else None,
             "explainers": [{s.name: s.options_dict()} for s in self.explainers],
             "hypotheses": [{s.name: s.options_dict()} for s in self.hypotheses],
@@ -217,9 +236,13 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
         models = _model_list(problems, registry, data["models"])
         model = models[0][1] if models else None
     sample = None
+    on_bad_sample = "fail"
     if isinstance(data.get("dataset"), dict):
         dataset_options = dict(data["dataset"])
         sample = dataset_options.pop("sample", None)
+        on_bad_sample = dataset_options.pop("on_bad_sample", "fail")
+        if on_bad_sample not in ("fail", "skip"):
+            problems.add(("dataset", "on_bad_sample"), f"must be 'fail' or 'skip', got {on_bad_sample!r}")
         if sample is not None and (not isinstance(sample, int) or isinstance(sample, bool) or sample < 1):
             problems.add(("dataset", "sample"), f"must be a positive whole number, got {sample!r}")
             sample = None
@@ -256,6 +279,7 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
         model=model,
         dataset=dataset,
         sample=sample,
+        on_bad_sample=on_bad_sample,
         regions=regions,
         explainers=explainers,
         hypotheses=hypotheses,

@@ -99,7 +99,8 @@ def run_audit(
     started = _now()
     seed = plan.seed
     model, dataset = load_model_and_data(plan)
-    samples = _select_samples(dataset, plan.sample, seed)
+    skipped: list[dict[str, Any]] = []
+    samples = _select_samples(dataset, plan.sample, seed, plan.on_bad_sample, skipped)
     samples = _align_labels(samples, dataset, model, plan)
     ids = [s.id for s in samples]
     ids_sha = hashlib.sha256("\n".join(ids).encode()).hexdigest()
@@ -189,6 +190,7 @@ def run_audit(
         "hypotheses": hypothesis_results,
         "findings": [],
         "failures": failures,
+        "skipped_samples": skipped,
         "cache": {"hits": cache.hits, "misses": cache.misses},
     }
     results["findings"] = derive_findings(results)
@@ -221,9 +223,20 @@ def load_model_and_data(plan: Plan) -> tuple[ModelAdapter, Dataset]:
     dataset = _load(plan.dataset, context, DataError, "data set")
     if len(dataset) == 0:
         raise DataError("the data set has no samples")
-    first = dataset[0]
+    first = _first_readable(dataset, plan.on_bad_sample)
     model.check(*first.image.shape[-2:])
     return model, dataset
+
+
+def _first_readable(dataset: Dataset, on_bad_sample: str) -> Sample:
+    tries = min(len(dataset), 100 if on_bad_sample == "skip" else 1)
+    for i in range(tries):
+        try:
+            return dataset[i]
+        except DataError:
+            if i == tries - 1:
+                raise
+    raise DataError("the data set has no readable sample")  # pragma: no cover
 
 
 def _load(step: Step, context: LoadContext, error: type[XaiAuditError], what: str) -> Any:
@@ -261,7 +274,10 @@ def _add_regions(samples: list[Sample], source: Any, plan: Plan, cache: Cache, d
     return out
 
 
-def _select_samples(dataset: Dataset, sample: int | None, seed: int) -> list[Sample]:
+def _select_samples(
+    dataset: Dataset, sample: int | None, seed: int, on_bad_sample: str = "fail", skipped: list | None = None
+) -> list[Sample]:
+    """The audited samples; an unreadable one stops the audit, or with ``skip`` is listed in ``skipped``."""
     n = len(dataset)
     if n == 0:
         raise DataError("the data set has no samples")
@@ -269,7 +285,18 @@ def _select_samples(dataset: Dataset, sample: int | None, seed: int) -> list[Sam
         indices = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
     else:
         indices = np.arange(n)
-    return [dataset[int(i)] for i in indices]
+    samples = []
+    for i in indices:
+        try:
+            samples.append(dataset[int(i)])
+        except DataError as exc:
+            if on_bad_sample != "skip":
+                raise DataError(f"{exc} (sample {int(i)}; set dataset.on_bad_sample: skip to audit without it)") from None
+            if skipped is not None:
+                skipped.append({"index": int(i), "error": str(exc)})
+    if not samples:
+        raise DataError(f"every one of the {len(indices)} samples was unreadable; the first: {skipped[0]['error'] if skipped else ''}")
+    return samples
 
 
 def _align_labels(samples: list[Sample], dataset: Dataset, model: ModelAdapter, plan: Plan) -> list[Sample]:

@@ -45,6 +45,9 @@ class ImageFolderOptions(Options):
     size: int | None = Field(
         None, ge=1, description="resize every image to size x size (default: all must match)"
     )
+    max_pixels: int = Field(
+        50_000_000, ge=1, description="refuse (before decoding) an image with more pixels than this"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -128,7 +131,7 @@ class ImageFolderDataset(Dataset):
             )
         self._expected_size: tuple[int, int] | None = None
         self._fingerprint: str | None = None
-        self._modes: Counter[str] | None = None
+        self._read_modes: dict[int, str] = {}  # sample index -> PIL mode, as each is read
 
     # -- listing ---------------------------------------------------------------
 
@@ -249,15 +252,35 @@ class ImageFolderDataset(Dataset):
         return len(self._items)
 
     def _open(self, file: Path) -> Any:
-        from PIL import Image, ImageOps, UnidentifiedImageError
+        from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
         try:
             im = Image.open(file)
-            im.load()
+            width, height = im.size
+            if width * height > self.options.max_pixels:  # a decompression bomb is refused unread
+                raise DataError(
+                    f"{file}: image is {width}x{height} pixels, over the limit of {self.options.max_pixels:,} "
+                    "(max_pixels); refused before decoding"
+                )
+            if width < 2 or height < 2:
+                raise DataError(f"{file}: image is {width}x{height} pixels, too small to audit")
+            # strict even when another library (WeasyPrint does, on import) let PIL accept truncated files
+            strict, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+            try:
+                im.load()
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = strict
             transposed = ImageOps.exif_transpose(im)
             return transposed if transposed is not None else im
+        except DataError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise DataError(f"{file}: refused as a decompression bomb: {exc}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"cannot read image {file}: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"cannot read image {file}: {first}") from None
+        except Exception as exc:  # any other decoder failure names the file too
+            raise DataError(f"cannot read image {file}: {type(exc).__name__}: {exc}") from None
 
     def _header(self, file: Path) -> tuple[str, tuple[int, int]]:
         from PIL import Image, UnidentifiedImageError
@@ -265,7 +288,7 @@ class ImageFolderDataset(Dataset):
         try:
             with Image.open(file) as im:
                 return im.mode, im.size
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot read image {file}: {exc}") from None
 
     def __getitem__(self, index: int) -> Sample:
@@ -276,6 +299,7 @@ class ImageFolderDataset(Dataset):
             raise IndexError(f"sample index out of range (the data set has {len(self._items)})")
         sid, file, label, groups = self._items[index]
         im = self._open(file)
+        self._read_modes[index] = im.mode
         arr = _to_rgb_array(im)
         if self.options.size is not None:
             arr = _resize(arr, self.options.size)
@@ -312,10 +336,8 @@ class ImageFolderDataset(Dataset):
         return self._fingerprint
 
     def source_modes(self) -> dict[str, int]:
-        """How many images of each PIL mode the folder holds (read from the headers)."""
-        if self._modes is None:
-            self._modes = Counter(self._header(file)[0] for _, file, _, _ in self._items)
-        return dict(sorted(self._modes.items()))
+        """How many of the images read so far had each PIL mode (each was converted to RGB)."""
+        return dict(sorted(Counter(self._read_modes.values()).items()))
 
     def describe(self) -> dict[str, Any]:
         modes = self.source_modes()

@@ -77,7 +77,7 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
         "groups": _groups(group_steps, results, errors),
         "explainers": _explainers(results.get("explainers") or {}, artifacts, classes, errors),
         "hypotheses": _hypotheses(other_steps, errors, artifacts),
-        "failures": _failures(failures),
+        "failures": _failures(failures, results.get("skipped_samples") or []),
         "checks": _checks(results.get("checks") or []),
     }
 
@@ -372,8 +372,9 @@ def _hypotheses(steps: Mapping[str, Any], errors: dict[str, str], artifacts: Rep
     return {"steps": items, "empty_text": "No hypothesis other than group accuracy was in the plan."}
 
 
-def _failures(failures: list[dict]) -> dict[str, Any]:
+def _failures(failures: list[dict], skipped: list[dict] | None = None) -> dict[str, Any]:
     return {
+        "skipped": [{"index": _int(s.get("index")), "error": str(s.get("error", ""))} for s in skipped or []],
         "rows": [
             {
                 "step": str(f.get("step", "")),

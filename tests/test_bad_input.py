@@ -1,0 +1,146 @@
+"""Bad input gets one clear line naming the file, sample or field, exit status 2, no traceback,
+and no report left behind; with `on_bad_sample: skip` the audit goes on and lists what it left out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import EMOTIONS, TINY_MODEL
+from corpus.images import CASES, _rgb
+from xai_audit.cli import app
+
+runner = CliRunner()
+CLASSES = "[" + ", ".join(EMOTIONS) + "]"
+
+
+def _folder(tmp_path: Path, bad: str | None = None, *, on_bad: str = "fail", csv_rows: str | None = None) -> Path:
+    (tmp_path / "tiny_model.py").write_text(TINY_MODEL)
+    namespace: dict = {}
+    exec(TINY_MODEL, namespace)
+    torch.manual_seed(0)
+    torch.save(namespace["make"]().state_dict(), tmp_path / "weights.pt")
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["path,label,skin_tone"]
+    for i in range(6):
+        _rgb(i).save(data / f"ok{i}.png")
+        rows.append(f"ok{i}.png,{EMOTIONS[i % 7]},{'I' if i % 2 else 'IV'}")
+    if bad is not None:
+        name, writer, _ = CASES[bad]
+        writer(data / name)
+        rows.append(f"{name},happy,I")
+    (data / "meta.csv").write_text(csv_rows or "\n".join(rows) + "\n")
+    (tmp_path / "plan.yaml").write_text(
+        f"model: {{adapter: torch, module: tiny_model.py:make, weights: weights.pt, classes: {CLASSES}}}\n"
+        f"dataset: {{loader: image-folder, path: data, metadata: data/meta.csv, size: 32, on_bad_sample: {on_bad}}}\n"
+        "hypotheses:\n  - grayscale\n"
+    )
+    return tmp_path / "plan.yaml"
+
+
+def _run(plan: Path, out: Path):
+    return runner.invoke(app, ["run", str(plan), "--out", str(out), "--no-cache", "-q"])
+
+
+@pytest.mark.parametrize("case", [c for c, (_, _, kind) in CASES.items() if kind == "error"])
+def test_a_bad_image_stops_the_audit_with_one_line_naming_it(case, tmp_path):
+    plan = _folder(tmp_path, case)
+    out = tmp_path / "out"
+    result = _run(plan, out)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert CASES[case][0] in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    assert not out.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("case", [c for c, (_, _, kind) in CASES.items() if kind == "error"])
+def test_with_skip_the_audit_goes_on_and_lists_the_bad_image(case, tmp_path):
+    plan = _folder(tmp_path, case, on_bad="skip")
+    out = tmp_path / "out"
+    result = _run(plan, out)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["samples"]["n"] == 6
+    (skipped,) = results["skipped_samples"]
+    assert CASES[case][0] in skipped["error"]
+    assert "Samples left out" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("case", [c for c, (_, _, kind) in CASES.items() if kind == "ok"])
+def test_unusual_but_valid_images_are_read(case, tmp_path):
+    plan = _folder(tmp_path, case)
+    result = _run(plan, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["samples"]["n"] == 7
+
+
+def test_a_label_not_among_the_models_classes(tmp_path):
+    plan = _folder(tmp_path, csv_rows="path,label\nok0.png,happy\nok1.png,bored\n")
+    result = _run(plan, tmp_path / "out")
+    assert result.exit_code == 2 and "'bored'" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_missing_labels_still_explain_and_say_accuracy_cannot_be_computed(tmp_path):
+    plan = _folder(tmp_path, csv_rows="path,label\nok0.png,\nok1.png,\nok2.png,\n")
+    result = _run(plan, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["accuracy"] is None and results["hypotheses"]["grayscale"]["status"] == "ok"
+    assert "cannot be computed" in (tmp_path / "out" / "report.html").read_text()
+
+
+def _model_plan(tmp_path: Path, forward: str, classes: str = CLASSES) -> Path:
+    (tmp_path / "odd_model.py").write_text(
+        "import torch\n"
+        "class Odd(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 7, 3)\n"
+        "        self.calls = 0\n"
+        "    def forward(self, x):\n"
+        "        self.calls += 1\n"
+        "        y = self.conv(x).mean(dim=(2, 3))\n"
+        f"        {forward}\n"
+        "def make():\n    return Odd()\n"
+    )
+    (tmp_path / "plan.yaml").write_text(
+        f"model: {{adapter: torch, module: odd_model.py:make, classes: {classes}}}\n"
+        "dataset: {loader: synthetic-faces, n: 14, size: 32}\n"
+    )
+    return tmp_path / "plan.yaml"
+
+
+@pytest.mark.parametrize(
+    "forward, message",
+    [
+        ("return y[:, :3]", "expected (batch, 7) for 7 classes"),
+        ("return y * float('nan')", "NaN or infinite"),
+        ("return y / 0.0", "NaN or infinite"),
+        ("return y if self.calls < 2 else y[None]", "expected (batch, 7)"),
+    ],
+)
+def test_models_that_misbehave(tmp_path, forward, message):
+    result = _run(_model_plan(tmp_path, forward), tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_model_that_raises_on_some_batches(tmp_path):
+    plan = _model_plan(tmp_path, "if self.calls > 1: raise RuntimeError('batch 2 broke')\n        return y")
+    result = _run(plan, tmp_path / "out")
+    assert result.exit_code == 2 and "batch 2 broke" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_fewer_model_classes_than_the_data_set(tmp_path):
+    plan = _model_plan(tmp_path, "return y[:, :3]", classes="[happy, sad, neutral]")
+    (tmp_path / "odd_model.py").write_text((tmp_path / "odd_model.py").read_text().replace("Conv2d(3, 7, 3)", "Conv2d(3, 3, 3)"))
+    result = _run(plan, tmp_path / "out")
+    assert result.exit_code == 2 and "'angry' is not among the model's classes" in result.stderr
