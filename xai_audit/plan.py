@@ -80,6 +80,8 @@ class Step:
     name: str
     plugin: PluginInfo
     options: Options
+    #: seconds the step may run before it is stopped and recorded as failed (None: no limit)
+    timeout: float | None = None
 
     def instantiate(self) -> Any:
         return self.plugin.cls(self.options)
@@ -123,8 +125,8 @@ class Plan:
             "dataset": {"loader": self.dataset.name, "sample": self.sample, "on_bad_sample": self.on_bad_sample,
                         **self.dataset.options_dict()},
             "regions": {"source": self.regions.name, **self.regions.options_dict()} if self.regions else None,
-            "explainers": [{s.name: s.options_dict()} for s in self.explainers],
-            "hypotheses": [{s.name: s.options_dict()} for s in self.hypotheses],
+            "explainers": [{s.name: s.options_dict() | ({"timeout": s.timeout} if s.timeout else {})} for s in self.explainers],
+            "hypotheses": [{s.name: s.options_dict() | ({"timeout": s.timeout} if s.timeout else {})} for s in self.hypotheses],
             "explain": self.explain.model_dump(),
             "report": self.report.model_dump(),
             "runtime": self.runtime.model_dump(),
@@ -350,8 +352,14 @@ def _plugin_list(problems: _Problems, registry: Registry, kind: str, section: st
             problems.add(path + (name,), f'"{name}" is listed twice')
             continue
         seen.add(name)
+        options = dict(options)
+        timeout = options.pop("timeout", None)  # reserved for every step: its time limit in seconds
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            problems.add(path + (name, "timeout"), f"must be a positive number of seconds, got {timeout!r}")
+            continue
         step = _validate_step(problems, registry, kind, path + (name,), str(name), options, name_path=path)
         if step is not None:
+            step.timeout = float(timeout) if timeout is not None else None
             steps.append(step)
     return steps
 

@@ -28,6 +28,7 @@ from xai_audit.plan import Plan, Step
 from xai_audit.plugins import Registry
 from xai_audit.checks import evaluate_checks
 from xai_audit.findings import derive_findings
+from xai_audit.limits import time_limit, with_halving_batch
 from xai_audit.provenance import build_provenance
 from xai_audit.serialize import (
     explanation_from_cache,
@@ -147,7 +148,9 @@ def run_audit(
 
         hyp_context = HypothesisContext(
             model=model, samples=samples, probs=probs, classes=list(model.classes), seed=seed,
-            predict=lambda images: model.predict_proba(images, batch_size=plan.runtime.batch_size),
+            predict=lambda images: with_halving_batch(
+                lambda size: model.predict_proba(images, batch_size=size), plan.runtime.batch_size, "a hypothesis' predictions"
+            ),
         )
         hypothesis_results: dict[str, Any] = {}
         hypothesis_objects: dict[str, HypothesisResult] = {}
@@ -325,7 +328,9 @@ def _baseline(model: ModelAdapter, samples: list[Sample], plan: Plan, cache: Cac
     _seed_everything(plan.seed)
     images = np.stack([s.image for s in samples]).astype(np.float32)
     try:
-        probs = model.predict_proba(images, batch_size=plan.runtime.batch_size)
+        probs = with_halving_batch(
+            lambda size: model.predict_proba(images, batch_size=size), plan.runtime.batch_size, "baseline predictions"
+        )
     except XaiAuditError:
         raise
     except Exception as exc:
@@ -366,7 +371,8 @@ def _explain(step, model, samples, targets, seed, cache, base_key) -> Explanatio
     if hit is not None:
         return explanation_from_cache(*hit)
     _seed_everything(seed)
-    exp = plugin.explain(model, samples, np.asarray(targets), seed)
+    with time_limit(step.timeout, f"explainer {step.name}"):
+        exp = plugin.explain(model, samples, np.asarray(targets), seed)
     if exp.maps.shape[0] != len(samples):
         raise ValueError(f"explainer returned {exp.maps.shape[0]} maps for {len(samples)} samples")
     cache.put(key, *explanation_to_cache(exp))
@@ -379,7 +385,8 @@ def _hypothesis(step: Step, context: HypothesisContext, cache: Cache, base_key: 
     if hit is not None:
         return hypothesis_from_cache(*hit)
     _seed_everything(context.seed)
-    result = step.instantiate().test(context)
+    with time_limit(step.timeout, f"hypothesis {step.name}"):
+        result = step.instantiate().test(context)
     cache.put(key, *hypothesis_to_cache(result))
     return result
 
