@@ -88,3 +88,28 @@ def test_pdf_pages_keep_their_margins(report, tmp_path):
         h, w = pixels.shape
         margin = int(w * 0.045)  # A4's 15 mm side margins are 7 % of the width: the outer 4.5 % must stay blank
         assert pixels[:, :margin].min() > 200 and pixels[:, w - margin :].min() > 200, f"{page.name}: ink in the side margin"
+
+
+def test_every_figure_has_alt_text_and_the_first_page_has_the_verdict(report):
+    html = (report / "report.html").read_text()
+    images = re.findall(r"<img\b[^>]*>", html)
+    assert images and all(re.search(r'alt="[^"]{8,}"', tag) for tag in images)
+    assert '<p class="verdict verdict-box-fail"><strong>Does not pass.</strong>' in html
+    summary = html.split('id="provenance"')[0]  # the first section holds the verdict, checks and findings
+    assert "accuracy &gt; 0.99" in summary and "Findings" in summary
+
+
+def test_letter_paper(report, tmp_path):
+    import json
+
+    from pypdf import PdfReader
+
+    from xai_audit.report import ReportArtifacts, write_report
+
+    results = json.loads((report / "results.json").read_text())
+    results["plan"]["report"]["paper"] = "letter"
+    write_report(results, ReportArtifacts(), tmp_path, formats=["pdf"])
+    box = PdfReader(tmp_path / "report.pdf").pages[0].mediabox
+    assert (round(float(box.width)), round(float(box.height))) == (612, 792)
+    a4 = PdfReader(report / "report.pdf").pages[0].mediabox
+    assert (round(float(a4.width)), round(float(a4.height))) == (595, 842)

@@ -30,6 +30,7 @@ class _Strict(BaseModel):
 class ReportSpec(_Strict):
     title: str = "xai-audit report"
     formats: list[Literal["html", "pdf", "json"]] = Field(default_factory=lambda: list(FORMATS))
+    paper: Literal["A4", "letter"] = "A4"
 
 
 class TrustSpec(_Strict):

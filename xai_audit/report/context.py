@@ -79,7 +79,30 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
         "hypotheses": _hypotheses(other_steps, errors, artifacts),
         "failures": _failures(failures, results.get("skipped_samples") or []),
         "checks": _checks(results.get("checks") or []),
+        "verdict": _verdict(results),
+        "paper": "letter" if ((results.get("plan") or {}).get("report") or {}).get("paper") == "letter" else "A4",
     }
+
+
+def _verdict(results: Mapping[str, Any]) -> dict[str, str]:
+    """One line a reviewer can act on, from the checks, the findings and what did not run."""
+    checks = results.get("checks") or []
+    failed = [c for c in checks if c.get("status") == "FAIL"]
+    findings = results.get("findings") or []
+    high = [f for f in findings if f.get("severity") == "high"]
+    not_run = len(results.get("failures") or [])
+    tail = f" {not_run} step(s) could not run; see the last section." if not_run else ""
+    if failed:
+        return {"level": "fail", "label": "Does not pass",
+                "text": f"{len(failed)} of {len(checks)} checks failed: {failed[0].get('check')}." + tail}
+    if high:
+        return {"level": "attention", "label": "Needs attention",
+                "text": f"{len(high)} high-severity finding(s), first: {high[0].get('title')}" + tail}
+    if findings:
+        return {"level": "attention", "label": "Review the findings",
+                "text": f"{len(findings)} finding(s) of lower severity; no check failed." + tail}
+    return {"level": "ok", "label": "No significant problem found",
+            "text": ("Every check passed; " if checks else "") + "no hypothesis reached significance after correction." + tail}
 
 
 def _checks(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
