@@ -431,9 +431,10 @@ def test_unknown_format_is_an_error(tmp_path, results, artifacts):
         write_report(results, artifacts, tmp_path, formats=["docx"])
 
 
-def test_json_only_writes_one_file(tmp_path, results, artifacts):
+def test_json_only_writes_the_json_its_schema_and_tables(tmp_path, results, artifacts):
     paths = write_report(results, artifacts, tmp_path, formats=["json"])
-    assert list(paths) == ["json"] and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    assert list(paths) == ["json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.schema.json", "tables"]
 
 
 def test_report_renders_without_artifacts(results):
