@@ -38,6 +38,12 @@ def registry():
     return make_plugin_manager()
 
 
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    """One cache folder for every demo run of the session: the demo model is trained once."""
+    return tmp_path_factory.mktemp("demo-cache")
+
+
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     """A folder with tiny_model.py and weights.pt (seeded random weights)."""

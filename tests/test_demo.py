@@ -20,8 +20,8 @@ SECTIONS = [
 ]
 
 
-def test_demo_trains_audits_and_finds_the_planted_skin_tone_gap(tmp_path):
-    out, cache = tmp_path / "report", tmp_path / "cache"
+def test_demo_trains_audits_and_finds_the_planted_skin_tone_gap(tmp_path, demo_cache):
+    out, cache = tmp_path / "report", demo_cache
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--cache-dir", str(cache), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "test accuracy on clean synthetic faces" in result.output

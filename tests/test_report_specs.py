@@ -7,7 +7,11 @@ import pytest
 
 from xai_audit.report.specs import RENDERERS, render_spec
 
-ARRAYS = {"imgs": np.random.default_rng(0).random((3, 3, 8, 8)).astype(np.float32)}
+ARRAYS = {
+    "imgs": np.random.default_rng(0).random((3, 3, 8, 8)).astype(np.float32),
+    "img": np.random.default_rng(1).random((3, 8, 8)).astype(np.float32),
+    "maps": np.random.default_rng(2).normal(size=(3, 4, 4)).astype(np.float32),
+}
 SPECS = {
     "lines": {"x": [0, 1, 2], "series": [{"label": "a", "y": [1, 2, 3]}], "title": "Betti curve"},
     "bars": {"labels": ["x", "y"], "series": [{"label": "s", "values": [0.2, 0.4], "low": [0.1, 0.3], "high": [0.3, 0.5]}]},
@@ -15,6 +19,12 @@ SPECS = {
     "images": {"images": {"array": "imgs"}, "titles": ["a", "b", "c"], "columns": 3},
     "scatter": {"x": [0, 1, 2], "y": [1, 2, 3], "groups": ["a", "b", "a"], "diagonal": True},
     "graph": {"nodes": [{"x": 0, "y": 0, "size": 2, "color": 0.1}, {"x": 1, "y": 1, "size": 1, "color": 0.9}], "edges": [[0, 1]]},
+    "heatmaps": {"maps": {"array": "maps"}, "image": {"array": "img"}, "titles": ["a", "b", "c"], "signed": True,
+                 "colorbar": "attribution"},
+    "diagram": {"dims": [
+        {"dim": 0, "birth": [0, 0, 0], "death": [0.2, 0.9, None], "significant": [False, True, False], "level": 0.5},
+        {"dim": 1, "birth": [0.3, 0.4], "death": [1.2, float("inf")], "significant": [True, False], "ratio": 1.5},
+    ]},
 }
 
 
@@ -32,3 +42,18 @@ def test_each_kind_renders_to_a_png_data_uri(kind):
 def test_unknown_kind_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown figure kind 'pie'"):
         render_spec({"kind": "pie"}, {})
+
+
+def test_graph_nodes_may_be_coloured_by_group():
+    nodes = [{"x": 0, "y": 0, "size": 2, "group": "happy"}, {"x": 1, "y": 1, "size": 1, "group": "sad"}]
+    figure = render_spec({"kind": "graph", "nodes": nodes, "edges": [[0, 1]], "color_label": "class"}, {})
+    assert figure["src"].startswith("data:image/png;base64,")
+
+
+def test_heatmaps_share_one_scale_or_normalise_each():
+    maps = np.stack([np.ones((4, 4)), 100 * np.ones((4, 4))]).astype(np.float32)
+    for normalise in ("shared", "each"):
+        figure = render_spec({"kind": "heatmaps", "maps": maps, "normalise": normalise, "signed": False}, {})
+        assert figure["src"].startswith("data:image/png;base64,")
+    with pytest.raises(ValueError, match="at least one map"):
+        render_spec({"kind": "heatmaps", "maps": []}, {})

@@ -84,22 +84,23 @@ def test_second_run_reuses_the_cache_and_computes_only_the_new_step(write_plan, 
     first = load_plan(write_plan(plan_text(IG, "  - grayscale\n")), registry)
     cache = Cache(cache_dir)
     r1 = run_audit(first, registry, cache=cache).results
-    assert (cache.hits, cache.misses) == (0, 3)  # baseline, one explainer, one hypothesis
+    assert (cache.hits, cache.misses) == (0, 4)  # baseline, one explainer and its trust metrics, one hypothesis
 
     cache = Cache(cache_dir)
     r2 = run_audit(first, registry, cache=cache).results
-    assert (cache.hits, cache.misses) == (3, 0)
+    assert (cache.hits, cache.misses) == (4, 0)
     assert r2["hypotheses"]["grayscale"] == r1["hypotheses"]["grayscale"]
+    assert r2["explainers"]["integrated-gradients"]["trust"] == r1["explainers"]["integrated-gradients"]["trust"]
 
     third = load_plan(write_plan(plan_text(IG, "  - grayscale\n  - group-accuracy\n"), "plan3.yaml"), registry)
     cache = Cache(cache_dir)
     run_audit(third, registry, cache=cache)
-    assert (cache.hits, cache.misses) == (3, 1)  # only the new hypothesis ran
+    assert (cache.hits, cache.misses) == (4, 1)  # only the new hypothesis ran
 
     changed = load_plan(write_plan(plan_text(IG.replace("4", "6"), "  - grayscale\n"), "plan4.yaml"), registry)
     cache = Cache(cache_dir)
     run_audit(changed, registry, cache=cache)
-    assert (cache.hits, cache.misses) == (2, 1)  # new options: only that explainer recomputes
+    assert (cache.hits, cache.misses) == (2, 2)  # new options: only that explainer (and its trust) recomputes
 
 
 def test_a_corrupt_cache_entry_is_recomputed(write_plan, registry, tmp_path):

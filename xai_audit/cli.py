@@ -84,7 +84,11 @@ def _write(outcome, registry, out: Path, formats: list[str], templates: Optional
         images=outcome.images, explanations=outcome.explanations, hypotheses=outcome.hypotheses,
         predictions=outcome.predictions, labels=outcome.labels,
     )
-    return write_report(outcome.results, artifacts, out, formats=formats, template_dirs=template_dirs)
+    written = write_report(outcome.results, artifacts, out, formats=formats, template_dirs=template_dirs)
+    from xai_audit.recommend import write_manifest
+
+    written["manifest"] = write_manifest(outcome.results.get("recommendations") or [], out)
+    return written
 
 
 CacheDir = typer.Option(None, "--cache-dir", help="Step cache folder (default: $XAI_AUDIT_CACHE or ./.xai-audit-cache).")
@@ -277,6 +281,9 @@ def demo(
     data: str = typer.Option("faces", help="faces (synthetic faces with planted shortcuts) or digits (scikit-learn's digits)."),
     seed: int = typer.Option(0, help="Seed for the data, training and audit."),
     shortcuts: bool = typer.Option(True, help="Plant the shortcuts in the training split (--no-shortcuts: clean)."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Fine-tune on the recommended data, audit again, and show before and after."
+    ),
     cache_dir: Optional[Path] = CacheDir,
     quiet: bool = Quiet,
 ) -> None:
@@ -303,6 +310,8 @@ def demo(
     write_demo_plan(plan_path, plan_data)
     validated = load_plan(plan_path, registry)
     outcome = run_audit(validated, registry, cache=cache, progress=not quiet and sys.stderr.isatty())
+    if verify:
+        _verify(outcome, trained, registry, cache, out, plan_data, seed=seed, quiet=quiet, data=data)
     written = _write(outcome, registry, out, validated.report.formats, None)
     acc = outcome.results.get("accuracy")
     if acc:
@@ -310,6 +319,35 @@ def demo(
         typer.echo(f"test accuracy on {what}: {100 * acc['value']:.1f} %")
     _summarise({**outcome.results, "accuracy": None}, written)
     typer.echo(f"done in {time.perf_counter() - start:.0f} s. Open {written.get('html', out)} in a browser.")
+
+
+def _verify(outcome, trained, registry, cache, out: Path, plan_data: dict, *, seed: int, quiet: bool, data: str) -> None:
+    """Fine-tune on the first audit's recommendations, audit again into out/after, add the comparison."""
+    from xai_audit.demo.plan import write_demo_plan
+    from xai_audit.demo.verify import fine_tune, verification_summary
+    from xai_audit.plan import load_plan
+    from xai_audit.runner import run_audit
+
+    if data != "faces":
+        raise XaiAuditError("--verify needs the synthetic faces demo (--data faces)")
+    tuned = fine_tune(registry, cache, trained, outcome.results.get("recommendations") or [], seed=seed, log=typer.echo)
+    typer.echo("fine-tuned model: reused from the cache" if tuned.cached else f"fine-tuned in {tuned.seconds:.0f} s")
+    after_dir = out / "after"
+    after_dir.mkdir(parents=True, exist_ok=True)
+    plan_after = {**plan_data, "model": {**plan_data["model"], "weights": str(tuned.weights.resolve())},
+                  "report": {**plan_data["report"], "title": plan_data["report"]["title"] + " (after fine-tuning)"}}
+    write_demo_plan(after_dir / "plan.yaml", plan_after)
+    validated = load_plan(after_dir / "plan.yaml", registry)
+    after = run_audit(validated, registry, cache=cache, progress=not quiet and sys.stderr.isatty())
+    _write(after, registry, after_dir, validated.report.formats, None)
+    outcome.results["verification"] = verification_summary(outcome.results, after.results, tuned, "after/report.html")
+    for row in outcome.results["verification"]["comparisons"]:
+        change = "" if row.get("shrunk_by") is None else f" ({100 * row['shrunk_by']:.0f} % smaller)"
+        b, a = row["before"].get("effect"), row["after"].get("effect")
+        typer.echo(
+            f"verify: {row['title']} {'n/a' if b is None else f'{100 * b:.1f}'} -> "
+            f"{'n/a' if a is None else f'{100 * a:.1f}'} pp{change}"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,9 +27,11 @@ from xai_audit.errors import DataError, ModelError, XaiAuditError
 from xai_audit.plan import Plan, Step
 from xai_audit.plugins import Registry
 from xai_audit.checks import evaluate_checks
+from xai_audit.examples import choose_examples, describe_chosen
 from xai_audit.findings import derive_findings
 from xai_audit.limits import time_limit, with_halving_batch
 from xai_audit.provenance import build_provenance
+from xai_audit.recommend import recommend
 from xai_audit.serialize import (
     explanation_from_cache,
     explanation_to_cache,
@@ -38,6 +40,7 @@ from xai_audit.serialize import (
     to_jsonable,
 )
 from xai_audit.stats import ALPHA, holm, wilson_ci
+from xai_audit import trust as trust_metrics
 from xai_audit.types import Dataset, Explanation, HypothesisContext, HypothesisResult, LoadContext, ModelAdapter, Sample
 
 SCHEMA_VERSION = "1.0"
@@ -125,17 +128,25 @@ def run_audit(
         if explain_ids is not None:
             index_of = {s.id: i for i, s in enumerate(samples)}
             chosen = np.array(sorted(index_of[i] for i in explain_ids if i in index_of), dtype=np.int64)
+            selection = describe_chosen(samples, chosen, probs, labels if labelled else None, list(model.classes))
         else:
-            chosen = _choose_examples(samples, preds, labels if labelled else None, plan.explain.samples)
+            selection = choose_examples(samples, probs, labels if labelled else None, plan.explain.samples,
+                                        list(model.classes))
+            chosen = selection.indices
         chosen_samples = [samples[i] for i in chosen]
         targets = preds[chosen]
+        trust_session = _trust_session(plan, model, dataset, chosen_samples, targets, seed)
         explanations: dict[str, Explanation] = {}
         explainer_results: dict[str, Any] = {}
         for step in plan.explainers:
             with bar.step(f"explainer {step.name}"):
                 entry = {"status": "ok", "plugin": step.plugin.name, "options": step.options_dict()}
                 try:
-                    exp = _explain(step, model, chosen_samples, targets, seed, cache, base_key)
+                    if getattr(step.plugin.cls, "wants_all_samples", False):
+                        exp = _explain(step, model, samples, preds, seed, cache, base_key)
+                    else:
+                        exp = _explain(step, model, chosen_samples, targets, seed, cache, base_key)
+                        _trust(step, exp, entry, trust_session, cache, base_key, failures)
                     explanations[step.name] = exp
                     entry.update(
                         n_samples=len(exp.sample_ids), sample_ids=exp.sample_ids, targets=exp.targets.tolist(),
@@ -145,12 +156,14 @@ def run_audit(
                     entry["status"] = "failed"
                     failures.append(_failure(f"explainer {step.name}", step, exc))
                 explainer_results[step.name] = entry
+        _agreement(explainer_results, explanations, [s.id for s in chosen_samples])
 
         hyp_context = HypothesisContext(
             model=model, samples=samples, probs=probs, classes=list(model.classes), seed=seed,
             predict=lambda images: with_halving_batch(
                 lambda size: model.predict_proba(images, batch_size=size), plan.runtime.batch_size, "a hypothesis' predictions"
             ),
+            load_dataset=functools.partial(_load_other_dataset, registry, plan),
         )
         hypothesis_results: dict[str, Any] = {}
         hypothesis_objects: dict[str, HypothesisResult] = {}
@@ -165,7 +178,7 @@ def run_audit(
                     entry["status"] = "failed"
                     failures.append(_failure(f"hypothesis {step.name}", step, exc))
                 hypothesis_results[step.name] = entry
-    _correct_for_multiple_tests(hypothesis_results)
+    n_tests = _correct_for_multiple_tests(hypothesis_results)
 
     accuracy, confusion, per_class = _accuracy_tables(labels, preds, list(model.classes), labelled)
     results: dict[str, Any] = {
@@ -189,6 +202,7 @@ def run_audit(
         "confusion_matrix": confusion,
         "per_class": per_class,
         "prediction_share": {c: float(np.mean(preds == k)) if len(preds) else 0.0 for k, c in enumerate(model.classes)},
+        "examples": selection.summary,
         "explainers": explainer_results,
         "hypotheses": hypothesis_results,
         "findings": [],
@@ -197,11 +211,15 @@ def run_audit(
         "cache": {"hits": cache.hits, "misses": cache.misses},
     }
     results["findings"] = derive_findings(results)
+    results["multiple_testing"] = {"method": "holm", "alpha": ALPHA, "n_tests": n_tests}
+    results["recommendations"] = recommend(results, samples)
     results["finished"] = _now()
     results = to_jsonable(results)
     results["checks"] = to_jsonable(evaluate_checks(plan.checks, results))
 
     shown = set(chosen.tolist())
+    explained_ids = {sid for exp in explanations.values() for sid in exp.sample_ids}
+    shown.update(i for i, s in enumerate(samples) if s.id in explained_ids)
     for entry in hypothesis_results.values():
         shown.update(i for i, s in enumerate(samples) if s.id in set(entry.get("examples", [])))
     return AuditOutcome(
@@ -229,6 +247,21 @@ def load_model_and_data(plan: Plan) -> tuple[ModelAdapter, Dataset]:
     first = _first_readable(dataset, plan.on_bad_sample)
     model.check(*first.image.shape[-2:])
     return model, dataset
+
+
+def _load_other_dataset(registry: Registry, plan: Plan, options: dict[str, Any]) -> Dataset:
+    """A second data set from plan-style options ``{"loader": name, ...}`` (for dataset-shift)."""
+    options = dict(options)
+    name = options.pop("loader", None)
+    if name not in registry.names("dataset"):
+        raise DataError(f"unknown dataset loader {name!r}; known: {', '.join(registry.names('dataset'))}")
+    info = registry.get("dataset", name)
+    try:
+        validated = info.cls.Options(**options)
+    except Exception as exc:
+        raise DataError(f"bad options for dataset loader {name!r}: {exc}") from exc
+    context = LoadContext(base_dir=plan.base_dir, seed=plan.seed, device=plan.runtime.device)
+    return _load(Step("dataset", name, info, validated), context, DataError, "second data set")
 
 
 def _first_readable(dataset: Dataset, on_bad_sample: str) -> Sample:
@@ -373,10 +406,61 @@ def _explain(step, model, samples, targets, seed, cache, base_key) -> Explanatio
     _seed_everything(seed)
     with time_limit(step.timeout, f"explainer {step.name}"):
         exp = plugin.explain(model, samples, np.asarray(targets), seed)
-    if exp.maps.shape[0] != len(samples):
+    if plugin.wants_all_samples:  # maps for the samples it names, a subset of those it was given
+        unknown = set(exp.sample_ids) - {s.id for s in samples}
+        if exp.maps.shape[0] != len(exp.sample_ids) or unknown:
+            raise ValueError(f"explainer returned {exp.maps.shape[0]} maps for {len(exp.sample_ids)} sample ids"
+                             + (f", {len(unknown)} of them unknown" if unknown else ""))
+    elif exp.maps.shape[0] != len(samples):
         raise ValueError(f"explainer returned {exp.maps.shape[0]} maps for {len(samples)} samples")
     cache.put(key, *explanation_to_cache(exp))
     return exp
+
+
+def _trust_session(plan: Plan, model: ModelAdapter, dataset: Dataset, samples: list[Sample], targets: np.ndarray,
+                   seed: int) -> trust_metrics.TrustSession | None:
+    spec = plan.explain.trust
+    if not spec.enabled or not samples:
+        return None
+    settings = trust_metrics.TrustSettings(
+        steps=spec.steps, sanity_samples=spec.sanity_samples, sanity_stages=spec.sanity_stages, regions=spec.regions,
+    )
+    return trust_metrics.TrustSession(
+        model=model, samples=samples, targets=np.asarray(targets), classes=list(model.classes), seed=seed,
+        settings=settings, class_regions=dict(getattr(dataset, "class_regions", None) or {}),
+    )
+
+
+def _trust(step: Step, exp: Explanation, entry: dict[str, Any], session: trust_metrics.TrustSession | None,
+           cache: Cache, base_key: dict, failures: list[dict[str, str]]) -> None:
+    """Trust metrics for one explainer's maps (xai_audit.trust), cached; a failure is recorded, not fatal."""
+    if session is None or list(exp.sample_ids) != [s.id for s in session.samples]:
+        return
+    key = _step_key("trust", step, base_key, [trust_metrics.code_version(), dataclasses.asdict(session.settings),
+                                             exp.sample_ids, np.asarray(exp.targets).tolist(),
+                                             sorted(session.class_regions.items())])
+    try:
+        hit = cache.get(key)
+        if hit is None:
+            _seed_everything(session.seed)
+            data, arrays = trust_metrics.explainer_trust(session, step.instantiate(), exp.maps)
+            data = to_jsonable(data)
+            cache.put(key, data, arrays)
+        else:
+            data, arrays = hit
+        trust_metrics.attach(exp, entry, data, arrays, session.classes)
+    except Exception as exc:  # the maps stand; only their trust scores are missing
+        failures.append(_failure(f"trust {step.name}", step, exc))
+
+
+def _agreement(entries: dict[str, Any], explanations: dict[str, Explanation], ids: list[str]) -> None:
+    """Rank correlation between the maps of every pair of explainers that explained the same samples."""
+    same = {name: exp.maps for name, exp in explanations.items()
+            if list(exp.sample_ids) == ids and "trust" in entries.get(name, {})}
+    if len(same) < 2:
+        return
+    for name, row in trust_metrics.agreement(same).items():
+        entries[name]["trust"]["agreement"] = {other: rho for other, rho in row.items() if other != name}
 
 
 def _hypothesis(step: Step, context: HypothesisContext, cache: Cache, base_key: dict) -> HypothesisResult:
@@ -398,18 +482,27 @@ def _result_dict(result: HypothesisResult) -> dict[str, Any]:
     return to_jsonable(data)
 
 
-def _correct_for_multiple_tests(hypotheses: dict[str, Any]) -> None:
-    """Holm correction across every test of the audit; verdicts follow the adjusted p-value."""
-    names = [n for n, e in hypotheses.items() if e["status"] == "ok" and e.get("p_value") is not None]
-    adjusted = holm([hypotheses[n]["p_value"] for n in names])
-    for name, p_adj in zip(names, adjusted):
-        entry = hypotheses[name]
+def _correct_for_multiple_tests(hypotheses: dict[str, Any]) -> int:
+    """Holm correction across every test of the audit; verdicts follow the adjusted p-value.
+
+    Every test counts once: each hypothesis's own test and each of its further ``tests``.
+    """
+    entries: list[dict[str, Any]] = []
+    for entry in hypotheses.values():
+        if entry["status"] != "ok":
+            continue
+        entries += [e for e in [entry, *(entry.get("tests") or [])] if e.get("p_value") is not None]
+    adjusted = holm([e["p_value"] for e in entries])
+    for entry, p_adj in zip(entries, adjusted):
         entry["p_value_adjusted"] = p_adj
         if entry["verdict"] == "supported" and p_adj is not None and p_adj >= ALPHA:
             entry["verdict"] = "not supported"
             entry.setdefault("details", {})["note"] = "significant alone, not after Holm correction"
     for entry in hypotheses.values():
         entry.setdefault("p_value_adjusted", None)
+        for test in entry.get("tests") or []:
+            test.setdefault("p_value_adjusted", None)
+    return len(entries)
 
 
 def _failure(where: str, step: Step, exc: Exception) -> dict[str, str]:
@@ -421,23 +514,6 @@ def _failure(where: str, step: Step, exc: Exception) -> dict[str, str]:
         "error": f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
         "traceback": "".join(traceback.format_exception_only(type(exc), exc)).strip(),
     }
-
-
-def _choose_examples(samples: list[Sample], preds: np.ndarray, labels: np.ndarray | None, k: int) -> np.ndarray:
-    """Up to k samples spread over predicted classes, errors first within each class."""
-    k = min(k, len(samples))
-    by_class: dict[int, list[int]] = {}
-    order = range(len(samples))
-    if labels is not None:
-        order = sorted(order, key=lambda i: (preds[i] == labels[i], i))
-    for i in order:
-        by_class.setdefault(int(preds[i]), []).append(i)
-    chosen: list[int] = []
-    while len(chosen) < k:
-        for cls in sorted(by_class):
-            if by_class[cls] and len(chosen) < k:
-                chosen.append(by_class[cls].pop(0))
-    return np.array(sorted(chosen), dtype=np.int64)
 
 
 def _accuracy_tables(labels: np.ndarray, preds: np.ndarray, classes: list[str], labelled: bool):

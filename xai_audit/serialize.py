@@ -19,6 +19,7 @@ def explanation_to_cache(exp: Explanation) -> tuple[dict[str, Any], dict[str, np
         "tables": exp.tables,
         "notes": list(exp.notes),
         "figures": to_jsonable(exp.figures),
+        "maps_caption": exp.maps_caption,
         "array_names": sorted(exp.arrays),
     }
     arrays = {"maps": np.asarray(exp.maps), "targets": np.asarray(exp.targets)}
@@ -38,6 +39,7 @@ def explanation_from_cache(data: dict[str, Any], arrays: dict[str, np.ndarray]) 
         tables=data["tables"],
         notes=list(data["notes"]),
         figures=list(data.get("figures", [])),
+        maps_caption=str(data.get("maps_caption", "")),
     )
 
 

@@ -44,6 +44,9 @@ class Dataset(abc.ABC):
     group_names: list[str] = []
     #: region names available in ``Sample.regions`` (empty when none)
     region_names: list[str] = []
+    #: class name -> the regions whose shape defines that class (for localisation
+    #: metrics), e.g. ``{"happy": ["mouth", "brows", "eyes"]}``; empty when unknown
+    class_regions: dict[str, list[str]] = {}
 
     @abc.abstractmethod
     def __len__(self) -> int: ...
@@ -154,6 +157,9 @@ class Explanation:
     notes: list[str] = field(default_factory=list)
     #: figures described as data (see xai_audit.report.specs); arrays by reference
     figures: list[dict[str, Any]] = field(default_factory=list)
+    #: what the maps show when they are not attributions (e.g. "the pixel change of ..."); the report's
+    #: heatmap grid then says this instead of "the attribution"
+    maps_caption: str = ""
 
 
 @dataclass
@@ -181,6 +187,15 @@ class HypothesisResult:
     #: figures described as data (see xai_audit.report.specs), and the arrays they refer to
     figures: list[dict[str, Any]] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    #: what the claim is about: "fragility" (an intervention costs accuracy or changes
+    #: predictions), "bias" (groups differ), "shift" (another data set), "" when unsaid
+    kind: str = ""
+    #: further tests, each a dict like the result itself (name, kind, claim, metric, before,
+    #: after, effect, ci, p_value, verdict, n, test, details); every one of them is counted
+    #: in the audit's Holm correction, and its verdict follows the adjusted p-value
+    tests: list[dict[str, Any]] = field(default_factory=list)
+    #: what a reader must know to judge the result (e.g. a group too small to judge)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -207,6 +222,9 @@ class HypothesisContext:
     classes: list[str]
     seed: int
     predict: Callable[[np.ndarray], np.ndarray]
+    #: builds another data set from plan-style options ``{"loader": name, ...}`` (for
+    #: dataset-shift), resolving paths like the plan's; None where the host offers none
+    load_dataset: Callable[[dict[str, Any]], Dataset] | None = None
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -289,6 +307,11 @@ class ExplainerPlugin(Plugin):
     kind = "explainer"
     #: True when the method needs gradients (a torch ``module``)
     needs_gradients: ClassVar[bool] = True
+    #: True when the method needs every audited sample, not only the few chosen
+    #: to explain (e.g. the topology of a layer's activation cloud). ``explain``
+    #: then receives all samples with the model's predictions as ``targets``,
+    #: and returns maps only for the samples it names in ``sample_ids``.
+    wants_all_samples: ClassVar[bool] = False
 
     @abc.abstractmethod
     def explain(
@@ -299,6 +322,18 @@ class ExplainerPlugin(Plugin):
         seed: int,
     ) -> Explanation:
         """Explain ``model``'s score for class ``targets[i]`` on each sample."""
+
+    def explain_maps(
+        self,
+        model: ModelAdapter,
+        samples: Sequence[Sample],
+        targets: np.ndarray,
+        seed: int,
+    ) -> np.ndarray:
+        """Only the maps (N, H, W) of :meth:`explain`, for trust metrics that re-run
+        the method (e.g. on a weight-randomised copy of the model). Override when
+        the maps are much cheaper than the whole explanation."""
+        return self.explain(model, samples, targets, seed).maps
 
 
 class HypothesisPlugin(Plugin):

@@ -26,22 +26,24 @@ from xai_audit import Dataset, DatasetPlugin, LoadContext, Options, Sample
 from xai_audit.types import FACE_REGIONS
 
 #: Bump whenever the drawing or the sampling changes: it is part of the fingerprint.
-GENERATOR_VERSION = "synthetic-faces/1"
+GENERATOR_VERSION = "synthetic-faces/2"
 
 CLASSES = ["happy", "sad", "neutral", "angry", "disgust", "fear", "surprise"]
 TONES = ["I", "II", "III", "IV", "V", "VI"]
 REGIONS = list(FACE_REGIONS)
 SPLIT_CODES = {"train": 1, "test": 2}
 
-# Fitzpatrick-style skin colours, light to dark.
+# Fitzpatrick-style skin colours, light to dark. V and VI are drawn a little lighter than a
+# photograph's darkest skin so the expression strokes keep their contrast: with the shortcuts
+# off, a model is then as accurate on VI as on I (generator 1 left VI ~3 points behind).
 SKIN_RGB = np.array(
     [
         (0.96, 0.85, 0.77),
         (0.92, 0.76, 0.64),
         (0.83, 0.64, 0.49),
         (0.68, 0.49, 0.34),
-        (0.50, 0.34, 0.22),
-        (0.34, 0.22, 0.15),
+        (0.55, 0.38, 0.26),
+        (0.42, 0.28, 0.19),
     ]
 )
 # black, dark brown, brown, auburn, blonde, grey
@@ -447,6 +449,8 @@ class SyntheticFacesDataset(Dataset):
 
     group_names = ["skin_tone"]
     region_names = list(REGIONS)
+    #: every expression is drawn by the mouth, brows and eyes alone (localisation metrics)
+    class_regions = {name: ["mouth", "brows", "eyes"] for name in CLASSES}
 
     def __init__(self, options: SyntheticFacesOptions | None = None):
         self.options = options if options is not None else SyntheticFacesOptions()

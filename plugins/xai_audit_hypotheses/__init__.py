@@ -1,14 +1,29 @@
-"""Built-in hypotheses: interventions on display-space images, and group accuracy."""
+"""Built-in hypotheses: interventions on display-space images, group accuracy, another data set."""
 
 from __future__ import annotations
 
 from xai_audit import hookimpl
 from xai_audit.types import HypothesisPlugin
 
+from xai_audit_hypotheses.background import BackgroundHypothesis
+from xai_audit_hypotheses.custom import TransformHypothesis
+from xai_audit_hypotheses.dataset_shift import DatasetShiftHypothesis
+from xai_audit_hypotheses.face_mask import MaskLowerFaceHypothesis
+from xai_audit_hypotheses.grayscale import GrayscaleHypothesis
 from xai_audit_hypotheses.groups import GroupAccuracyHypothesis
-from xai_audit_hypotheses.interventions import GrayscaleHypothesis
+from xai_audit_hypotheses.luminance import LuminanceHypothesis
+from xai_audit_hypotheses.occlusion import OccludeRegionsHypothesis
 
 
 @hookimpl
 def register_hypotheses() -> list[type[HypothesisPlugin]]:
-    return [GrayscaleHypothesis, GroupAccuracyHypothesis]
+    return [
+        GrayscaleHypothesis,
+        LuminanceHypothesis,
+        BackgroundHypothesis,
+        OccludeRegionsHypothesis,
+        MaskLowerFaceHypothesis,
+        DatasetShiftHypothesis,
+        TransformHypothesis,
+        GroupAccuracyHypothesis,
+    ]

@@ -1,100 +1,291 @@
-"""Accuracy per group (e.g. skin tone), with intervals and a test of equality."""
+"""group-accuracy: whom does the model fail? Accuracy, recall and fairness gaps per group.
+
+Groups come from the data set's columns (``by``), and their intersection when
+there are several; with no column at all, from a skin-tone estimate (the
+individual typology angle of skin pixels), labelled as an estimate.
+
+The test for each column (and for the intersection) is a permutation test of
+the gap between the best and the worst group, with a bootstrap interval of
+that gap; every one is counted in the audit's Holm correction. Groups smaller
+than ``min_group_size`` are shown but not judged, with a warning. The verdict
+also needs the gap's interval to clear ``min_gap``: a gap too small to matter
+is not a finding however certain it is. Fairness gaps (equalized odds and
+demographic parity differences, one-vs-rest per class, the largest reported)
+come from fairlearn.
+
+Without labels, the test is whether the predicted classes are distributed
+alike in every group (demographic parity): a chi-square test, with the
+largest per-class difference in prediction share as the effect.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from pydantic import Field
 
 from xai_audit.errors import DataError
-from xai_audit.stats import ALPHA, bootstrap_gap_ci, chi2_homogeneity, wilson_ci
+from xai_audit.stats import (
+    ALPHA,
+    bootstrap_gap_ci,
+    chi2_independence,
+    permutation_gap_test,
+    samples_for_ci_width,
+    two_proportion_test,
+    wilson_ci,
+)
 from xai_audit.types import HypothesisContext, HypothesisPlugin, HypothesisResult, Options
+
+from xai_audit_hypotheses import skin_tone
+
+#: the value of ``by`` that asks for the skin-tone estimate
+ESTIMATE = "skin_tone_estimate"
+JOIN = " × "
 
 
 class GroupAccuracyOptions(Options):
-    by: list[str] | None = Field(None, description="group columns; default: every group column of the data set")
-    min_group_size: int = Field(30, ge=1, description="groups smaller than this are flagged as too small to judge")
+    by: list[str] | None = Field(
+        None,
+        description="group columns; default: every group column of the data set, or the skin-tone estimate when it "
+        f"has none ('{ESTIMATE}' asks for the estimate)",
+    )
+    intersections: bool = Field(True, description="also test the intersection of the columns (when there are several)")
+    min_group_size: int = Field(30, ge=1, description="groups smaller than this are shown but not judged")
+    fairness: bool = Field(True, description="also report equalized odds and demographic parity differences")
+    min_gap: float = Field(0.03, ge=0, le=1, description="smallest accuracy gap worth reporting: the interval must clear it")
+    target_ci_width: float = Field(
+        0.06, gt=0, le=1,
+        description="for recommendations: the 95 % interval width a group's accuracy should reach "
+        "(twice min_gap: narrow enough to tell a gap of min_gap from none)",
+    )
 
 
 class GroupAccuracyHypothesis(HypothesisPlugin):
     name = "group-accuracy"
-    description = "Is the model equally accurate for every group? Per-group accuracy, gap, and a test."
+    description = "Is the model equally accurate for every group? Per-group accuracy and recall, gaps, fairness, tests."
     Options = GroupAccuracyOptions
 
     def test(self, context: HypothesisContext) -> HypothesisResult:
         opts: GroupAccuracyOptions = self.options
+        columns, values, notes = _group_columns(context, opts)
         labels = context.labels
-        if labels is None:
-            raise DataError("group-accuracy needs labelled samples; the data set has unlabelled ones")
-        available = sorted({k for s in context.samples for k in s.groups})
-        columns = opts.by or available
-        if not columns:
-            raise DataError("group-accuracy: the data set has no group columns; give one with 'by'")
-        missing = [c for c in columns if c not in available]
-        if missing:
-            raise DataError(f"group-accuracy: no group column {missing[0]!r}; the data set has {available}")
-        correct = context.probs.argmax(axis=1) == labels
-        breakdown: dict[str, list[dict]] = {}
-        per_column: dict[str, dict] = {}
-        for column in columns:
-            values = np.array([str(s.groups.get(column, "")) for s in context.samples])
-            rows = []
-            for value in sorted(set(values.tolist())):
-                mask = values == value
-                n = int(mask.sum())
-                k = int(correct[mask].sum())
-                ci = wilson_ci(k, n)
-                rows.append(
-                    {
-                        "group": value,
-                        "n": n,
-                        "accuracy": k / n,
-                        "ci": list(ci) if ci else None,
-                        "too small": n < opts.min_group_size,
-                    }
+        preds = context.probs.argmax(axis=1)
+        analyses = {c: _analyse(c, values[c], preds, labels, context, opts) for c in columns}
+        main = max(analyses, key=lambda c: (analyses[c]["verdict"] == "supported", analyses[c]["effect"]))
+        primary = analyses[main]
+        tests = [_as_test(c, a) for c, a in analyses.items() if c != main]
+        breakdown: dict[str, list[dict[str, Any]]] = {}
+        for column, a in analyses.items():
+            breakdown[column] = a["rows"]
+            if a.get("recall_rows"):
+                breakdown[f"{column}: recall per class"] = a["recall_rows"]
+        breakdown["fairness gaps"] = [a["fairness"] for a in analyses.values() if a.get("fairness")]
+        if not breakdown["fairness gaps"]:
+            del breakdown["fairness gaps"]
+        warnings = list(notes)
+        for column, a in analyses.items():
+            if a["too_small"]:
+                warnings.append(
+                    f"{column}: {', '.join(f'{g} (n = {n})' for g, n in a['too_small'])} "
+                    f"{'is' if len(a['too_small']) == 1 else 'are'} below {opts.min_group_size} samples: "
+                    "shown, but too small to judge"
                 )
-            judged = [r for r in rows if not r["too small"]] or rows
-            best = max(judged, key=lambda r: r["accuracy"])
-            worst = min(judged, key=lambda r: r["accuracy"])
-            gap = best["accuracy"] - worst["accuracy"]
-            mask = np.isin(values, [r["group"] for r in judged])
-            p_value = chi2_homogeneity(correct[mask], values[mask]) if len(judged) > 1 else None
-            ci = (
-                bootstrap_gap_ci(correct, values, best["group"], worst["group"], seed=context.seed)
-                if len(judged) > 1
-                else None
-            )
-            breakdown[column] = rows
-            per_column[column] = {
-                "gap": gap,
-                "ci": list(ci) if ci else None,
-                "p_value": p_value,
-                "best": best["group"],
-                "worst": worst["group"],
-                "too_small": [r["group"] for r in rows if r["too small"]],
-            }
-        if len(per_column) > 1:
-            breakdown["gap by column"] = [
-                {"column": c, "gap": v["gap"], "ci": v["ci"], "p_value": v["p_value"], "best": v["best"], "worst": v["worst"]}
-                for c, v in per_column.items()
-            ]
-        main = max(per_column, key=lambda c: per_column[c]["gap"])
-        stats = per_column[main]
-        p_value = stats["p_value"]
-        ci = tuple(stats["ci"]) if stats["ci"] else None
-        supported = p_value is not None and p_value < ALPHA and ci is not None and ci[0] > 0
+        details = {
+            "column": main,
+            "best": primary["best"],
+            "worst": primary["worst"],
+            "min_group_size": opts.min_group_size,
+            "min_gap": opts.min_gap,
+            "target_ci_width": opts.target_ci_width,
+            **primary["details"],
+        }
         return HypothesisResult(
-            claim=f"The model's accuracy differs between {main} groups (worst: {stats['worst']}).",
-            metric="accuracy gap (best group - worst group)",
-            before=float(correct.mean()),
-            after=None,
-            effect=float(stats["gap"]),
-            ci=ci,
-            p_value=p_value,
-            verdict="supported" if supported else ("inconclusive" if p_value is None else "not supported"),
-            n=len(correct),
-            test="chi-square test of equal accuracy across groups (Fisher's exact for two small groups); "
-            "95 % bootstrap interval of the gap",
+            claim=primary["claim"],
+            metric=primary["metric"],
+            before=primary["before"],
+            after=primary["after"],
+            effect=primary["effect"],
+            ci=primary["ci"],
+            p_value=primary["p_value"],
+            verdict=primary["verdict"],
+            n=len(preds),
+            test=primary["test"],
             breakdown=breakdown,
-            details={"column": main, "min_group_size": opts.min_group_size,
-                     "too_small": ", ".join(stats["too_small"]) or "none"},
+            details=details,
+            kind="bias",
+            tests=tests,
+            warnings=warnings,
         )
+
+
+def _group_columns(context: HypothesisContext, opts: GroupAccuracyOptions):
+    """The columns to analyse and each sample's value in each."""
+    available = sorted({k for s in context.samples for k in s.groups})
+    notes: list[str] = []
+    wanted = list(opts.by) if opts.by else (available or [ESTIMATE])
+    missing = [c for c in wanted if c not in available and c != ESTIMATE]
+    if missing:
+        raise DataError(f"group-accuracy: no group column {missing[0]!r}; the data set has {available or 'none'}")
+    values: dict[str, np.ndarray] = {}
+    columns: list[str] = []
+    for column in wanted:
+        if column == ESTIMATE:
+            estimated, sources = skin_tone.estimate(context.samples)
+            values[skin_tone.COLUMN] = np.array(estimated)
+            columns.append(skin_tone.COLUMN)
+            notes.append(
+                f"'{skin_tone.COLUMN}' is an estimate from image colour (individual typology angle of "
+                f"skin pixels: {', '.join(f'{n} from the {s}' for s, n in sources.items())}), "
+                "not a person's skin type; lighting shifts it."
+            )
+        else:
+            values[column] = np.array([str(s.groups.get(column, "")) for s in context.samples])
+            columns.append(column)
+    if opts.intersections and len(columns) > 1:
+        joined = JOIN.join(columns)
+        values[joined] = np.array(["; ".join(parts) for parts in zip(*(values[c] for c in columns))])
+        columns.append(joined)
+    return columns, values, notes
+
+
+def _analyse(column, values, preds, labels, context, opts) -> dict[str, Any]:
+    groups = sorted(set(values.tolist()))
+    sizes = {g: int(np.sum(values == g)) for g in groups}
+    too_small = [(g, sizes[g]) for g in groups if sizes[g] < opts.min_group_size]
+    judged = [g for g in groups if sizes[g] >= opts.min_group_size]
+    if labels is None:
+        return _analyse_predictions(column, values, preds, context, opts, groups, sizes, too_small, judged)
+    correct = preds == labels
+    rows, recall_rows = [], []
+    for g in groups:
+        mask = values == g
+        k = int(correct[mask].sum())
+        ci = wilson_ci(k, sizes[g])
+        rest = ~mask
+        p_rest = two_proportion_test(k, sizes[g], int(correct[rest].sum()), int(rest.sum())) if rest.any() else None
+        acc = k / sizes[g]
+        rows.append({
+            "group": g, "n": sizes[g], "accuracy": acc, "ci": list(ci) if ci else None,
+            "vs rest p (unadjusted)": p_rest,
+            "too small": sizes[g] < opts.min_group_size,
+            "n for target width": samples_for_ci_width(acc, opts.target_ci_width),
+        })
+        recall = {"group": g, "n": sizes[g]}
+        for c, name in enumerate(context.classes):
+            in_class = mask & (labels == c)
+            recall[name] = float(correct[in_class].mean()) if in_class.any() else None
+        recall_rows.append(recall)
+    fairness = _fairness(column, values, preds, labels, context.classes, judged) if opts.fairness else None
+    base = {"rows": rows, "recall_rows": recall_rows, "too_small": too_small, "fairness": fairness}
+    if len(judged) < 2:
+        return {**base, **_inconclusive(column, rows, correct, judged, "fewer than two groups large enough to judge")}
+    acc = {r["group"]: r["accuracy"] for r in rows}
+    best = max(judged, key=lambda g: acc[g])
+    worst = min(judged, key=lambda g: acc[g])
+    mask = np.isin(values, judged)
+    gap, p_value = permutation_gap_test(correct[mask], values[mask], seed=context.seed)
+    ci = bootstrap_gap_ci(correct, values, best, worst, seed=context.seed)
+    supported = p_value < ALPHA and ci[0] > opts.min_gap
+    return {
+        **base,
+        "claim": (
+            f"The model is less accurate for {column} {worst} ({100 * acc[worst]:.1f} %) than for "
+            f"{best} ({100 * acc[best]:.1f} %)."
+        ),
+        "metric": "accuracy gap (best group - worst group)",
+        "before": acc[best], "after": acc[worst], "effect": float(gap), "ci": ci, "p_value": p_value,
+        "verdict": "supported" if supported else "not supported",
+        "best": best, "worst": worst,
+        "test": (
+            "permutation test of the gap between the best and the worst group (group membership shuffled, "
+            "so choosing them after looking is part of the null); 95 % bootstrap interval of the gap, "
+            "each group resampled alone"
+        ),
+        "details": {
+            "accuracy_best": acc[best], "accuracy_worst": acc[worst],
+            "n_best": sizes[best], "n_worst": sizes[worst],
+            "judged_groups": len(judged),
+        },
+    }
+
+
+def _inconclusive(column, rows, correct, judged, why) -> dict[str, Any]:
+    return {
+        "claim": f"The model's accuracy differs between {column} groups.",
+        "metric": "accuracy gap (best group - worst group)",
+        "before": None, "after": None, "effect": None, "ci": None, "p_value": None,
+        "verdict": "inconclusive", "best": judged[0] if judged else None, "worst": judged[0] if judged else None,
+        "test": f"not tested: {why}", "details": {"judged_groups": len(judged)},
+    }
+
+
+def _analyse_predictions(column, values, preds, context, opts, groups, sizes, too_small, judged) -> dict[str, Any]:
+    """No labels: are predicted classes distributed alike in every group?"""
+    k = len(context.classes)
+    rows = []
+    share = {}
+    for g in groups:
+        counts = np.bincount(preds[values == g], minlength=k) / sizes[g]
+        share[g] = counts
+        rows.append({"group": g, "n": sizes[g], **{f"share {c}": float(counts[j]) for j, c in enumerate(context.classes)},
+                     "too small": sizes[g] < opts.min_group_size})
+    base = {"rows": rows, "recall_rows": [], "too_small": too_small, "fairness": None}
+    if len(judged) < 2:
+        return {**base, **_inconclusive(column, rows, None, judged, "fewer than two groups large enough to judge")}
+    table = np.array([share[g] for g in judged])
+    spread = table.max(axis=0) - table.min(axis=0)
+    c = int(np.argmax(spread))
+    hi, lo = judged[int(np.argmax(table[:, c]))], judged[int(np.argmin(table[:, c]))]
+    mask = np.isin(values, judged)
+    p_value = chi2_independence(values[mask], preds[mask])
+    rng = np.random.default_rng(context.seed)
+    a, b = (preds == c)[values == hi], (preds == c)[values == lo]
+    diffs = [a[rng.integers(0, len(a), len(a))].mean() - b[rng.integers(0, len(b), len(b))].mean() for _ in range(2000)]
+    ci = (float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5)))
+    supported = p_value < ALPHA and ci[0] > opts.min_gap
+    name = context.classes[c]
+    return {
+        **base,
+        "claim": f"The model predicts '{name}' more often for {column} {hi} than for {lo} (no labels: demographic parity).",
+        "metric": f"difference in share of '{name}' predictions",
+        "before": float(table[:, c].max()), "after": float(table[:, c].min()), "effect": float(spread[c]), "ci": ci,
+        "p_value": p_value, "verdict": "supported" if supported else "not supported", "best": hi, "worst": lo,
+        "test": "no labels: chi-square test of predicted class by group; 95 % bootstrap interval of the largest "
+        "per-class share difference",
+        "details": {"class": name},
+    }
+
+
+def _fairness(column, values, preds, labels, classes, judged) -> dict[str, Any] | None:
+    """Equalized odds and demographic parity differences (fairlearn), one-vs-rest, largest over classes."""
+    if len(judged) < 2:
+        return None
+    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+
+    mask = np.isin(values, judged)
+    eo, dp = [], []
+    for k in range(len(classes)):
+        y_true, y_pred = (labels[mask] == k).astype(int), (preds[mask] == k).astype(int)
+        if y_true.min() == y_true.max():
+            continue
+        eo.append((float(equalized_odds_difference(y_true, y_pred, sensitive_features=values[mask])), classes[k]))
+        dp.append((float(demographic_parity_difference(y_true, y_pred, sensitive_features=values[mask])), classes[k]))
+    if not eo:
+        return None
+    worst_eo, worst_dp = max(eo), max(dp)
+    return {
+        "groups": column,
+        "equalized odds difference": worst_eo[0], "eo class": worst_eo[1],
+        "demographic parity difference": worst_dp[0], "dp class": worst_dp[1],
+    }
+
+
+def _as_test(column: str, a: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": f"gap by {column}", "kind": "bias", "claim": a["claim"], "metric": a["metric"],
+        "before": a["before"], "after": a["after"], "effect": a["effect"],
+        "ci": list(a["ci"]) if a["ci"] is not None else None, "p_value": a["p_value"], "verdict": a["verdict"],
+        "n": int(sum(r["n"] for r in a["rows"])), "test": a["test"],
+        "details": {"column": column, "best": a["best"], "worst": a["worst"], **a["details"]},
+    }

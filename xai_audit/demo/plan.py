@@ -19,9 +19,28 @@ def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 700) -> dict:
             "classes": list(EMOTIONS),
         },
         "dataset": {"loader": "synthetic-faces", "split": "test", "n": n_test, "seed": seed},
-        "explain": {"samples": 12},
-        "explainers": [{"integrated-gradients": {"steps": 32}}],
-        "hypotheses": [{"grayscale": {}}, {"group-accuracy": {"by": ["skin_tone"]}}],
+        "explain": {"samples": 12, "trust": {"steps": 12, "sanity_samples": 3, "sanity_stages": 3}},
+        "explainers": [
+            # a black baseline gives the dark brows, pupils and mouth lines almost no attribution
+            {"integrated-gradients": {"steps": 32, "baseline": "blurred"}},
+            {"saliency": {}},
+            {"gradcam": {}},
+            {"occlusion": {"window": 12, "stride": 6}},
+            {"lime": {"samples": 200}},
+            {"neuron-maps": {}},
+            {"feature-visualisation": {"steps": 32, "rubbish_steps": 25}},
+            # persistent homology of the last conv layer over all 700 images; lighter than the defaults
+            {"topology": {"landmarks": 150, "collapse_steps": 15}},
+        ],
+        "hypotheses": [
+            {"luminance": {"factor": 0.2}},
+            {"group-accuracy": {"by": ["skin_tone"]}},
+            {"grayscale": {}},
+            # eyes, brows and mouth carry the expression; hair and nose do not
+            {"occlude-regions": {"regions": ["eyes", "brows", "mouth", "hair", "nose"], "fill": "mean",
+                                 "label_regions": ["eyes", "brows", "mouth"]}},
+            {"mask-lower-face": {}},
+        ],
         "report": {"title": "Demo audit: emotion CNN on synthetic faces"},
     }
 

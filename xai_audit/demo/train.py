@@ -58,14 +58,17 @@ def train_demo_model(
     log=print,
 ) -> TrainedModel:
     recipe = recipe_for(data, seed=seed, shortcuts=shortcuts)
-    key = content_key("demo-model", RECIPE_VERSION, recipe.dataset, recipe.train_options, recipe.epochs, seed)
+    plugin = registry.get("dataset", recipe.dataset).cls
+    dataset = plugin(plugin.Options(**recipe.train_options)).load(LoadContext(base_dir=Path.cwd(), seed=seed))
+    # the data set's fingerprint covers its generator version: a redrawn data set retrains the model
+    key = content_key(
+        "demo-model", RECIPE_VERSION, recipe.dataset, recipe.train_options, recipe.epochs, seed, dataset.fingerprint()
+    )
     path = cache.file_path(f"demo-model-{key[:16]}.pt")
     if path.exists():
         return TrainedModel(path, True, 0.0, recipe)
 
     start = time.perf_counter()
-    plugin = registry.get("dataset", recipe.dataset).cls
-    dataset = plugin(plugin.Options(**recipe.train_options)).load(LoadContext(base_dir=Path.cwd(), seed=seed))
     samples = [dataset[i] for i in range(len(dataset))]
     x = torch.as_tensor(np.stack([s.image for s in samples]), dtype=torch.float32)
     if recipe.in_channels == 1:

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from xai_audit.report import figures, specs
+from xai_audit.report import conclusions, explain_context, figures, specs
 from xai_audit.report.artifacts import ReportArtifacts
 
 #: The report's sections, in order: (anchor id, heading).
@@ -35,6 +35,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("groups", "Per-group accuracy"),
     ("explanations", "Explanations"),
     ("hypotheses", "Hypotheses"),
+    ("recommendations", "Recommended fine-tuning data"),
     ("failures", "What could not be run"),
 )
 
@@ -63,6 +64,7 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
     group_steps = {k: v for k, v in hypotheses.items() if v.get("plugin") == GROUP_PLUGIN}
     other_steps = {k: v for k, v in hypotheses.items() if v.get("plugin") != GROUP_PLUGIN}
     tool = results.get("tool") or {}
+    overview = explain_context.overview(results, artifacts, classes)
     return {
         "title": str(results.get("title") or "Model audit"),
         "tool": " ".join(str(p) for p in (tool.get("name", "xai-audit"), tool.get("version")) if p),
@@ -75,8 +77,11 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
         "provenance": _provenance(results),
         "accuracy": _accuracy(results, classes),
         "groups": _groups(group_steps, results, errors),
-        "explainers": _explainers(results.get("explainers") or {}, artifacts, classes, errors),
+        "explainers": _explainers(results.get("explainers") or {}, artifacts, classes, errors,
+                                  set(overview["grid_names"])),
+        "explanation_overview": overview,
         "hypotheses": _hypotheses(other_steps, errors, artifacts),
+        "recommendations": conclusions.recommendations(results),
         "failures": _failures(failures, results.get("skipped_samples") or []),
         "checks": _checks(results.get("checks") or []),
         "verdict": _verdict(results),
@@ -159,7 +164,8 @@ def _summary(results: Mapping[str, Any], failures: list[dict]) -> dict[str, Any]
         failures_line = "Every step ran."
     else:
         steps = "step" if n_failed == 1 else "steps"
-        failures_line = f"{n_failed} {steps} could not run (see section 7)."
+        number = next(n for n, (anchor, _) in enumerate(SECTIONS, start=1) if anchor == "failures")
+        failures_line = f"{n_failed} {steps} could not run (see section {number})."
     return {
         "model_line": " · ".join(model_parts),
         "data_line": " · ".join(data_parts),
@@ -169,6 +175,7 @@ def _summary(results: Mapping[str, Any], failures: list[dict]) -> dict[str, Any]
             "not computed: the data have no labels"
         ),
         "findings": findings,
+        "conclusions": conclusions.findings(results),
         "no_findings_text": "No finding reached significance.",
         "n_failures": n_failed,
         "failures_line": failures_line,
@@ -318,7 +325,8 @@ def _groups(steps: Mapping[str, Any], results: Mapping[str, Any], errors: dict[s
 
 
 def _explainers(
-    steps: Mapping[str, Any], artifacts: ReportArtifacts, classes: list[str], errors: dict[str, str]
+    steps: Mapping[str, Any], artifacts: ReportArtifacts, classes: list[str], errors: dict[str, str],
+    in_case_grids: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     items = []
     for index, (name, step) in enumerate(steps.items()):
@@ -338,13 +346,19 @@ def _explainers(
             "n_samples": _int(step.get("n_samples")),
             "notes": [str(n) for n in notes],
             "scalars": _key_values(scalars),
-            "tables": [_table(str(k), v) for k, v in tables.items()],
+            "tables": [_table(explain_context.table_title(str(k)), v) for k, v in tables.items()],
             "figure": None,
             "figure_missing_text": "",
             "extra_figures": _spec_figures(explanation.figures, explanation.arrays) if explanation else [],
+            "trust": explain_context.trust_summary(step),
         }
-        if status == "ok":
-            item["figure"] = _explanation_figure(name, explanation, artifacts, classes)
+        if status == "ok" and name in in_case_grids:
+            item["figure_missing_text"] = (
+                "Its map of every explained image is in the case-by-case grids above, beside the other explainers'."
+            )
+        elif status == "ok":
+            item["figure"] = _explanation_figure(name, explanation, artifacts, classes,
+                                                 explain_context.sample_trust_lines(step))
             if item["figure"] is None:
                 item["figure_missing_text"] = (
                     "The attribution maps of this step were not available to the report "
@@ -446,6 +460,9 @@ def _hypothesis_common(
             f"and {len(examples) - MAX_EXAMPLES} more" if len(examples) > MAX_EXAMPLES else ""
         ),
         "details": _key_values(step.get("details") or {}),
+        "tests_table": conclusions.tests_table(step),
+        "shortcut_line": conclusions.shortcut_line(step),
+        "warnings": [str(w) for w in step.get("warnings") or []],
     }
 
 
@@ -468,7 +485,8 @@ def _group_rows(attribute: str, rows: Any) -> list[dict[str, Any]] | None:
 
 
 def _explanation_figure(
-    name: str, explanation: Any, artifacts: ReportArtifacts, classes: list[str]
+    name: str, explanation: Any, artifacts: ReportArtifacts, classes: list[str],
+    trust_lines: Mapping[str, str] | None = None,
 ) -> dict[str, Any] | None:
     if explanation is None or explanation.maps is None or len(explanation.sample_ids) == 0:
         return None
@@ -491,6 +509,8 @@ def _explanation_figure(
             if i < len(targets) and int(targets[i]) != int(predicted):
                 explains_prediction = False
                 lines.append(f"explained: {_clip(_class_name(classes, int(targets[i])), 16)}")
+        if trust_lines and sid in trust_lines:
+            lines.append(trust_lines[sid])
         titles.append("\n".join(lines))
     maps = np.asarray(explanation.maps)[rows]
     signed = bool(explanation.signed)
@@ -507,13 +527,18 @@ def _explanation_figure(
             f"Brighter = more important for {target}; "
             f"one colour scale for the whole figure (0 to {scale:.3g}, the 99th percentile of the attribution)."
         )
+    shown = "the attribution"
+    if getattr(explanation, "maps_caption", ""):  # maps that are not attributions say what they are
+        shown = str(explanation.maps_caption)
+        reading = f"Brighter = larger; one colour scale for the whole figure (0 to {scale:.3g}, the 99th percentile)."
     return {
         "src": src,
         "alt": (
-            f"{name} attributions for {len(ids)} samples ({', '.join(ids)}): each row shows the image, "
-            "then the attribution map over a grayscale copy of it."
+            f"{name} {'maps' if shown != 'the attribution' else 'attributions'} for {len(ids)} samples "
+            f"({', '.join(ids)}): each row shows the image, then {shown} {'' if shown != 'the attribution' else 'map '}"
+            "over a grayscale copy of it."
         ),
-        "caption": f"{name}. Each row is one sample: the image, then the attribution over its grayscale copy. {reading}",
+        "caption": f"{name}. Each row is one sample: the image, then {shown} over its grayscale copy. {reading}",
         "samples": ids,
     }
 

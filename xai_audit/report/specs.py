@@ -5,12 +5,19 @@ A plugin never renders: it returns figure *specs*, plain dicts in
 ``kind`` and a ``title``, ``caption`` and ``alt`` text; any value may be an
 array reference ``{"array": "name"}`` into the step's ``arrays``. Kinds:
 
-``lines``   ``x``, ``series`` = [{``label``, ``y``}], ``xlabel``, ``ylabel``
+``lines``   ``x``, ``series`` = [{``label``, ``y``, optional ``style`` ("dashed"), ``color``}], ``xlabel``, ``ylabel``
 ``bars``    ``labels``, ``series`` = [{``label``, ``values``, optional ``low``/``high``}], ``ylabel``
 ``matrix``  ``values`` (2-D), ``rows``, ``cols``, ``row_label``, ``col_label``, optional ``signed``
 ``images``  ``images`` (N, 3, H, W) or (N, H, W) in [0, 1], optional ``titles``, ``columns``
 ``scatter`` ``x``, ``y``, optional ``groups`` (a label per point), ``xlabel``, ``ylabel``, ``diagonal``
-``graph``   ``nodes`` = [{``x``, ``y``, ``size``, ``color``}], ``edges`` = [[i, j]], ``color_label``
+``graph``   ``nodes`` = [{``x``, ``y``, ``size``, ``color``}], ``edges`` = [[i, j]], ``color_label``;
+            a node may carry a ``group`` (a label) instead of ``color`` for a categorical colouring
+``diagram`` a persistence diagram: ``dims`` = [{``dim``, ``birth``, ``death`` (``inf`` or None: never
+            dies), optional ``significant`` (a flag per point), ``ratio`` (line death = ratio × birth)
+            or ``level`` (line death = level)}], ``xlabel``, ``ylabel``
+``heatmaps`` ``maps`` (K, h, w) drawn as overlays with one colour bar; optional ``image`` (3, H, W)
+            under every map or ``images`` (K, 3, H, W), ``titles``, ``columns``, ``signed``,
+            ``colorbar`` (its label), ``normalise`` ("shared": one scale, or "each")
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
 from xai_audit.report import figures as f
+from xai_audit.report.heatmaps import heatmap_tiles
 
 
 def resolve(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
@@ -65,7 +73,8 @@ def _lines(spec: Mapping[str, Any]) -> str:
     x = np.asarray(spec.get("x"), dtype=float) if spec.get("x") is not None else None
     for series in spec.get("series", []):
         y = np.asarray(series["y"], dtype=float)
-        ax.plot(x if x is not None else np.arange(len(y)), y, label=f._plain(series.get("label", ""), 30), lw=1.4)
+        ax.plot(x if x is not None else np.arange(len(y)), y, label=f._plain(series.get("label", ""), 40), lw=1.4,
+                ls="--" if series.get("style") == "dashed" else "-", color=series.get("color"))
     if any(s.get("label") for s in spec.get("series", [])):
         ax.legend(frameon=False, fontsize=7)
     return f._encode(fig)
@@ -106,7 +115,8 @@ def _matrix(spec: Mapping[str, Any]) -> str:
     fmt = spec.get("format", "{:.2f}")
     if values.size <= 150:
         for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=6.5)
+            dark = image.norm(v) > 0.6 if not spec.get("signed") else abs(image.norm(v) - 0.5) > 0.35
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=6.5, color="white" if dark else "black")
     fig.colorbar(image, ax=ax, shrink=0.8)
     return f._encode(fig)
 
@@ -152,7 +162,16 @@ def _graph(spec: Mapping[str, Any]) -> str:
     nodes = spec.get("nodes", [])
     for i, j in spec.get("edges", []):
         ax.plot([nodes[i]["x"], nodes[j]["x"]], [nodes[i]["y"], nodes[j]["y"]], color="#9aa5b1", lw=0.7, zorder=1)
-    if nodes:
+    if nodes and all("group" in n for n in nodes):
+        groups = [str(n["group"]) for n in nodes]
+        colours = f.class_colors(sorted(set(groups)))
+        for g in sorted(set(groups)):
+            chosen = [n for n, name in zip(nodes, groups) if name == g]
+            ax.scatter([n["x"] for n in chosen], [n["y"] for n in chosen], s=[20 + 8 * float(n.get("size", 1)) for n in chosen],
+                       color=colours[g], zorder=2, edgecolors="white", linewidths=0.5, label=f._plain(g, 20))
+        ax.legend(frameon=False, fontsize=7, markerscale=0.8, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                  title=f._plain(spec.get("color_label", ""), 40) or None, title_fontsize=7)
+    elif nodes:
         points = ax.scatter(
             [n["x"] for n in nodes], [n["y"] for n in nodes],
             s=[20 + 8 * float(n.get("size", 1)) for n in nodes],
@@ -163,6 +182,38 @@ def _graph(spec: Mapping[str, Any]) -> str:
     return f._encode(fig)
 
 
+def _diagram(spec: Mapping[str, Any]) -> str:
+    fig, ax = _axes(spec, width=4.6, height=4.0)
+    dims = spec.get("dims", [])
+    finite = [float(v) for d in dims for v in list(d.get("birth", [])) + list(d.get("death", []))
+              if v is not None and np.isfinite(float(v))]
+    top = 1.08 * max(finite) if finite else 1.0
+    lo = min(0.0, min(finite)) if finite else 0.0
+    ax.plot([lo, top], [lo, top], color="#9aa5b1", lw=0.8)
+    ax.axhline(top, color="#9aa5b1", lw=0.6, ls=":")
+    ax.text(lo, top, " never dies", fontsize=6, va="bottom", color="#52606d")
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    for d in dims:
+        k = int(d.get("dim", 0))
+        colour = colours[k % len(colours)]
+        birth = np.asarray(d.get("birth", []), dtype=float)
+        death = np.asarray([np.inf if v is None else v for v in d.get("death", [])], dtype=float)
+        death = np.where(np.isfinite(death), death, top)
+        ax.scatter(birth, death, s=10, color=colour, alpha=0.75, label=f"H{k}", zorder=2)
+        flags = np.asarray(d.get("significant") or [False] * len(birth), dtype=bool)
+        if flags.any():
+            ax.scatter(birth[flags], death[flags], s=70, facecolors="none", edgecolors="black", lw=1.0, zorder=3)
+        if d.get("ratio") is not None:
+            ax.plot([lo, top / float(d["ratio"])], [lo * float(d["ratio"]), top], color=colour, lw=0.8, ls="--")
+        if d.get("level") is not None:
+            ax.axhline(float(d["level"]), color=colour, lw=0.8, ls="--")
+    ax.set_xlim(lo, top * 1.02)
+    ax.set_ylim(lo, top * 1.06)
+    if dims:
+        ax.legend(frameon=False, fontsize=7, loc="lower right")
+    return f._encode(fig)
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "lines": _lines,
     "bars": _bars,
@@ -170,4 +221,6 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "images": _images,
     "scatter": _scatter,
     "graph": _graph,
+    "diagram": _diagram,
+    "heatmaps": heatmap_tiles,
 }

@@ -1,0 +1,1 @@
+"""Benchmarks that print measured speed as a ratio of its limit (see DESIGN.md, "Performance")."""

@@ -1,0 +1,5 @@
+"""``python -m bench``: attribution speed against its limit (bench/attribution.py)."""
+
+from bench.attribution import main
+
+main()

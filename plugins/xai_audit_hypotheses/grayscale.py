@@ -1,0 +1,23 @@
+"""grayscale: does the model need colour?"""
+
+from __future__ import annotations
+
+from xai_audit.types import HypothesisContext, HypothesisPlugin, HypothesisResult
+
+from xai_audit_hypotheses.interventions import InterventionOptions, intervention_result, to_grayscale
+
+
+class GrayscaleOptions(InterventionOptions):
+    pass
+
+
+class GrayscaleHypothesis(HypothesisPlugin):
+    name = "grayscale"
+    description = "Does the model need colour? Compare predictions on grayscale copies of the images."
+    Options = GrayscaleOptions
+
+    def test(self, context: HypothesisContext) -> HypothesisResult:
+        return intervention_result(
+            context, lambda images, samples: to_grayscale(images),
+            what="the images are shown in grayscale", options=self.options,
+        )

@@ -1,0 +1,279 @@
+"""Feature visualisation: what excites a layer's top channels and each class, and rubbish images.
+
+* Activation maximisation (Erhan et al., 2009; Olah et al., 2017): start from
+  seeded noise and climb the gradient of one channel's mean activation (the
+  layer's most active channels over the explained images) or of one class's
+  logit, with jitter, a total-variation penalty and pixels kept in [0, 1]
+  through a sigmoid. All objectives are optimised together, one batch.
+* Rubbish images (Nguyen et al., 2015, "fooling images"; the MNIST attribution
+  study's "rubbish" class examples): from uniform noise, projected gradient
+  ascent on each class's log-probability while every pixel stays within
+  ``rubbish_eps`` of the noise, so the image still looks like noise. A class
+  the model then scores above ``confidence`` is a warning sign of brittle
+  features: the model is certain of something that is not there.
+
+The map returned per image shows where the image holds the layer's features
+that the target class relies on: the channels' activations (clipped at 0)
+weighted by how much each channel raises the class's logit on a plain grey
+image (the mean gradient, clipped at 0), upsampled. The weights depend on the
+model only, so an image's map is the same whatever else is explained with it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from xai_audit.batching import best_batch_size
+from xai_audit.layers import as_feature_map, first_tensor, layer_activations, resolve_layer
+from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Options, Sample
+
+
+class FeatureVisualisationOptions(Options):
+    layer: str | None = Field(None, description="layer name; default: the model's default layer")
+    channels: int = Field(4, ge=0, le=64, description="top channels of the layer to visualise")
+    classes: bool = Field(True, description="also visualise each class (maximise its logit)")
+    max_classes: int = Field(16, ge=1, le=1000, description="classes visualised and searched for rubbish images: "
+                             "the explained classes first")
+    steps: int = Field(64, ge=1, le=2000, description="gradient steps of activation maximisation")
+    lr: float = Field(0.05, gt=0, description="Adam learning rate on the pre-sigmoid pixels")
+    tv: float = Field(0.05, ge=0, description="total-variation penalty (smoother images)")
+    rubbish: bool = Field(True, description="search for rubbish images (confident predictions on noise)")
+    rubbish_steps: int = Field(40, ge=1, le=2000)
+    rubbish_eps: float = Field(0.1, gt=0, le=0.5, description="largest change per pixel from the starting noise")
+    confidence: float = Field(0.99, gt=0, lt=1, description="probability above which a noise image is 'rubbish'")
+
+
+class FeatureVisualisationExplainer(ExplainerPlugin):
+    name = "feature-visualisation"
+    description = "Activation maximisation of a layer's top channels and of each class; rubbish images scored with certainty."
+    Options = FeatureVisualisationOptions
+    needs_gradients = True
+
+    def explain(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> Explanation:
+        opts: FeatureVisualisationOptions = self.options
+        name, _ = resolve_layer(model, opts.layer)
+        images = np.stack([s.image for s in samples]).astype(np.float32)
+        acts = self._activations(model, images)
+        channels = _top_channels(acts, opts.channels)
+        maps = _class_feature_maps(model, name, acts, targets, images.shape[1:])
+        shape = images.shape[1:]
+        chosen = _chosen_classes(targets, len(model.classes), opts.max_classes)
+        classes = [model.classes[k] for k in chosen]
+        batch = best_batch_size(model, shape, backward=True)
+        arrays: dict[str, np.ndarray] = {}
+        figures: list[dict] = []
+        tables: dict[str, list[dict]] = {}
+        scalars: dict[str, float] = {}
+        generator = torch.Generator().manual_seed(seed)
+
+        if len(channels):
+            vis, values = maximise(model, name, shape, [("channel", int(c)) for c in channels], opts, generator, batch)
+            arrays["channel_images"] = vis
+            figures.append(_images_figure(
+                "channel_images", f"Activation maximisation: top {len(channels)} channels of '{name}'",
+                [f"ch {int(c)}" for c in channels],
+                "Images grown from noise to excite each channel most (channels most active on the explained images).",
+            ))
+            tables["channels"] = [{"channel": int(c), "mean_activation_reached": float(v)} for c, v in zip(channels, values)]
+        if opts.classes:
+            vis, _ = maximise(model, name, shape, [("class", k) for k in chosen], opts, generator, batch)
+            reached = _probabilities(model, vis)[np.arange(len(chosen)), chosen]
+            arrays["class_images"] = vis
+            figures.append(_images_figure(
+                "class_images", "Activation maximisation: each class",
+                [f"{c} ({p:.2f})" for c, p in zip(classes, reached)],
+                "Images grown from noise to raise each class's logit; in brackets the probability the model gives them.",
+            ))
+            tables["class_images"] = [{"class": c, "probability": float(p)} for c, p in zip(classes, reached)]
+        if opts.rubbish:
+            noise, rubbish = rubbish_images(model, shape, chosen, opts, generator, batch)
+            reached = _probabilities(model, rubbish)[np.arange(len(chosen)), chosen]
+            arrays["rubbish_images"] = rubbish
+            is_rubbish = reached >= opts.confidence
+            figures.append(_images_figure(
+                "rubbish_images", f"Rubbish images: noise scored with certainty ({int(is_rubbish.sum())} of {len(classes)} classes)",
+                [f"{c}: {p:.3f}" for c, p in zip(classes, reached)],
+                f"Uniform noise changed by at most {opts.rubbish_eps:g} per pixel to raise each class. A class scored above "
+                f"{opts.confidence:g} on an image that looks like nothing is a warning sign of brittle features.",
+            ))
+            tables["rubbish_images"] = [
+                {"class": c, "probability": float(p), "rubbish": bool(r)} for c, p, r in zip(classes, reached, is_rubbish)
+            ]
+            scalars["rubbish_classes"] = float(is_rubbish.sum())
+            scalars["rubbish_max_probability"] = float(reached.max())
+            scalars["noise_max_probability"] = float(_probabilities(model, noise).max())
+        notes = [
+            f"Layer '{name}'; {opts.steps} steps of Adam (lr {opts.lr:g}) with jitter and a total-variation penalty "
+            f"({opts.tv:g}) from seeded noise. The map of each image is its activations weighted by how much each "
+            "channel raises the explained class's logit (on a grey image)."
+        ]
+        if scalars.get("rubbish_classes"):
+            notes.append(
+                f"{int(scalars['rubbish_classes'])} class(es) reached {opts.confidence:g} on noise changed by at most "
+                f"{opts.rubbish_eps:g} per pixel: the model is certain of things that are not in the image."
+            )
+        return Explanation(
+            method=self.name, sample_ids=[s.id for s in samples], targets=np.asarray(targets), maps=maps,
+            signed=False, scalars=scalars, arrays=arrays, tables=tables, notes=notes, figures=figures,
+        )
+
+    def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:
+        images = np.stack([s.image for s in samples]).astype(np.float32)
+        name, _ = resolve_layer(model, self.options.layer)
+        return _class_feature_maps(model, name, self._activations(model, images), targets, images.shape[1:])
+
+    def _activations(self, model: ModelAdapter, images: np.ndarray) -> np.ndarray:
+        size = best_batch_size(model, images.shape[1:], backward=False)
+        return layer_activations(model, images, self.options.layer, batch_size=size)
+
+
+def maximise(
+    model: ModelAdapter, layer: str, shape: tuple[int, ...], objectives: list[tuple[str, int]],
+    opts: FeatureVisualisationOptions, generator: torch.Generator, batch: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images (K, 3, H, W) maximising each objective, and the objective values reached.
+
+    The objectives are independent: they are optimised ``batch`` at a time (the model's best batch
+    size for forward + backward), from start images and jitter drawn once for all of them.
+    """
+    start = 0.5 + 0.1 * torch.randn((len(objectives), *shape), generator=generator)
+    shifts = torch.randint(-2, 3, (opts.steps, 2), generator=generator).tolist()
+    images, values = [], []
+    for part in range(0, len(objectives), max(1, batch)):
+        chunk = slice(part, part + max(1, batch))
+        image, value = _maximise(model, layer, shape, objectives[chunk], opts, start[chunk], shifts)
+        images.append(image)
+        values.append(value)
+    return np.concatenate(images), np.concatenate(values)
+
+
+def _maximise(
+    model: ModelAdapter, layer: str, shape: tuple[int, ...], objectives: list[tuple[str, int]],
+    opts: FeatureVisualisationOptions, start: torch.Tensor, shifts: list[list[int]],
+) -> tuple[np.ndarray, np.ndarray]:
+    _, module = resolve_layer(model, layer)
+    height, width = shape[-2:]
+    k = len(objectives)
+    param = torch.logit(start.clamp(0.02, 0.98)).to(model.device).requires_grad_(True)
+    optimiser = torch.optim.Adam([param], lr=opts.lr)
+    kinds = [kind for kind, _ in objectives]
+    index = torch.tensor([i for _, i in objectives], device=model.device)
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, o: captured.append(as_feature_map(o, height, width)))
+    try:
+        for step in range(opts.steps):
+            captured.clear()
+            image = torch.sigmoid(param)
+            jittered = torch.roll(image, shifts=tuple(shifts[step]), dims=(-2, -1))
+            logits = model.forward(jittered)
+            values = _objective_values(kinds, index, captured[0], logits)
+            tv = (image[..., 1:, :] - image[..., :-1, :]).abs().mean() + (image[..., :, 1:] - image[..., :, :-1]).abs().mean()
+            loss = -values.sum() + opts.tv * k * tv * values.detach().abs().mean().clamp(min=1.0)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        with torch.no_grad():
+            captured.clear()
+            image = torch.sigmoid(param)
+            logits = model.forward(image)
+            values = _objective_values(kinds, index, captured[0], logits)
+    finally:
+        handle.remove()
+    return image.detach().cpu().numpy().astype(np.float32), values.detach().cpu().numpy()
+
+
+def _objective_values(kinds: list[str], index: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Each image's objective: its class's logit, or its channel's mean activation."""
+    rows = torch.arange(len(kinds), device=logits.device)
+    out = torch.zeros(len(kinds), device=logits.device)
+    is_class = torch.tensor([k == "class" for k in kinds], device=logits.device)
+    if is_class.any():
+        out = torch.where(is_class, logits[rows, index.clamp(max=logits.shape[1] - 1)], out)
+    if (~is_class).any():
+        channel_means = features.mean(dim=(2, 3))  # (K, C)
+        out = torch.where(~is_class, channel_means[rows, index.clamp(max=channel_means.shape[1] - 1)], out)
+    return out
+
+
+def rubbish_images(
+    model: ModelAdapter, shape: tuple[int, ...], classes: Sequence[int], opts: FeatureVisualisationOptions,
+    generator: torch.Generator, batch: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(noise, rubbish): uniform noise, and the same noise pushed toward each of ``classes`` within
+    ``rubbish_eps`` (projected gradient ascent on the class's log-probability), ``batch`` at a time."""
+    noise = torch.rand((len(classes), *shape), generator=generator).to(model.device)
+    targets = torch.as_tensor(list(classes), device=model.device)
+    step = 2.5 * opts.rubbish_eps / opts.rubbish_steps
+    out = []
+    for part in range(0, len(classes), max(1, batch)):
+        start, target = noise[part : part + max(1, batch)], targets[part : part + max(1, batch)]
+        rows = torch.arange(len(target), device=model.device)
+        x = start.clone()
+        for _ in range(opts.rubbish_steps):
+            x = x.detach().requires_grad_(True)
+            log_p = torch.log_softmax(model.forward(x), dim=1)[rows, target]
+            (grad,) = torch.autograd.grad(log_p.sum(), x)
+            x = x + step * grad.sign()
+            x = torch.min(torch.max(x, start - opts.rubbish_eps), start + opts.rubbish_eps).clamp(0.0, 1.0)
+        out.append(x.detach())
+    return noise.cpu().numpy().astype(np.float32), torch.cat(out).cpu().numpy().astype(np.float32)
+
+
+def _probabilities(model: ModelAdapter, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        x = torch.as_tensor(images, device=model.device)
+        return torch.softmax(model.forward(x), dim=1).cpu().numpy()
+
+
+def _chosen_classes(targets: np.ndarray, n_classes: int, limit: int) -> np.ndarray:
+    """Up to ``limit`` class indices: the explained classes (most explained first), then the others in order."""
+    counts = np.bincount(np.asarray(targets, dtype=np.int64).reshape(-1), minlength=n_classes)
+    explained = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k] > 0]
+    others = [k for k in range(n_classes) if k not in set(explained)]
+    return np.array(sorted((explained + others)[:limit]), dtype=np.int64)
+
+
+def _top_channels(acts: np.ndarray, k: int) -> np.ndarray:
+    """The k channels with the largest mean activation over the images."""
+    return np.argsort(-acts.mean(axis=(0, 2, 3)), kind="stable")[: min(k, acts.shape[1])]
+
+
+def _class_feature_maps(model: ModelAdapter, layer: str, acts: np.ndarray, targets: np.ndarray,
+                        shape: tuple[int, ...]) -> np.ndarray:
+    """Per image: its channel activations weighted by each channel's pull on the target class (N, H, W)."""
+    weights = channel_class_weights(model, layer, shape)  # (classes, C)
+    w = weights[np.asarray(targets, dtype=np.int64).reshape(-1)]  # (N, C)
+    w = w / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+    mixed = np.einsum("nc,nchw->nhw", w, np.maximum(acts, 0))[:, None]
+    up = torch.nn.functional.interpolate(torch.as_tensor(mixed), size=tuple(shape[-2:]), mode="bilinear", align_corners=False)
+    return up[:, 0].numpy().astype(np.float32)
+
+
+def channel_class_weights(model: ModelAdapter, layer: str, shape: tuple[int, ...]) -> np.ndarray:
+    """(classes, C): mean gradient of each class's logit with respect to each channel, on a grey image, clipped at 0."""
+    _, module = resolve_layer(model, layer)
+    height, width = shape[-2:]
+    n_classes = len(model.classes)
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, o: captured.append(first_tensor(o)))
+    try:
+        grey = torch.full((n_classes, *shape), 0.5, device=model.device)
+        logits = model.forward(grey)
+        (grad,) = torch.autograd.grad(logits.diagonal().sum(), captured[0], allow_unused=True)
+    finally:
+        handle.remove()
+    if grad is None:
+        grad = torch.zeros_like(captured[0])
+    grid = as_feature_map(grad, height, width)  # tokens on the patch grid, like the activations
+    return grid.mean(dim=(2, 3)).clamp(min=0).detach().cpu().numpy()
+
+
+def _images_figure(array: str, title: str, titles: list[str], caption: str) -> dict:
+    return {
+        "kind": "images", "title": title, "images": {"array": array}, "titles": titles,
+        "columns": min(8, len(titles)), "caption": caption, "alt": title,
+    }

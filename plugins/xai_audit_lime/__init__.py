@@ -1,0 +1,13 @@
+"""Built-in LIME explainer (the ``lime`` package) with quickshift superpixels."""
+
+from __future__ import annotations
+
+from xai_audit import hookimpl
+from xai_audit.types import ExplainerPlugin
+
+from xai_audit_lime.explainer import LimeExplainer
+
+
+@hookimpl
+def register_explainers() -> list[type[ExplainerPlugin]]:
+    return [LimeExplainer]

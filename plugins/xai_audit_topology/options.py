@@ -1,0 +1,42 @@
+"""The options of the ``topology`` explainer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from xai_audit.types import Options
+
+
+class TopologyOptions(Options):
+    layer: str | None = Field(None, description="layer whose activations form the cloud; default: the model's last conv layer")
+    cloud: Literal["images", "latent"] = Field(
+        "images", description="one point per image, or one per spatial position (the channel vector there)"
+    )
+    pool: Literal["mean", "max", "flatten"] = Field("mean", description="how an image's activation map becomes one point")
+    dims: list[int] = Field(default_factory=lambda: [0, 1, 2], description="homology dimensions")
+    cloud_samples: int | None = Field(None, ge=10, description="images in the cloud (seeded subset); default: every audited sample")
+    points: int = Field(20000, ge=10, description="at most this many points before landmarks (seeded subset)")
+    pca_dims: int = Field(64, ge=2, description="reduce the activations to at most this many principal components")
+    landmarks: int = Field(200, ge=10, description="points persistence is computed on")
+    landmark_method: Literal["farthest", "random"] = "farthest"
+    null_clouds: int = Field(19, ge=0, description="Gaussian clouds in the significance test (0: no test)")
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level, split over the dimensions")
+    collapse_steps: int = Field(20, ge=0, description="gradient steps that collapse one feature (0: none)")
+    collapse_dim: Literal["auto", 0, 1, 2] = Field("auto", description="dimension of the feature to collapse")
+    step_size: float = Field(0.02, gt=0, le=1, description="largest change of a pixel per step")
+    layers: list[str] | None = Field(None, description="layers for the per-layer summaries; default: up to 4 conv layers")
+    per_class: bool = Field(True, description="summaries per predicted class too")
+    mapper: bool = True
+    mapper_intervals: int = Field(8, ge=2, le=30)
+    mapper_overlap: float = Field(0.3, ge=0, lt=1)
+    n_threads: int = Field(2, ge=1, description="threads for persistence")
+    show: int = Field(6, ge=1, le=24, description="modified images shown before and after")
+
+    @field_validator("dims")
+    @classmethod
+    def _known_dims(cls, value: list[int]) -> list[int]:
+        if not value or any(k not in (0, 1, 2, 3) for k in value):
+            raise ValueError("dims must be a non-empty list of 0, 1, 2 or 3")
+        return sorted(set(value))

@@ -1,0 +1,227 @@
+"""One conformance suite for every registered explainer, on a CNN and on a vision transformer.
+
+Each explainer must return one finite map per sample in display space, the
+same maps twice under the same seed, and the same map for an image whether it
+is explained alone or in a batch (explainers that explain the audited set
+jointly, ``wants_all_samples``, are exempt from the last one by design).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import EMOTIONS, TINY_MODEL
+from xai_audit.types import LoadContext, ModelAdapter, Sample
+
+#: options that keep each built-in explainer fast on tiny inputs; anything else runs with its defaults
+FAST_OPTIONS = {
+    "integrated-gradients": {"steps": 6},
+    "occlusion": {"window": 8, "stride": 8},
+    "lime": {"samples": 40},
+    "neuron-maps": {"shown": 1, "top": 3},
+    "feature-visualisation": {"steps": 3, "rubbish_steps": 3, "channels": 2},
+}
+N_SAMPLES = 3
+
+
+class TinyViTAdapter(ModelAdapter):
+    """A transformers ViT (random weights) behind the ModelAdapter interface."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module.eval()
+        self.classes = list(EMOTIONS)
+        # the last transformer block (named vit.encoder.layer.N or vit.layers.N by transformers version)
+        blocks = [name for name, _ in module.named_modules() if re.search(r"layers?\.\d+$", name)]
+        self.default_layer = blocks[-1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(pixel_values=(images - 0.5) / 0.5).logits
+
+    def fingerprint(self) -> str:
+        return "tiny-vit"
+
+    def layers(self) -> dict:
+        return {name: m for name, m in self.module.named_modules() if name}
+
+
+def tiny_vit() -> TinyViTAdapter:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=7)
+    return TinyViTAdapter(ViTForImageClassification(config))
+
+
+def tiny_cnn(registry, tmp_path: Path) -> ModelAdapter:
+    (tmp_path / "tiny_model.py").write_text(TINY_MODEL)
+    info = registry.get("model-adapter", "torch")
+    torch.manual_seed(0)
+    return info.cls(info.cls.Options(module="tiny_model.py:make", classes=list(EMOTIONS))).load(LoadContext(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def faces(registry) -> list[Sample]:
+    info = registry.get("dataset", "synthetic-faces")
+    dataset = info.cls(info.cls.Options(n=N_SAMPLES, size=32)).load(LoadContext(Path.cwd()))
+    return [dataset[i] for i in range(N_SAMPLES)]
+
+
+@pytest.fixture(scope="module", params=["cnn", "vit"])
+def model(request, registry, tmp_path_factory) -> ModelAdapter:
+    if request.param == "vit":
+        pytest.importorskip("transformers")
+        return tiny_vit()
+    return tiny_cnn(registry, tmp_path_factory.mktemp("cnn"))
+
+
+def _explainers(registry) -> list[str]:
+    return sorted(registry.names("explainer"))
+
+
+def _build(registry, name: str):
+    info = registry.get("explainer", name)
+    return info.cls(info.cls.Options(**FAST_OPTIONS.get(name, {})))
+
+
+def pytest_generate_tests(metafunc):
+    if "explainer_name" in metafunc.fixturenames:
+        from xai_audit.plugins import make_plugin_manager
+
+        metafunc.parametrize("explainer_name", _explainers(make_plugin_manager()))
+
+
+def test_every_explainer_conforms(registry, explainer_name, model, faces):
+    plugin = _build(registry, explainer_name)
+    if plugin.needs_gradients and model.module is None:
+        pytest.skip("needs gradients")
+    targets = np.array([1, 4, 6])[: len(faces)]
+    first = plugin.explain(model, faces, targets, seed=5)
+
+    # shape: one finite map per sample, in display space, aligned with the ids and targets
+    # (an explainer of the whole audited set maps the samples it names, a subset of those given)
+    height, width = faces[0].image.shape[1:]
+    joint = getattr(type(plugin), "wants_all_samples", False)
+    ids = [s.id for s in faces]
+    assert first.maps.shape == (len(first.sample_ids), height, width), explainer_name
+    assert np.all(np.isfinite(first.maps))
+    assert len(np.asarray(first.targets).reshape(-1)) == len(first.sample_ids)
+    if joint:
+        assert set(first.sample_ids) <= set(ids)
+    else:
+        assert list(first.sample_ids) == ids
+        assert np.array_equal(np.asarray(first.targets).reshape(-1), targets)
+
+    # determinism under a seed
+    again = plugin.explain(model, faces, targets, seed=5)
+    np.testing.assert_allclose(again.maps, first.maps, rtol=1e-5, atol=1e-7 * _scale(first.maps))
+
+    # explain_maps (used by the sanity check) returns the same maps
+    np.testing.assert_allclose(plugin.explain_maps(model, faces, targets, 5), first.maps,
+                               rtol=1e-5, atol=1e-7 * _scale(first.maps))
+
+    # batch invariance: each image alone gives the map it got in the batch
+    if joint:
+        return
+    for i, sample in enumerate(faces):
+        alone = plugin.explain_maps(model, [sample], targets[i : i + 1], 5)
+        np.testing.assert_allclose(alone[0], first.maps[i], rtol=1e-4, atol=1e-5 * _scale(first.maps),
+                                   err_msg=f"{explainer_name}: sample {i} alone differs from the batch")
+
+
+def _scale(maps: np.ndarray) -> float:
+    return float(np.abs(maps).max()) if np.size(maps) and np.abs(maps).max() > 0 else 1.0
+
+
+def test_gradcam_lays_vit_tokens_on_the_patch_grid(registry, faces):
+    """A 32x32 image in 8x8 patches is 16 tokens after the class token: a 4x4 grid, upsampled."""
+    vit = tiny_vit()
+    exp = _build(registry, "gradcam").explain(vit, faces, np.array([0, 1, 2]), 0)
+    assert exp.maps.shape == (3, 32, 32) and np.abs(exp.maps).max() > 0
+    note = " ".join(exp.notes)
+    assert "16 patch tokens on a 4x4 grid" in note and "1 prefix token" in note
+    # only the class token reaches the classifier after the last block: the map is taken at its input
+    assert f"input of '{vit.default_layer}'" in note
+
+
+def test_gradcam_defaults_to_the_last_conv_of_a_cnn(registry, tmp_path, faces):
+    cnn = tiny_cnn(registry, tmp_path)
+    exp = _build(registry, "gradcam").explain(cnn, faces, np.array([0, 1, 2]), 0)
+    assert "'conv'" in " ".join(exp.notes)
+
+
+def test_lime_runs_on_a_grayscale_48px_model_with_enough_superpixels(registry, tmp_path):
+    """A FER2013-style model: one channel, 48x48. lime's default quickshift leaves such a face in a few pieces."""
+    (tmp_path / "tiny_model.py").write_text(TINY_MODEL.replace("nn.Conv2d(3, 4", "nn.Conv2d(1, 4"))
+    info = registry.get("model-adapter", "torch")
+    model = info.cls(info.cls.Options(module="tiny_model.py:make", classes=list(EMOTIONS),
+                                      input={"channels": 1, "size": 48})).load(LoadContext(tmp_path))
+    data = registry.get("dataset", "synthetic-faces")
+    faces = [data.cls(data.cls.Options(n=2, size=48)).load(LoadContext(tmp_path))[i] for i in range(2)]
+    gray = [Sample(id=s.id, image=np.repeat(s.image.mean(axis=0, keepdims=True), 3, axis=0)) for s in faces]
+    exp = _build(registry, "lime").explain(model, gray, np.array([0, 3]), 0)
+    assert exp.maps.shape == (2, 48, 48)
+    assert exp.scalars["superpixels_min"] >= 15
+    from skimage.segmentation import quickshift
+
+    default = quickshift(gray[0].image.transpose(1, 2, 0).astype(float), kernel_size=4, max_dist=200, ratio=0.2)
+    assert len(np.unique(default)) < exp.scalars["superpixels_min"]
+
+
+def test_integrated_gradients_baselines_and_convergence(registry, tmp_path, faces):
+    cnn = tiny_cnn(registry, tmp_path)
+    info = registry.get("explainer", "integrated-gradients")
+    from PIL import Image
+
+    path = tmp_path / "grey.png"
+    Image.fromarray(np.full((10, 10, 3), 128, np.uint8)).save(path)
+    for options in ({"baseline": "black"}, {"baseline": "blurred"}, {"baseline": "uniform"},
+                    {"baseline": "image", "baseline_image": str(path)}):
+        exp = info.cls(info.cls.Options(steps=16, **options)).explain(cnn, faces, np.array([0, 1, 2]), 0)
+        assert exp.scalars["convergence_delta_max"] < 0.05, options
+    with pytest.raises(ValueError):
+        info.cls.Options(baseline="image")
+
+
+def test_integrated_gradients_internal_batch_size_does_not_change_the_maps(registry, tmp_path, faces):
+    cnn = tiny_cnn(registry, tmp_path)
+    info = registry.get("explainer", "integrated-gradients")
+    maps = [info.cls(info.cls.Options(steps=8, internal_batch_size=b)).explain_maps(cnn, faces, np.array([0, 1, 2]), 0)
+            for b in (1, 3, 8, 64)]
+    for other in maps[1:]:
+        np.testing.assert_allclose(other, maps[0], rtol=1e-4, atol=1e-7)
+
+
+def test_batched_lime_draws_and_scores_the_same_neighbourhood_as_lime():
+    """The vectorised neighbourhood (and batch size) changes nothing in lime's explanation."""
+    from lime.lime_image import LimeImageExplainer
+
+    from xai_audit_lime.explainer import LimeOptions, _BatchedLimeImageExplainer, segment
+
+    image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
+    seg = segment(image, LimeOptions(min_segments=20), 0)
+
+    def classify(batch):
+        x = batch.numpy().transpose(0, 2, 3, 1) if isinstance(batch, torch.Tensor) else np.asarray(batch)
+        score = x[:, :16, :16].std(axis=(1, 2, 3)) * 2  # texture of the top-left quadrant
+        p = 1 / (1 + np.exp(-20 * (score - 0.5)))
+        return np.stack([p, 1 - p], axis=1)
+
+    weights = []
+    for explainer, batch in ((LimeImageExplainer(random_state=3), 10), (_BatchedLimeImageExplainer(random_state=3), 64)):
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
+            result = explainer.explain_instance(image, classify, labels=(0,), top_labels=None, num_features=100,
+                                                num_samples=200, batch_size=batch, segmentation_fn=lambda _: seg)
+        weights.append(dict(result.local_exp[0]))
+    assert weights[0].keys() == weights[1].keys()
+    np.testing.assert_allclose([weights[1][k] for k in weights[0]], list(weights[0].values()), rtol=1e-6, atol=1e-9)
+    top_left = set(np.unique(seg[:16, :16]).tolist())
+    assert np.mean([w for k, w in weights[0].items() if k in top_left]) > np.mean(
+        [w for k, w in weights[0].items() if k not in top_left])

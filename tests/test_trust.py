@@ -1,0 +1,252 @@
+"""Trust metrics on models whose true attribution is known, and the example selection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import plan_text
+from xai_audit import trust
+from xai_audit.cache import Cache
+from xai_audit.examples import case_names, choose_examples, confusion_flow
+from xai_audit.plan import load_plan
+from xai_audit.report.artifacts import ReportArtifacts
+from xai_audit.report.context import build_context
+from xai_audit.runner import run_audit
+from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Sample
+
+SIZE = 16
+PATCH = (slice(4, 10), slice(5, 11))
+
+
+class LinearAdapter(ModelAdapter):
+    """logit_0 = 8 · mean of the patch (all channels) - 4, logit_1 = 0: only the patch matters."""
+
+    def __init__(self) -> None:
+        weight = torch.zeros(2, 3, SIZE, SIZE)
+        weight[0, :, PATCH[0], PATCH[1]] = 8.0 / (3 * 6 * 6)
+        self.module = torch.nn.Linear(3 * SIZE * SIZE, 2)
+        with torch.no_grad():
+            self.module.weight.copy_(weight.reshape(2, -1))
+            self.module.bias.copy_(torch.tensor([-4.0, 0.0]))
+        self.module.eval()
+        self.classes = ["patch", "rest"]
+        self.default_layer = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images.flatten(1))
+
+    def fingerprint(self) -> str:
+        return "linear"
+
+
+class BrightnessExplainer(ExplainerPlugin):
+    """Ignores the model: the map is the image's brightness (an 'edge detector' in spirit)."""
+
+    name = "brightness"
+    needs_gradients = False
+
+    def explain(self, model, samples, targets, seed):
+        maps = np.stack([s.image.mean(axis=0) for s in samples]).astype(np.float32)
+        return Explanation(self.name, [s.id for s in samples], np.asarray(targets), maps, signed=False)
+
+
+def _samples(n: int = 6) -> list[Sample]:
+    """A bright patch (the evidence) on a dark, noisy background."""
+    rng = np.random.default_rng(0)
+    patch = np.zeros((SIZE, SIZE), bool)
+    patch[PATCH] = True
+    images = [np.where(patch, rng.uniform(0.8, 1.0, (3, SIZE, SIZE)), rng.uniform(0.0, 0.3, (3, SIZE, SIZE)))
+              for _ in range(n)]
+    return [Sample(id=f"s{i}", image=im.astype(np.float32), label=0, regions={"patch": patch, "rest": ~patch})
+            for i, im in enumerate(images)]
+
+
+def _session(model: ModelAdapter, samples: list[Sample], **settings) -> trust.TrustSession:
+    return trust.TrustSession(
+        model=model, samples=samples, targets=np.zeros(len(samples), dtype=np.int64), classes=list(model.classes),
+        seed=0, settings=trust.TrustSettings(**{"steps": 12, "sanity_samples": 3, "sanity_stages": 2, **settings}),
+        class_regions={"patch": ["patch"]},
+    )
+
+
+def _ig(registry, **options):
+    info = registry.get("explainer", "integrated-gradients")
+    return info.cls(info.cls.Options(**{"steps": 16, **options}))
+
+
+def test_integrated_gradients_is_exact_on_a_linear_model(registry):
+    model, samples = LinearAdapter(), _samples()
+    maps = _ig(registry).explain_maps(model, samples, np.zeros(len(samples), int), 0)
+    weight = model.module.weight[0].detach().numpy().reshape(3, SIZE, SIZE)
+    expected = np.stack([(weight * s.image).sum(axis=0) for s in samples])
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_map_of_the_true_evidence_is_faithful_and_beats_a_random_order(registry):
+    model, samples = LinearAdapter(), _samples()
+    session = _session(model, samples)
+    maps = _ig(registry).explain_maps(model, samples, session.targets, 0)
+    faith, curves = trust.faithfulness(session, maps)
+    assert faith["deletion_auc"] < faith["random_deletion_auc"] - 0.1
+    assert faith["insertion_auc"] > faith["random_insertion_auc"] + 0.05
+    assert faith["score"] > faith["random_score"] + 0.2 and faith["beats_random_share"] == 1.0
+    # the curves start from the whole image (deletion) and end at it (insertion)
+    assert curves["deletion_curve"][0] == pytest.approx(curves["insertion_curve"][-1], abs=1e-5)
+    assert faith["steps"] % 3 == 0
+
+
+def test_a_random_map_is_no_more_faithful_than_a_random_order(registry):
+    model, samples = LinearAdapter(), _samples()
+    session = _session(model, samples)
+    noise = np.random.default_rng(1).random((len(samples), SIZE, SIZE)).astype(np.float32)
+    faith, _ = trust.faithfulness(session, noise)
+    assert abs(faith["score"] - faith["random_score"]) < 0.15
+
+
+def test_localisation_finds_the_mass_on_the_region_that_defines_the_class(registry):
+    model, samples = LinearAdapter(), _samples()
+    session = _session(model, samples)
+    maps = _ig(registry).explain_maps(model, samples, session.targets, 0)
+    loc = trust.localisation(session, maps)
+    assert loc["regions"] == ["patch"] and loc["n"] == len(samples)
+    assert loc["mass_share"] > 0.99 and loc["pointing_game"] == 1.0
+    assert loc["area_share"] < 0.6  # the patch, widened by the tolerance, is a fraction of the image
+    rows = trust.region_mass(samples, session.targets, maps, model.classes)
+    by_class = {row["class"]: row for row in rows}
+    assert by_class["patch"]["patch"] == pytest.approx(1.0) and by_class["patch"]["rest"] == pytest.approx(0.0)
+    assert by_class["pixel share"]["patch"] == pytest.approx(36 / 256)
+
+
+def test_an_explainer_blind_to_the_weights_fails_the_sanity_check():
+    model, samples = LinearAdapter(), _samples()
+    session = _session(model, samples)
+    blind = BrightnessExplainer()
+    maps = blind.explain_maps(model, samples, session.targets, 0)
+    result, _ = trust.sanity(session, blind, maps)
+    assert result["final_similarity"] == pytest.approx(1.0) and result["verdict"] == "fails"
+    data, _ = trust.assess(session, blind, maps)
+    assert data["verdict"]["level"] == "not trusted"
+
+
+def test_a_weight_randomised_model_changes_the_maps_so_the_check_passes(registry):
+    """Saliency of a linear model is |weight|: randomising the weights must change it completely."""
+    model, samples = LinearAdapter(), _samples()
+    session = _session(model, samples, sanity_stages=1)
+    info = registry.get("explainer", "saliency")
+    saliency = info.cls(info.cls.Options())
+    maps = saliency.explain_maps(model, samples, session.targets, 0)
+    result, arrays = trust.sanity(session, saliency, maps)
+    assert result["verdict"] == "passes" and result["final_similarity"] < 0.4
+    assert result["stages"][-1]["layers_randomised"] == result["stages"][-1]["of"] == 1
+    assert arrays["sanity_randomised_maps"].shape == (3, SIZE, SIZE)
+    # the audited model itself is untouched
+    assert model.module.weight[0].abs().sum() > 0 and float(model.module.bias[0]) == -4.0
+
+
+def test_cascade_stages_go_from_the_top_layer_to_all():
+    assert trust._stage_cuts(8, 3) == [1, 4, 8]
+    assert trust._stage_cuts(8, 1) == [8]
+    assert trust._stage_cuts(1, 3) == [1]
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    assert [name for name, _ in trust.parameterised_layers(net)] == ["0", "1", "3"]
+
+
+def test_agreement_is_one_for_the_same_ranking_and_near_zero_for_noise():
+    rng = np.random.default_rng(0)
+    a = rng.random((4, 32, 32)).astype(np.float32)
+    smooth = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (4, 32, 1))
+    result = trust.agreement({"a": a, "twice": 2 * a, "smooth": smooth})
+    assert result["a"]["twice"] == pytest.approx(1.0)
+    assert abs(result["a"]["smooth"]) < 0.3
+
+
+def test_quantus_deletion_steps_divide_the_image():
+    assert trust._curve_steps(12, 64 * 64) == 12
+    assert trust._curve_steps(16, 48 * 48) == 12  # 48·48 = 2^8·9: 5 does not divide it, 4 does
+    assert trust._curve_steps(12, 7 * 7) == 3
+
+
+# -- which samples are explained ---------------------------------------------------
+
+
+def test_cases_split_borderline_and_confident_by_correctness():
+    probs = np.array([
+        [0.46, 0.44, 0.10],  # borderline, correct
+        [0.44, 0.46, 0.10],  # borderline, wrong
+        [0.90, 0.05, 0.05],  # confident, correct
+        [0.05, 0.90, 0.05],  # confident, wrong
+        [0.60, 0.30, 0.10],  # neither
+    ])
+    labels = np.array([0, 0, 0, 0, 0])
+    assert case_names(probs, labels) == [
+        "borderline-correct", "borderline-wrong", "confident-correct", "confident-wrong", "other"]
+    assert case_names(probs, None)[:4] == ["borderline", "borderline", "confident", "confident"]
+
+
+def test_the_budget_is_shared_over_the_cases_wrong_first():
+    rng = np.random.default_rng(0)
+    n = 60
+    labels = rng.integers(0, 3, n)
+    probs = np.full((n, 3), 0.05)
+    probs[np.arange(n), labels] = 0.9  # confident and correct
+    probs[:5] = [0.9, 0.05, 0.05]  # confident; wrong where the label is not 0
+    labels[:5] = 1
+    samples = [Sample(id=f"x{i}", image=np.zeros((3, 4, 4), np.float32), label=int(labels[i])) for i in range(n)]
+    selection = choose_examples(samples, probs, labels, 6, ["a", "b", "c"])
+    cases = selection.summary["cases"]
+    assert len(selection.indices) == 6
+    assert len(cases["confident-wrong"]["shown"]) == 3 and len(cases["confident-correct"]["shown"]) == 3
+    assert cases["confident-wrong"]["n_audited"] == 5 and cases["borderline-correct"]["n_audited"] == 0
+    flow = selection.summary["confusion_flow"]
+    assert flow["class"] == "b" and flow["to"][0]["class"] == "a" and flow["errors"] == 5
+
+
+def test_confusion_flow_of_the_worst_class():
+    preds = np.array([0, 0, 1, 2, 2, 2, 1])
+    labels = np.array([0, 0, 1, 1, 1, 2, 2])
+    flow = confusion_flow(preds, labels, ["a", "b", "c"])
+    assert flow["class"] == "b" and flow["recall"] == pytest.approx(1 / 3)
+    assert flow["to"] == [{"class": "c", "n": 2, "share": 1.0}]
+
+
+# -- through the runner and the report -------------------------------------------
+
+
+def test_the_audit_writes_trust_beside_every_explainer(write_plan, registry):
+    explainers = "  - integrated-gradients: {steps: 4, baseline: blurred}\n  - saliency\n"
+    extra = "explain: {samples: 4, trust: {steps: 6, sanity_samples: 2, sanity_stages: 2}}\n"
+    plan = load_plan(write_plan(plan_text(explainers).replace("explain: {samples: 4}\n", "") + extra), registry)
+    cache = Cache(None)
+    outcome = run_audit(plan, registry, cache=cache)
+    r = outcome.results
+    assert r["failures"] == []
+    assert sum(len(c["shown"]) for c in r["examples"]["cases"].values()) == 4
+    for name in ("integrated-gradients", "saliency"):
+        entry = r["explainers"][name]
+        t = entry["trust"]
+        assert set(t) >= {"faithfulness", "sanity", "localisation", "per_sample", "verdict", "agreement"}
+        assert t["localisation"]["regions"] == ["brows", "eyes", "mouth"]
+        assert len(t["per_sample"]) == 4 and t["verdict"]["level"] in ("trusted", "weak", "not trusted")
+        assert len(t["sanity"]["stages"]) == 2
+        rows = entry["tables"]["region_mass"]
+        assert rows[-1]["class"] == "pixel share"
+    assert r["explainers"]["saliency"]["trust"]["agreement"]["integrated-gradients"] == pytest.approx(
+        r["explainers"]["integrated-gradients"]["trust"]["agreement"]["saliency"])
+    json.dumps(r, allow_nan=False)
+    from test_schema import validate
+
+    validate(r)
+
+    artifacts = ReportArtifacts(images=outcome.images, explanations=outcome.explanations, hypotheses=outcome.hypotheses,
+                                predictions=outcome.predictions, labels=outcome.labels)
+    context = build_context(r, artifacts)
+    overview = context["explanation_overview"]
+    assert [row["name"] for row in overview["trust_rows"]] == ["integrated-gradients", "saliency"]
+    assert any(case["figure"] for case in overview["cases"])
+    ig = next(s for s in context["explainers"]["steps"] if s["name"] == "integrated-gradients")
+    assert ig["trust"]["rows"] and ig["figure"] is None  # its maps are in the case grids
+    assert any(f["caption"].startswith("Deletion: pixels set to black") for f in ig["extra_figures"])

@@ -1,0 +1,255 @@
+"""Template data for the audit's conclusions: findings, further tests, recommendations, verification.
+
+Like the rest of the report layer, everything here is formatted for display
+and nothing is HTML: the templates escape every string.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Sequence
+
+from xai_audit.findings import KIND_LABELS
+
+_DASH = "—"
+_KINDS = ("shortcut", "bias", "shift", "fragility", "reliance")
+#: hard examples listed by id in the recommendations section
+MAX_HARD_LISTED = 12
+_ACTION_LABELS = {
+    "augment": "Augment",
+    "add-group": "Add images of a group",
+    "add-data": "Add data",
+    "relabel-or-add": "Check the label, or add similar images",
+}
+_KIND_EXPLAINED = (
+    ("Shortcut", "a change that should not alter the label drains the predictions into one class."),
+    ("Bias", "the model is less accurate for some group."),
+    ("Data shift", "the model is less accurate on another data set."),
+    ("Fragility", "a change that should not alter the label costs accuracy; the errors spread over classes."),
+    ("Reliance", "hiding a part that carries the label costs accuracy: expected, shown for information."),
+)
+
+
+def findings(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The ranked findings with their kind, and a one-line count per kind."""
+    items = []
+    explained: set[str] = set()
+    for f in results.get("findings") or []:
+        kind = str(f.get("kind") or "")
+        reading = "" if kind in explained else str(f.get("reading") or "")
+        explained.add(kind)
+        items.append({
+            "rank": str(f.get("rank", "")),
+            "kind": kind if kind in _KINDS else "other",
+            "kind_label": str(f.get("kind_label") or KIND_LABELS.get(kind, "Finding")),
+            "severity": str(f.get("severity", "info")),
+            "title": str(f.get("title", "")),
+            "detail": str(f.get("detail", "")),
+            "reading": reading,
+            "source": str(f.get("source") or ""),
+        })
+    counts = {}
+    for item in items:
+        counts[item["kind_label"]] = counts.get(item["kind_label"], 0) + 1
+    mt = results.get("multiple_testing") or {}
+    return {
+        "entries": items,
+        "counts_line": ", ".join(f"{n} {label.lower()}" for label, n in counts.items()),
+        "kinds": [{"label": label, "text": text} for label, text in _KIND_EXPLAINED],
+        "method_line": (
+            f"A finding is a test that holds after Holm correction across all {mt.get('n_tests')} tests of this "
+            f"audit (family-wise error rate {100 * float(mt.get('alpha', 0.05)):.0f} %), with its effect's interval "
+            "clear of the smallest effect that matters. Ranked by kind, then by the lower end of the interval."
+            if mt.get("n_tests") is not None else ""
+        ),
+    }
+
+
+def tests_table(step: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A hypothesis's further tests as one table (each counted in the Holm correction)."""
+    tests = [t for t in step.get("tests") or [] if isinstance(t, Mapping)]
+    if not tests:
+        return None
+    rows = []
+    for t in tests:
+        reading = str((t.get("details") or {}).get("reading") or "")
+        claim = str(t.get("claim", "")) + (f" Reading: {reading}." if reading else "")
+        rows.append([
+            _cell(str(t.get("name", ""))),
+            _cell(claim),
+            _cell(_effect(t.get("effect"), t.get("ci"), str(t.get("metric", ""))), num=True),
+            _cell(_p(t.get("p_value_adjusted")), num=True),
+            _cell(str(t.get("verdict", ""))),
+        ])
+    columns = ["test", "claim", "effect [interval]", "Holm-adjusted p", "verdict"]
+    return {
+        "title": "Further tests (each counted in the audit's Holm correction)",
+        "columns": [{"label": c, "num": c in ("effect [interval]", "Holm-adjusted p")} for c in columns],
+        "rows": rows,
+    }
+
+
+def shortcut_line(step: Mapping[str, Any]) -> dict[str, str] | None:
+    """Shortcut or fragility? The answer of a hypothesis's own shortcut test, in one line."""
+    test = next((t for t in step.get("tests") or [] if isinstance(t, Mapping) and t.get("kind") == "shortcut"
+                 and not t.get("explains")), None)
+    if test is None:
+        return None
+    d = test.get("details") or {}
+    supported = test.get("verdict") == "supported"
+    label = "Shortcut" if supported else ("Fragility, not a shortcut" if step.get("verdict") == "supported" else "No shortcut")
+    return {
+        "label": label,
+        "supported": "yes" if supported else "",
+        "text": (
+            f"{d.get('reading', '')}. '{d.get('class')}' share of predictions "
+            f"{_pct(test.get('before'))} → {_pct(test.get('after'))}, "
+            f"{_effect(test.get('effect'), test.get('ci'), 'share')} (simultaneous interval), "
+            f"Holm-adjusted {_p(test.get('p_value_adjusted'))}."
+        ),
+    }
+
+
+def recommendations(results: Mapping[str, Any]) -> dict[str, Any]:
+    rows = [r for r in results.get("recommendations") or [] if isinstance(r, Mapping)]
+    data_rows = [r for r in rows if r.get("action") != "relabel-or-add"]
+    hard = [r for r in rows if r.get("action") == "relabel-or-add"]
+    items = []
+    for r in data_rows:
+        items.append({
+            "priority": str(r.get("priority", "")),
+            "action": _ACTION_LABELS.get(str(r.get("action")), str(r.get("action"))),
+            "what": _what(r),
+            "amount": _amount(r),
+            "reason": str(r.get("reason", "")),
+            "short": _short_line(r),
+        })
+    return {
+        "entries": items,
+        "hard": [
+            {"id": str(r.get("sample_id", "")), "group": str(r.get("group", "")), "reason": str(r.get("reason", ""))}
+            for r in hard[:MAX_HARD_LISTED]
+        ],
+        "hard_more": f"and {len(hard) - MAX_HARD_LISTED} more in the manifest" if len(hard) > MAX_HARD_LISTED else "",
+        "n_rows": len(rows),
+        "empty_text": "No finding calls for new data, and no prediction is both wrong and confident.",
+        "manifest_line": (
+            f"All {len(rows)} rows are in finetune_manifest.csv beside this report "
+            "(columns: priority, action, kind, sample_id, group, augmentation, fraction, count, reason, finding)."
+        ),
+        "verification": verification(results.get("verification")),
+    }
+
+
+def verification(data: Any) -> dict[str, Any] | None:
+    """Before and after fine-tuning on the recommended data, side by side."""
+    if not isinstance(data, Mapping):
+        return None
+    fine_tune = data.get("fine_tune") or {}
+    rows = []
+    for c in data.get("comparisons") or []:
+        before, after = c.get("before") or {}, c.get("after") or {}
+        rows.append({
+            "title": str(c.get("title", "")),
+            "kind": KIND_LABELS.get(str(c.get("kind", "")), str(c.get("kind", ""))),
+            "metric": str(c.get("metric", "")),
+            "before": _effect(before.get("effect"), before.get("ci"), str(c.get("metric", ""))),
+            "before_verdict": str(before.get("verdict", _DASH)),
+            "after": _effect(after.get("effect"), after.get("ci"), str(c.get("metric", ""))),
+            "after_verdict": str(after.get("verdict", _DASH)),
+            "change": _change(c.get("shrunk_by")),
+        })
+    acc = data.get("accuracy") or {}
+    used = [f"{a.get('action')}: {a.get('what')}" for a in fine_tune.get("used") or []]
+    skipped = [f"{a.get('action')}: {a.get('why')}" for a in fine_tune.get("skipped") or []]
+    return {
+        "rows": rows,
+        "method": str(data.get("method", "")),
+        "accuracy_line": (
+            f"Clean accuracy {_pct(acc.get('before'))} before, {_pct(acc.get('after'))} after."
+            if acc else ""
+        ),
+        "fine_tune_line": (
+            f"Fine-tuned for {fine_tune.get('epochs')} epochs on {fine_tune.get('n_images')} images "
+            f"({fine_tune.get('seconds', 0):.0f} s)." if fine_tune else ""
+        ),
+        "used": used,
+        "skipped": skipped,
+        "after_findings": [str(t) for t in data.get("after_findings") or []],
+        "after_report": str(data.get("after_report") or ""),
+    }
+
+
+# -- formatting -----------------------------------------------------------------
+
+
+def _cell(text: str, num: bool = False) -> dict[str, Any]:
+    return {"text": text or _DASH, "num": num}
+
+
+def _pct(x: Any) -> str:
+    return _DASH if x is None else f"{100 * float(x):.1f} %"
+
+
+def _p(p: Any) -> str:
+    if p is None:
+        return _DASH
+    p = float(p)
+    return "p < 0.001" if p < 0.001 else (f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}")
+
+
+def _effect(effect: Any, ci: Any, metric: str) -> str:
+    if effect is None:
+        return _DASH
+    percent = any(w in metric for w in ("accuracy", "share", "rate", "gap", "distance"))
+    if not percent:
+        text = f"{float(effect):+.3g}"
+        if ci and ci[0] is not None:
+            text += f" [{float(ci[0]):+.3g}, {float(ci[1]):+.3g}]"
+        return text
+    text = f"{100 * float(effect):+.1f} pp"
+    if ci and ci[0] is not None:
+        text += f" [{100 * float(ci[0]):+.1f}, {100 * float(ci[1]):+.1f}]"
+    return text
+
+
+def _change(shrunk: Any) -> str:
+    if shrunk is None:
+        return _DASH
+    shrunk = float(shrunk)
+    return f"{100 * shrunk:.0f} % smaller" if shrunk >= 0 else f"{-100 * shrunk:.0f} % larger"
+
+
+def _what(row: Mapping[str, Any]) -> str:
+    if row.get("augmentation"):
+        try:
+            spec = json.loads(str(row["augmentation"]))
+        except ValueError:
+            return str(row["augmentation"])
+        name = spec.pop("transform", "")
+        extra = ", ".join(f"{k} {_short(v)}" for k, v in spec.items() if v not in ({}, [], None, ""))
+        return f"{name} ({extra})" if extra else str(name)
+    return str(row.get("group") or row.get("sample_id") or _DASH)
+
+
+def _short_line(row: Mapping[str, Any]) -> str:
+    action = row.get("action")
+    if action == "augment":
+        return f"{_what(row)} on {100 * float(row.get('fraction') or 0):.0f} % of the training images"
+    if action in ("add-group", "add-data") and row.get("count") not in (None, ""):
+        return f"{int(row['count'])} more images of {row.get('group')}" if int(row["count"]) else f"images of {row.get('group')}"
+    return _what(row)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        return f"{value[0]:g} to {value[1]:g}"
+    return str(value)
+
+
+def _amount(row: Mapping[str, Any]) -> str:
+    if row.get("fraction") not in (None, ""):
+        return f"{100 * float(row['fraction']):.0f} % of each class's training images"
+    if row.get("count") not in (None, ""):
+        return f"{int(row['count'])} more images"
+    return _DASH
