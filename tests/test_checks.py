@@ -87,3 +87,13 @@ def test_run_exits_1_on_a_failing_check_and_writes_junit(write_plan, tmp_path):
 
     passing = write_plan(plan_text("", "", extra="checks:\n  - accuracy >= 0\n"), "ok.yaml")
     assert runner.invoke(app, ["run", str(passing), "--out", str(tmp_path / "ok"), "--no-cache", "-q"]).exit_code == 0
+
+
+def test_explainer_trust_reads_as_pass_partly_fail():
+    results = {"explainers": {
+        "ig": {"status": "ok", "trust": {"sanity": {"verdict": "passes"}, "verdict": {"level": "trusted"}}},
+        "maps": {"status": "ok", "trust": {"sanity": {"verdict": "fails"}, "verdict": {"level": "not trusted"}}},
+    }}
+    rows = evaluate_checks([parse_check('explainers.ig.sanity == "pass"'), parse_check('explainers.maps.sanity == "pass"'),
+                            parse_check('explainers.maps.trust_level != "not trusted"')], results)
+    assert [r["status"] for r in rows] == ["PASS", "FAIL", "FAIL"]

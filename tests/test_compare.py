@@ -51,11 +51,14 @@ def test_two_model_plan_renders_both_reports_and_the_comparison(model_dir, tmp_p
     (pair,) = comparison["pairs"]
     assert pair["n_common"] == 28 and pair["p_value_adjusted"] is not None
     assert comparison["hypotheses"][0]["step"] == "grayscale"
+    (effect,) = comparison["effect_pairs"]  # grayscale's effect, paired image by image between the models
+    assert effect["step"] == "grayscale" and effect["n_common"] == 28 and effect["p_value_adjusted"] is not None
     first = json.loads((out / "first" / "results.json").read_text())
     second = json.loads((out / "second" / "results.json").read_text())
     # the same images are explained under both models
     assert first["explainers"]["integrated-gradients"]["sample_ids"] == second["explainers"]["integrated-gradients"]["sample_ids"]
     html = (out / "comparison.html").read_text()
+    assert "hurt one model more than the other" in html
     assert "Paired tests between the models" in html and "The same images, explained by each model" in html
     assert html.count("data:image/png;base64,") >= 2  # accuracy chart and the side-by-side heatmaps
     assert (out / "comparison.pdf").stat().st_size > 1000
@@ -98,3 +101,32 @@ def test_paired_test_finds_a_real_difference():
     assert pair["ci"][0] > 0.25
     (same,) = compare_results([("good", good), ("again", good)])["pairs"]
     assert same["verdict"] == "no significant difference" and same["difference"] == 0
+
+
+def test_hypothesis_effects_are_paired_image_by_image_between_models():
+    n = 120
+    ids = [f"s{i}" for i in range(n)]
+
+    def results(name, after_correct):
+        # both models are right on every clean image; the intervention breaks some of them
+        return {
+            "schema_version": "1.0",
+            "provenance": {"model": {"adapter": "torch", "fingerprint": name * 12}, "dataset": {"fingerprint": "d"}},
+            "samples": {"n": n},
+            "accuracy": {"value": 1.0, "ci": [0.97, 1]},
+            "per_sample": {"ids": ids, "labels": [0] * n, "predictions": [0] * n},
+            "hypotheses": {"darken": {"status": "ok", "plugin": "luminance", "per_sample": {
+                "ids": ids, "predictions_after": [0 if ok else 1 for ok in after_correct]}}},
+        }
+
+    fragile = results("a", [i % 2 == 0 for i in range(n)])  # loses half its images in the dark
+    sturdy = results("b", [i % 10 != 0 for i in range(n)])  # loses one in ten
+    comparison = compare_results([("fragile", fragile), ("sturdy", sturdy)], seed=1)
+    (row,) = comparison["effect_pairs"]
+    assert row["step"] == "darken" and row["n_common"] == n and row["metric"] == "accuracy drop"
+    assert abs(row["difference"] - 0.4) < 1e-9 and row["ci"][0] > 0.25
+    assert row["p_value"] < 0.001 and row["verdict"] == "different"
+    # Holm counts the accuracy pair and the effect pair together
+    assert row["p_value_adjusted"] >= row["p_value"]
+    (same,) = compare_results([("fragile", fragile), ("again", fragile)])["effect_pairs"]
+    assert same["difference"] == 0 and same["verdict"] == "no significant difference"

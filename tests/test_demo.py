@@ -35,6 +35,18 @@ def test_demo_trains_audits_and_finds_the_planted_skin_tone_gap(tmp_path, demo_c
     assert groups["verdict"] == "supported" and "VI" in groups["claim"]
     assert any(f["source"] == "hypotheses.group-accuracy" for f in results["findings"])
 
+    # every explainer ran, and the gradient maps look where the classes are drawn
+    assert {e["status"] for e in results["explainers"].values()} == {"ok"}
+    sad = results["classes"].index("sad")  # the class with the planted darkness shortcut
+    for name, share in [("integrated-gradients", 0.5), ("gradcam", None)]:
+        where = results["explainers"][name]["trust"]["localisation"]
+        kept = [m for m, t in zip(where["mass_share_per_sample"], results["explainers"][name]["targets"]) if t != sad]
+        mean = sum(kept) / len(kept)
+        # IG puts most of its mass on brows, eyes and mouth; Grad-CAM (8x8 at the last conv) at least
+        # concentrates there well beyond their share of the image
+        assert mean > (share if share is not None else 1.4 * where["area_share"]), (name, mean)
+    assert results["explainers"]["topology"]["scalars"]["significant H0"] >= 1
+
     html = (out / "report.html").read_text()
     text = " ".join(page.extract_text() for page in PdfReader(out / "report.pdf").pages)
     for heading in SECTIONS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from torch import nn
@@ -10,7 +12,9 @@ from conftest import plan_text
 from xai_audit.cache import Cache
 from xai_audit.plan import load_plan
 from xai_audit.runner import run_audit
-from xai_audit.types import ModelAdapter
+from xai_audit import hookimpl
+from xai_audit.plugins import make_plugin_manager
+from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter
 from xai_audit_topology.bottleneck import bottleneck
 from xai_audit_topology.change import summarise
 from xai_audit_topology.cloud import farthest_point_landmarks, fit_reduction, landmarks
@@ -187,3 +191,43 @@ def test_topology_runs_through_the_runner_on_every_sample(write_plan, registry):
     assert set(exp.sample_ids) <= set(outcome.images)  # the report can draw every modified image
     kinds = {spec["kind"] for spec in exp.figures}
     assert {"diagram", "lines", "scatter", "graph"} <= kinds
+
+
+class _Suggests(ExplainerPlugin):
+    """Explains nothing much, and suggests three hypotheses: one the plan has, one new, one unknown."""
+
+    name = "suggests"
+
+    def explain(self, model, samples, targets, seed):
+        maps = np.zeros((len(samples),) + samples[0].image.shape[1:], np.float32)
+        return Explanation(
+            method=self.name, sample_ids=[s.id for s in samples], targets=np.asarray(targets), maps=maps,
+            signed=False, suggested_hypotheses=[
+                {"plugin": "grayscale", "options": {}, "why": "colour moved"},
+                {"plugin": "luminance", "options": {"factor": 0.3}, "why": "it got darker"},
+                {"plugin": "no-such-hypothesis", "options": {}, "why": "?"},
+            ],
+        )
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_suggested_hypotheses_are_tested_in_the_same_run_when_the_plan_asks(write_plan, asked):
+    module = types.ModuleType("suggesting")
+    module.register_explainers = hookimpl(lambda: [_Suggests])
+    registry = make_plugin_manager(extra_plugins=[module])
+    text = plan_text("  - suggests: {}\n", "  - grayscale: {}\n")
+    if asked:
+        text = text.replace("explain: {samples: 4}", "explain: {samples: 4, test_suggestions: true}")
+    results = run_audit(load_plan(write_plan(text), registry), registry, cache=Cache(None)).results
+    hyps = results["hypotheses"]
+    if not asked:
+        assert set(hyps) == {"grayscale"} and "suggestions" not in results["explainers"]["suggests"]
+        return
+    assert set(hyps) == {"grayscale", "luminance-from-suggests"}  # grayscale is in the plan already
+    new = hyps["luminance-from-suggests"]
+    assert new["status"] == "ok" and new["options"]["factor"] == 0.3
+    assert new["suggested_by"] == "suggests" and new["why"] == "it got darker"
+    assert new["p_value_adjusted"] is not None  # counted in the audit's Holm correction
+    rows = results["explainers"]["suggests"]["suggestions"]
+    assert [r["tested_as"] for r in rows] == ["grayscale", "luminance-from-suggests", None]
+    assert any("no-such-hypothesis" in f["error"] for f in results["failures"])

@@ -9,7 +9,9 @@ or ``null``. In the plan a check is a string (a violation FAILs) or
 Besides the raw results, a few names read the way a reviewer writes them:
 ``hypotheses.<name>.accuracy_drop`` (the effect of an accuracy hypothesis),
 ``groups.<column>.accuracy_gap`` / ``.worst`` / ``.p_value`` (from group-accuracy),
-and ``accuracy`` (the overall accuracy as a number).
+``explainers.<name>.sanity`` (``"pass"``, ``"partly"``, ``"fail"`` or ``"not run"``, from the
+parameter-randomisation test) and ``.trust_level`` (``"trusted"``, ``"weak"``,
+``"not trusted"``), and ``accuracy`` (the overall accuracy as a number).
 """
 
 from __future__ import annotations
@@ -113,6 +115,16 @@ def check_view(results: dict[str, Any]) -> dict[str, Any]:
                 }
     view["hypotheses"] = hypotheses
     view["groups"] = groups
+    explainers = {}
+    for name, entry in (results.get("explainers") or {}).items():
+        entry = dict(entry)
+        trust = entry.get("trust") if isinstance(entry.get("trust"), dict) else {}
+        if trust:
+            verdict = (trust.get("sanity") or {}).get("verdict")
+            entry["sanity"] = {"passes": "pass", "fails": "fail"}.get(verdict, verdict)
+            entry["trust_level"] = (trust.get("verdict") or {}).get("level")
+        explainers[name] = entry
+    view["explainers"] = explainers
     acc = results.get("accuracy")
     view["accuracy"] = acc.get("value") if isinstance(acc, dict) else acc
     return view

@@ -32,8 +32,11 @@ def compare_results(named: Sequence[tuple[str, dict[str, Any]]], *, seed: int = 
             raise DataError(f"{name}: results.json schema {results.get('schema_version')} is not readable by this version")
     models = [_model_row(name, r) for name, r in named]
     pairs = [_paired(a, ra, b, rb, seed) for (a, ra), (b, rb) in combinations(named, 2)]
-    adjusted = holm([p["p_value"] for p in pairs])
-    for pair, p_adj in zip(pairs, adjusted):
+    effect_pairs = _effect_pairs(named, seed)
+    # one Holm correction over every test of the comparison: accuracy pairs and hypothesis-effect pairs
+    every = pairs + effect_pairs
+    adjusted = holm([p["p_value"] for p in every])
+    for pair, p_adj in zip(every, adjusted):
         pair["p_value_adjusted"] = p_adj
         pair["verdict"] = "different" if p_adj is not None and p_adj < ALPHA else "no significant difference"
     return to_jsonable(
@@ -46,6 +49,7 @@ def compare_results(named: Sequence[tuple[str, dict[str, Any]]], *, seed: int = 
             "pairs": pairs,
             "groups": _groups(named),
             "hypotheses": _hypotheses(named),
+            "effect_pairs": effect_pairs,
             "explainers": sorted({e for _, r in named for e in r.get("explainers", {})}),
             "same_data": len({r["provenance"]["dataset"]["fingerprint"] for _, r in named}) == 1,
         }
@@ -136,3 +140,69 @@ def _hypotheses(named: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, A
             )
         rows.append({"step": step, "models": cells})
     return rows
+
+
+def _effect_pairs(named: Sequence[tuple[str, dict[str, Any]]], seed: int) -> list[dict[str, Any]]:
+    """Does an intervention hurt one model more than another, on the same images?
+
+    For each hypothesis both audits ran with per-image predictions, each image's
+    effect is its harm under the intervention: correct before and wrong after is 1,
+    the reverse -1, else 0 (accuracy drop); without labels, 1 when the prediction
+    changes (flip rate). The models' effects are paired image by image: the
+    difference of the mean effects with a paired bootstrap interval, and a
+    paired sign-flip permutation test (scipy) of the mean difference.
+    """
+    from scipy.stats import permutation_test
+
+    rows = []
+    for (a, ra), (b, rb) in combinations(named, 2):
+        for step, ea in (ra.get("hypotheses") or {}).items():
+            eb = (rb.get("hypotheses") or {}).get(step)
+            if not eb or ea.get("status") != "ok" or eb.get("status") != "ok":
+                continue
+            da, db = _harm_by_id(ra, ea), _harm_by_id(rb, eb)
+            if da is None or db is None or da[1] != db[1]:
+                continue
+            common = sorted(set(da[0]) & set(db[0]))
+            row: dict[str, Any] = {"step": step, "a": a, "b": b, "n_common": len(common), "metric": da[1]}
+            if len(common) < 2:
+                row.update(difference=None, ci=None, p_value=None, test="fewer than two images in common")
+                rows.append(row)
+                continue
+            xa = np.array([da[0][i] for i in common], float)
+            xb = np.array([db[0][i] for i in common], float)
+            if np.array_equal(xa, xb):
+                p_value = 1.0
+            else:
+                p_value = float(permutation_test(
+                    (xa, xb), lambda x, y, axis=-1: np.mean(x - y, axis=axis), permutation_type="samples",
+                    vectorized=True, n_resamples=9999, random_state=seed,
+                ).pvalue)
+            row.update(
+                effect_a=float(xa.mean()), effect_b=float(xb.mean()), difference=float(xa.mean() - xb.mean()),
+                ci=list(bootstrap_paired_diff_ci(xa, xb, seed=seed)), p_value=p_value,
+                test="the models' effects paired image by image: paired sign-flip permutation test "
+                     "(9,999 resamples) and 95 % paired bootstrap interval of the difference",
+            )
+            rows.append(row)
+    return rows
+
+
+def _harm_by_id(results: dict[str, Any], entry: dict[str, Any]) -> tuple[dict[str, float], str] | None:
+    """Each image's harm under the intervention, by sample id, and what the harm measures."""
+    per = entry.get("per_sample") or {}
+    base = results.get("per_sample") or {}
+    if not per.get("ids") or not base.get("ids"):
+        return None
+    clean = {sid: (label, pred) for sid, label, pred in zip(base["ids"], base["labels"], base["predictions"])}
+    harm: dict[str, float] = {}
+    labelled = all(clean.get(sid, (None, None))[0] is not None for sid in per["ids"])
+    for sid, after in zip(per["ids"], per["predictions_after"]):
+        if sid not in clean:
+            continue
+        label, before = clean[sid]
+        if labelled:
+            harm[sid] = float(before == label) - float(after == label)
+        else:
+            harm[sid] = float(after != before)
+    return harm, ("accuracy drop" if labelled else "flip rate")

@@ -52,11 +52,15 @@ class ExplainSpec(_Strict):
     #: how many audited samples the explainers explain: borderline / confident x correct / wrong
     samples: int = Field(12, ge=1, le=100_000)
     trust: TrustSpec = Field(default_factory=TrustSpec)
+    #: test the hypotheses an explainer suggests (e.g. topology's) in the same audit, Holm-corrected with the rest
+    test_suggestions: bool = False
 
 
 class RuntimeSpec(_Strict):
     batch_size: int = Field(64, ge=1, le=65_536)
     device: str = "cpu"
+    #: images kept in memory between steps (MiB); beyond it they are read again from the data set
+    image_cache_mb: int = Field(256, ge=0, le=1_048_576)
 
 
 class _PlanSchema(_Strict):

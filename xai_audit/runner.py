@@ -32,6 +32,8 @@ from xai_audit.findings import derive_findings
 from xai_audit.limits import time_limit, with_halving_batch
 from xai_audit.provenance import build_provenance
 from xai_audit.recommend import recommend
+from xai_audit.samples import DEFAULT_CACHE_BYTES, LazySample, SampleCache, read_metadata
+from xai_audit.samples import chunks as sample_chunks
 from xai_audit.serialize import (
     explanation_from_cache,
     explanation_to_cache,
@@ -104,7 +106,8 @@ def run_audit(
     seed = plan.seed
     model, dataset = load_model_and_data(plan)
     skipped: list[dict[str, Any]] = []
-    samples = _select_samples(dataset, plan.sample, seed, plan.on_bad_sample, skipped)
+    samples = _select_samples(dataset, plan.sample, seed, plan.on_bad_sample, skipped,
+                              cache_bytes=plan.runtime.image_cache_mb * 2**20)
     samples = _align_labels(samples, dataset, model, plan)
     ids = [s.id for s in samples]
     ids_sha = hashlib.sha256("\n".join(ids).encode()).hexdigest()
@@ -133,7 +136,7 @@ def run_audit(
             selection = choose_examples(samples, probs, labels if labelled else None, plan.explain.samples,
                                         list(model.classes))
             chosen = selection.indices
-        chosen_samples = [samples[i] for i in chosen]
+        chosen_samples = [_held(samples[i]) for i in chosen]  # few: held, not re-read by every explainer
         targets = preds[chosen]
         trust_session = _trust_session(plan, model, dataset, chosen_samples, targets, seed)
         explanations: dict[str, Explanation] = {}
@@ -167,9 +170,14 @@ def run_audit(
         )
         hypothesis_results: dict[str, Any] = {}
         hypothesis_objects: dict[str, HypothesisResult] = {}
-        for step in plan.hypotheses:
+        suggested: dict[str, dict[str, str]] = {}
+        steps = list(plan.hypotheses)
+        if plan.explain.test_suggestions:
+            steps += _suggested_steps(registry, steps, explanations, explainer_results, suggested, failures)
+        for step in steps:
             with bar.step(f"hypothesis {step.name}"):
-                entry = {"status": "ok", "plugin": step.plugin.name, "options": step.options_dict()}
+                entry = {"status": "ok", "plugin": step.plugin.name, "options": step.options_dict(),
+                         **suggested.get(step.name, {})}
                 try:
                     result = _hypothesis(step, hyp_context, cache, base_key)
                     hypothesis_objects[step.name] = result
@@ -306,14 +314,19 @@ def _add_regions(samples: list[Sample], source: Any, plan: Plan, cache: Cache, d
         masks = [{n: arrays[n][k] for n in names} for k in range(len(todo))]
     out = list(samples)
     for i, m in zip(todo, masks):
-        out[i] = dataclasses.replace(samples[i], regions=m)
+        out[i] = samples[i].with_regions(m) if isinstance(samples[i], LazySample) else dataclasses.replace(samples[i], regions=m)
     return out
 
 
 def _select_samples(
-    dataset: Dataset, sample: int | None, seed: int, on_bad_sample: str = "fail", skipped: list | None = None
+    dataset: Dataset, sample: int | None, seed: int, on_bad_sample: str = "fail", skipped: list | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> list[Sample]:
-    """The audited samples; an unreadable one stops the audit, or with ``skip`` is listed in ``skipped``."""
+    """The audited samples; an unreadable one stops the audit, or with ``skip`` is listed in ``skipped``.
+
+    Each is read once here; afterwards its image is read again when a step asks for it,
+    through a cache of ``cache_bytes`` (xai_audit.samples), so memory does not grow with N.
+    """
     n = len(dataset)
     if n == 0:
         raise DataError("the data set has no samples")
@@ -321,15 +334,16 @@ def _select_samples(
         indices = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
     else:
         indices = np.arange(n)
-    samples = []
-    for i in indices:
-        try:
-            samples.append(dataset[int(i)])
-        except DataError as exc:
-            if on_bad_sample != "skip":
-                raise DataError(f"{exc} (sample {int(i)}; set dataset.on_bad_sample: skip to audit without it)") from None
-            if skipped is not None:
-                skipped.append({"index": int(i), "error": str(exc)})
+
+    def bad(index: int, exc: Exception) -> None:
+        if not isinstance(exc, DataError):
+            raise exc
+        if on_bad_sample != "skip":
+            raise DataError(f"{exc} (sample {index}; set dataset.on_bad_sample: skip to audit without it)") from None
+        if skipped is not None:
+            skipped.append({"index": index, "error": str(exc)})
+
+    samples = read_metadata(dataset, indices, SampleCache(dataset, cache_bytes), bad)
     if not samples:
         raise DataError(f"every one of the {len(indices)} samples was unreadable; the first: {skipped[0]['error'] if skipped else ''}")
     return samples
@@ -347,7 +361,15 @@ def _align_labels(samples: list[Sample], dataset: Dataset, model: ModelAdapter, 
             f"(dataset loader '{plan.dataset.name}')"
         )
     mapping = {k: index[name] for k, name in enumerate(dataset.classes)}
-    return [s if s.label is None else dataclasses.replace(s, label=mapping[s.label]) for s in samples]
+    return [s if s.label is None else _relabel(s, mapping[s.label]) for s in samples]
+
+
+def _relabel(sample: Sample, label: int) -> Sample:
+    return sample.with_label(label) if isinstance(sample, LazySample) else dataclasses.replace(sample, label=label)
+
+
+def _held(sample: Sample) -> Sample:
+    return sample.materialise() if isinstance(sample, LazySample) else sample
 
 
 # --------------------------------------------------------------------------- steps
@@ -359,11 +381,13 @@ def _baseline(model: ModelAdapter, samples: list[Sample], plan: Plan, cache: Cac
     if hit is not None:
         return hit[1]["probs"]
     _seed_everything(plan.seed)
-    images = np.stack([s.image for s in samples]).astype(np.float32)
-    try:
-        probs = with_halving_batch(
-            lambda size: model.predict_proba(images, batch_size=size), plan.runtime.batch_size, "baseline predictions"
-        )
+    try:  # chunk by chunk: the images are read as they are needed, never all at once
+        parts = [
+            with_halving_batch(lambda size: model.predict_proba(images, batch_size=size), plan.runtime.batch_size,
+                               "baseline predictions")
+            for _, images in sample_chunks(samples, _stream_chunk(plan))
+        ]
+        probs = np.concatenate(parts) if parts else np.zeros((0, len(model.classes)), np.float32)
     except XaiAuditError:
         raise
     except Exception as exc:
@@ -373,6 +397,11 @@ def _baseline(model: ModelAdapter, samples: list[Sample], plan: Plan, cache: Cac
         raise ModelError(f"the model returned NaN or infinite scores (first on sample {bad!r})")
     cache.put(key, {}, {"probs": probs})
     return probs
+
+
+def _stream_chunk(plan: Plan) -> int:
+    """Images per chunk when the runner walks every sample: several batches, bounded."""
+    return max(plan.runtime.batch_size, min(4 * plan.runtime.batch_size, 1024))
 
 
 def _step_key(kind: str, step: Step, base_key: dict, extra: Any = None) -> str:
@@ -461,6 +490,46 @@ def _agreement(entries: dict[str, Any], explanations: dict[str, Explanation], id
         return
     for name, row in trust_metrics.agreement(same).items():
         entries[name]["trust"]["agreement"] = {other: rho for other, rho in row.items() if other != name}
+
+
+def _suggested_steps(registry: Registry, planned: list[Step], explanations: dict[str, Explanation],
+                     explainer_results: dict[str, Any], suggested: dict[str, dict[str, str]],
+                     failures: list[dict[str, str]]) -> list[Step]:
+    """Hypothesis steps for what the explainers suggest, leaving out those the plan already tests.
+
+    Each explainer's entry lists its suggestions and the step that tested each
+    (``tested_as``); ``suggested`` maps a new step's name to who suggested it and why.
+    """
+    steps: list[Step] = []
+    seen = {(s.plugin.name, repr(s.options_dict())): s.name for s in planned}
+    for explainer, exp in explanations.items():
+        rows = []
+        for k, wish in enumerate(exp.suggested_hypotheses):
+            plugin, options = str(wish.get("plugin", "")), dict(wish.get("options") or {})
+            row = {"plugin": plugin, "options": options, "why": str(wish.get("why", ""))}
+            rows.append(row)
+            try:
+                info = registry.get("hypothesis", plugin)
+                step = Step("hypothesis", f"{plugin}-from-{explainer}", info, info.cls.Options(**options))
+            except Exception as exc:
+                row["tested_as"] = None
+                failures.append({"step": f"suggestion {k + 1} of explainer {explainer}", "plugin": plugin,
+                                 "error": f"cannot test the suggested hypothesis: {type(exc).__name__}: {exc}",
+                                 "traceback": ""})
+                continue
+            key = (plugin, repr(step.options_dict()))
+            if key not in seen:
+                base, n = step.name, 1
+                while step.name in suggested or any(s.name == step.name for s in planned):
+                    n += 1
+                    step.name = f"{base}-{n}"
+                seen[key] = step.name
+                suggested[step.name] = {"suggested_by": explainer, "why": row["why"]}
+                steps.append(step)
+            row["tested_as"] = seen[key]
+        if rows and explainer in explainer_results:
+            explainer_results[explainer]["suggestions"] = rows
+    return steps
 
 
 def _hypothesis(step: Step, context: HypothesisContext, cache: Cache, base_key: dict) -> HypothesisResult:

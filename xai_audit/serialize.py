@@ -20,6 +20,7 @@ def explanation_to_cache(exp: Explanation) -> tuple[dict[str, Any], dict[str, np
         "notes": list(exp.notes),
         "figures": to_jsonable(exp.figures),
         "maps_caption": exp.maps_caption,
+        "suggested_hypotheses": to_jsonable(exp.suggested_hypotheses),
         "array_names": sorted(exp.arrays),
     }
     arrays = {"maps": np.asarray(exp.maps), "targets": np.asarray(exp.targets)}
@@ -40,6 +41,7 @@ def explanation_from_cache(data: dict[str, Any], arrays: dict[str, np.ndarray]) 
         notes=list(data["notes"]),
         figures=list(data.get("figures", [])),
         maps_caption=str(data.get("maps_caption", "")),
+        suggested_hypotheses=list(data.get("suggested_hypotheses", [])),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -160,6 +160,9 @@ class Explanation:
     #: what the maps show when they are not attributions (e.g. "the pixel change of ..."); the report's
     #: heatmap grid then says this instead of "the attribution"
     maps_caption: str = ""
+    #: hypotheses the explanation suggests testing: ``{"plugin": name, "options": {...}, "why": text}``;
+    #: with ``explain: {test_suggestions: true}`` the host tests them in the same audit
+    suggested_hypotheses: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -196,6 +199,9 @@ class HypothesisResult:
     tests: list[dict[str, Any]] = field(default_factory=list)
     #: what a reader must know to judge the result (e.g. a group too small to judge)
     warnings: list[str] = field(default_factory=list)
+    #: the prediction after the intervention, image by image: ``{"ids": [...], "predictions_after": [...]}``;
+    #: lets a comparison of several models pair their effects on the same images
+    per_sample: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -234,7 +240,17 @@ class HypothesisContext:
         return np.asarray(labels, dtype=np.int64)
 
     def images(self) -> np.ndarray:
+        """Every audited image in one array (N, 3, H, W). Holds them all: for a large audit
+        walk :meth:`batches` instead, which keeps memory flat."""
         return np.stack([s.image for s in self.samples]).astype(np.float32)
+
+    def batches(self, size: int = 256) -> Iterator[tuple[slice, np.ndarray]]:
+        """``(rows, images)`` chunk by chunk: ``rows`` indexes ``samples`` and ``probs``;
+        images are read from the data set as each chunk is reached."""
+        size = max(1, int(size))
+        for start in range(0, len(self.samples), size):
+            rows = slice(start, min(start + size, len(self.samples)))
+            yield rows, np.stack([s.image for s in self.samples[rows]]).astype(np.float32)
 
 
 class Options(BaseModel):

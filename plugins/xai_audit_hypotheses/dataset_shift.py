@@ -61,12 +61,17 @@ class DatasetShiftHypothesis(HypothesisPlugin):
         indices = np.arange(len(other))
         if opts.sample is not None and opts.sample < len(other):
             indices = np.sort(np.random.default_rng(context.seed).choice(len(other), opts.sample, replace=False))
-        samples = [other[int(i)] for i in indices]
-        if not samples:
+        if not len(indices):
             raise DataError(f"dataset-shift: the data set {label!r} has no samples")
         mapping = _mapping(other, context.classes, opts.label_map)
-        images = np.stack([s.image for s in samples]).astype(np.float32)
-        probs = np.concatenate([context.predict(images[i : i + 256]) for i in range(0, len(images), 256)])
+        # chunk by chunk: the other data set may be large; only labels are kept
+        labels_other: list[int | None] = []
+        parts = []
+        for start in range(0, len(indices), 256):
+            chunk = [other[int(i)] for i in indices[start : start + 256]]
+            labels_other += [s.label for s in chunk]
+            parts.append(context.predict(np.stack([s.image for s in chunk]).astype(np.float32)))
+        probs = np.concatenate(parts)
         pred_other = probs.argmax(axis=1)
         pred_here = context.probs.argmax(axis=1)
         shares = [
@@ -84,11 +89,11 @@ class DatasetShiftHypothesis(HypothesisPlugin):
             "caption": f"Where the model's predictions go on the audited data and on {label}.",
             "alt": "Bar chart of prediction shares per class on the two data sets.",
         }
-        details: dict[str, Any] = {"other_data_set": label, "n_other": len(samples), "label_map": _map_text(mapping, other)}
+        details: dict[str, Any] = {"other_data_set": label, "n_other": len(indices), "label_map": _map_text(mapping, other)}
         labels_here = context.labels
         mapped = None
-        if mapping is not None and labels_here is not None and all(s.label is not None for s in samples):
-            mapped = np.array([mapping.get(int(s.label), -1) for s in samples])
+        if mapping is not None and labels_here is not None and all(lab is not None for lab in labels_other):
+            mapped = np.array([mapping.get(int(lab), -1) for lab in labels_other])
         if mapped is None or not (mapped >= 0).any():
             return self._unlabelled(context, pred_here, pred_other, label, shares, figure, details)
         keep = mapped >= 0

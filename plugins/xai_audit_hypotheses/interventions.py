@@ -219,6 +219,7 @@ def compare(
             arrays=arrays,
             kind=kind,
             tests=tests,
+            per_sample=_per_sample(context, pred_after),
         )
 
     correct_before = pred_before == labels
@@ -246,7 +247,12 @@ def compare(
         arrays=arrays,
         kind=kind,
         tests=tests,
+        per_sample=_per_sample(context, pred_after),
     )
+
+
+def _per_sample(context: HypothesisContext, pred_after: np.ndarray) -> dict[str, list[Any]]:
+    return {"ids": [s.id for s in context.samples], "predictions_after": [int(p) for p in pred_after]}
 
 
 def _shortcut_test(gain: dict, classes: list[str], what: str, options: InterventionOptions, n: int) -> dict[str, Any]:

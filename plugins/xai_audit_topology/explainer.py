@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from xai_audit.samples import ImageView
 from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Sample
 from xai_audit_topology import figures
 from xai_audit_topology.activations import Cloud, activation_clouds, resolve_layer
@@ -80,7 +81,7 @@ class TopologyExplainer(ExplainerPlugin):
         chosen = np.arange(len(samples))
         if opts.cloud_samples is not None and opts.cloud_samples < len(samples):
             chosen = np.sort(rng.choice(len(samples), opts.cloud_samples, replace=False))
-        images = np.stack([samples[i].image for i in chosen]).astype(np.float32)
+        images = ImageView([samples[i] for i in chosen])  # read batch by batch, never all held at once
         predicted = np.asarray(targets)[chosen]
         labels = [samples[i].label for i in chosen]
         ids = [samples[i].id for i in chosen]
@@ -99,9 +100,11 @@ class TopologyExplainer(ExplainerPlugin):
         specs: list[dict[str, Any]] = [figures.diagram(dgms, sig, layer)]
 
         collapsed = self._collapse(model, images, main, dgms, sig, significant, layer)
+        suggested: list[dict[str, Any]] = []
         if collapsed is not None:
             sample_ids, explained, maps = self._report_collapse(
-                model, collapsed, images, predicted, [samples[i] for i in chosen], notes, tables, arrays, specs
+                model, collapsed, images, predicted, [samples[i] for i in chosen], notes, tables, arrays, specs,
+                suggested,
             )
         else:
             sample_ids, explained = [], np.zeros(0, dtype=np.int64)
@@ -127,6 +130,7 @@ class TopologyExplainer(ExplainerPlugin):
             tables=tables,
             notes=notes,
             figures=specs,
+            suggested_hypotheses=suggested,
         )
 
     # -- the cloud ---------------------------------------------------------------
@@ -265,7 +269,8 @@ class TopologyExplainer(ExplainerPlugin):
             return None
         return result, feature
 
-    def _report_collapse(self, model, collapsed, images, predicted, cloud_samples, notes, tables, arrays, specs):
+    def _report_collapse(self, model, collapsed, images, predicted, cloud_samples, notes, tables, arrays, specs,
+                         suggested):
         """Steps 6 and 7 into the Explanation; returns the modified images' ids, targets and |change| maps."""
         opts: TopologyOptions = self.options
         result, feature = collapsed
@@ -282,7 +287,8 @@ class TopologyExplainer(ExplainerPlugin):
             model, before[:12], after[:12], ids[:12]
         )
         hypotheses = suggest(change)
-        tables["suggested hypotheses"] = hypotheses or [
+        suggested += [{"plugin": h["plugin"], "options": h["options"], "why": h["why"]} for h in hypotheses]
+        tables["suggested hypotheses"] = [{"hypothesis": h["hypothesis"], "why": h["why"]} for h in hypotheses] or [
             {"hypothesis": "(none)", "why": "the change has no region, colour or brightness pattern to test"}
         ]
         if hypotheses:

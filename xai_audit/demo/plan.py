@@ -19,7 +19,8 @@ def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 700) -> dict:
             "classes": list(EMOTIONS),
         },
         "dataset": {"loader": "synthetic-faces", "split": "test", "n": n_test, "seed": seed},
-        "explain": {"samples": 12, "trust": {"steps": 12, "sanity_samples": 3, "sanity_stages": 3}},
+        "explain": {"samples": 12, "trust": {"steps": 12, "sanity_samples": 3, "sanity_stages": 3},
+                    "test_suggestions": True},
         "explainers": [
             # a black baseline gives the dark brows, pupils and mouth lines almost no attribution
             {"integrated-gradients": {"steps": 32, "baseline": "blurred"}},

@@ -34,10 +34,10 @@ from xai_audit.plugins import Registry
 from xai_audit.types import LoadContext
 
 #: bump when the fine-tuning recipe changes
-FINETUNE_VERSION = 1
-EPOCHS = 3
+FINETUNE_VERSION = 2
+EPOCHS = 8
 BATCH = 64
-LR = 1e-3
+LR = 3e-3
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(1, 3, 1, 1)
 
 
@@ -96,7 +96,7 @@ def fine_tune(
     base = plugin(plugin.Options(**recipe.train_options)).load(context)
     key = content_key(
         "demo-finetune", FINETUNE_VERSION, _sha(trained.weights), base.fingerprint(),
-        [{k: v for k, v in u.items() if k != "what"} for u in used], EPOCHS, seed,
+        [{k: v for k, v in u.items() if k != "what"} for u in used], EPOCHS, LR, seed,
     )
     path = cache.file_path(f"demo-finetuned-{key[:16]}.pt")
     parts = [_arrays(base)]

@@ -61,6 +61,13 @@ def build_comparison_context(comparison: Mapping[str, Any], artifacts: Mapping[s
                 for c in h["models"]]}
             for h in comparison["hypotheses"]
         ],
+        "effect_pairs": [
+            {"step": p["step"], "a": p["a"], "b": p["b"], "n": p["n_common"], "metric": p.get("metric", ""),
+             "effects": (f"{_pct(p['effect_a'])} vs {_pct(p['effect_b'])}" if p.get("effect_a") is not None else "—"),
+             "difference": _effect_with_ci(p.get("difference"), p.get("ci"), True) if p.get("difference") is not None else "—",
+             "p_value_adjusted": _p(p.get("p_value_adjusted")), "verdict": p.get("verdict", ""), "test": p.get("test", "")}
+            for p in comparison.get("effect_pairs") or []
+        ],
         "model_names": [m["name"] for m in models],
         "heatmaps": _heatmaps(comparison, artifacts),
         "heatmaps_missing": not artifacts,

@@ -463,6 +463,11 @@ def _hypothesis_common(
         "tests_table": conclusions.tests_table(step),
         "shortcut_line": conclusions.shortcut_line(step),
         "warnings": [str(w) for w in step.get("warnings") or []],
+        "suggested": (
+            f"Not in the plan: suggested by the {step['suggested_by']} explainer ({step.get('why') or 'no reason given'}) "
+            "and tested in the same audit, counted in its Holm correction."
+            if step.get("suggested_by") else ""
+        ),
     }
 
 

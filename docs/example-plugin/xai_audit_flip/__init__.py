@@ -20,8 +20,11 @@ class FlipHypothesis(HypothesisPlugin):
 
     def test(self, context: HypothesisContext) -> HypothesisResult:
         axis = -1 if self.options.axis == "horizontal" else -2
-        flipped = np.ascontiguousarray(np.flip(context.images(), axis=axis))
-        after = context.predict(flipped).argmax(axis=1)
+        # chunk by chunk, so an audit of 100,000 images never holds them all
+        after = np.concatenate([
+            context.predict(np.ascontiguousarray(np.flip(images, axis=axis))).argmax(axis=1)
+            for _, images in context.batches()
+        ])
         before = context.probs.argmax(axis=1)
         labels = context.labels
         if labels is None:  # no labels: compare with the model's own clean predictions

@@ -1,0 +1,190 @@
+"""The audited samples, streamed: ids, labels and groups in memory, images read on demand.
+
+An audit of 100,000 images must not hold 100,000 images. The runner reads each
+sample once to check it can be read and to keep its id, label and groups; after
+that a :class:`LazySample` reads its image (and the data set's region masks)
+from the data set whenever a step asks for it, through a small cache bounded in
+bytes. Small audits fit the cache whole and read each image once; large ones
+stream, and their peak memory does not grow with the number of images.
+
+Plugins see ordinary :class:`~xai_audit.types.Sample` objects: ``sample.image``
+works as before. What they must not do is stack every image at once; they walk
+the samples in chunks (``HypothesisContext.batches``, or slices of ``samples``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from xai_audit.types import Dataset, Sample
+
+#: default bound of the image cache (bytes); the plan's ``runtime.image_cache_mb`` overrides it
+DEFAULT_CACHE_BYTES = 256 * 2**20
+
+
+class SampleCache:
+    """Least-recently-used samples read from a data set, bounded by their image bytes."""
+
+    def __init__(self, dataset: Dataset, max_bytes: int = DEFAULT_CACHE_BYTES):
+        self.dataset = dataset
+        self.max_bytes = max(0, int(max_bytes))
+        self._items: OrderedDict[int, Sample] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.reads = 0  # reads from the data set, for tests and the benchmark
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def get(self, index: int) -> Sample:
+        with self._lock:
+            hit = self._items.get(index)
+            if hit is not None:
+                self._items.move_to_end(index)
+                return hit
+        sample = self.dataset[index]
+        self.reads += 1
+        self.put(index, sample)
+        return sample
+
+    def put(self, index: int, sample: Sample) -> None:
+        size = _nbytes(sample)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if index in self._items:
+                return
+            self._items[index] = sample
+            self._bytes += size
+            while self._bytes > self.max_bytes and self._items:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= _nbytes(old)
+
+
+def _nbytes(sample: Sample) -> int:
+    size = int(np.asarray(sample.image).nbytes)
+    for mask in (sample.regions or {}).values():
+        size += int(np.asarray(mask).nbytes)
+    return size
+
+
+class LazySample(Sample):
+    """A :class:`Sample` whose image (and data-set regions) are read when asked for.
+
+    ``id``, ``label`` and ``groups`` are held; ``image`` and ``regions`` come from
+    the data set through a :class:`SampleCache`. Region masks given by a region
+    source (not the data set) are held in ``extra_regions``.
+    """
+
+    __slots__ = ("_cache", "_index", "_label_map", "_extra_regions")
+
+    def __init__(self, cache: SampleCache, index: int, id: str, label: int | None, groups: Mapping[str, str],
+                 extra_regions: Mapping[str, np.ndarray] | None = None):
+        object.__setattr__(self, "_cache", cache)
+        object.__setattr__(self, "_index", int(index))
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "label", label)
+        object.__setattr__(self, "groups", groups)
+        object.__setattr__(self, "_extra_regions", extra_regions)
+
+    @property  # type: ignore[override]
+    def image(self) -> np.ndarray:
+        return self._cache.get(self._index).image
+
+    @property  # type: ignore[override]
+    def regions(self) -> Mapping[str, np.ndarray] | None:
+        own = self._cache.get(self._index).regions
+        if self._extra_regions is None:
+            return own
+        return {**self._extra_regions, **(own or {})}
+
+    @property
+    def index(self) -> int:
+        """The sample's index in its data set."""
+        return self._index
+
+    def with_regions(self, regions: Mapping[str, np.ndarray]) -> "LazySample":
+        return LazySample(self._cache, self._index, self.id, self.label, self.groups, regions)
+
+    def with_label(self, label: int | None) -> "LazySample":
+        return LazySample(self._cache, self._index, self.id, label, self.groups, self._extra_regions)
+
+    def materialise(self) -> Sample:
+        """A plain :class:`Sample` holding its image."""
+        return Sample(id=self.id, image=self.image, label=self.label, groups=self.groups, regions=self.regions)
+
+    def __repr__(self) -> str:
+        return f"LazySample(id={self.id!r}, index={self._index}, label={self.label!r})"
+
+    def __reduce__(self) -> tuple[Callable[..., Sample], tuple[Any, ...]]:
+        # pickled (e.g. to a worker process) as the plain sample it stands for
+        return (Sample, (self.id, self.image, self.label, dict(self.groups), self.regions))
+
+
+def read_metadata(dataset: Dataset, indices: Sequence[int], cache: SampleCache,
+                  on_error: Callable[[int, Exception], None]) -> list[LazySample]:
+    """Read each sample once (a bad one goes to ``on_error``); keep what is small, drop the image."""
+    out: list[LazySample] = []
+    for index in indices:
+        index = int(index)
+        try:
+            sample = cache.get(index)
+        except Exception as exc:  # the caller decides: stop, or skip and list it
+            on_error(index, exc)
+            continue
+        out.append(LazySample(cache, index, sample.id, sample.label, dict(sample.groups)))
+    return out
+
+
+def stack(samples: Sequence[Sample]) -> np.ndarray:
+    """The images of ``samples`` as one float32 array (N, C, H, W)."""
+    return np.stack([s.image for s in samples]).astype(np.float32, copy=False)
+
+
+def chunks(samples: Sequence[Sample], size: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """``(rows, images)`` for consecutive chunks of at most ``size`` samples."""
+    size = max(1, int(size))
+    for start in range(0, len(samples), size):
+        rows = slice(start, min(start + size, len(samples)))
+        yield rows, stack(samples[rows])
+
+
+class ImageView:
+    """The images of ``samples`` as a read-on-demand array (N, C, H, W).
+
+    Indexing with an int, a slice or a list of indices reads only those images
+    (float32), so a plugin can hand "all the images" to code that walks them in
+    batches without holding them all.
+    """
+
+    def __init__(self, samples: Sequence[Sample]):
+        self._samples = samples
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        first = np.asarray(self._samples[0].image) if len(self._samples) else np.zeros((3, 0, 0), np.float32)
+        return (len(self._samples),) + tuple(first.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return np.asarray(self._samples[int(key)].image, dtype=np.float32)
+        rows = np.arange(len(self._samples))[key]
+        if not len(rows):
+            return np.zeros((0,) + self.shape[1:], np.float32)
+        return np.stack([self._samples[int(i)].image for i in rows]).astype(np.float32, copy=False)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:  # np.asarray(view): every image
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
