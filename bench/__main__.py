@@ -1,5 +1,5 @@
-"""``python -m bench``: attribution speed against its limit (bench/attribution.py)."""
+"""``python -m bench``: every benchmark, one summary table (bench/run.py)."""
 
-from bench.attribution import main
+from bench.run import main
 
 main()

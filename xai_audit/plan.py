@@ -56,11 +56,25 @@ class ExplainSpec(_Strict):
     test_suggestions: bool = False
 
 
+class RaySpec(_Strict):
+    """Where and how wide ``executor: ray`` runs (see xai_audit.executors)."""
+
+    #: an existing Ray cluster (``ray://host:10001``, ``auto``); None: start a local Ray with ``workers`` CPUs
+    address: str | None = None
+    #: Ray actors, each holding the model once; predictions and explainers are split across them
+    workers: int = Field(2, ge=1, le=4096)
+    #: GPUs each worker reserves (0: CPU only); set ``runtime.device: cuda`` with it
+    num_gpus_per_worker: float = Field(0, ge=0, le=64)
+
+
 class RuntimeSpec(_Strict):
     batch_size: int = Field(64, ge=1, le=65_536)
     device: str = "cpu"
     #: images kept in memory between steps (MiB); beyond it they are read again from the data set
     image_cache_mb: int = Field(256, ge=0, le=1_048_576)
+    #: where predictions and explainers run: in this process, or on Ray workers (``pip install xai-audit[ray]``)
+    executor: Literal["local", "ray"] = "local"
+    ray: RaySpec = Field(default_factory=RaySpec)
 
 
 class _PlanSchema(_Strict):
@@ -258,6 +272,11 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
     if isinstance(data.get("regions"), dict):
         regions = _plugin_step(problems, registry, "region-source", ("regions",), data["regions"], key="source")
     checks = parse_plan_checks(data.get("checks"), problems.add)
+    if schema is not None and schema.runtime.executor == "ray":
+        from xai_audit.executors import RAY_MISSING, ray_installed
+
+        if not ray_installed():
+            problems.add(("runtime", "executor"), RAY_MISSING)
     lists = {}
     for section, kind in (("explainers", "explainer"), ("hypotheses", "hypothesis")):
         entries = data.get(section) or []

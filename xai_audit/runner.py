@@ -28,6 +28,7 @@ from xai_audit.plan import Plan, Step
 from xai_audit.plugins import Registry
 from xai_audit.checks import evaluate_checks
 from xai_audit.examples import choose_examples, describe_chosen
+from xai_audit.executors import make_executor
 from xai_audit.findings import derive_findings
 from xai_audit.limits import time_limit, with_halving_batch
 from xai_audit.provenance import build_provenance
@@ -121,9 +122,10 @@ def run_audit(
     failures: list[dict[str, str]] = []
     n_steps = 1 + len(plan.explainers) + len(plan.hypotheses)
 
-    with _Progress(progress, n_steps) as bar:
+    # predictions and explainers run in this process or on Ray workers (runtime.executor)
+    with _Progress(progress, n_steps) as bar, make_executor(plan, model) as executor:
         with bar.step("baseline predictions"):
-            probs = _baseline(model, samples, plan, cache, base_key)
+            probs = _baseline(model, samples, plan, cache, base_key, executor)
         labels = np.array([-1 if s.label is None else s.label for s in samples])
         labelled = bool(len(samples)) and all(s.label is not None for s in samples)
         preds = probs.argmax(axis=1)
@@ -148,7 +150,7 @@ def run_audit(
                     if getattr(step.plugin.cls, "wants_all_samples", False):
                         exp = _explain(step, model, samples, preds, seed, cache, base_key)
                     else:
-                        exp = _explain(step, model, chosen_samples, targets, seed, cache, base_key)
+                        exp = _explain(step, model, chosen_samples, targets, seed, cache, base_key, executor)
                         _trust(step, exp, entry, trust_session, cache, base_key, failures)
                     explanations[step.name] = exp
                     entry.update(
@@ -163,9 +165,7 @@ def run_audit(
 
         hyp_context = HypothesisContext(
             model=model, samples=samples, probs=probs, classes=list(model.classes), seed=seed,
-            predict=lambda images: with_halving_batch(
-                lambda size: model.predict_proba(images, batch_size=size), plan.runtime.batch_size, "a hypothesis' predictions"
-            ),
+            predict=lambda images: executor.predict(images, "a hypothesis' predictions"),
             load_dataset=functools.partial(_load_other_dataset, registry, plan),
         )
         hypothesis_results: dict[str, Any] = {}
@@ -375,18 +375,23 @@ def _held(sample: Sample) -> Sample:
 # --------------------------------------------------------------------------- steps
 
 
-def _baseline(model: ModelAdapter, samples: list[Sample], plan: Plan, cache: Cache, base_key: dict) -> np.ndarray:
+def _baseline(model: ModelAdapter, samples: list[Sample], plan: Plan, cache: Cache, base_key: dict,
+              executor: Any = None) -> np.ndarray:
     key = content_key("baseline", base_key)
     hit = cache.get(key)
     if hit is not None:
         return hit[1]["probs"]
     _seed_everything(plan.seed)
     try:  # chunk by chunk: the images are read as they are needed, never all at once
-        parts = [
-            with_halving_batch(lambda size: model.predict_proba(images, batch_size=size), plan.runtime.batch_size,
-                               "baseline predictions")
-            for _, images in sample_chunks(samples, _stream_chunk(plan))
-        ]
+        if executor is None:
+            parts = [
+                with_halving_batch(lambda size: model.predict_proba(images, batch_size=size), plan.runtime.batch_size,
+                                   "baseline predictions")
+                for _, images in sample_chunks(samples, _stream_chunk(plan))
+            ]
+        else:
+            parts = list(executor.predict_chunks((images for _, images in sample_chunks(samples, _stream_chunk(plan))),
+                                                 "baseline predictions"))
         probs = np.concatenate(parts) if parts else np.zeros((0, len(model.classes)), np.float32)
     except XaiAuditError:
         raise
@@ -424,7 +429,7 @@ def _code_hash(cls: type) -> str:
     return h.hexdigest()
 
 
-def _explain(step, model, samples, targets, seed, cache, base_key) -> Explanation:
+def _explain(step, model, samples, targets, seed, cache, base_key, executor=None) -> Explanation:
     plugin = step.instantiate()
     if plugin.needs_gradients and model.module is None:
         raise ModelError(f"'{step.name}' needs gradients, and this model is a black box")
@@ -434,7 +439,10 @@ def _explain(step, model, samples, targets, seed, cache, base_key) -> Explanatio
         return explanation_from_cache(*hit)
     _seed_everything(seed)
     with time_limit(step.timeout, f"explainer {step.name}"):
-        exp = plugin.explain(model, samples, np.asarray(targets), seed)
+        if executor is not None and not plugin.wants_all_samples:  # sharded across workers with executor: ray
+            exp = executor.explain(step, samples, np.asarray(targets), seed)
+        else:
+            exp = plugin.explain(model, samples, np.asarray(targets), seed)
     if plugin.wants_all_samples:  # maps for the samples it names, a subset of those it was given
         unknown = set(exp.sample_ids) - {s.id for s in samples}
         if exp.maps.shape[0] != len(exp.sample_ids) or unknown:
