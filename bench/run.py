@@ -2,17 +2,18 @@
 
     python -m bench                        # everything (sized for under 10 minutes on 2 quiet cores)
     python -m bench --quick                # smaller sizes, the demo CNN only (about 2 minutes)
-    python -m bench --only attribution     # or topology, memory; comma-separated for several
+    python -m bench --only attribution     # or topology, memory, ray; comma-separated for several
     python -m bench --out results.md       # where the markdown copy goes (default: bench-results.md)
 
-Three parts (docs/benchmarks.md explains every column):
+Four parts (docs/benchmarks.md explains every column):
 
 * attribution: Integrated Gradients, Occlusion, LIME, Saliency and Grad-CAM on the
   demo CNN, a ResNet-18 and a ViT-base (random weights), each as limit time ÷
   measured time, beside the same ratio for the naive captum / lime call;
 * topology: persistent homology time against N with its growth exponent, and the
   20,000 x 768 default pipeline against its one-minute limit;
-* memory: peak RSS of a real audit against the number of images, with its slope.
+* memory: peak RSS of a real audit against the number of images, with its slope;
+* ray: the same CPU-bound audit on two Ray workers against one (speed-up, target 1.6).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from bench.common import Row, Section, machine, machine_line, summary_markdown, summary_text
 
-PARTS = ("attribution", "topology", "memory")
+PARTS = ("attribution", "topology", "memory", "ray")
 
 
 def parse_only(value: str) -> list[str]:
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="smaller sizes, the demo CNN only (about 2 minutes on 2 quiet cores)")
     parser.add_argument("--only", type=parse_only, default=list(PARTS),
-                        help="attribution, topology and/or memory, comma-separated (default: all)")
+                        help="attribution, topology, memory and/or ray, comma-separated (default: all)")
     parser.add_argument("--models", default=None,
                         help="attribution models, comma-separated: demo, resnet18, vit "
                              "(default: all; --quick: demo)")
@@ -99,6 +100,12 @@ def main(argv: list[str] | None = None) -> None:
         from bench import memory
 
         got = memory.run(args.quick)
+        rows += got[0]
+        sections += got[1]
+    if "ray" in args.only:
+        from bench import ray_scaling
+
+        got = ray_scaling.run(args.quick)
         rows += got[0]
         sections += got[1]
     seconds = time.perf_counter() - start

@@ -131,3 +131,16 @@ def test_only_parses_parts():
     assert parse_only("memory, topology") == ["memory", "topology"]
     with pytest.raises(argparse.ArgumentTypeError):
         parse_only("speed")
+
+
+def test_ray_scaling_plan_is_a_valid_audit_plan(registry, tmp_path):
+    from bench import ray_scaling
+    from xai_audit.plan import load_plan
+
+    path = tmp_path / "ray.yaml"
+    path.write_text(ray_scaling.PLAN.format(n=8, lime=100, workers=2))
+    if not __import__("importlib").util.find_spec("ray"):
+        pytest.skip("ray is not installed")
+    plan = load_plan(path, registry)
+    assert plan.runtime.executor == "ray" and plan.runtime.ray.workers == 2
+    assert [s.name for s in plan.explainers] == ["occlusion", "lime"]

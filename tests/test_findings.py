@@ -144,3 +144,15 @@ def test_cli_run_writes_the_manifest_beside_the_report(write_plan):
     assert (out / MANIFEST_NAME).exists() and "manifest:" in result.output
     html = (out / "report.html").read_text()
     assert "Recommended fine-tuning data" in html
+
+
+def test_the_same_claim_from_two_steps_is_one_finding():
+    from xai_audit.findings import derive_findings
+
+    entry = {"status": "ok", "plugin": "occlude-regions", "kind": "reliance", "claim": "The model's accuracy drops when the mouth is occluded.",
+             "metric": "accuracy", "before": 0.9, "after": 0.6, "effect": 0.3, "ci": [0.25, 0.35], "p_value": 1e-9,
+             "p_value_adjusted": 1e-8, "verdict": "supported", "n": 500, "test": "McNemar"}
+    results = {"hypotheses": {"occlude-regions": dict(entry), "occlude-regions-from-topology": dict(entry)}}
+    (finding,) = derive_findings(results)
+    assert finding["source"] == "hypotheses.occlude-regions"
+    assert finding["also_found_by"] == ["hypotheses.occlude-regions-from-topology"]

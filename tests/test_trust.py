@@ -250,3 +250,15 @@ def test_the_audit_writes_trust_beside_every_explainer(write_plan, registry):
     ig = next(s for s in context["explainers"]["steps"] if s["name"] == "integrated-gradients")
     assert ig["trust"]["rows"] and ig["figure"] is None  # its maps are in the case grids
     assert any(f["caption"].startswith("Deletion: pixels set to black") for f in ig["extra_figures"])
+
+
+def test_agreement_survives_constant_maps():
+    from xai_audit.trust import spearman
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((3, 8, 8)), rng.random((3, 8, 8))
+    a[1] = 0.0  # a map with no ranking at all
+    rho = spearman(a, b)
+    assert rho.shape == (3,) and rho[1] == 0.0 and np.all(np.isfinite(rho))
+    assert spearman(a[1:2], b[1:2]).tolist() == [0.0]
+    assert spearman(a, a)[0] == pytest.approx(1.0)

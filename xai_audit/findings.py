@@ -74,6 +74,16 @@ def derive_findings(results: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         findings += _findings_of(name, entry)
     findings.sort(key=_rank_key)
+    # the same claim with the same effect from two steps (a suggested hypothesis repeating a region the
+    # plan tests) is one finding; the others that found it are named on it
+    unique: dict[tuple, dict[str, Any]] = {}
+    for finding in findings:
+        key = (finding.get("title"), finding.get("effect"))
+        if key in unique:
+            unique[key].setdefault("also_found_by", []).append(finding.get("source"))
+        else:
+            unique[key] = finding
+    findings = list(unique.values())
     for rank, finding in enumerate(findings, start=1):
         finding["rank"] = rank
     return findings

@@ -520,11 +520,19 @@ def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
     b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rho = np.asarray(correlation_spearman(a, b, batched=True), dtype=np.float64).reshape(-1)
     constant = (np.ptp(a, axis=1) == 0) | (np.ptp(b, axis=1) == 0)
-    return np.where(constant | ~np.isfinite(rho), 0.0, rho)
+    rho = np.zeros(len(a), dtype=np.float64)
+    keep = ~constant  # a constant map has no ranking (and makes Quantus 0.6 fail on scipy's bare float)
+    if keep.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                rho[keep] = np.asarray(correlation_spearman(a[keep], b[keep], batched=True), np.float64).reshape(-1)
+            except AttributeError:  # Quantus 0.6 expects an array where scipy returned a float: per row, by hand
+                from scipy.stats import spearmanr
+
+                rho[keep] = [spearmanr(x, y)[0] for x, y in zip(a[keep], b[keep])]
+    return np.where(~np.isfinite(rho), 0.0, rho)
 
 
 # --------------------------------------------------------------------------- helpers

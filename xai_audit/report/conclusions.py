@@ -46,7 +46,8 @@ def findings(results: Mapping[str, Any]) -> dict[str, Any]:
             "title": str(f.get("title", "")),
             "detail": str(f.get("detail", "")),
             "reading": reading,
-            "source": str(f.get("source") or ""),
+            "source": str(f.get("source") or "") + (
+                "; also " + ", ".join(str(x) for x in f["also_found_by"]) if f.get("also_found_by") else ""),
         })
     counts = {}
     for item in items:
