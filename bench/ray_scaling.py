@@ -7,7 +7,7 @@ Both runs use ``executor: ray`` on one local Ray instance started here, so the
 Ray start-up is paid once and outside the timings; each run includes starting
 its workers and loading the model in them, as an audit does. The target
 (issue 9) is a speed-up of at least 1.6 with two workers "where the machine has
-the cores": with fewer than two idle cores the row says so and has no verdict.
+the cores": with one core the row has no verdict; the load average at the start is noted.
 
     python -m bench.ray_scaling
 """
@@ -62,7 +62,8 @@ def run(quick: bool = False) -> tuple[list[Row], list[Section]]:
     except ImportError:
         return [Row("Ray, 2 workers vs 1", "-", "ray not installed (pip install xai-audit[ray])", "-", None)], []
     n, lime = (8, 600) if quick else (16, 1500)
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # idle cores before this part starts (the load average of the other parts decays slowly: read it as a hint)
     idle = max(0.0, cores - os.getloadavg()[0])
     print(f"ray: {n} images, occlusion + LIME ({lime} samples), 1 then 2 workers", flush=True)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -73,12 +74,14 @@ def run(quick: bool = False) -> tuple[list[Row], list[Section]]:
     finally:
         ray.shutdown()
     speedup = one / two
-    enough = cores >= 2 and idle >= 1.5
+    enough = cores >= 2  # the target holds "where the machine has the cores"
     row = Row("Ray, 2 workers vs 1 (speed-up)", f"demo CNN, {n} images, occlusion + LIME",
               f"{two:.1f} s vs {one:.1f} s", f"{TARGET:.1f}x", speedup, target=f">= {TARGET:.2f}",
               met=(speedup >= TARGET) if enough else None)
     if not enough:
-        row.measured += f" (only {idle:.1f} of {cores} cores idle: no verdict)"
+        row.measured += " (one core: no verdict)"
+    elif idle < 1.5:
+        row.measured += f" (about {idle:.1f} of {cores} cores idle at the start)"
     section = Section(
         "Ray: two workers against one",
         ["workers", "seconds"],
