@@ -103,6 +103,7 @@ def test_manifest_is_csv_written_atomically(tmp_path):
     rows = recommend(results, samples)
     path = write_manifest(rows, tmp_path)
     assert path.name == MANIFEST_NAME and not list(tmp_path.glob(".finetune_manifest*"))
+    assert path.stat().st_mode & 0o777 == 0o644  # readable like the report beside it
     read = list(csv.DictReader(path.open()))
     assert len(read) == len(rows) and read[0]["action"] == "augment"
     assert manifest_csv([]).strip() == "priority,action,kind,sample_id,group,augmentation,fraction,count,reason,finding"

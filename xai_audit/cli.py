@@ -130,7 +130,7 @@ def run(
 def _gate(all_results: list[dict], out: Path) -> bool:
     """Print the checks, write checks.xml (JUnit) beside the report; True when one FAILs."""
     from xai_audit.checks import junit_xml
-    from xai_audit.report.render import _atomic_write
+    from xai_audit.files import atomic_write
 
     failed = False
     for results in all_results:
@@ -140,7 +140,7 @@ def _gate(all_results: list[dict], out: Path) -> bool:
         failed = failed or any(r["status"] == "FAIL" for r in rows)
     rows = [r for results in all_results for r in results.get("checks") or []]
     if rows:
-        _atomic_write(out / "checks.xml", junit_xml(rows, all_results[0].get("title", "")).encode())
+        atomic_write(out / "checks.xml", junit_xml(rows, all_results[0].get("title", "")).encode())
     return failed
 
 

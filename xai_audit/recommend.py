@@ -23,11 +23,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from xai_audit.files import atomic_write
 from xai_audit.stats import samples_for_ci_width
 from xai_audit.types import Sample
 
@@ -246,14 +245,7 @@ def write_manifest(rows: Sequence[dict[str, Any]], out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".finetune_manifest.", suffix=".tmp", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(manifest_csv(rows))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, manifest_csv(rows).encode("utf-8"))
     return path
 
 

@@ -11,7 +11,8 @@ import numpy as np
 from xai_audit.report import figures
 from xai_audit.report.artifacts import ReportArtifacts
 from xai_audit.report.context import _ci_pct, _effect_with_ci, _p, _pct
-from xai_audit.report.render import ReportError, _atomic_write, _pdf_bytes, render_html
+from xai_audit.files import atomic_write
+from xai_audit.report.render import ReportError, _pdf_bytes, render_html
 
 FILENAMES = {"html": "comparison.html", "pdf": "comparison.pdf", "json": "comparison.json"}
 MAX_ROWS = 8
@@ -144,6 +145,6 @@ def write_comparison(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for fmt in formats:
-        _atomic_write(out_dir / FILENAMES[fmt], payloads[fmt])
+        atomic_write(out_dir / FILENAMES[fmt], payloads[fmt])
         written[fmt] = out_dir / FILENAMES[fmt]
     return written

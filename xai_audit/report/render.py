@@ -10,11 +10,8 @@ touches no network.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.resources
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -22,6 +19,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from xai_audit.errors import XaiAuditError
+from xai_audit.files import atomic_write
 from xai_audit.report.artifacts import ReportArtifacts
 from xai_audit.report.tables import csv_tables
 
@@ -77,7 +75,7 @@ def render_html(context: Mapping[str, Any], template_dirs: Sequence[Path] = (), 
 
 def render_pdf(html: str, path: Path) -> None:
     """Write ``html`` as a PDF to ``path`` (atomically), fetching only ``data:`` URLs."""
-    _atomic_write(Path(path), _pdf_bytes(html))
+    atomic_write(Path(path), _pdf_bytes(html))
 
 
 def write_report(
@@ -122,10 +120,10 @@ def write_report(
             continue
         path = out_dir / ("results.schema.json" if name == "schema" else name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, data)
+        atomic_write(path, data)
     for fmt in formats:
         path = out_dir / FILENAMES[fmt]
-        _atomic_write(path, payloads[fmt])
+        atomic_write(path, payloads[fmt])
         written[fmt] = path
     return written
 
@@ -169,24 +167,3 @@ def _pdf_bytes(html: str) -> bytes:
     from weasyprint import HTML
 
     return HTML(string=html, url_fetcher=data_only_url_fetcher()).write_pdf()
-
-
-# -- files -----------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    replaced = False
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-        replaced = True
-    finally:
-        if not replaced:
-            with contextlib.suppress(OSError):
-                os.unlink(temp_name)
