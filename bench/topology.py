@@ -148,17 +148,7 @@ def main() -> None:
 
     sizes = [150, 200, 300, 400] if args.quick else [200, 300, 400, 600, 800]
     print("1. Rips persistence H0-H1 on every point (noisy circle in 768 dimensions)")
-    rips(noisy_circle(50), [0, 1], n_threads=2, generators=False)  # warm up
-    seconds = []
-    for n in sizes:
-        cloud = noisy_circle(n)
-        runs = []
-        for _ in range(2):  # the faster of two runs: less noise from whatever else the machine does
-            start = time.perf_counter()
-            rips(cloud, [0, 1], n_threads=2, generators=False)
-            runs.append(time.perf_counter() - start)
-        seconds.append(min(runs))
-        print(f"   N = {n:6d}: {seconds[-1]:7.2f} s")
+    seconds = rips_sweep(tuple(sizes))
     print(f"   growth exponent: {growth_exponent(sizes, seconds):.2f} (time ~ N^exponent)\n")
 
     sizes = [2500, 5000, 10000] if args.quick else [2500, 5000, 10000, 20000]
