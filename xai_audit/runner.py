@@ -138,7 +138,7 @@ def run_audit(
             selection = choose_examples(samples, probs, labels if labelled else None, plan.explain.samples,
                                         list(model.classes))
             chosen = selection.indices
-        chosen_samples = [_held(samples[i]) for i in chosen]  # few: held, not re-read by every explainer
+        chosen_samples = [samples[i].materialise() for i in chosen]  # few: held, not re-read by every explainer
         targets = preds[chosen]
         trust_session = _trust_session(plan, model, dataset, chosen_samples, targets, seed)
         explanations: dict[str, Explanation] = {}
@@ -292,9 +292,9 @@ def _load(step: Step, context: LoadContext, error: type[XaiAuditError], what: st
         raise error(f"cannot load the {what} with plugin '{step.name}': {type(exc).__name__}: {exc}") from exc
 
 
-def _add_regions(samples: list[Sample], source: Any, plan: Plan, cache: Cache, data_key: dict) -> list[Sample]:
+def _add_regions(samples: list[LazySample], source: Any, plan: Plan, cache: Cache, data_key: dict) -> list[LazySample]:
     """Give region masks from the plan's region source to the samples whose data set has none."""
-    todo = [i for i, s in enumerate(samples) if not s.regions]
+    todo = [i for i, s in enumerate(samples) if not s.has_own_regions]  # known from the first read
     if not todo:
         return samples
     key = content_key("regions", plan.regions.name, plan.regions.options_dict(), source.fingerprint(), data_key, todo)
@@ -314,14 +314,14 @@ def _add_regions(samples: list[Sample], source: Any, plan: Plan, cache: Cache, d
         masks = [{n: arrays[n][k] for n in names} for k in range(len(todo))]
     out = list(samples)
     for i, m in zip(todo, masks):
-        out[i] = samples[i].with_regions(m) if isinstance(samples[i], LazySample) else dataclasses.replace(samples[i], regions=m)
+        out[i] = samples[i].with_regions(m)
     return out
 
 
 def _select_samples(
     dataset: Dataset, sample: int | None, seed: int, on_bad_sample: str = "fail", skipped: list | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
-) -> list[Sample]:
+) -> list[LazySample]:
     """The audited samples; an unreadable one stops the audit, or with ``skip`` is listed in ``skipped``.
 
     Each is read once here; afterwards its image is read again when a step asks for it,
@@ -349,7 +349,7 @@ def _select_samples(
     return samples
 
 
-def _align_labels(samples: list[Sample], dataset: Dataset, model: ModelAdapter, plan: Plan) -> list[Sample]:
+def _align_labels(samples: list[LazySample], dataset: Dataset, model: ModelAdapter, plan: Plan) -> list[LazySample]:
     """Re-index labels from the data set's class order to the model's."""
     if dataset.classes is None or list(dataset.classes) == list(model.classes):
         return samples
@@ -361,15 +361,7 @@ def _align_labels(samples: list[Sample], dataset: Dataset, model: ModelAdapter, 
             f"(dataset loader '{plan.dataset.name}')"
         )
     mapping = {k: index[name] for k, name in enumerate(dataset.classes)}
-    return [s if s.label is None else _relabel(s, mapping[s.label]) for s in samples]
-
-
-def _relabel(sample: Sample, label: int) -> Sample:
-    return sample.with_label(label) if isinstance(sample, LazySample) else dataclasses.replace(sample, label=label)
-
-
-def _held(sample: Sample) -> Sample:
-    return sample.materialise() if isinstance(sample, LazySample) else sample
+    return [s if s.label is None else s.with_label(mapping[s.label]) for s in samples]
 
 
 # --------------------------------------------------------------------------- steps

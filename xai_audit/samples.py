@@ -81,16 +81,18 @@ class LazySample(Sample):
     source (not the data set) are held in ``extra_regions``.
     """
 
-    __slots__ = ("_cache", "_index", "_label_map", "_extra_regions")
+    __slots__ = ("_cache", "_index", "_extra_regions", "has_own_regions")
 
     def __init__(self, cache: SampleCache, index: int, id: str, label: int | None, groups: Mapping[str, str],
-                 extra_regions: Mapping[str, np.ndarray] | None = None):
+                 extra_regions: Mapping[str, np.ndarray] | None = None, has_own_regions: bool = False):
         object.__setattr__(self, "_cache", cache)
         object.__setattr__(self, "_index", int(index))
         object.__setattr__(self, "id", id)
         object.__setattr__(self, "label", label)
         object.__setattr__(self, "groups", groups)
         object.__setattr__(self, "_extra_regions", extra_regions)
+        #: whether the data set gives this sample region masks (read once, so checking it reads nothing)
+        object.__setattr__(self, "has_own_regions", bool(has_own_regions))
 
     @property  # type: ignore[override]
     def image(self) -> np.ndarray:
@@ -109,10 +111,11 @@ class LazySample(Sample):
         return self._index
 
     def with_regions(self, regions: Mapping[str, np.ndarray]) -> "LazySample":
-        return LazySample(self._cache, self._index, self.id, self.label, self.groups, regions)
+        return LazySample(self._cache, self._index, self.id, self.label, self.groups, regions, self.has_own_regions)
 
     def with_label(self, label: int | None) -> "LazySample":
-        return LazySample(self._cache, self._index, self.id, label, self.groups, self._extra_regions)
+        return LazySample(self._cache, self._index, self.id, label, self.groups, self._extra_regions,
+                          self.has_own_regions)
 
     def materialise(self) -> Sample:
         """A plain :class:`Sample` holding its image."""
@@ -137,7 +140,8 @@ def read_metadata(dataset: Dataset, indices: Sequence[int], cache: SampleCache,
         except Exception as exc:  # the caller decides: stop, or skip and list it
             on_error(index, exc)
             continue
-        out.append(LazySample(cache, index, sample.id, sample.label, dict(sample.groups)))
+        out.append(LazySample(cache, index, sample.id, sample.label, dict(sample.groups),
+                              has_own_regions=bool(sample.regions)))
     return out
 
 

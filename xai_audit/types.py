@@ -247,10 +247,9 @@ class HypothesisContext:
     def batches(self, size: int = 256) -> Iterator[tuple[slice, np.ndarray]]:
         """``(rows, images)`` chunk by chunk: ``rows`` indexes ``samples`` and ``probs``;
         images are read from the data set as each chunk is reached."""
-        size = max(1, int(size))
-        for start in range(0, len(self.samples), size):
-            rows = slice(start, min(start + size, len(self.samples)))
-            yield rows, np.stack([s.image for s in self.samples[rows]]).astype(np.float32)
+        from xai_audit.samples import chunks  # the runner's own chunking (samples imports this module)
+
+        yield from chunks(self.samples, size)
 
 
 class Options(BaseModel):
