@@ -45,7 +45,6 @@ MAX_GRID_ROWS = 12
 MAX_EXAMPLES = 12
 
 GROUP_PLUGIN = "group-accuracy"
-_SEVERITIES = ("high", "medium", "low", "info")
 _VERDICTS = {"supported": "supported", "not supported": "not-supported", "inconclusive": "inconclusive"}
 _PROPORTION_WORDS = ("accuracy", "recall", "precision", "rate", "share", "agreement", "fraction", "proportion")
 _DASH = "—"
@@ -147,18 +146,6 @@ def _summary(results: Mapping[str, Any], failures: list[dict]) -> dict[str, Any]
     if dataset.get("fingerprint"):
         data_parts.append(f"fingerprint {_short_hash(dataset['fingerprint'])}")
 
-    findings = []
-    for finding in results.get("findings") or []:
-        severity = str(finding.get("severity", "info")).lower()
-        severity = severity if severity in _SEVERITIES else "info"
-        findings.append({
-            "severity": severity,
-            "severity_label": severity.capitalize(),
-            "title": str(finding.get("title", "")),
-            "detail": str(finding.get("detail", "")),
-            "source": str(finding.get("source") or ""),
-        })
-
     n_failed = len(failures)
     if n_failed == 0:
         failures_line = "Every step ran."
@@ -174,7 +161,6 @@ def _summary(results: Mapping[str, Any], failures: list[dict]) -> dict[str, Any]
             f"95 % Wilson interval, n = {_int(accuracy.get('n'))}" if accuracy else
             "not computed: the data have no labels"
         ),
-        "findings": findings,
         "conclusions": conclusions.findings(results),
         "no_findings_text": "No finding reached significance.",
         "n_failures": n_failed,
