@@ -38,13 +38,11 @@ def test_demo_trains_audits_and_finds_the_planted_skin_tone_gap(tmp_path, demo_c
     # every explainer ran, and the gradient maps look where the classes are drawn
     assert {e["status"] for e in results["explainers"].values()} == {"ok"}
     sad = results["classes"].index("sad")  # the class with the planted darkness shortcut
-    for name, share in [("integrated-gradients", 0.5), ("gradcam", None)]:
+    for name in ("integrated-gradients", "gradcam"):
         where = results["explainers"][name]["trust"]["localisation"]
         kept = [m for m, t in zip(where["mass_share_per_sample"], results["explainers"][name]["targets"]) if t != sad]
-        mean = sum(kept) / len(kept)
-        # IG puts most of its mass on brows, eyes and mouth; Grad-CAM (8x8 at the last conv) at least
-        # concentrates there well beyond their share of the image
-        assert mean > (share if share is not None else 1.4 * where["area_share"]), (name, mean)
+        # most of the mass on brows, eyes and mouth (Grad-CAM at the last conv, 16x16)
+        assert sum(kept) / len(kept) > 0.5, (name, kept)
     assert results["explainers"]["topology"]["scalars"]["significant H0"] >= 1
 
     html = (out / "report.html").read_text()

