@@ -27,7 +27,7 @@ def test_best_batch_size_is_measured_once_and_within_bounds(monkeypatch):
     size = batching.best_batch_size(model, (3, 16, 16), backward=True, max_batch=64)
     assert 1 <= size <= 64
     calls = []
-    monkeypatch.setattr(batching, "_probe", lambda *a, **k: calls.append(a) or 1)
+    monkeypatch.setattr(batching, "_probe", lambda *a, **k: calls.append(a) or (1, False))
     assert batching.best_batch_size(model, (3, 16, 16), backward=True, max_batch=64) == size
     assert calls == []  # cached per architecture, shape and mode
     batching.best_batch_size(Conv(), (3, 16, 16), backward=False, max_batch=64)
@@ -52,3 +52,40 @@ def test_the_environment_overrides_the_probe(monkeypatch):
 def test_chunks_cover_everything_once():
     assert [(c.start, c.stop) for c in batching.chunks(7, 3)] == [(0, 3), (3, 6), (6, 7)]
     assert batching.chunks(0, 4) == []
+
+
+def _fake_passes(monkeypatch, seconds_per_pass, channels_last=None):
+    """The probe's timings replaced: a pass of ``batch`` images takes ``seconds_per_pass(batch)``
+    (``channels_last(batch)`` when the images are stored channels-last, if given)."""
+    def timed(model, x, backward):
+        if channels_last is not None and x.is_contiguous(memory_format=torch.channels_last):
+            return channels_last(len(x))
+        return seconds_per_pass(len(x))
+
+    monkeypatch.setattr(batching, "_timed", timed)
+
+
+def test_a_slow_pass_does_not_stop_the_probe_while_doubling_pays(monkeypatch):
+    # a ViT-base on two CPU cores: one image 0.7 s, two 1.0 s (a third faster per image), four 2.0 s
+    _fake_passes(monkeypatch, lambda b: {1: 0.7, 2: 1.0}.get(b, 0.5 * b))
+    assert batching._probe(Conv(), (3, 8, 8), True, cap=64)[0] == 2
+
+
+def test_the_probe_stops_at_its_time_budget_and_at_a_plateau(monkeypatch):
+    # slow passes that keep paying: the budget stops the probe (about 3 s of passes)
+    _fake_passes(monkeypatch, lambda b: 0.4 * b ** 0.5)
+    assert batching._probe(Conv(), (3, 8, 8), True, cap=256)[0] == 2
+    # fast passes, a third slower per image past 16
+    _fake_passes(monkeypatch, lambda b: 0.016 if b <= 16 else 0.0015 * b)
+    assert batching._probe(Conv(), (3, 8, 8), False, cap=256) == (16, False)
+    # memory caps the probe
+    assert batching._probe(Conv(), (3, 8, 8), False, cap=4)[0] == 4
+
+
+def test_the_probe_picks_the_layout_and_its_own_best_batch(monkeypatch):
+    # channels-last: twice as fast, but only up to 32 images a pass (a small CNN on a CPU)
+    _fake_passes(monkeypatch, lambda b: 0.002 * b, channels_last=lambda b: 0.001 * b if b <= 32 else 0.003 * b)
+    assert batching._probe(Conv(), (3, 8, 8), False, cap=256) == (32, True)
+    # barely faster channels-last (a transformer): the standard layout
+    _fake_passes(monkeypatch, lambda b: 0.002 * b, channels_last=lambda b: 0.00195 * b)
+    assert batching._probe(Conv(), (3, 8, 8), False, cap=16)[1] is False

@@ -199,8 +199,20 @@ def test_integrated_gradients_internal_batch_size_does_not_change_the_maps(regis
         np.testing.assert_allclose(other, maps[0], rtol=1e-4, atol=1e-7)
 
 
+def test_integrated_gradients_plans_the_fewest_full_passes():
+    from xai_audit_captum.integrated_gradients import pass_plan
+
+    for n_images, steps, per_pass in [(4, 50, 16), (1, 6, 2), (12, 32, 64), (3, 8, 256), (5, 16, 4), (7, 3, 1)]:
+        group, points = pass_plan(n_images, steps, per_pass)
+        assert 1 <= group * points <= per_pass  # a pass never holds more than the best batch
+        passes = -(-n_images // group) * -(-steps // points)
+        fewest = min(-(-n_images // g) * -(-steps // min(steps, per_pass // g)) for g in range(1, min(n_images, per_pass) + 1))
+        assert passes == fewest, (n_images, steps, per_pass)
+    assert pass_plan(4, 50, 16) == (4, 4)  # 13 passes for four images together, not 16 one at a time
+
+
 def test_batched_lime_draws_and_scores_the_same_neighbourhood_as_lime():
-    """The vectorised neighbourhood (and batch size) changes nothing in lime's explanation."""
+    """The vectorised neighbourhood, mean-colour image and batch size change nothing in lime's explanation."""
     from lime.lime_image import LimeImageExplainer
 
     from xai_audit_lime.explainer import LimeOptions, _BatchedLimeImageExplainer, segment
@@ -214,12 +226,13 @@ def test_batched_lime_draws_and_scores_the_same_neighbourhood_as_lime():
         p = 1 / (1 + np.exp(-20 * (score - 0.5)))
         return np.stack([p, 1 - p], axis=1)
 
-    weights = []
-    for explainer, batch in ((LimeImageExplainer(random_state=3), 10), (_BatchedLimeImageExplainer(random_state=3), 64)):
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
-            result = explainer.explain_instance(image, classify, labels=(0,), top_labels=None, num_features=100,
-                                                num_samples=200, batch_size=batch, segmentation_fn=lambda _: seg)
-        weights.append(dict(result.local_exp[0]))
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
+        plain = LimeImageExplainer(random_state=3).explain_instance(
+            image, classify, labels=(0,), top_labels=None, num_features=int(seg.max()) + 1, num_samples=200, batch_size=10,
+            segmentation_fn=lambda _: seg)
+    ours = _BatchedLimeImageExplainer(random_state=3).explain_segments(image, seg, classify, 0, 200, 64)
+    weights = [dict(plain.local_exp[0]), dict(ours.local_exp[0])]
+    assert ours.score == pytest.approx(plain.score, rel=1e-6)
     assert weights[0].keys() == weights[1].keys()
     np.testing.assert_allclose([weights[1][k] for k in weights[0]], list(weights[0].values()), rtol=1e-6, atol=1e-9)
     top_left = set(np.unique(seg[:16, :16]).tolist())

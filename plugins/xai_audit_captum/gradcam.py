@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from xai_audit.batching import best_batch_size, chunks, forward_in_best_layout
+from xai_audit.batching import best_batch_size, chunks, forward_in_best_layout, in_best_layout
 from xai_audit.layers import first_tensor, resolve_layer, token_grid
 from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Options, Sample
 
@@ -57,7 +57,7 @@ class GradCamExplainer(ExplainerPlugin):
         from captum.attr import LayerAttribution, LayerGradCam
 
         opts: GradCamOptions = self.options
-        images = images_tensor(samples, model.device)
+        images = in_best_layout(model, images_tensor(samples, model.device), backward=True)
         forward = forward_in_best_layout(model, tuple(images.shape[1:]), backward=True)
         target = targets_tensor(targets, model.device)
         name, layer = resolve_layer(model, opts.layer)

@@ -3,11 +3,11 @@
 Maps are the attribution summed over colour channels: positive pixels push
 the score of the target class up, negative ones down.
 
-Batching (captum's ``internal_batch_size``: integration steps per forward
-pass): by default the model's best batch size for forward + backward, capped
-by free memory (:func:`xai_audit.batching.best_batch_size`). When that batch
-holds more than one image's steps, several images share a pass. Images are
-passed to the model channels-last when it runs faster that way (CNNs on a CPU).
+Batching (captum's ``internal_batch_size``: integration points per forward
+pass): at most the model's best batch size for forward + backward, capped by
+free memory (:func:`xai_audit.batching.best_batch_size`); several images share
+a pass when that takes fewer passes (:func:`pass_plan`). Images are passed to
+the model channels-last when it runs faster that way (CNNs on a CPU).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from xai_audit.batching import best_batch_size, forward_in_best_layout
+from xai_audit.batching import best_batch_size, forward_in_best_layout, in_best_layout
 from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Options, Sample
 
 from xai_audit_captum._common import images_tensor, targets_tensor
@@ -53,7 +53,7 @@ class IntegratedGradientsExplainer(ExplainerPlugin):
     def explain(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> Explanation:
         opts: IntegratedGradientsOptions = self.options
         images = images_tensor(samples, model.device)
-        attributions, deltas, per_pass = self._attribute(
+        attributions, deltas, (group, points, limit) = self._attribute(
             model, images, targets_tensor(targets, model.device), seed, [s.id for s in samples])
         maps = attributions.sum(dim=1).numpy().astype(np.float32)  # (N, H, W)
         return Explanation(
@@ -65,13 +65,14 @@ class IntegratedGradientsExplainer(ExplainerPlugin):
             scalars={
                 "convergence_delta_mean": float(deltas.mean()) if len(deltas) else 0.0,
                 "convergence_delta_max": float(deltas.max()) if len(deltas) else 0.0,
-                "images_per_pass": float(max(1, per_pass // opts.steps)),
-                "internal_batch_size": float(per_pass),
+                "images_per_pass": float(group),
+                "internal_batch_size": float(group * points),
             },
             arrays={"convergence_delta": deltas.astype(np.float32)},
             notes=[
                 f"{opts.steps} steps ({opts.method}) from a {opts.baseline} baseline, "
-                f"{per_pass} integration points per model pass; the convergence delta is "
+                f"model passes of up to {limit} integration points (several images' steps sharing one when "
+                "that takes fewer passes); the convergence delta is "
                 "|sum of attributions - (score(image) - score(baseline))|, small is good."
             ],
         )
@@ -84,15 +85,16 @@ class IntegratedGradientsExplainer(ExplainerPlugin):
 
     def _attribute(
         self, model: ModelAdapter, images: torch.Tensor, target: torch.Tensor, seed: int, ids: list[str]
-    ) -> tuple[torch.Tensor, np.ndarray, int]:
-        """attributions (N, 3, H, W) on the CPU, |convergence delta| (N,), points per pass."""
+    ) -> tuple[torch.Tensor, np.ndarray, tuple[int, int, int]]:
+        """attributions (N, 3, H, W) on the CPU, |convergence delta| (N,), and the batching: images per
+        pass, steps of each per pass, and the most points a pass may hold."""
         from captum.attr import IntegratedGradients
 
         opts: IntegratedGradientsOptions = self.options
+        images = in_best_layout(model, images, backward=True)
         baselines = make_baseline(images, opts.baseline, seed, opts.baseline_image, ids)
         per_pass = opts.internal_batch_size or best_batch_size(model, tuple(images.shape[1:]), backward=True)
-        # whole images per pass when a pass holds more than one image's steps; else steps in chunks
-        group = max(1, per_pass // opts.steps)
+        group, points = pass_plan(len(images), opts.steps, per_pass)
         ig = IntegratedGradients(forward_in_best_layout(model, tuple(images.shape[1:]), backward=True))
         attributions, deltas = [], []
         for start in range(0, len(images), group):
@@ -104,12 +106,30 @@ class IntegratedGradientsExplainer(ExplainerPlugin):
                 target=target[part],
                 n_steps=opts.steps,
                 method=opts.method,
-                internal_batch_size=max(n, min(per_pass, n * opts.steps)),
+                internal_batch_size=n * points,
                 return_convergence_delta=True,
             )
             attributions.append(attr.detach().cpu())
             deltas.append(delta.detach().abs().cpu())
-        return torch.cat(attributions), torch.cat(deltas).numpy(), min(per_pass, group * opts.steps)
+        return torch.cat(attributions), torch.cat(deltas).numpy(), (min(len(images), group), points, per_pass)
+
+
+def pass_plan(n_images: int, steps: int, per_pass: int) -> tuple[int, int]:
+    """(images per captum call, integration steps of each image per pass): the fewest model passes of
+    at most ``per_pass`` points, the steps spread evenly so no pass runs nearly empty.
+
+    captum splits the steps of every image of a call into chunks of ``internal_batch_size // images``,
+    so a call of g images runs ceil(steps / (per_pass // g)) passes. With 50 steps, 4 images and a best
+    batch of 16 that is 13 passes for the four images together, against 16 one image at a time.
+    """
+    n_images, per_pass = max(1, n_images), max(1, per_pass)
+    plans = []
+    for group in range(1, min(n_images, per_pass) + 1):
+        chunk = min(steps, per_pass // group)
+        passes = -(-n_images // group) * -(-steps // chunk)
+        plans.append((passes, -group, group, -(-steps // -(-steps // chunk))))
+    _, _, group, points = min(plans)
+    return group, points
 
 
 def make_baseline(images: torch.Tensor, kind: str, seed: int, image_path: str | None = None,

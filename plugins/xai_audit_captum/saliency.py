@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from xai_audit.batching import best_batch_size, chunks, forward_in_best_layout
+from xai_audit.batching import best_batch_size, chunks, forward_in_best_layout, in_best_layout
 from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Options, Sample
 
 from xai_audit_captum._common import images_tensor, targets_tensor
@@ -42,7 +42,7 @@ class SaliencyExplainer(ExplainerPlugin):
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:
         from captum.attr import Saliency
 
-        images = images_tensor(samples, model.device)
+        images = in_best_layout(model, images_tensor(samples, model.device), backward=True)
         target = targets_tensor(targets, model.device)
         size = self.options.batch_size or best_batch_size(model, tuple(images.shape[1:]), backward=True)
         saliency = Saliency(forward_in_best_layout(model, tuple(images.shape[1:]), backward=True))
