@@ -72,7 +72,7 @@ def test_a_slow_pass_does_not_stop_the_probe_while_doubling_pays(monkeypatch):
 
 
 def test_the_probe_stops_at_its_time_budget_and_at_a_plateau(monkeypatch):
-    # slow passes that keep paying: the budget stops the probe (about 3 s of passes)
+    # slow passes that keep paying: the budget stops the probe (about 6 s of passes)
     _fake_passes(monkeypatch, lambda b: 0.4 * b ** 0.5)
     assert batching._probe(Conv(), (3, 8, 8), True, cap=256)[0] == 2
     # fast passes, a third slower per image past 16

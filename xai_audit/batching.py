@@ -35,7 +35,7 @@ _PROBE_WORK_S = 0.1
 _CONFIRM_CANDIDATES = 4
 _CONFIRM_ROUNDS = 3
 #: seconds of passes a probe may time before it settles on the best batch seen so far
-_PROBE_BUDGET_S = 3.0
+_PROBE_BUDGET_S = 6.0
 #: activation bytes per pass below which batching always pays (the probe starts there)
 _FLOOR_BYTES = 48 << 20
 #: share of free memory an explainer may plan to use
