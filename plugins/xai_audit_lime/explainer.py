@@ -15,11 +15,13 @@ What is ours rather than lime's defaults, and why:
 * batching: the classifier is called with the model's best batch size
   (lime's default is 10 images a call), and the perturbed images of a batch
   are built in one vectorised torch step instead of lime's per-image Python
-  loop (same random on/off patterns, same images);
+  loop (same random on/off patterns, same images), as is the mean-colour image
+  (one ``bincount`` per channel instead of a loop over superpixels);
 * seeding: each image's random stream comes from the seed and its sample id,
   so an image gets the same explanation alone or in a batch.
 
-The regression, kernel and feature selection are lime's own.
+The random stream, distances, kernel, feature selection and regression are lime's own
+(``LimeBase``); a test checks the explanation equals lime's ``explain_instance``.
 Grayscale models need nothing special: LIME perturbs the display-space RGB
 image, and the model adapter maps it to one channel.
 """
