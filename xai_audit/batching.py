@@ -29,8 +29,8 @@ _NEAR_BEST = 0.97
 _MIN_PROBE = 32
 #: past this many seconds a pass, the probe stops at the first doubling that gains under 5 %
 _SLOW_PASS_S = 0.6
-#: each batch size and layout is timed for at least this many seconds (the fastest pass counts)
-_PROBE_WORK_S = 0.1
+#: timed passes at each batch size and layout after a warm-up one (the fastest counts)
+_PROBE_TIMINGS = 3
 #: the probe's front-runners timed again side by side, and how many rounds
 _CONFIRM_CANDIDATES = 4
 _CONFIRM_ROUNDS = 3
@@ -205,9 +205,9 @@ def _probe(model: Any, image_shape: tuple[int, ...], backward: bool, cap: int, s
         for layout in layouts:
             xl = x.contiguous(memory_format=layout)
             first = _timed(model, xl, backward)  # includes warm-up: allocator, kernels
-            timings = [_timed(model, xl, backward)]
-            while first < _SLOW_PASS_S and (len(timings) < 2 or sum(timings) < _PROBE_WORK_S):
-                timings.append(_timed(model, xl, backward))
+            # the same number of timings at every size: the fastest of many short passes would
+            # flatter small batches against the fastest of a few long ones
+            timings = [_timed(model, xl, backward) for _ in range(_PROBE_TIMINGS if first < _SLOW_PASS_S else 1)]
             seconds = min(timings)
             throughput[(size, layout)] = size / max(seconds, 1e-9)
             size_best, slowest = max(size_best, throughput[(size, layout)]), max(slowest, seconds)
