@@ -25,6 +25,16 @@ TOPOLOGY_LIMIT_S = 60.0
 FLAT_TARGET = 0.95
 
 
+#: the start of a benchmark audit plan: the demo CNN with seeded random weights (no braces: safe in str.format)
+DEMO_CNN_PLAN_HEAD = """\
+seed: 0
+model:
+  adapter: torch
+  module: xai_audit.demo.model:DemoCNN
+  classes: [happy, sad, neutral, angry, disgust, fear, surprise]
+"""
+
+
 def ratio(limit_s: float, measured_s: float) -> float:
     """limit ÷ measured: 1.00 is as fast as the limit, 0.50 twice as slow; ``nan`` for no measurement."""
     if not measured_s or measured_s <= 0 or not np.isfinite(measured_s):

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import FLAT_TARGET, Row, Section, flatness, slope_per_1000
+from bench.common import DEMO_CNN_PLAN_HEAD, FLAT_TARGET, Row, Section, flatness, slope_per_1000
 
 FULL_SIZES = (500, 1000, 2000, 4000)
 QUICK_SIZES = (250, 500, 1000)
@@ -35,12 +35,7 @@ SIZE = 96
 #: here), and must stay flat after; the default of 256 MiB would hide the slope below ~3,000 images
 CACHE_MB = 32
 
-PLAN = """\
-seed: 0
-model:
-  adapter: torch
-  module: xai_audit.demo.model:DemoCNN
-  classes: [happy, sad, neutral, angry, disgust, fear, surprise]
+PLAN = DEMO_CNN_PLAN_HEAD + """\
 dataset: {{loader: synthetic-faces, split: test, n: {n}, size: {size}, seed: 0}}
 explain: {{samples: {samples}, trust: {{enabled: false}}}}
 explainers:

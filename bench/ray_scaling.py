@@ -19,15 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Row, Section
+from bench.common import DEMO_CNN_PLAN_HEAD, Row, Section
 
 TARGET = 1.6
-PLAN = """\
-seed: 0
-model:
-  adapter: torch
-  module: xai_audit.demo.model:DemoCNN
-  classes: [happy, sad, neutral, angry, disgust, fear, surprise]
+PLAN = DEMO_CNN_PLAN_HEAD + """\
 dataset: {{loader: synthetic-faces, split: test, n: {n}, seed: 0}}
 explain: {{samples: {n}, trust: {{enabled: false}}}}
 explainers:

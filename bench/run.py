@@ -57,6 +57,19 @@ def markdown(info: dict[str, str], rows: list[Row], sections: list[Section], com
     return "\n".join(lines)
 
 
+def _run_part(part: str, args: argparse.Namespace) -> tuple[list[Row], list[Section]]:
+    """One benchmark's summary rows and detail sections (its module imported only when it runs)."""
+    if part == "attribution":
+        from bench import attribution
+
+        models = args.models or ("demo" if args.quick else ",".join(attribution.MODELS))
+        repeats = args.repeats or (1 if args.quick else 2)
+        return attribution.run([m.strip() for m in models.split(",")], args.quick, repeats)
+    from importlib import import_module
+
+    return import_module(f"bench.{'ray_scaling' if part == 'ray' else part}").run(args.quick)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -82,32 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     rows: list[Row] = []
     sections: list[Section] = []
-    if "attribution" in args.only:
-        from bench import attribution
-
-        models = args.models or ("demo" if args.quick else ",".join(attribution.MODELS))
-        repeats = args.repeats or (1 if args.quick else 2)
-        got = attribution.run([m.strip() for m in models.split(",")], args.quick, repeats)
-        rows += got[0]
-        sections += got[1]
-    if "topology" in args.only:
-        from bench import topology
-
-        got = topology.run(args.quick)
-        rows += got[0]
-        sections += got[1]
-    if "memory" in args.only:
-        from bench import memory
-
-        got = memory.run(args.quick)
-        rows += got[0]
-        sections += got[1]
-    if "ray" in args.only:
-        from bench import ray_scaling
-
-        got = ray_scaling.run(args.quick)
-        rows += got[0]
-        sections += got[1]
+    for part in PARTS:
+        if part in args.only:
+            got = _run_part(part, args)
+            rows += got[0]
+            sections += got[1]
     seconds = time.perf_counter() - start
     try:
         info["load average at end"] = "{:.1f} / {:.1f} / {:.1f}".format(*os.getloadavg())
