@@ -211,6 +211,26 @@ def test_integrated_gradients_plans_the_fewest_full_passes():
     assert pass_plan(4, 50, 16) == (4, 4)  # 13 passes for four images together, not 16 one at a time
 
 
+def test_occlusion_equals_captum_occluding_the_image_itself(registry, tmp_path, faces):
+    """The plugin occludes a visibility mask and composes the image itself; the maps must be captum's
+    Occlusion over every channel of the image, at any grey level and batching."""
+    from captum.attr import Occlusion
+
+    cnn = tiny_cnn(registry, tmp_path)
+    info = registry.get("explainer", "occlusion")
+    images = torch.as_tensor(np.stack([s.image for s in faces]))
+    targets = np.array([0, 3, 5])
+    for window, stride, baseline, per_pass in [(8, 4, 0.0, None), (6, 3, 0.4, 5), (32, 8, 1.0, 1)]:
+        ours = info.cls(info.cls.Options(window=window, stride=stride, baseline=baseline,
+                                         perturbations_per_eval=per_pass)).explain_maps(cnn, faces, targets, 0)
+        with torch.no_grad():
+            plain = Occlusion(cnn.forward).attribute(images, sliding_window_shapes=(3, window, window),
+                                                     strides=(3, stride, stride), baselines=baseline,
+                                                     target=torch.as_tensor(targets))
+        np.testing.assert_allclose(ours, plain.mean(dim=1).numpy(), rtol=1e-5, atol=1e-7)
+        assert np.abs(ours).max() > 0
+
+
 def test_batched_lime_draws_and_scores_the_same_neighbourhood_as_lime():
     """The vectorised neighbourhood, mean-colour image and batch size change nothing in lime's explanation."""
     from lime.lime_image import LimeImageExplainer

@@ -7,6 +7,14 @@ pixel lowers the score (evidence for the class), negative where it raises it.
 Batching (captum's ``perturbations_per_eval``: occluded copies per forward
 pass): by default the model's best forward batch size, shared between the
 copies of several images when there are several to explain.
+
+captum occludes a one-channel *visibility mask* (1 = shown, 0 = hidden), not
+the image: the model's input is ``baseline + mask * (image - baseline)``,
+built here in one operation in the model's faster memory layout. A window over
+the mask hides every colour channel under it, as a window spanning all channels
+of the image would, so the maps are the same; captum's per-pass mask
+arithmetic then runs on a third of the values (on a small CNN it had taken a
+sixth of the time, beside passes of a quarter millisecond per image).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from xai_audit.batching import best_batch_size, forward_in_best_layout
+from xai_audit.batching import best_batch_size, prefers_channels_last
 from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Options, Sample
 
 from xai_audit_captum._common import images_tensor, targets_tensor
@@ -74,21 +82,41 @@ class OcclusionExplainer(ExplainerPlugin):
         n_windows = _n_windows(height, window, stride) * _n_windows(width, window, stride)
         per_pass = opts.perturbations_per_eval or best_batch_size(model, (channels, height, width), backward=False)
         group, per_image = _split(len(images), n_windows, per_pass)
-        occlusion = Occlusion(forward_in_best_layout(model, (channels, height, width), backward=False))
+        channels_last = prefers_channels_last(model, (channels, height, width), backward=False)
         out = []
         with torch.no_grad():
             for start in range(0, len(images), group):
                 part = slice(start, start + group)
-                attr = occlusion.attribute(
-                    images[part],
-                    sliding_window_shapes=(channels, window, window),
-                    strides=(channels, stride, stride),
-                    baselines=opts.baseline,
+                shown = torch.ones((len(images[part]), 1, height, width), dtype=images.dtype, device=images.device)
+                attr = Occlusion(_MaskedForward(model, images[part], opts.baseline, channels_last)).attribute(
+                    shown,
+                    sliding_window_shapes=(1, window, window),
+                    strides=(1, stride, stride),
+                    baselines=0.0,
                     target=target[part],
                     perturbations_per_eval=per_image,
                 )
-                out.append(attr.mean(dim=1).cpu())
+                out.append(attr[:, 0].cpu())
         return torch.cat(out).numpy().astype(np.float32), window, stride, per_image
+
+
+class _MaskedForward:
+    """The model on its images shown through visibility masks: ``forward(masks)`` with masks
+    (k * N, 1, H, W), captum's k occluded copies of the N images' masks stacked copy after copy."""
+
+    def __init__(self, model: ModelAdapter, images: torch.Tensor, baseline: float, channels_last: bool):
+        self.model, self.baseline, self.channels_last = model, float(baseline), channels_last
+        # (N, H, W, C): the copies are built channel-innermost, the layout the model may prefer anyway
+        self.offset = (images - self.baseline).permute(0, 2, 3, 1).contiguous()
+
+    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
+        n, height, width, channels = self.offset.shape
+        copies = masks.shape[0] // n
+        shown = masks.reshape(copies, n, height, width, 1)
+        # baseline + mask * (image - baseline), every copy in one operation
+        x = torch.addcmul(shown.new_full((), self.baseline), self.offset, shown)
+        x = x.reshape(copies * n, height, width, channels).permute(0, 3, 1, 2)
+        return self.model.forward(x if self.channels_last else x.contiguous())
 
 
 def _split(n_images: int, n_windows: int, per_pass: int) -> tuple[int, int]:
