@@ -236,17 +236,17 @@ class _BatchedLimeImageExplainer(_lime_base()):  # type: ignore[misc]
         data = self.random_state.randint(0, 2, num_samples * n_features).reshape((num_samples, n_features))
         data[0, :] = 1
         height, width, channels = image.shape
-        # row 2p of the table is pixel p of the mean-colour image, row 2p + 1 the image's own pixel, so a
-        # perturbed batch is one row gather (twice as fast as torch.where here), stored channels-last
-        pixels = [np.asarray(x, dtype=np.float32).reshape(-1, channels) for x in (fudged_image, image)]
-        table = torch.as_tensor(np.stack(pixels, axis=1).reshape(-1, channels))
+        # a perturbed image is fudged + on * (image - fudged), pixel by pixel: one fused operation per batch
+        # over (pixels, channels) tables, stored channels-last (1.5x faster than gathering rows of a
+        # two-row-per-pixel table, 2.5x faster than torch.where; a kept pixel may differ in its last bit)
+        fudged_t = torch.as_tensor(np.asarray(fudged_image, dtype=np.float32).reshape(-1, channels))
+        offset = torch.as_tensor(np.asarray(image, dtype=np.float32).reshape(-1, channels)) - fudged_t
         seg = torch.as_tensor(segments.ravel())
-        base = 2 * torch.arange(height * width)
         labels = []
         for start in range(0, num_samples, batch_size):
-            on = torch.as_tensor(data[start : start + batch_size], dtype=torch.int64)[:, seg]  # (b, H*W): 0 or 1
-            rows = torch.index_select(table, 0, (on + base).view(-1))
-            labels.append(classifier_fn(rows.view(len(on), height, width, channels).permute(0, 3, 1, 2)))
+            on = torch.as_tensor(data[start : start + batch_size], dtype=torch.float32).index_select(1, seg)
+            x = torch.addcmul(fudged_t, offset, on.unsqueeze(-1))  # (b, H*W, C)
+            labels.append(classifier_fn(x.view(len(on), height, width, channels).permute(0, 3, 1, 2)))
         return data, np.concatenate(labels)
 
 
