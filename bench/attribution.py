@@ -136,7 +136,7 @@ def workloads(names: list[str], quick: bool = False) -> list[Workload]:
         from xai_audit.demo.model import DemoCNN
 
         out.append(Workload("demo CNN (64 px)", ModuleAdapter(DemoCNN(), 7, lambda m, x: m(x)), 64,
-                            images=2 if quick else 4, ig_steps=50, window=16, stride=8,
+                            images=2 if quick else 4, ig_steps=50, window=12, stride=6,
                             lime_samples=250 if quick else 1000, grad_images=32 if quick else 64))
     if "resnet18" in names:
         out.append(Workload("ResNet-18 (224 px)", ModuleAdapter(ResNet18(), 7, lambda m, x: m(x)), 224,
