@@ -374,7 +374,8 @@ def results(rows: list[dict[str, Any]]) -> tuple[list[Row], list[Section]]:
     """The measured rows as summary rows (one per model and method) and one detail section."""
     summary = [
         Row(f"{r['method']}", r["model"], fmt_seconds(r["ours_s"]), fmt_seconds(r["limit_s"]), r["ours"],
-            anchor=r["default"], target=f"≥ {ATTRIBUTION_TARGET:.2f}", met=r["ours"] >= ATTRIBUTION_TARGET)
+            anchor=r["default"], target=f"≥ {ATTRIBUTION_TARGET:.2f}", met=r["ours"] >= ATTRIBUTION_TARGET,
+            bar=ATTRIBUTION_TARGET)
         for r in rows
     ]
     detail = Section(

@@ -62,8 +62,14 @@ def flatness(counts: Sequence[float], peaks: Sequence[float]) -> float:
     return ratio(float(peaks[order[0]]), float(peaks[order[-1]]))
 
 
-def fmt_ratio(value: float) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.2f}"
+def fmt_ratio(value: float, bar: float | None = None) -> str:
+    """Two decimals; three where two would round across ``bar`` (0.845 against 0.85 reads "0.845", not "0.85")."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    if bar is not None and (round(value, 2) >= bar) != (value >= bar):
+        # truncated towards the verdict: 0.8496 against 0.85 reads "0.849"
+        return f"{(np.floor if value < bar else np.ceil)(value * 1000) / 1000:.3f}"
+    return f"{value:.2f}"
 
 
 def fmt_seconds(value: float) -> str:
@@ -142,11 +148,12 @@ class Row:
     anchor: float | None = None  # the naive captum / lime call's ratio (attribution only)
     target: str = ""
     met: bool | None = None  # None: no target (informational)
+    bar: float | None = None  # the ratio the target asks for, where it is one number
 
     def cells(self) -> list[str]:
         verdict = "" if self.met is None else ("yes" if self.met else "NO")
         return [self.what, self.on, self.measured, self.limit,
-                "-" if self.ratio is None else fmt_ratio(self.ratio),
+                "-" if self.ratio is None else fmt_ratio(self.ratio, self.bar),
                 "-" if self.anchor is None else fmt_ratio(self.anchor), self.target or "-", verdict or "-"]
 
 

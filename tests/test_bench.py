@@ -33,6 +33,9 @@ def test_ratio_is_limit_over_measured():
     assert math.isnan(common.ratio(1.0, 0.0))
     assert common.fmt_ratio(common.ratio(1.0, 0.0)) == "n/a"
     assert common.fmt_ratio(0.856) == "0.86"
+    assert common.fmt_ratio(0.8451, bar=0.85) == "0.845"  # a miss never prints as the target itself
+    assert common.fmt_ratio(0.8496, bar=0.85) == "0.849" and common.fmt_ratio(0.8450, bar=0.845) == "0.845"
+    assert common.fmt_ratio(0.8449, bar=0.84) == "0.84" and common.fmt_ratio(0.8551, bar=0.85) == "0.86"
 
 
 def test_slope_and_flatness_of_memory():

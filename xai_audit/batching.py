@@ -31,15 +31,16 @@ _MIN_PROBE = 32
 _SLOW_PASS_S = 0.6
 #: timed passes at each batch size and layout after a warm-up one (the fastest counts)
 _PROBE_TIMINGS = 3
-#: the probe's front-runners timed again side by side, how many rounds, and seconds of back-to-back
-#: passes per candidate and round (at least two passes)
+#: the probe's front-runners timed again side by side, how many rounds, and the back-to-back passes
+#: per candidate and round: at least two, then more until this many seconds or passes
 _CONFIRM_CANDIDATES = 4
 _CONFIRM_ROUNDS = 3
 _CONFIRM_WORK_S = 0.05
+_CONFIRM_MAX_PASSES = 4
 #: seconds of passes a probe may time before it settles on the best batch seen so far
 _PROBE_BUDGET_S = 6.0
-#: about how long the probe's first, untimed pass at a large batch may take
-_WARM_PASS_S = 0.3
+#: about how long a probe may spend on its first, untimed forward pass at a large batch
+_WARM_PASS_S = 0.15
 #: activation bytes per pass below which batching always pays (the probe starts there)
 _FLOOR_BYTES = 48 << 20
 #: share of free memory an explainer may plan to use
@@ -203,14 +204,7 @@ def _probe(model: Any, image_shape: tuple[int, ...], backward: bool, cap: int, s
     layouts = [torch.contiguous_format] + ([torch.channels_last] if len(image_shape) == 3 else [])
     throughput: dict[tuple[int, Any], float] = {}
     best, stale, size, spent = 0.0, 0, max(1, start), 0.0
-    # Untimed: one pass at the first size, then one at as large a batch as about _WARM_PASS_S allows.
-    # In a fresh process glibc's malloc maps and unmaps every large activation buffer (the kernel
-    # zero-fills each again) until a large block is freed; until then the demo CNN ran at half its
-    # speed, and a probe timed in that state picked 8 images a pass where 16 to 32 were best.
-    first = _timed(model, torch.rand((size, *image_shape), device=model.device), backward)
-    warm = min(cap, max(size, int(size * _WARM_PASS_S / max(first, 1e-6))))
-    if warm > size:
-        spent += _timed(model, torch.rand((warm, *image_shape), device=model.device), backward)
+    _warm_allocator(model, image_shape, size, cap)
     while size <= cap:
         x = torch.rand((size, *image_shape), device=model.device)
         size_best, slowest, cost = 0.0, 0.0, 0.0
@@ -252,6 +246,21 @@ def _probe(model: Any, image_shape: tuple[int, ...], backward: bool, cap: int, s
     return batch, chosen == torch.channels_last
 
 
+def _warm_allocator(model: Any, image_shape: tuple[int, ...], size: int, cap: int) -> None:
+    """One untimed forward pass at as large a batch as about ``_WARM_PASS_S`` allows.
+
+    In a fresh process glibc's malloc maps and unmaps every large activation buffer (the kernel
+    zero-fills each one again) until a large block has been freed: until then the demo CNN ran at half
+    its speed, and a probe timed in that state picked 8 images a pass where 16 to 32 were best.
+    """
+    import torch
+
+    first = _timed(model, torch.rand((size, *image_shape), device=model.device), False)
+    warm = min(cap, int(size * _WARM_PASS_S / max(first, 1e-6)))
+    if warm > size:
+        _timed(model, torch.rand((warm, *image_shape), device=model.device), False)
+
+
 def _confirm(model: Any, image_shape: tuple[int, ...], backward: bool, throughput: dict[tuple[int, Any], float]) -> None:
     """Time the probe's leading candidates again, interleaved, and keep those timings.
 
@@ -274,10 +283,12 @@ def _confirm(model: Any, image_shape: tuple[int, ...], backward: bool, throughpu
     passes = {key: 0 for key in ranked}
     for _ in range(_CONFIRM_ROUNDS):
         for key in ranked:
-            start = seconds[key]
-            while seconds[key] - start < _CONFIRM_WORK_S or passes[key] < 2:
-                seconds[key] += _timed(model, inputs[key], backward)
-                passes[key] += 1
+            spent, count = 0.0, 0
+            while count < 2 or (spent < _CONFIRM_WORK_S and count < _CONFIRM_MAX_PASSES):
+                spent += _timed(model, inputs[key], backward)
+                count += 1
+            seconds[key] += spent
+            passes[key] += count
     for key in ranked:
         throughput[key] = key[0] * passes[key] / max(seconds[key], 1e-9)
 
