@@ -36,7 +36,7 @@ from torch import nn
 
 from bench.common import ATTRIBUTION_TARGET, Row, Section, fmt_seconds
 from xai_audit import batching
-from xai_audit.types import ModelAdapter, Sample
+from xai_audit.contract.types import ModelAdapter, Sample
 
 #: a sweep stops growing the batch once one pass takes this long
 _SWEEP_PASS_S = 1.0
@@ -159,7 +159,7 @@ def workloads(names: list[str], quick: bool = False) -> list[Workload]:
 
 def faces(n: int, size: int) -> list[Sample]:
     """Synthetic faces at the benchmark's size: real structure matters for LIME's superpixels."""
-    from xai_audit.types import LoadContext
+    from xai_audit.contract.types import LoadContext
     from xai_audit_datasets.synthetic_faces import SyntheticFacesOptions, SyntheticFacesPlugin
 
     data = SyntheticFacesPlugin(SyntheticFacesOptions(n=n, size=size)).load(LoadContext(base_dir=Path.cwd()))
@@ -305,7 +305,7 @@ def _calls(work: Workload, samples: list[Sample], targets: np.ndarray) -> dict[s
     from xai_audit_lime.explainer import LimeExplainer
 
     from captum.attr import LayerGradCam, Saliency
-    from xai_audit.layers import resolve_layer
+    from xai_audit.contract.layers import resolve_layer
     from xai_audit_captum.gradcam import GradCamExplainer
     from xai_audit_captum.saliency import SaliencyExplainer
 

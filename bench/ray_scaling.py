@@ -34,10 +34,10 @@ report: {{title: "ray scaling"}}
 
 
 def _audit(workers: int, n: int, lime: int, folder: Path) -> float:
-    from xai_audit.cache import Cache
+    from xai_audit.run.cache import Cache
     from xai_audit.plan import load_plan
-    from xai_audit.plugins import make_plugin_manager
-    from xai_audit.runner import run_audit
+    from xai_audit.registry import make_plugin_manager
+    from xai_audit.audit import run_audit
 
     path = folder / f"ray-{workers}.yaml"
     path.write_text(PLAN.format(n=n, lime=lime, workers=workers))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from xai_audit.plugins import make_plugin_manager
+from xai_audit.registry import make_plugin_manager
 
 TINY_MODEL = textwrap.dedent(
     """

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from xai_audit.types import HypothesisContext, ModelAdapter, Sample
+from xai_audit.contract.types import HypothesisContext, ModelAdapter, Sample
 
 CLASSES = ["calm", "sad", "glad", "cross"]
 SAD = 1

@@ -12,12 +12,13 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import EMOTIONS, TINY_MODEL
-from xai_audit.cache import Cache
+from xai_audit.run.cache import Cache
 from xai_audit.cli import app
 from xai_audit.errors import ModelError, PlanError
 from xai_audit.plan import parse_plan
-from xai_audit.runner import load_model_and_data, run_audit
-from xai_audit.types import LoadContext
+from xai_audit.audit import run_audit
+from xai_audit.load.loading import load_model_and_data
+from xai_audit.contract.types import LoadContext
 
 DATASET = "dataset: {loader: synthetic-faces, split: test, n: 21, size: 32}\n"
 
@@ -204,7 +205,7 @@ def test_input_spec_mismatches_are_caught_at_validation(model_dir, write_plan):
 
 
 def test_grayscale_input_spec_feeds_a_one_channel_model(registry, tmp_path):
-    from xai_audit.inputs import InputSpec, Preprocess
+    from xai_audit.contract.inputs import InputSpec, Preprocess
 
     spec = InputSpec(size=48, channels=1, mean=[0.5], std=[0.5])
     x = torch.rand(2, 3, 64, 64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from xai_audit import batching
-from xai_audit.types import ModelAdapter
+from xai_audit.contract.types import ModelAdapter
 
 
 class Conv(ModelAdapter):

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import plan_text
-from xai_audit.checks import evaluate_checks, parse_check
+from xai_audit.judge.checks import evaluate_checks, parse_check
 from xai_audit.cli import app
 from xai_audit.errors import PlanError
 from xai_audit.plan import parse_plan

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from conftest import EMOTIONS, TINY_MODEL
 from xai_audit.cli import app
-from xai_audit.compare import compare_results
+from xai_audit.judge.compare import compare_results
 
 runner = CliRunner()
 

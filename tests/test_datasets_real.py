@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xai_audit.errors import DataError
-from xai_audit.types import LoadContext
+from xai_audit.contract.types import LoadContext
 
 
 def _load(registry, name, base_dir, **options):

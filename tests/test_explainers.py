@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import EMOTIONS, TINY_MODEL
-from xai_audit.types import LoadContext, ModelAdapter, Sample
+from xai_audit.contract.types import LoadContext, ModelAdapter, Sample
 
 #: options that keep each built-in explainer fast on tiny inputs; anything else runs with its defaults
 FAST_OPTIONS = {
@@ -93,7 +93,7 @@ def _build(registry, name: str):
 
 def pytest_generate_tests(metafunc):
     if "explainer_name" in metafunc.fixturenames:
-        from xai_audit.plugins import make_plugin_manager
+        from xai_audit.registry import make_plugin_manager
 
         metafunc.parametrize("explainer_name", _explainers(make_plugin_manager()))
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 import fake_audit as fa
-from xai_audit.findings import derive_findings
-from xai_audit.runner import _correct_for_multiple_tests, _result_dict
+from xai_audit.judge.findings import derive_findings
+from xai_audit.judge.correction import correct_for_multiple_tests as _correct_for_multiple_tests
+from xai_audit.run.steps import result_dict as _result_dict
 from xai_audit_hypotheses.grayscale import GrayscaleHypothesis
 from xai_audit_hypotheses.groups import GroupAccuracyHypothesis
 from xai_audit_hypotheses.luminance import LuminanceHypothesis

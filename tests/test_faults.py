@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 
 from conftest import plan_text
 from xai_audit import hookimpl
-from xai_audit.cache import Cache
+from xai_audit.run.cache import Cache
 from xai_audit.errors import PlanError
-from xai_audit.limits import with_halving_batch
+from xai_audit.run.limits import with_halving_batch
 from xai_audit.plan import load_plan, parse_plan
-from xai_audit.plugins import make_plugin_manager
-from xai_audit.runner import run_audit
-from xai_audit.types import HypothesisPlugin
+from xai_audit.registry import make_plugin_manager
+from xai_audit.audit import run_audit
+from xai_audit.contract.types import HypothesisPlugin
 
 
 class Hangs(HypothesisPlugin):
@@ -107,10 +107,10 @@ def test_killed_mid_run_resumes_from_the_cache_to_the_same_results(write_plan, t
         f"""
         import sys, json; sys.path.insert(0, {str(tmp_path)!r})
         import slowplug
-        from xai_audit.cache import Cache
+        from xai_audit.run.cache import Cache
         from xai_audit.plan import load_plan
-        from xai_audit.plugins import make_plugin_manager
-        from xai_audit.runner import run_audit
+        from xai_audit.registry import make_plugin_manager
+        from xai_audit.audit import run_audit
         registry = make_plugin_manager(extra_plugins=[slowplug])
         plan = load_plan({str(plan)!r}, registry)
         outcome = run_audit(plan, registry, cache=Cache(sys.argv[1]))

@@ -11,12 +11,14 @@ from typer.testing import CliRunner
 
 import fake_audit as fa
 from conftest import plan_text
-from xai_audit.cache import Cache
+from xai_audit.run.cache import Cache
 from xai_audit.cli import app
-from xai_audit.findings import derive_findings
+from xai_audit.judge.findings import derive_findings
 from xai_audit.plan import load_plan
-from xai_audit.recommend import MANIFEST_NAME, manifest_csv, recommend, write_manifest
-from xai_audit.runner import _correct_for_multiple_tests, _result_dict, run_audit
+from xai_audit.judge.recommend import MANIFEST_NAME, manifest_csv, recommend, write_manifest
+from xai_audit.audit import run_audit
+from xai_audit.judge.correction import correct_for_multiple_tests as _correct_for_multiple_tests
+from xai_audit.run.steps import result_dict as _result_dict
 from xai_audit_hypotheses.groups import GroupAccuracyHypothesis
 from xai_audit_hypotheses.luminance import LuminanceHypothesis
 from xai_audit_hypotheses.occlusion import OccludeRegionsHypothesis
@@ -148,7 +150,7 @@ def test_cli_run_writes_the_manifest_beside_the_report(write_plan):
 
 
 def test_the_same_claim_from_two_steps_is_one_finding():
-    from xai_audit.findings import derive_findings
+    from xai_audit.judge.findings import derive_findings
 
     entry = {"status": "ok", "plugin": "occlude-regions", "kind": "reliance", "claim": "The model's accuracy drops when the mouth is occluded.",
              "metric": "accuracy", "before": 0.9, "after": 0.6, "effect": 0.3, "ci": [0.25, 0.35], "p_value": 1e-9,

@@ -14,13 +14,13 @@ from pypdf import PdfReader
 
 from conftest import TINY_MODEL
 from xai_audit import hookimpl
-from xai_audit.cache import Cache
+from xai_audit.run.cache import Cache
 from xai_audit.errors import PlanError
 from xai_audit.plan import parse_plan
-from xai_audit.plugins import make_plugin_manager
+from xai_audit.registry import make_plugin_manager
 from xai_audit.report import ReportArtifacts, write_report
-from xai_audit.runner import run_audit
-from xai_audit.types import HypothesisPlugin, HypothesisResult
+from xai_audit.audit import run_audit
+from xai_audit.contract.types import HypothesisPlugin, HypothesisResult
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(2)>"

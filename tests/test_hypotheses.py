@@ -10,10 +10,11 @@ import pytest
 
 import fake_audit as fa
 from xai_audit.errors import DataError, PlanError
-from xai_audit.findings import derive_findings
+from xai_audit.judge.findings import derive_findings
 from xai_audit.report.specs import render_spec
-from xai_audit.runner import _correct_for_multiple_tests, _result_dict
-from xai_audit.types import Dataset, Sample
+from xai_audit.judge.correction import correct_for_multiple_tests as _correct_for_multiple_tests
+from xai_audit.run.steps import result_dict as _result_dict
+from xai_audit.contract.types import Dataset, Sample
 from xai_audit_hypotheses.background import BackgroundHypothesis
 from xai_audit_hypotheses.custom import TransformHypothesis
 from xai_audit_hypotheses.dataset_shift import DatasetShiftHypothesis

@@ -10,8 +10,8 @@ import pytest
 
 from xai_audit import hookimpl
 from xai_audit.errors import PluginLoadError, PluginNameClash
-from xai_audit.plugins import PluginLoadWarning, make_plugin_manager
-from xai_audit.types import HypothesisPlugin
+from xai_audit.registry import PluginLoadWarning, make_plugin_manager
+from xai_audit.contract.types import HypothesisPlugin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,7 @@ def _with_broken_entry_point(monkeypatch):
         eps = list(real(**kwargs))
         return eps + [broken] if kwargs.get("group") == "xai_audit" else eps
 
-    monkeypatch.setattr("xai_audit.plugins.metadata.entry_points", fake)
+    monkeypatch.setattr("xai_audit.registry.metadata.entry_points", fake)
 
 
 def test_a_broken_third_party_plugin_is_skipped_with_a_warning(monkeypatch):
@@ -118,9 +118,9 @@ def installed_example_plugin(tmp_path_factory):
 
 def test_third_party_plugin_package_is_discovered_and_runs(installed_example_plugin, write_plan):
     from conftest import plan_text
-    from xai_audit.cache import Cache
+    from xai_audit.run.cache import Cache
     from xai_audit.plan import load_plan
-    from xai_audit.runner import run_audit
+    from xai_audit.audit import run_audit
 
     registry = make_plugin_manager()
     info = registry.get("hypothesis", "flip")

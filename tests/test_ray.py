@@ -10,13 +10,14 @@ from typer.testing import CliRunner
 
 from conftest import plan_text
 from xai_audit import batching
-from xai_audit.cache import Cache
+from xai_audit.run.cache import Cache
 from xai_audit.cli import app
 from xai_audit.errors import PlanError
-from xai_audit.executors import RAY_MISSING, _split_on_batches, merge_explanations
+from xai_audit.plan.parse import RAY_MISSING
+from xai_audit.run.executors import _split_on_batches, merge_explanations
 from xai_audit.plan import load_plan
-from xai_audit.runner import run_audit
-from xai_audit.types import Explanation
+from xai_audit.audit import run_audit
+from xai_audit.contract.types import Explanation
 
 EXPLAINERS = "  - integrated-gradients: {steps: 4}\n  - gradcam\n  - occlusion: {window: 8, stride: 8}\n"
 HYPOTHESES = "  - grayscale\n  - luminance\n"

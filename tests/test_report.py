@@ -23,7 +23,7 @@ from xai_audit.report.render import (
     data_only_url_fetcher,
     render_html,
 )
-from xai_audit.types import Explanation
+from xai_audit.contract.types import Explanation
 
 CLASSES = ["happy", "sad", "neutral", "angry", "disgust", "fear", "surprise"]
 SAMPLE_IDS = ["face-0001", "face-0017", "face-0042", "face-0108"]

@@ -8,11 +8,11 @@ import pytest
 
 from conftest import plan_text
 from xai_audit import hookimpl
-from xai_audit.cache import Cache
+from xai_audit.run.cache import Cache
 from xai_audit.plan import load_plan
-from xai_audit.plugins import make_plugin_manager
-from xai_audit.runner import run_audit
-from xai_audit.types import ExplainerPlugin, HypothesisPlugin
+from xai_audit.registry import make_plugin_manager
+from xai_audit.audit import run_audit
+from xai_audit.contract.types import ExplainerPlugin, HypothesisPlugin
 
 IG = "  - integrated-gradients: {steps: 4}\n"
 HYPS = "  - grayscale\n  - group-accuracy: {by: [skin_tone], min_group_size: 2}\n"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from xai_audit.stats import (
+from xai_audit.contract.stats import (
     bootstrap_gap_ci,
     bootstrap_paired_diff_ci,
     bootstrap_two_sample_diff_ci,

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import plan_text
-from xai_audit.cache import Cache
+from xai_audit.run.cache import Cache
 from xai_audit.plan import load_plan
-from xai_audit.runner import run_audit
-from xai_audit.samples import LazySample, SampleCache, read_metadata
-from xai_audit.types import LoadContext, Sample
+from xai_audit.audit import run_audit
+from xai_audit.load.samples import LazySample, SampleCache, read_metadata
+from xai_audit.contract.types import LoadContext, Sample
 
 
 def _faces(registry, n: int = 20, size: int = 16):
@@ -118,10 +118,10 @@ def test_without_a_cache_the_audit_streams_and_gives_the_same_results(write_plan
 MEMORY_SCRIPT = """
 import resource, sys
 from pathlib import Path
-from xai_audit.cache import Cache
+from xai_audit.run.cache import Cache
 from xai_audit.plan import load_plan
-from xai_audit.plugins import make_plugin_manager
-from xai_audit.runner import run_audit
+from xai_audit.registry import make_plugin_manager
+from xai_audit.audit import run_audit
 registry = make_plugin_manager()
 out = run_audit(load_plan(Path(sys.argv[1]), registry), registry, cache=Cache(Path(sys.argv[2])))
 assert out.results["failures"] == [], out.results["failures"]

@@ -9,12 +9,12 @@ import pytest
 from torch import nn
 
 from conftest import plan_text
-from xai_audit.cache import Cache
+from xai_audit.run.cache import Cache
 from xai_audit.plan import load_plan
-from xai_audit.runner import run_audit
+from xai_audit.audit import run_audit
 from xai_audit import hookimpl
-from xai_audit.plugins import make_plugin_manager
-from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter
+from xai_audit.registry import make_plugin_manager
+from xai_audit.contract.types import Explanation, ExplainerPlugin, ModelAdapter
 from xai_audit_topology.bottleneck import bottleneck
 from xai_audit_topology.change import summarise
 from xai_audit_topology.cloud import farthest_point_landmarks, fit_reduction, landmarks

@@ -10,13 +10,13 @@ import torch
 
 from conftest import plan_text
 from xai_audit import trust
-from xai_audit.cache import Cache
-from xai_audit.examples import case_names, choose_examples, confusion_flow
+from xai_audit.run.cache import Cache
+from xai_audit.run.examples import case_names, choose_examples, confusion_flow
 from xai_audit.plan import load_plan
 from xai_audit.report.artifacts import ReportArtifacts
 from xai_audit.report.context import build_context
-from xai_audit.runner import run_audit
-from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Sample
+from xai_audit.audit import run_audit
+from xai_audit.contract.types import Explanation, ExplainerPlugin, ModelAdapter, Sample
 
 SIZE = 16
 PATCH = (slice(4, 10), slice(5, 11))
@@ -253,7 +253,7 @@ def test_the_audit_writes_trust_beside_every_explainer(write_plan, registry):
 
 
 def test_agreement_survives_constant_maps():
-    from xai_audit.trust import spearman
+    from xai_audit.judge.trust import spearman
 
     rng = np.random.default_rng(0)
     a, b = rng.random((3, 8, 8)), rng.random((3, 8, 8))

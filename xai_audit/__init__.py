@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import pluggy
-
 __version__ = "0.1.0"
 
-#: Decorate a plugin module's hook functions with this.
-hookimpl = pluggy.HookimplMarker("xai_audit")
-
-from xai_audit.types import (  # noqa: E402  (public API, after hookimpl)
+# The plugin API is xai_audit.api; these names stay here for plugins written against 0.1.
+from xai_audit.contract.hookspecs import hookimpl
+from xai_audit.contract.types import (
     Dataset,
     DatasetPlugin,
-    Explanation,
     ExplainerPlugin,
+    Explanation,
     HypothesisContext,
     HypothesisPlugin,
     HypothesisResult,

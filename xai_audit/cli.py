@@ -59,7 +59,7 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _registry(strict: bool = False):
-    from xai_audit.plugins import PluginLoadWarning, make_plugin_manager
+    from xai_audit.registry import PluginLoadWarning, make_plugin_manager
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PluginLoadWarning)
@@ -71,7 +71,7 @@ def _registry(strict: bool = False):
 
 
 def _cache(cache_dir: Optional[Path], no_cache: bool):
-    from xai_audit.cache import Cache, default_cache_dir
+    from xai_audit.run.cache import Cache, default_cache_dir
 
     return Cache(None if no_cache else (cache_dir or default_cache_dir()))
 
@@ -85,7 +85,7 @@ def _write(outcome, registry, out: Path, formats: list[str], templates: Optional
         predictions=outcome.predictions, labels=outcome.labels,
     )
     written = write_report(outcome.results, artifacts, out, formats=formats, template_dirs=template_dirs)
-    from xai_audit.recommend import write_manifest
+    from xai_audit.judge.recommend import write_manifest
 
     written["manifest"] = write_manifest(outcome.results.get("recommendations") or [], out)
     return written
@@ -110,8 +110,8 @@ def run(
     quiet: bool = Quiet,
 ) -> None:
     """Run the audit PLAN and write report.html, report.pdf and results.json."""
+    from xai_audit.audit import run_audit
     from xai_audit.plan import load_plan
-    from xai_audit.runner import run_audit
 
     registry = _registry(strict_plugins)
     validated = load_plan(plan, registry)
@@ -129,8 +129,8 @@ def run(
 
 def _gate(all_results: list[dict], out: Path) -> bool:
     """Print the checks, write checks.xml (JUnit) beside the report; True when one FAILs."""
-    from xai_audit.checks import junit_xml
     from xai_audit.files import atomic_write
+    from xai_audit.judge.checks import junit_xml
 
     failed = False
     for results in all_results:
@@ -146,10 +146,10 @@ def _gate(all_results: list[dict], out: Path) -> bool:
 
 def _run_several(validated, registry, cache, out: Path, templates: Optional[Path], show: bool) -> bool:
     """A several-model plan: one report per model in out/<name>/, and the comparison in out/."""
-    from xai_audit.compare import compare_results
+    from xai_audit.audit import run_audit
+    from xai_audit.judge.compare import compare_results
     from xai_audit.report import ReportArtifacts
     from xai_audit.report.comparison import write_comparison
-    from xai_audit.runner import run_audit
 
     outcomes = {}
     explain_ids = None
@@ -185,8 +185,8 @@ def compare(
     """Compare earlier audits (e.g. before and after fine-tuning) from their results.json files."""
     import json
 
-    from xai_audit.compare import compare_results
     from xai_audit.errors import DataError
+    from xai_audit.judge.compare import compare_results
     from xai_audit.report.comparison import write_comparison
 
     named = []
@@ -229,8 +229,8 @@ def validate(
     strict_plugins: bool = Strict,
 ) -> None:
     """Check PLAN: every problem with its file, line and field; then that the model and data fit."""
+    from xai_audit.load.loading import load_model_and_data
     from xai_audit.plan import load_plan
-    from xai_audit.runner import load_model_and_data
 
     validated = load_plan(plan, _registry(strict_plugins))
     if load:
@@ -290,10 +290,10 @@ def demo(
     """Draw synthetic faces (or load the bundled digits), train a small CNN on the CPU, audit it, write the report."""
     import time
 
+    from xai_audit.audit import run_audit
     from xai_audit.demo.plan import demo_plan, digits_plan, write_demo_plan
     from xai_audit.demo.train import train_demo_model
     from xai_audit.plan import load_plan
-    from xai_audit.runner import run_audit
 
     start = time.perf_counter()
     registry = _registry()
@@ -323,10 +323,10 @@ def demo(
 
 def _verify(outcome, trained, registry, cache, out: Path, plan_data: dict, *, seed: int, quiet: bool, data: str) -> None:
     """Fine-tune on the first audit's recommendations, audit again into out/after, add the comparison."""
+    from xai_audit.audit import run_audit
     from xai_audit.demo.plan import write_demo_plan
     from xai_audit.demo.verify import fine_tune, verification_summary
     from xai_audit.plan import load_plan
-    from xai_audit.runner import run_audit
 
     if data != "faces":
         raise XaiAuditError("--verify needs the synthetic faces demo (--data faces)")

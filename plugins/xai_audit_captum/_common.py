@@ -1,4 +1,4 @@
-"""Helpers the captum explainers share: tensors from samples (layer helpers live in xai_audit.layers)."""
+"""Helpers the captum explainers share: tensors from samples (layer helpers live in xai_audit.contract.layers)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from xai_audit.types import Sample
+from xai_audit.api import Sample
 
 
 def images_tensor(samples: Sequence[Sample], device: str) -> torch.Tensor:

@@ -20,10 +20,20 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from xai_audit.batching import best_batch_size, chunks, forward_in_best_layout, in_best_layout
-from xai_audit.layers import first_tensor, resolve_layer, token_grid
-from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Options, Sample
-
+from xai_audit.api import (
+    ExplainerPlugin,
+    Explanation,
+    ModelAdapter,
+    Options,
+    Sample,
+    batch_slices,
+    best_batch_size,
+    first_tensor,
+    forward_in_best_layout,
+    in_best_layout,
+    resolve_layer,
+    token_grid,
+)
 from xai_audit_captum._common import images_tensor, targets_tensor
 
 
@@ -68,7 +78,7 @@ class GradCamExplainer(ExplainerPlugin):
         if len(shape) == 4:
             where = f"the output of '{name}' ({shape[1]} channels, {shape[2]}x{shape[3]})"
             cam = LayerGradCam(forward, layer)
-            for part in chunks(len(images), size):
+            for part in batch_slices(len(images), size):
                 attr = cam.attribute(images[part], target=target[part], relu_attributions=opts.relu)
                 out.append(LayerAttribution.interpolate(attr.detach(), (height, width), "bilinear")[:, 0].cpu())
         elif len(shape) == 3:
@@ -82,7 +92,7 @@ class GradCamExplainer(ExplainerPlugin):
             )
             cam = LayerGradCam(forward, grid)
             with _tokens_through(layer, grid, prefix, at_input):
-                for part in chunks(len(images), size):
+                for part in batch_slices(len(images), size):
                     attr = cam.attribute(images[part], target=target[part], relu_attributions=opts.relu)
                     out.append(LayerAttribution.interpolate(attr.detach(), (height, width), "bilinear")[:, 0].cpu())
         else:

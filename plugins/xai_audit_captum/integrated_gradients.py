@@ -5,7 +5,7 @@ the score of the target class up, negative ones down.
 
 Batching (captum's ``internal_batch_size``: integration points per forward
 pass): at most the model's best batch size for forward + backward, capped by
-free memory (:func:`xai_audit.batching.best_batch_size`); several images share
+free memory (:func:`xai_audit.contract.batching.best_batch_size`); several images share
 a pass when that takes fewer passes (:func:`pass_plan`). Images are passed to
 the model channels-last when it runs faster that way (CNNs on a CPU).
 """
@@ -20,9 +20,16 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from xai_audit.batching import best_batch_size, forward_in_best_layout, in_best_layout
-from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Options, Sample
-
+from xai_audit.api import (
+    ExplainerPlugin,
+    Explanation,
+    ModelAdapter,
+    Options,
+    Sample,
+    best_batch_size,
+    forward_in_best_layout,
+    in_best_layout,
+)
 from xai_audit_captum._common import images_tensor, targets_tensor
 
 

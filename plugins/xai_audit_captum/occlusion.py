@@ -25,9 +25,15 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from xai_audit.batching import best_batch_size, prefers_channels_last
-from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Options, Sample
-
+from xai_audit.api import (
+    ExplainerPlugin,
+    Explanation,
+    ModelAdapter,
+    Options,
+    Sample,
+    best_batch_size,
+    prefers_channels_last,
+)
 from xai_audit_captum._common import images_tensor, targets_tensor
 
 

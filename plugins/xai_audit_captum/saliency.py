@@ -12,9 +12,17 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from xai_audit.batching import best_batch_size, chunks, forward_in_best_layout, in_best_layout
-from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Options, Sample
-
+from xai_audit.api import (
+    ExplainerPlugin,
+    Explanation,
+    ModelAdapter,
+    Options,
+    Sample,
+    batch_slices,
+    best_batch_size,
+    forward_in_best_layout,
+    in_best_layout,
+)
 from xai_audit_captum._common import images_tensor, targets_tensor
 
 
@@ -47,7 +55,7 @@ class SaliencyExplainer(ExplainerPlugin):
         size = self.options.batch_size or best_batch_size(model, tuple(images.shape[1:]), backward=True)
         saliency = Saliency(forward_in_best_layout(model, tuple(images.shape[1:]), backward=True))
         out = []
-        for part in chunks(len(images), size):
+        for part in batch_slices(len(images), size):
             grads = saliency.attribute(images[part].clone().requires_grad_(True), target=target[part], abs=True)
             out.append(grads.detach().amax(dim=1).cpu())
         return torch.cat(out).numpy().astype(np.float32)

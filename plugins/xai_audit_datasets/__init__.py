@@ -6,8 +6,7 @@ plugin would be.
 
 from __future__ import annotations
 
-from xai_audit import DatasetPlugin, hookimpl
-
+from xai_audit.api import DatasetPlugin, hookimpl
 from xai_audit_datasets.digits import DigitsPlugin
 from xai_audit_datasets.fer2013 import Fer2013Plugin
 from xai_audit_datasets.image_folder import ImageFolderDataset, ImageFolderOptions, ImageFolderPlugin

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from xai_audit.types import Dataset, DatasetPlugin, LoadContext, Options, Sample
+from xai_audit.api import Dataset, DatasetPlugin, LoadContext, Options, Sample
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
 

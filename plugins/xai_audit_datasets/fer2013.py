@@ -13,8 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from xai_audit.errors import DataError
-from xai_audit.types import Dataset, DatasetPlugin, LoadContext, Options, Sample
+from xai_audit.api import DataError, Dataset, DatasetPlugin, LoadContext, Options, Sample
 
 #: FER2013's labels, in their standard order (emotion 0..6)
 FER_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]

@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from xai_audit import Dataset, DatasetPlugin, LoadContext, Options, Sample
-from xai_audit.errors import DataError
+from xai_audit.api import DataError, Dataset, DatasetPlugin, LoadContext, Options, Sample
 
 DEFAULT_EXTENSIONS = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
 

@@ -22,8 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from xai_audit import Dataset, DatasetPlugin, LoadContext, Options, Sample
-from xai_audit.types import FACE_REGIONS
+from xai_audit.api import FACE_REGIONS, Dataset, DatasetPlugin, LoadContext, Options, Sample
 
 #: Bump whenever the drawing or the sampling changes: it is part of the fingerprint.
 GENERATOR_VERSION = "synthetic-faces/2"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from xai_audit import hookimpl
-from xai_audit.types import HypothesisPlugin
-
+from xai_audit.api import HypothesisPlugin, hookimpl
 from xai_audit_hypotheses.background import BackgroundHypothesis
 from xai_audit_hypotheses.custom import TransformHypothesis
 from xai_audit_hypotheses.dataset_shift import DatasetShiftHypothesis

@@ -7,9 +7,14 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from xai_audit.types import HypothesisContext, HypothesisPlugin, HypothesisResult
-
-from xai_audit_hypotheses.interventions import InterventionOptions, intervention_result, region_masks
+from xai_audit.api import (
+    HypothesisContext,
+    HypothesisPlugin,
+    HypothesisResult,
+    InterventionOptions,
+    intervention_result,
+    region_masks,
+)
 
 
 class BackgroundOptions(InterventionOptions):

@@ -16,10 +16,14 @@ from typing import Any, Callable
 import numpy as np
 from pydantic import Field, field_validator
 
-from xai_audit.errors import PlanError
-from xai_audit.types import HypothesisContext, HypothesisPlugin, HypothesisResult
-
-from xai_audit_hypotheses.interventions import InterventionOptions, intervention_result
+from xai_audit.api import (
+    HypothesisContext,
+    HypothesisPlugin,
+    HypothesisResult,
+    InterventionOptions,
+    PlanError,
+    intervention_result,
+)
 
 
 class TransformOptions(InterventionOptions):

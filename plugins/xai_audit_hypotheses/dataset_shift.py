@@ -18,15 +18,19 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from xai_audit.errors import DataError
-from xai_audit.stats import (
+from xai_audit.api import (
     ALPHA,
+    DataError,
+    Dataset,
+    HypothesisContext,
+    HypothesisPlugin,
+    HypothesisResult,
+    Options,
     bootstrap_two_sample_diff_ci,
     chi2_independence,
     two_proportion_test,
     wilson_ci,
 )
-from xai_audit.types import Dataset, HypothesisContext, HypothesisPlugin, HypothesisResult, Options
 
 
 class DatasetShiftOptions(Options):

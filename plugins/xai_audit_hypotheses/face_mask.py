@@ -8,9 +8,14 @@ import numpy as np
 from pydantic import Field
 from scipy import ndimage
 
-from xai_audit.types import HypothesisContext, HypothesisPlugin, HypothesisResult, Sample
-
-from xai_audit_hypotheses.interventions import InterventionOptions, intervention_result
+from xai_audit.api import (
+    HypothesisContext,
+    HypothesisPlugin,
+    HypothesisResult,
+    InterventionOptions,
+    Sample,
+    intervention_result,
+)
 from xai_audit_hypotheses.occlusion import masks_for
 
 

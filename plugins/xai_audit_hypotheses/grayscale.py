@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from xai_audit.types import HypothesisContext, HypothesisPlugin, HypothesisResult
-
-from xai_audit_hypotheses.interventions import InterventionOptions, intervention_result, to_grayscale
+from xai_audit.api import (
+    HypothesisContext,
+    HypothesisPlugin,
+    HypothesisResult,
+    InterventionOptions,
+    intervention_result,
+    to_grayscale,
+)
 
 
 class GrayscaleOptions(InterventionOptions):

@@ -25,9 +25,13 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from xai_audit.errors import DataError
-from xai_audit.stats import (
+from xai_audit.api import (
     ALPHA,
+    DataError,
+    HypothesisContext,
+    HypothesisPlugin,
+    HypothesisResult,
+    Options,
     bootstrap_gap_ci,
     chi2_independence,
     permutation_gap_test,
@@ -35,8 +39,6 @@ from xai_audit.stats import (
     two_proportion_test,
     wilson_ci,
 )
-from xai_audit.types import HypothesisContext, HypothesisPlugin, HypothesisResult, Options
-
 from xai_audit_hypotheses import skin_tone
 
 #: the value of ``by`` that asks for the skin-tone estimate

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from xai_audit.types import HypothesisContext, HypothesisPlugin, HypothesisResult
-
-from xai_audit_hypotheses.interventions import InterventionOptions, intervention_result
+from xai_audit.api import (
+    HypothesisContext,
+    HypothesisPlugin,
+    HypothesisResult,
+    InterventionOptions,
+    intervention_result,
+)
 
 
 class LuminanceOptions(InterventionOptions):

@@ -22,14 +22,16 @@ import numpy as np
 from pydantic import Field, field_validator
 from scipy import ndimage
 
-from xai_audit.types import HypothesisContext, HypothesisPlugin, HypothesisResult, Sample
-
-from xai_audit_hypotheses.interventions import (
+from xai_audit.api import (
+    HypothesisContext,
+    HypothesisPlugin,
+    HypothesisResult,
     InterventionOptions,
-    _shrink,
+    Sample,
     apply_and_predict,
     compare,
     region_masks,
+    shrink_for_report,
     subsample,
 )
 
@@ -206,10 +208,10 @@ def _drop_figure(results: dict[str, HypothesisResult], metric: str) -> dict[str,
 
 def _region_strip(context: HypothesisContext, opts: OccludeRegionsOptions, regions: list[str]):
     sample = context.samples[0]
-    images = [_shrink(sample.image)]
+    images = [shrink_for_report(sample.image)]
     titles = ["clean"]
     for region in regions:
         mask = masks_for([sample], region, "occlude-regions")
-        images.append(_shrink(fill_images(sample.image[None], mask, opts.fill, opts.blur_sigma)[0]))
+        images.append(shrink_for_report(fill_images(sample.image[None], mask, opts.fill, opts.blur_sigma)[0]))
         titles.append(region.replace("_", " "))
     return np.stack(images).astype(np.float32), titles

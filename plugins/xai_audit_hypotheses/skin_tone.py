@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xai_audit.types import Sample
+from xai_audit.api import Sample
 
 #: the estimate's group column name
 COLUMN = "skin tone (ITA estimate)"

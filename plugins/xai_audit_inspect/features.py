@@ -27,9 +27,18 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from xai_audit.batching import best_batch_size
-from xai_audit.layers import as_feature_map, first_tensor, layer_activations, resolve_layer
-from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Options, Sample
+from xai_audit.api import (
+    ExplainerPlugin,
+    Explanation,
+    ModelAdapter,
+    Options,
+    Sample,
+    as_feature_map,
+    best_batch_size,
+    first_tensor,
+    layer_activations,
+    resolve_layer,
+)
 
 
 class FeatureVisualisationOptions(Options):

@@ -18,9 +18,16 @@ from typing import Sequence
 import numpy as np
 from pydantic import Field
 
-from xai_audit.batching import best_batch_size
-from xai_audit.layers import layer_activations, resolve_layer
-from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Options, Sample
+from xai_audit.api import (
+    ExplainerPlugin,
+    Explanation,
+    ModelAdapter,
+    Options,
+    Sample,
+    best_batch_size,
+    layer_activations,
+    resolve_layer,
+)
 
 #: channels drawn in the "every channel" figure
 _MAX_CHANNEL_TILES = 64

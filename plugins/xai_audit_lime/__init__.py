@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from xai_audit import hookimpl
-from xai_audit.types import ExplainerPlugin
-
+from xai_audit.api import ExplainerPlugin, hookimpl
 from xai_audit_lime.explainer import LimeExplainer
 
 

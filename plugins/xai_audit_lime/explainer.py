@@ -34,8 +34,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from pydantic import Field
 
-from xai_audit.batching import best_batch_size, forward_in_best_layout
-from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Options, Sample
+from xai_audit.api import (
+    ExplainerPlugin,
+    Explanation,
+    ModelAdapter,
+    Options,
+    Sample,
+    best_batch_size,
+    forward_in_best_layout,
+)
 
 #: superpixels drawn per sign in the boundary figure
 _SHOWN_SEGMENTS = 5

@@ -15,9 +15,15 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from xai_audit.errors import ModelError
-from xai_audit.inputs import InputSpec, Preprocess
-from xai_audit.types import LoadContext, ModelAdapter, ModelAdapterPlugin, Options
+from xai_audit.api import (
+    InputSpec,
+    LoadContext,
+    ModelAdapter,
+    ModelAdapterPlugin,
+    ModelError,
+    Options,
+    Preprocess,
+)
 
 
 class OnnxModelOptions(Options):

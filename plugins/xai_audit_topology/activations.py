@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from xai_audit.types import ModelAdapter
+from xai_audit.api import ModelAdapter
 
 
 class LayerError(ValueError):

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from xai_audit.types import ModelAdapter
+from xai_audit.api import ModelAdapter
 from xai_audit_topology.activations import differentiable_points
 from xai_audit_topology.cloud import Reduction
 from xai_audit_topology.persistence import rips

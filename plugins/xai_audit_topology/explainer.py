@@ -22,12 +22,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xai_audit.samples import ImageView
-from xai_audit.types import Explanation, ExplainerPlugin, ModelAdapter, Sample
+from xai_audit.api import ExplainerPlugin, Explanation, ImageView, ModelAdapter, Sample
 from xai_audit_topology import figures
 from xai_audit_topology.activations import Cloud, activation_clouds, resolve_layer
-from xai_audit_topology.change import summarise
 from xai_audit_topology.bottleneck import bottleneck
+from xai_audit_topology.change import summarise
 from xai_audit_topology.cloud import Reduction, fit_reduction, landmarks
 from xai_audit_topology.collapse import CollapseResult, collapse_feature
 from xai_audit_topology.mapper import mapper_graph

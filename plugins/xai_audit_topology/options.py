@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from xai_audit.types import Options
+from xai_audit.api import Options
 
 
 class TopologyOptions(Options):

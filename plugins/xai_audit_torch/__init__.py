@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from xai_audit import hookimpl
-from xai_audit.types import ModelAdapterPlugin
-
+from xai_audit.api import ModelAdapterPlugin, hookimpl
 from xai_audit_torch.adapter import TorchModelPlugin
 
 

@@ -19,9 +19,15 @@ from typing import Any
 import torch
 from pydantic import Field, model_validator
 
-from xai_audit.errors import ModelError
-from xai_audit.inputs import InputSpec, Preprocess
-from xai_audit.types import LoadContext, ModelAdapter, ModelAdapterPlugin, Options
+from xai_audit.api import (
+    InputSpec,
+    LoadContext,
+    ModelAdapter,
+    ModelAdapterPlugin,
+    ModelError,
+    Options,
+    Preprocess,
+)
 
 
 class TorchModelOptions(Options):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from xai_audit import hookimpl
-from xai_audit.types import ModelAdapterPlugin, RegionSourcePlugin
-
+from xai_audit.api import ModelAdapterPlugin, RegionSourcePlugin, hookimpl
 from xai_audit_transformers.classifier import TransformersModelPlugin
 from xai_audit_transformers.segmentation import SegmentationRegionsPlugin
 

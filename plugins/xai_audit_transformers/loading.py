@@ -9,8 +9,7 @@ from typing import Any
 
 import torch
 
-from xai_audit.errors import ModelError
-from xai_audit.inputs import InputSpec
+from xai_audit.api import InputSpec, ModelError
 
 
 def resolve_id(model_id: str, base_dir: Path) -> str:

@@ -16,10 +16,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from xai_audit.errors import ModelError
-from xai_audit.inputs import Preprocess
-from xai_audit.types import FACE_REGIONS, LoadContext, Options, RegionSource, RegionSourcePlugin
-
+from xai_audit.api import (
+    FACE_REGIONS,
+    LoadContext,
+    ModelError,
+    Options,
+    Preprocess,
+    RegionSource,
+    RegionSourcePlugin,
+)
 from xai_audit_transformers.loading import (
     load_pretrained,
     model_files,

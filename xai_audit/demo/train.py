@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from xai_audit.cache import Cache, content_key
+from xai_audit.contract.types import LoadContext
 from xai_audit.demo.model import EMOTIONS, DemoCNN
-from xai_audit.plugins import Registry
-from xai_audit.types import LoadContext
+from xai_audit.registry import Registry
+from xai_audit.run.cache import Cache, content_key
 
 #: bump when the architecture or the recipe changes, so cached weights are not reused
 RECIPE_VERSION = 3

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from xai_audit.cache import Cache, content_key
+from xai_audit.contract.types import LoadContext
 from xai_audit.demo.model import DemoCNN
 from xai_audit.demo.train import TrainedModel
-from xai_audit.plugins import Registry
-from xai_audit.types import LoadContext
+from xai_audit.registry import Registry
+from xai_audit.run.cache import Cache, content_key
 
 #: bump when the fine-tuning recipe changes
 FINETUNE_VERSION = 2

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xai_audit.types import Explanation, HypothesisResult
+from xai_audit.contract.types import Explanation, HypothesisResult
 
 
 @dataclass

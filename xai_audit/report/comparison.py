@@ -8,10 +8,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from xai_audit.files import atomic_write
 from xai_audit.report import figures
 from xai_audit.report.artifacts import ReportArtifacts
 from xai_audit.report.context import _ci_pct, _effect_with_ci, _p, _pct
-from xai_audit.files import atomic_write
 from xai_audit.report.render import ReportError, _pdf_bytes, render_html
 
 FILENAMES = {"html": "comparison.html", "pdf": "comparison.pdf", "json": "comparison.json"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
-from xai_audit.findings import KIND_LABELS
+from xai_audit.judge.findings import KIND_LABELS
 
 _DASH = "—"
 _KINDS = ("shortcut", "bias", "shift", "fragility", "reliance")

@@ -1,7 +1,7 @@
 """Template data for the explanations section: which samples, the per-case grids, and trust.
 
-Reads ``results["examples"]`` (xai_audit.examples) and each explainer's
-``trust`` (xai_audit.trust); every number is formatted here.
+Reads ``results["examples"]`` (xai_audit.run.examples) and each explainer's
+``trust`` (xai_audit.judge.trust); every number is formatted here.
 """
 
 from __future__ import annotations

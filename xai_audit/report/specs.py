@@ -1,24 +1,5 @@
-"""Figures that plugins describe as data, drawn by the report.
-
-A plugin never renders: it returns figure *specs*, plain dicts in
-``Explanation.figures`` or ``HypothesisResult.figures``. Each spec has a
-``kind`` and a ``title``, ``caption`` and ``alt`` text; any value may be an
-array reference ``{"array": "name"}`` into the step's ``arrays``. Kinds:
-
-``lines``   ``x``, ``series`` = [{``label``, ``y``, optional ``style`` ("dashed"), ``color``}], ``xlabel``, ``ylabel``
-``bars``    ``labels``, ``series`` = [{``label``, ``values``, optional ``low``/``high``}], ``ylabel``
-``matrix``  ``values`` (2-D), ``rows``, ``cols``, ``row_label``, ``col_label``, optional ``signed``
-``images``  ``images`` (N, 3, H, W) or (N, H, W) in [0, 1], optional ``titles``, ``columns``
-``scatter`` ``x``, ``y``, optional ``groups`` (a label per point), ``xlabel``, ``ylabel``, ``diagonal``
-``graph``   ``nodes`` = [{``x``, ``y``, ``size``, ``color``}], ``edges`` = [[i, j]], ``color_label``;
-            a node may carry a ``group`` (a label) instead of ``color`` for a categorical colouring
-``diagram`` a persistence diagram: ``dims`` = [{``dim``, ``birth``, ``death`` (``inf`` or None: never
-            dies), optional ``significant`` (a flag per point), ``ratio`` (line death = ratio × birth)
-            or ``level`` (line death = level)}], ``xlabel``, ``ylabel``
-``heatmaps`` ``maps`` (K, h, w) drawn as overlays with one colour bar; optional ``image`` (3, H, W)
-            under every map or ``images`` (K, 3, H, W), ``titles``, ``columns``, ``signed``,
-            ``colorbar`` (its label), ``normalise`` ("shared": one scale, or "each")
-"""
+"""Figures that plugins describe as data, drawn here. The kinds and their fields are the contract's
+(:data:`xai_audit.contract.figures.FIGURE_KINDS`, documented in docs/plugins.md); one renderer a kind."""
 
 from __future__ import annotations
 

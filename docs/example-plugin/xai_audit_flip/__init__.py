@@ -6,7 +6,7 @@ import numpy as np
 from pydantic import Field
 
 from xai_audit import HypothesisContext, HypothesisPlugin, HypothesisResult, Options, hookimpl
-from xai_audit.stats import ALPHA, bootstrap_paired_diff_ci, mcnemar_exact
+from xai_audit.contract.stats import ALPHA, bootstrap_paired_diff_ci, mcnemar_exact
 
 
 class FlipOptions(Options):

@@ -14,6 +14,8 @@ from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from xai_audit.contract.images import chunks
+
 #: Region names the built-in data sets and hypotheses use.
 FACE_REGIONS = ("eyes", "brows", "nose", "mouth", "hair", "skin", "background")
 
@@ -247,8 +249,6 @@ class HypothesisContext:
     def batches(self, size: int = 256) -> Iterator[tuple[slice, np.ndarray]]:
         """``(rows, images)`` chunk by chunk: ``rows`` indexes ``samples`` and ``probs``;
         images are read from the data set as each chunk is reached."""
-        from xai_audit.samples import chunks  # the runner's own chunking (samples imports this module)
-
         yield from chunks(self.samples, size)
 
 

@@ -2,7 +2,7 @@
 
 Discovery hooks are called once per run, with no arguments, on every
 registered plugin; each returns a list of classes (subclasses of the base
-classes in :mod:`xai_audit.types`), and the host indexes them by ``name``.
+classes in :mod:`xai_audit.contract.types`), and the host indexes them by ``name``.
 Two classes with one name for one kind is an error naming both.
 """
 
@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import pluggy
 
-from xai_audit.types import DatasetPlugin, ExplainerPlugin, HypothesisPlugin, ModelAdapterPlugin, RegionSourcePlugin
+from xai_audit.contract.types import (
+    DatasetPlugin,
+    ExplainerPlugin,
+    HypothesisPlugin,
+    ModelAdapterPlugin,
+    RegionSourcePlugin,
+)
 
 hookspec = pluggy.HookspecMarker("xai_audit")
+#: Decorate a plugin module's hook functions with this (re-exported as ``xai_audit.api.hookimpl``).
+hookimpl = pluggy.HookimplMarker("xai_audit")
 
 
 @hookspec
@@ -20,7 +28,7 @@ def register_model_adapters() -> list[type[ModelAdapterPlugin]]:
     """Return model adapter classes.
 
     Called when the plugin manager is built. Each class turns the plan's
-    ``model:`` options into a :class:`~xai_audit.types.ModelAdapter`.
+    ``model:`` options into a :class:`~xai_audit.contract.types.ModelAdapter`.
     """
 
 
@@ -29,7 +37,7 @@ def register_datasets() -> list[type[DatasetPlugin]]:
     """Return data set classes.
 
     Called when the plugin manager is built. Each class turns the plan's
-    ``dataset:`` options into a :class:`~xai_audit.types.Dataset`.
+    ``dataset:`` options into a :class:`~xai_audit.contract.types.Dataset`.
     """
 
 
@@ -38,7 +46,7 @@ def register_explainers() -> list[type[ExplainerPlugin]]:
     """Return explainer classes.
 
     Called when the plugin manager is built. Each class returns an
-    :class:`~xai_audit.types.Explanation` for a batch of samples.
+    :class:`~xai_audit.contract.types.Explanation` for a batch of samples.
     """
 
 
@@ -47,7 +55,7 @@ def register_hypotheses() -> list[type[HypothesisPlugin]]:
     """Return hypothesis classes.
 
     Called when the plugin manager is built. Each class returns a
-    :class:`~xai_audit.types.HypothesisResult`.
+    :class:`~xai_audit.contract.types.HypothesisResult`.
     """
 
 
@@ -56,7 +64,7 @@ def register_region_sources() -> list[type[RegionSourcePlugin]]:
     """Return region source classes.
 
     Called when the plugin manager is built. Each class turns the plan's
-    ``regions:`` options into a :class:`~xai_audit.types.RegionSource`, which
+    ``regions:`` options into a :class:`~xai_audit.contract.types.RegionSource`, which
     gives region masks to samples whose data set has none (e.g. a
     face-parsing segmentation model).
     """

@@ -45,8 +45,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from xai_audit.batching import best_batch_size
-from xai_audit.types import FACE_REGIONS, ExplainerPlugin, ModelAdapter, Sample
+from xai_audit.contract.batching import best_batch_size
+from xai_audit.contract.types import FACE_REGIONS, ExplainerPlugin, ModelAdapter, Sample
 
 #: bump when a metric's definition changes, so cached trust results are recomputed
 TRUST_VERSION = 1

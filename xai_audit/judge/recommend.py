@@ -26,9 +26,9 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from xai_audit.contract.stats import samples_for_ci_width
+from xai_audit.contract.types import Sample
 from xai_audit.files import atomic_write
-from xai_audit.stats import samples_for_ci_width
-from xai_audit.types import Sample
 
 MANIFEST_NAME = "finetune_manifest.csv"
 COLUMNS = ("priority", "action", "kind", "sample_id", "group", "augmentation", "fraction", "count", "reason", "finding")

@@ -9,7 +9,7 @@ Either way the engine also reports where the predictions go (the prediction
 shift matrix: clean prediction x prediction after), how confidence moves, and,
 when the intervention should not change the label, a second test that tells a
 shortcut from plain fragility: does one class gain the predictions that
-change? (see :func:`xai_audit.stats.class_gain_test`). A shortcut drains the
+change? (see :func:`xai_audit.contract.stats.class_gain_test`). A shortcut drains the
 changed predictions into one class; fragility spreads them.
 """
 
@@ -22,8 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from pydantic import Field
 
-from xai_audit.errors import DataError
-from xai_audit.stats import (
+from xai_audit.contract.stats import (
     ALPHA,
     bootstrap_paired_diff_ci,
     class_gain_test,
@@ -31,7 +30,8 @@ from xai_audit.stats import (
     prediction_shift_matrix,
     wilson_ci,
 )
-from xai_audit.types import HypothesisContext, HypothesisResult, Options, Sample
+from xai_audit.contract.types import HypothesisContext, HypothesisResult, Options, Sample
+from xai_audit.errors import DataError
 
 #: an intervention: a chunk of display-space images (N, 3, H, W) and their samples -> changed copies
 Transform = Callable[[np.ndarray, Sequence[Sample]], np.ndarray]
@@ -94,7 +94,7 @@ def region_masks(samples: Sequence[Sample], name: str, plugin: str) -> np.ndarra
 
 
 @dataclass
-class _Run:
+class InterventionRun:
     """Predictions before and after an intervention, and a few changed images to show."""
 
     before: np.ndarray
@@ -103,7 +103,7 @@ class _Run:
     example_after: np.ndarray
 
 
-def apply_and_predict(context: HypothesisContext, transform: Transform, *, what: str) -> _Run:
+def apply_and_predict(context: HypothesisContext, transform: Transform, *, what: str) -> InterventionRun:
     """Run ``transform`` chunk by chunk and predict on the changed images."""
     samples = list(context.samples)
     n = len(samples)
@@ -122,15 +122,16 @@ def apply_and_predict(context: HypothesisContext, transform: Transform, *, what:
         changed = np.clip(changed, 0.0, 1.0)
         out.append(context.predict(changed))
         for i in example_index[(example_index >= start) & (example_index < start + len(chunk))]:
-            example_after.append(_shrink(changed[i - start]))
+            example_after.append(shrink_for_report(changed[i - start]))
     after = np.concatenate(out) if out else np.zeros_like(context.probs)
-    return _Run(
+    return InterventionRun(
         before=np.asarray(context.probs), after=after, example_index=example_index,
         example_after=np.stack(example_after) if example_after else np.zeros((0, 3, 1, 1), np.float32),
     )
 
 
-def _shrink(image: np.ndarray) -> np.ndarray:
+def shrink_for_report(image: np.ndarray) -> np.ndarray:
+    """``image`` (C, H, W) subsampled so its larger side is at most EXAMPLE_SIDE: an example the report draws."""
     step = max(1, int(np.ceil(max(image.shape[-2:]) / EXAMPLE_SIDE)))
     return np.ascontiguousarray(image[:, ::step, ::step], dtype=np.float32)
 
@@ -159,7 +160,7 @@ def intervention_result(
 
 def compare(
     context: HypothesisContext,
-    run: _Run,
+    run: InterventionRun,
     *,
     what: str,
     options: InterventionOptions,
@@ -341,7 +342,7 @@ def _per_class(labels, correct_before, correct_after, classes) -> list[dict[str,
     return rows
 
 
-def _confidence(run: _Run, pred_before: np.ndarray, seed: int) -> dict[str, Any]:
+def _confidence(run: InterventionRun, pred_before: np.ndarray, seed: int) -> dict[str, Any]:
     """How confidence moves: top probability before and after, and the clean prediction's probability after."""
     n = len(pred_before)
     if n == 0:
@@ -358,7 +359,7 @@ def _confidence(run: _Run, pred_before: np.ndarray, seed: int) -> dict[str, Any]
     }
 
 
-def _figures(context, run: _Run, matrix, shift, classes, what, pred_before, pred_after):
+def _figures(context, run: InterventionRun, matrix, shift, classes, what, pred_before, pred_after):
     n_changed = int(np.sum(pred_before != pred_after))
     figures: list[dict[str, Any]] = [
         {
@@ -396,7 +397,7 @@ def _figures(context, run: _Run, matrix, shift, classes, what, pred_before, pred
         pairs, titles = [], []
         for j, i in enumerate(run.example_index):
             sample = context.samples[int(i)]
-            pairs += [_shrink(sample.image), run.example_after[j]]
+            pairs += [shrink_for_report(sample.image), run.example_after[j]]
             titles += [f"{sample.id}\n{classes[pred_before[i]]}", f"after\n{classes[pred_after[i]]}"]
         arrays["examples"] = np.stack(pairs).astype(np.float32)
         figures.append({

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xai_audit.types import Sample
+from xai_audit.contract.types import Sample
 
 BORDERLINE_MARGIN = 0.10
 CONFIDENT_ABOVE = 0.80

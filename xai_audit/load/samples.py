@@ -7,7 +7,7 @@ from the data set whenever a step asks for it, through a small cache bounded in
 bytes. Small audits fit the cache whole and read each image once; large ones
 stream, and their peak memory does not grow with the number of images.
 
-Plugins see ordinary :class:`~xai_audit.types.Sample` objects: ``sample.image``
+Plugins see ordinary :class:`~xai_audit.contract.types.Sample` objects: ``sample.image``
 works as before. What they must not do is stack every image at once; they walk
 the samples in chunks (``HypothesisContext.batches``, or slices of ``samples``).
 """
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from xai_audit.types import Dataset, Sample
+from xai_audit.contract.types import Dataset, Sample
 
 #: default bound of the image cache (bytes); the plan's ``runtime.image_cache_mb`` overrides it
 DEFAULT_CACHE_BYTES = 256 * 2**20
@@ -143,52 +143,3 @@ def read_metadata(dataset: Dataset, indices: Sequence[int], cache: SampleCache,
         out.append(LazySample(cache, index, sample.id, sample.label, dict(sample.groups),
                               has_own_regions=bool(sample.regions)))
     return out
-
-
-def stack(samples: Sequence[Sample]) -> np.ndarray:
-    """The images of ``samples`` as one float32 array (N, C, H, W)."""
-    return np.stack([s.image for s in samples]).astype(np.float32, copy=False)
-
-
-def chunks(samples: Sequence[Sample], size: int) -> Iterator[tuple[slice, np.ndarray]]:
-    """``(rows, images)`` for consecutive chunks of at most ``size`` samples."""
-    size = max(1, int(size))
-    for start in range(0, len(samples), size):
-        rows = slice(start, min(start + size, len(samples)))
-        yield rows, stack(samples[rows])
-
-
-class ImageView:
-    """The images of ``samples`` as a read-on-demand array (N, C, H, W).
-
-    Indexing with an int, a slice or a list of indices reads only those images
-    (float32), so a plugin can hand "all the images" to code that walks them in
-    batches without holding them all.
-    """
-
-    def __init__(self, samples: Sequence[Sample]):
-        self._samples = samples
-
-    def __len__(self) -> int:
-        return len(self._samples)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        first = np.asarray(self._samples[0].image) if len(self._samples) else np.zeros((3, 0, 0), np.float32)
-        return (len(self._samples),) + tuple(first.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.float32)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if isinstance(key, (int, np.integer)):
-            return np.asarray(self._samples[int(key)].image, dtype=np.float32)
-        rows = np.arange(len(self._samples))[key]
-        if not len(rows):
-            return np.zeros((0,) + self.shape[1:], np.float32)
-        return np.stack([self._samples[int(i)].image for i in rows]).astype(np.float32, copy=False)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:  # np.asarray(view): every image
-        out = self[:]
-        return out if dtype is None else out.astype(dtype)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from xai_audit.types import ModelAdapter
+from xai_audit.contract.types import ModelAdapter
 
 
 def resolve_layer(model: ModelAdapter, name: str | None) -> tuple[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from xai_audit.types import Explanation, HypothesisResult
+from xai_audit.contract.types import Explanation, HypothesisResult
 
 
 def explanation_to_cache(exp: Explanation) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

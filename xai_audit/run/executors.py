@@ -31,51 +31,29 @@ rounding (a different internal batch can change the last bits).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import os
-import sys
 from collections import deque
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from xai_audit.contract.types import Explanation, ModelAdapter, Sample
 from xai_audit.errors import ModelError, PlanError, XaiAuditError
-from xai_audit.limits import with_halving_batch
-from xai_audit.types import Explanation, ModelAdapter, Sample
+from xai_audit.load.loading import seed_everything
+from xai_audit.plan.schema import RAY_MISSING
+from xai_audit.run.limits import with_halving_batch
 
 if TYPE_CHECKING:  # pragma: no cover
     from xai_audit.plan import Plan, Step
 
 log = logging.getLogger("xai_audit")
 
-#: the one line an audit says when the plan asks for Ray and Ray is not installed
-RAY_MISSING = "executor: ray needs `pip install xai-audit[ray]`"
-
-
-def ray_installed() -> bool:
-    """Whether ``import ray`` can work, without importing it (half a second)."""
-    if "ray" in sys.modules:
-        return sys.modules["ray"] is not None
-    try:
-        return importlib.util.find_spec("ray") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def make_executor(plan: "Plan", model: ModelAdapter) -> "LocalExecutor | RayExecutor":
     """The executor the plan asks for. Use it as a context manager: it closes what it started."""
     if plan.runtime.executor == "ray":
         return RayExecutor(plan, model)
     return LocalExecutor(plan, model)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed numpy's and torch's global generators (what the runner does before every step)."""
-    import torch
-
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def predict_batched(model: ModelAdapter, images: np.ndarray, batch_size: int, what: str) -> np.ndarray:
@@ -134,7 +112,7 @@ class _Worker:
 
     def load(self) -> str:
         """Load the model as the runner does (seeded first); its fingerprint, for the driver to compare."""
-        from xai_audit.types import LoadContext
+        from xai_audit.contract.types import LoadContext
 
         seed_everything(self.seed)  # a model built without a weights file is then the same as the driver's
         context = LoadContext(base_dir=self.base_dir, seed=self.seed, device=self.device)

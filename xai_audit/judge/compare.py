@@ -15,9 +15,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from xai_audit import __version__
+from xai_audit.contract.stats import ALPHA, bootstrap_paired_diff_ci, holm, mcnemar_exact
 from xai_audit.errors import DataError
-from xai_audit.serialize import to_jsonable
-from xai_audit.stats import ALPHA, bootstrap_paired_diff_ci, holm, mcnemar_exact
+from xai_audit.run.serialize import to_jsonable
 
 COMPARISON_SCHEMA_VERSION = "1.0"
 

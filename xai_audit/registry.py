@@ -17,9 +17,8 @@ from typing import Iterable, Mapping
 
 import pluggy
 
-from xai_audit import hookspecs
-from xai_audit.errors import PluginLoadError, PluginNameClash, XaiAuditError
-from xai_audit.types import (
+from xai_audit.contract import hookspecs
+from xai_audit.contract.types import (
     DatasetPlugin,
     ExplainerPlugin,
     HypothesisPlugin,
@@ -27,6 +26,7 @@ from xai_audit.types import (
     Plugin,
     RegionSourcePlugin,
 )
+from xai_audit.errors import PluginLoadError, PluginNameClash, XaiAuditError
 
 ENTRY_POINT_GROUP = "xai_audit"
 

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from xai_audit.errors import DataError
-from xai_audit.provenance import file_sha256
+from xai_audit.load.provenance import file_sha256
 
 
 def verify_report(folder: Path, registry: Any, *, load: bool = True) -> list[dict[str, Any]]:
@@ -54,8 +54,8 @@ def _file_row(what: str, file_path: str, expected: str) -> dict[str, Any]:
 
 
 def _fingerprints(results: dict[str, Any], registry: Any) -> list[dict[str, Any]]:
+    from xai_audit.load.loading import load_model_and_data
     from xai_audit.plan import parse_plan
-    from xai_audit.runner import load_model_and_data
 
     provenance = results["provenance"]
     plan_data = {k: v for k, v in results["plan"].items() if v is not None}

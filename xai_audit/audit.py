@@ -1,0 +1,201 @@
+"""One audit, start to end: the stages in order, each reading what the one before produced.
+
+    plan ─► load (model, data, samples) ─► run (regions, baseline, explainers, hypotheses)
+         ─► judge (trust, Holm, accuracy, findings, recommendations, checks) ─► AuditOutcome
+
+The report (``xai_audit.report``) turns the outcome into HTML, PDF and JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+import numpy as np
+
+from xai_audit import __version__
+from xai_audit.contract.stats import ALPHA
+from xai_audit.contract.types import Explanation, HypothesisContext, HypothesisResult
+from xai_audit.judge.accuracy import accuracy_tables
+from xai_audit.judge.checks import evaluate_checks
+from xai_audit.judge.correction import correct_for_multiple_tests
+from xai_audit.judge.findings import derive_findings
+from xai_audit.judge.recommend import recommend
+from xai_audit.judge.trusting import trust_explanations
+from xai_audit.load.loading import AuditInputs, load_inputs, load_other_dataset
+from xai_audit.load.provenance import build_provenance
+from xai_audit.plan import Plan
+from xai_audit.registry import Registry
+from xai_audit.run.cache import Cache
+from xai_audit.run.examples import Selection, choose_examples, describe_chosen
+from xai_audit.run.executors import make_executor
+from xai_audit.run.regions import with_regions
+from xai_audit.run.serialize import to_jsonable
+from xai_audit.run.steps import Baseline, Explained, Tested, predict_baseline, run_explainers, run_hypotheses
+
+SCHEMA_VERSION = "1.0"
+log = logging.getLogger("xai_audit")
+
+
+@dataclass
+class AuditOutcome:
+    """What the runner hands the report stage: plain results and the arrays for figures."""
+
+    results: dict[str, Any]
+    images: dict[str, np.ndarray]
+    explanations: dict[str, Explanation]
+    hypotheses: dict[str, HypothesisResult]
+    predictions: dict[str, tuple[int, float]]
+    labels: dict[str, int | None]
+    #: the samples chosen for the explainers (a several-model plan reuses them for every model)
+    explained_ids: list[str] = dataclasses.field(default_factory=list)
+
+
+class _Progress:
+    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool, total: int):
+        self._progress = None
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description:<34}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(), transient=False,
+            )
+            self._task = self._progress.add_task("audit", total=total)
+
+    def __enter__(self) -> "_Progress":
+        if self._progress is not None:
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    @contextmanager
+    def step(self, description: str) -> Iterator[None]:
+        if self._progress is not None:
+            self._progress.update(self._task, description=description)
+        try:
+            yield
+        finally:
+            if self._progress is not None:
+                self._progress.advance(self._task)
+
+
+def run_audit(
+    plan: Plan, registry: Registry, *, cache: Cache, progress: bool = False, explain_ids: list[str] | None = None
+) -> AuditOutcome:
+    """Audit ``plan.model``. ``explain_ids`` fixes which samples the explainers explain
+    (a several-model plan explains the same images with every model)."""
+    started = _now()
+    inputs = load_inputs(plan)
+    failures: list[dict[str, str]] = []
+    n_trusted = sum(not getattr(s.plugin.cls, "wants_all_samples", False) for s in plan.explainers)
+    n_steps = 1 + len(plan.explainers) + len(plan.hypotheses) + (n_trusted if plan.explain.trust.enabled else 0)
+    with _Progress(progress, n_steps) as bar, make_executor(plan, inputs.model) as executor:
+        inputs = with_regions(inputs, plan, cache)
+        with bar.step("baseline predictions"):
+            baseline = predict_baseline(inputs, plan, cache, executor)
+        selection = _select(inputs, baseline, plan, explain_ids)
+        chosen = [inputs.samples[i].materialise() for i in selection.indices]  # few: held, not re-read
+        targets = baseline.preds[selection.indices]
+        explained = run_explainers(plan, inputs, baseline, chosen, targets, cache, executor, bar.step, failures)
+        trust_explanations(plan, inputs.model, inputs.dataset, chosen, targets, explained, cache, inputs.base_key,
+                           bar.step, failures)
+        context = HypothesisContext(
+            model=inputs.model, samples=inputs.samples, probs=baseline.probs, classes=list(inputs.model.classes),
+            seed=plan.seed, predict=lambda images: executor.predict(images, "a hypothesis' predictions"),
+            load_dataset=functools.partial(load_other_dataset, registry, plan),
+        )
+        tested = run_hypotheses(plan, registry, context, inputs, explained, cache, bar.step, failures)
+    results = _judge(plan, registry, inputs, baseline, selection, explained, tested, failures, cache, started)
+    return _outcome(results, inputs, baseline, selection, explained, tested)
+
+
+def _select(inputs: AuditInputs, baseline: Baseline, plan: Plan, explain_ids: list[str] | None) -> Selection:
+    """The few samples the explainers explain: chosen by case, or the ids a comparison fixed."""
+    labels = baseline.labels if baseline.labelled else None
+    classes = list(inputs.model.classes)
+    if explain_ids is not None:
+        index_of = {s.id: i for i, s in enumerate(inputs.samples)}
+        chosen = np.array(sorted(index_of[i] for i in explain_ids if i in index_of), dtype=np.int64)
+        return describe_chosen(inputs.samples, chosen, baseline.probs, labels, classes)
+    return choose_examples(inputs.samples, baseline.probs, labels, plan.explain.samples, classes)
+
+
+def _judge(plan: Plan, registry: Registry, inputs: AuditInputs, baseline: Baseline, selection: Selection,
+           explained: Explained, tested: Tested, failures: list[dict[str, str]], cache: Cache,
+           started: str) -> dict[str, Any]:
+    """results.json: the run's numbers, then the Holm correction, findings, recommendations and checks."""
+    model, samples = inputs.model, inputs.samples
+    n_tests = correct_for_multiple_tests(tested.entries)
+    preds, probs = baseline.preds, baseline.probs
+    accuracy, confusion, per_class = accuracy_tables(baseline.labels, preds, list(model.classes), baseline.labelled)
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "xai-audit", "version": __version__},
+        "title": plan.report.title,
+        "started": started,
+        "finished": None,
+        "seed": plan.seed,
+        "plan": plan.as_run(),
+        "provenance": build_provenance(plan, registry, model, inputs.dataset, inputs.region_source),
+        "classes": list(model.classes),
+        "samples": {"n": len(samples), "ids_sha256": inputs.ids_sha, "labelled": baseline.labelled},
+        "per_sample": {
+            "ids": inputs.ids,
+            "labels": [s.label for s in samples],
+            "predictions": preds.tolist(),
+            "confidence": probs.max(axis=1).round(6).tolist(),
+        },
+        "accuracy": accuracy,
+        "confusion_matrix": confusion,
+        "per_class": per_class,
+        "prediction_share": {c: float(np.mean(preds == k)) if len(preds) else 0.0 for k, c in enumerate(model.classes)},
+        "examples": selection.summary,
+        "explainers": explained.entries,
+        "hypotheses": tested.entries,
+        "findings": [],
+        "failures": failures,
+        "skipped_samples": inputs.skipped,
+        "cache": {"hits": cache.hits, "misses": cache.misses},
+    }
+    results["findings"] = derive_findings(results)
+    results["multiple_testing"] = {"method": "holm", "alpha": ALPHA, "n_tests": n_tests}
+    results["recommendations"] = recommend(results, samples)
+    results["finished"] = _now()
+    results = to_jsonable(results)
+    results["checks"] = to_jsonable(evaluate_checks(plan.checks, results))
+    return results
+
+
+def _outcome(results: dict[str, Any], inputs: AuditInputs, baseline: Baseline, selection: Selection,
+             explained: Explained, tested: Tested) -> AuditOutcome:
+    """The results and the images, predictions and arrays the report draws."""
+    samples, preds, probs = inputs.samples, baseline.preds, baseline.probs
+    shown = set(selection.indices.tolist())
+    explained_ids = {sid for exp in explained.explanations.values() for sid in exp.sample_ids}
+    shown.update(i for i, s in enumerate(samples) if s.id in explained_ids)
+    for entry in tested.entries.values():
+        shown.update(i for i, s in enumerate(samples) if s.id in set(entry.get("examples", [])))
+    return AuditOutcome(
+        results=results,
+        images={samples[i].id: samples[i].image for i in sorted(shown)},
+        explanations=explained.explanations,
+        hypotheses=tested.results,
+        predictions={samples[i].id: (int(preds[i]), float(probs[i, preds[i]])) for i in sorted(shown)},
+        labels={samples[i].id: samples[i].label for i in sorted(shown)},
+        explained_ids=[samples[i].id for i in selection.indices],
+    )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,160 @@
+"""Stage 2, loading: the model, the data set, the audited samples and their region masks.
+
+Reads only the plan (stage 1). Hands the next stage an :class:`AuditInputs`:
+the model adapter, the data set, the samples (streamed, see ``samples``),
+what was skipped, and the content key every later step's cache entry starts from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from xai_audit.contract.types import Dataset, LoadContext, ModelAdapter, RegionSource, Sample
+from xai_audit.errors import DataError, ModelError, XaiAuditError
+from xai_audit.load.samples import DEFAULT_CACHE_BYTES, LazySample, SampleCache, read_metadata
+from xai_audit.plan import Plan, Step
+from xai_audit.registry import Registry
+
+
+@dataclass
+class AuditInputs:
+    """What the loading stage produced; the later stages read only this and the plan."""
+
+    model: ModelAdapter
+    dataset: Dataset
+    samples: list[LazySample]
+    #: ``{"index", "error"}`` for each sample left out with ``on_bad_sample: skip``
+    skipped: list[dict[str, Any]]
+    region_source: RegionSource | None
+    #: the sha256 of the audited ids, one per line
+    ids_sha: str
+    #: model and data fingerprints, the ids and the seed: the start of every step's cache key
+    base_key: dict[str, Any]
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+
+def load_inputs(plan: Plan) -> AuditInputs:
+    """Load the model, the data and the region source, and select and read the audited samples."""
+    seed = plan.seed
+    model, dataset = load_model_and_data(plan)
+    skipped: list[dict[str, Any]] = []
+    samples = select_samples(dataset, plan.sample, seed, plan.on_bad_sample, skipped,
+                             cache_bytes=plan.runtime.image_cache_mb * 2**20)
+    samples = align_labels(samples, dataset, model, plan)
+    ids_sha = hashlib.sha256("\n".join(s.id for s in samples).encode()).hexdigest()
+    region_source = None
+    if plan.regions is not None:  # loaded here; its masks are a model pass, made by the running stage
+        region_source = load_step(plan.regions, LoadContext(plan.base_dir, seed, plan.runtime.device), DataError,
+                                  "region source")
+    base_key = {"model": model.fingerprint(), "data": dataset.fingerprint(), "ids": ids_sha, "seed": seed}
+    return AuditInputs(model, dataset, samples, skipped, region_source, ids_sha, base_key)
+
+
+def load_model_and_data(plan: Plan) -> tuple[ModelAdapter, Dataset]:
+    """Load the model and the data set, and check that the data's images go through the model."""
+    context = LoadContext(base_dir=plan.base_dir, seed=plan.seed, device=plan.runtime.device)
+    seed_everything(plan.seed)  # a model built without a weights file is then the same every time
+    model = load_step(plan.model, context, ModelError, "model")
+    dataset = load_step(plan.dataset, context, DataError, "data set")
+    if len(dataset) == 0:
+        raise DataError("the data set has no samples")
+    first = _first_readable(dataset, plan.on_bad_sample)
+    model.check(*first.image.shape[-2:])
+    return model, dataset
+
+
+def load_other_dataset(registry: Registry, plan: Plan, options: dict[str, Any]) -> Dataset:
+    """A second data set from plan-style options ``{"loader": name, ...}`` (for dataset-shift)."""
+    options = dict(options)
+    name = options.pop("loader", None)
+    if name not in registry.names("dataset"):
+        raise DataError(f"unknown dataset loader {name!r}; known: {', '.join(registry.names('dataset'))}")
+    info = registry.get("dataset", name)
+    try:
+        validated = info.cls.Options(**options)
+    except Exception as exc:
+        raise DataError(f"bad options for dataset loader {name!r}: {exc}") from exc
+    context = LoadContext(base_dir=plan.base_dir, seed=plan.seed, device=plan.runtime.device)
+    return load_step(Step("dataset", name, info, validated), context, DataError, "second data set")
+
+
+def _first_readable(dataset: Dataset, on_bad_sample: str) -> Sample:
+    tries = min(len(dataset), 100 if on_bad_sample == "skip" else 1)
+    for i in range(tries):
+        try:
+            return dataset[i]
+        except DataError:
+            if i == tries - 1:
+                raise
+    raise DataError("the data set has no readable sample")  # pragma: no cover
+
+
+def load_step(step: Step, context: LoadContext, error: type[XaiAuditError], what: str) -> Any:
+    """``step``'s plugin loaded; any failure becomes ``error`` naming the plugin."""
+    try:
+        return step.instantiate().load(context)
+    except XaiAuditError:
+        raise
+    except Exception as exc:
+        raise error(f"cannot load the {what} with plugin '{step.name}': {type(exc).__name__}: {exc}") from exc
+
+
+def select_samples(
+    dataset: Dataset, sample: int | None, seed: int, on_bad_sample: str = "fail", skipped: list | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+) -> list[LazySample]:
+    """The audited samples; an unreadable one stops the audit, or with ``skip`` is listed in ``skipped``.
+
+    Each is read once here; afterwards its image is read again when a step asks for it,
+    through a cache of ``cache_bytes`` (xai_audit.load.samples), so memory does not grow with N.
+    """
+    n = len(dataset)
+    if n == 0:
+        raise DataError("the data set has no samples")
+    if sample is not None and sample < n:
+        indices = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    else:
+        indices = np.arange(n)
+
+    def bad(index: int, exc: Exception) -> None:
+        if not isinstance(exc, DataError):
+            raise exc
+        if on_bad_sample != "skip":
+            raise DataError(f"{exc} (sample {index}; set dataset.on_bad_sample: skip to audit without it)") from None
+        if skipped is not None:
+            skipped.append({"index": index, "error": str(exc)})
+
+    samples = read_metadata(dataset, indices, SampleCache(dataset, cache_bytes), bad)
+    if not samples:
+        raise DataError(f"every one of the {len(indices)} samples was unreadable; the first: {skipped[0]['error'] if skipped else ''}")
+    return samples
+
+
+def align_labels(samples: list[LazySample], dataset: Dataset, model: ModelAdapter, plan: Plan) -> list[LazySample]:
+    """Re-index labels from the data set's class order to the model's."""
+    if dataset.classes is None or list(dataset.classes) == list(model.classes):
+        return samples
+    index = {name: k for k, name in enumerate(model.classes)}
+    unknown = [c for c in dataset.classes if c not in index]
+    if unknown:
+        raise DataError(
+            f"data set class {unknown[0]!r} is not among the model's classes {list(model.classes)} "
+            f"(dataset loader '{plan.dataset.name}')"
+        )
+    mapping = {k: index[name] for k, name in enumerate(dataset.classes)}
+    return [s if s.label is None else s.with_label(mapping[s.label]) for s in samples]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed numpy's and torch's global generators (a step that draws from them is then repeatable)."""
+    import torch
+
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

@@ -1,0 +1,164 @@
+"""The audit plan as the host runs it: its sections (pydantic specs), its steps, and the plan itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from xai_audit.contract.types import Options
+from xai_audit.plan.checks import Check
+from xai_audit.registry import PluginInfo
+
+FORMATS = ("html", "pdf", "json")
+
+#: the one line an audit says when the plan asks for Ray and Ray is not installed
+RAY_MISSING = "executor: ray needs `pip install xai-audit[ray]`"
+
+
+def ray_installed() -> bool:
+    """Whether ``import ray`` can work, without importing it (half a second)."""
+    if "ray" in sys.modules:
+        return sys.modules["ray"] is not None
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReportSpec(_Strict):
+    title: str = "xai-audit report"
+    formats: list[Literal["html", "pdf", "json"]] = Field(default_factory=lambda: list(FORMATS))
+    paper: Literal["A4", "letter"] = "A4"
+
+
+class TrustSpec(_Strict):
+    """How the host checks every explainer's maps (see xai_audit.judge.trust)."""
+
+    #: compute faithfulness, sanity, localisation and agreement for every explainer
+    enabled: bool = True
+    #: deletion / insertion curve points (each a model pass over the explained images)
+    steps: int = Field(12, ge=3, le=256)
+    #: images the sanity check re-explains on weight-randomised copies of the model (0: no sanity check)
+    sanity_samples: int = Field(4, ge=0, le=10_000)
+    #: cascade stages of the sanity check: the top layer randomised first, every layer last
+    sanity_stages: int = Field(3, ge=1, le=50)
+    #: the regions that define every class, for localisation; default: the data set's own
+    regions: list[str] | None = None
+
+
+class ExplainSpec(_Strict):
+    #: how many audited samples the explainers explain: borderline / confident x correct / wrong
+    samples: int = Field(12, ge=1, le=100_000)
+    trust: TrustSpec = Field(default_factory=TrustSpec)
+    #: test the hypotheses an explainer suggests (e.g. topology's) in the same audit, Holm-corrected with the rest
+    test_suggestions: bool = False
+
+
+class RaySpec(_Strict):
+    """Where and how wide ``executor: ray`` runs (see xai_audit.run.executors)."""
+
+    #: an existing Ray cluster (``ray://host:10001``, ``auto``); None: start a local Ray with ``workers`` CPUs
+    address: str | None = None
+    #: Ray actors, each holding the model once; predictions and explainers are split across them
+    workers: int = Field(2, ge=1, le=4096)
+    #: GPUs each worker reserves (0: CPU only); set ``runtime.device: cuda`` with it
+    num_gpus_per_worker: float = Field(0, ge=0, le=64)
+
+
+class RuntimeSpec(_Strict):
+    batch_size: int = Field(64, ge=1, le=65_536)
+    device: str = "cpu"
+    #: images kept in memory between steps (MiB); beyond it they are read again from the data set
+    image_cache_mb: int = Field(256, ge=0, le=1_048_576)
+    #: where predictions and explainers run: in this process, or on Ray workers (``pip install xai-audit[ray]``)
+    executor: Literal["local", "ray"] = "local"
+    ray: RaySpec = Field(default_factory=RaySpec)
+
+
+class PlanSchema(_Strict):
+    seed: int = 0
+    model: dict[str, Any] | None = None
+    models: list[dict[str, Any]] | None = None
+    dataset: dict[str, Any]
+    regions: dict[str, Any] | None = None
+    explainers: list[Any] = Field(default_factory=list)
+    hypotheses: list[Any] = Field(default_factory=list)
+    explain: ExplainSpec = Field(default_factory=ExplainSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    checks: list[Any] = Field(default_factory=list)
+
+
+@dataclass
+class Step:
+    """One plugin use in the plan: its kind, plan name, plugin and validated options."""
+
+    kind: str
+    name: str
+    plugin: PluginInfo
+    options: Options
+    #: seconds the step may run before it is stopped and recorded as failed (None: no limit)
+    timeout: float | None = None
+
+    def instantiate(self) -> Any:
+        return self.plugin.cls(self.options)
+
+    def options_dict(self) -> dict[str, Any]:
+        return self.options.model_dump(mode="json")
+
+
+@dataclass
+class Plan:
+    path: Path | None
+    base_dir: Path
+    seed: int
+    model: Step
+    dataset: Step
+    sample: int | None
+    #: "fail": an unreadable sample stops the audit (exit 2); "skip": it is left out and listed in the report
+    on_bad_sample: str
+    regions: Step | None
+    explainers: list[Step]
+    hypotheses: list[Step]
+    explain: ExplainSpec
+    report: ReportSpec
+    runtime: RuntimeSpec
+    raw: dict[str, Any] = field(default_factory=dict)
+    #: every model of the plan with its name; one entry unless the plan lists ``models:``
+    models: list[tuple[str, Step]] = field(default_factory=list)
+    #: the plan's checks, evaluated against the results; a failing one makes `run` exit 1
+    checks: list[Check] = field(default_factory=list)
+
+    def for_model(self, name: str) -> "Plan":
+        """This plan with only the named model (for running a several-model plan one model at a time)."""
+        step = dict(self.models)[name]
+        return dataclasses.replace(self, model=step, models=[(name, step)])
+
+    def as_run(self) -> dict[str, Any]:
+        """The validated plan with every default filled in, for results.json."""
+        return {
+            "seed": self.seed,
+            "model": {"adapter": self.model.name, **self.model.options_dict()},
+            "dataset": {"loader": self.dataset.name, "sample": self.sample, "on_bad_sample": self.on_bad_sample,
+                        **self.dataset.options_dict()},
+            "regions": {"source": self.regions.name, **self.regions.options_dict()} if self.regions else None,
+            "explainers": [{s.name: s.options_dict() | ({"timeout": s.timeout} if s.timeout else {})} for s in self.explainers],
+            "hypotheses": [{s.name: s.options_dict() | ({"timeout": s.timeout} if s.timeout else {})} for s in self.hypotheses],
+            "explain": self.explain.model_dump(),
+            "report": self.report.model_dump(),
+            "runtime": self.runtime.model_dump(),
+            "checks": [{"check": c.text, "severity": c.severity} for c in self.checks],
+        }
+
+
+# --------------------------------------------------------------------------- YAML with lines

@@ -1,0 +1,287 @@
+"""Stage 3, running: the baseline predictions, the explainers and the hypotheses.
+
+Reads what loading produced (:class:`~xai_audit.load.loading.AuditInputs`) and
+the plan. Each step's output is cached by a content hash of model weights,
+data, plugin code and options; a plugin that raises is recorded in
+``failures`` and the rest of the audit goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import logging
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import numpy as np
+
+from xai_audit.contract.images import chunks as sample_chunks
+from xai_audit.contract.types import Explanation, HypothesisContext, HypothesisResult, Sample
+from xai_audit.errors import ModelError, XaiAuditError
+from xai_audit.load.loading import AuditInputs, seed_everything
+from xai_audit.plan import Plan, Step
+from xai_audit.registry import Registry
+from xai_audit.run.cache import Cache, content_key
+from xai_audit.run.limits import time_limit, with_halving_batch
+from xai_audit.run.serialize import (
+    explanation_from_cache,
+    explanation_to_cache,
+    hypothesis_from_cache,
+    hypothesis_to_cache,
+    to_jsonable,
+)
+
+log = logging.getLogger("xai_audit")
+
+#: a progress bar's ``step(description)``: a context manager around one step
+StepBar = Callable[[str], ContextManager[None]]
+
+
+@dataclass
+class Baseline:
+    """The model's clean-image predictions over every audited sample."""
+
+    probs: np.ndarray  # (N, C)
+    labels: np.ndarray  # (N,), -1 where unlabelled
+    labelled: bool
+
+    @property
+    def preds(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+
+@dataclass
+class Explained:
+    """What the explainer steps produced: explanations by step name, and their results.json entries."""
+
+    explanations: dict[str, Explanation]
+    entries: dict[str, dict[str, Any]]
+
+
+@dataclass
+class Tested:
+    """What the hypothesis steps produced: results by step name, and their results.json entries."""
+
+    results: dict[str, HypothesisResult]
+    entries: dict[str, dict[str, Any]]
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def predict_baseline(inputs: AuditInputs, plan: Plan, cache: Cache, executor: Any = None) -> Baseline:
+    """Clean-image probabilities for every audited sample, chunk by chunk (cached)."""
+    samples = inputs.samples
+    labels = np.array([-1 if s.label is None else s.label for s in samples])
+    labelled = bool(len(samples)) and all(s.label is not None for s in samples)
+    key = content_key("baseline", inputs.base_key)
+    hit = cache.get(key)
+    if hit is not None:
+        return Baseline(hit[1]["probs"], labels, labelled)
+    model = inputs.model
+    seed_everything(plan.seed)
+    try:  # chunk by chunk: the images are read as they are needed, never all at once
+        chunks = (images for _, images in sample_chunks(samples, stream_chunk(plan)))
+        if executor is None:
+            parts = [with_halving_batch(lambda size: model.predict_proba(images, batch_size=size),
+                                        plan.runtime.batch_size, "baseline predictions") for images in chunks]
+        else:
+            parts = list(executor.predict_chunks(chunks, "baseline predictions"))
+        probs = np.concatenate(parts) if parts else np.zeros((0, len(model.classes)), np.float32)
+    except XaiAuditError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"the model failed on the baseline predictions: {type(exc).__name__}: {exc}") from exc
+    if not np.all(np.isfinite(probs)):
+        bad = samples[int(np.flatnonzero(~np.isfinite(probs).all(axis=1))[0])].id
+        raise ModelError(f"the model returned NaN or infinite scores (first on sample {bad!r})")
+    cache.put(key, {}, {"probs": probs})
+    return Baseline(probs, labels, labelled)
+
+
+def stream_chunk(plan: Plan) -> int:
+    """Images per chunk when the runner walks every sample: several batches, bounded."""
+    return max(plan.runtime.batch_size, min(4 * plan.runtime.batch_size, 1024))
+
+
+# --------------------------------------------------------------------------- explainers
+
+
+def run_explainers(plan: Plan, inputs: AuditInputs, baseline: Baseline, chosen: list[Sample], targets: np.ndarray,
+                   cache: Cache, executor: Any, bar: StepBar, failures: list[dict[str, str]]) -> Explained:
+    """Every explainer of the plan: on the chosen samples, or on all of them for ``wants_all_samples``."""
+    explanations: dict[str, Explanation] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    for step in plan.explainers:
+        with bar(f"explainer {step.name}"):
+            entry: dict[str, Any] = {"status": "ok", "plugin": step.plugin.name, "options": step.options_dict()}
+            try:
+                if getattr(step.plugin.cls, "wants_all_samples", False):
+                    exp = explain(step, inputs, inputs.samples, baseline.preds, plan.seed, cache)
+                else:
+                    exp = explain(step, inputs, chosen, targets, plan.seed, cache, executor)
+                explanations[step.name] = exp
+                entry.update(
+                    n_samples=len(exp.sample_ids), sample_ids=exp.sample_ids, targets=exp.targets.tolist(),
+                    scalars=exp.scalars, tables=exp.tables, notes=exp.notes,
+                )
+            except Exception as exc:  # a failing plugin is recorded, not fatal
+                entry["status"] = "failed"
+                failures.append(failure(f"explainer {step.name}", step, exc))
+            entries[step.name] = entry
+    return Explained(explanations, entries)
+
+
+def explain(step: Step, inputs: AuditInputs, samples: list[Sample], targets: np.ndarray, seed: int, cache: Cache,
+            executor: Any = None) -> Explanation:
+    """One explainer step (cached); the maps are checked against the samples it was given."""
+    model = inputs.model
+    plugin = step.instantiate()
+    if plugin.needs_gradients and model.module is None:
+        raise ModelError(f"'{step.name}' needs gradients, and this model is a black box")
+    key = step_key("explainer", step, inputs.base_key, [[s.id for s in samples], np.asarray(targets).tolist()])
+    hit = cache.get(key)
+    if hit is not None:
+        return explanation_from_cache(*hit)
+    seed_everything(seed)
+    with time_limit(step.timeout, f"explainer {step.name}"):
+        if executor is not None and not plugin.wants_all_samples:  # sharded across workers with executor: ray
+            exp = executor.explain(step, samples, np.asarray(targets), seed)
+        else:
+            exp = plugin.explain(model, samples, np.asarray(targets), seed)
+    if plugin.wants_all_samples:  # maps for the samples it names, a subset of those it was given
+        unknown = set(exp.sample_ids) - {s.id for s in samples}
+        if exp.maps.shape[0] != len(exp.sample_ids) or unknown:
+            raise ValueError(f"explainer returned {exp.maps.shape[0]} maps for {len(exp.sample_ids)} sample ids"
+                             + (f", {len(unknown)} of them unknown" if unknown else ""))
+    elif exp.maps.shape[0] != len(samples):
+        raise ValueError(f"explainer returned {exp.maps.shape[0]} maps for {len(samples)} samples")
+    cache.put(key, *explanation_to_cache(exp))
+    return exp
+
+
+# --------------------------------------------------------------------------- hypotheses
+
+
+def run_hypotheses(plan: Plan, registry: Registry, context: HypothesisContext, inputs: AuditInputs,
+                   explained: Explained, cache: Cache, bar: StepBar, failures: list[dict[str, str]]) -> Tested:
+    """The plan's hypotheses, and (with ``explain: {test_suggestions: true}``) what the explainers suggest."""
+    results: dict[str, HypothesisResult] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    suggested: dict[str, dict[str, str]] = {}
+    steps = list(plan.hypotheses)
+    if plan.explain.test_suggestions:
+        steps += suggested_steps(registry, steps, explained, suggested, failures)
+    for step in steps:
+        with bar(f"hypothesis {step.name}"):
+            entry = {"status": "ok", "plugin": step.plugin.name, "options": step.options_dict(),
+                     **suggested.get(step.name, {})}
+            try:
+                result = test_hypothesis(step, context, cache, inputs.base_key)
+                results[step.name] = result
+                entry.update(result_dict(result))
+            except Exception as exc:
+                entry["status"] = "failed"
+                failures.append(failure(f"hypothesis {step.name}", step, exc))
+            entries[step.name] = entry
+    return Tested(results, entries)
+
+
+def suggested_steps(registry: Registry, planned: list[Step], explained: Explained,
+                    suggested: dict[str, dict[str, str]], failures: list[dict[str, str]]) -> list[Step]:
+    """Hypothesis steps for what the explainers suggest, leaving out those the plan already tests.
+
+    Each explainer's entry lists its suggestions and the step that tested each
+    (``tested_as``); ``suggested`` maps a new step's name to who suggested it and why.
+    """
+    steps: list[Step] = []
+    seen = {(s.plugin.name, repr(s.options_dict())): s.name for s in planned}
+    for explainer, exp in explained.explanations.items():
+        rows = []
+        for k, wish in enumerate(exp.suggested_hypotheses):
+            plugin, options = str(wish.get("plugin", "")), dict(wish.get("options") or {})
+            row = {"plugin": plugin, "options": options, "why": str(wish.get("why", ""))}
+            rows.append(row)
+            try:
+                info = registry.get("hypothesis", plugin)
+                step = Step("hypothesis", f"{plugin}-from-{explainer}", info, info.cls.Options(**options))
+            except Exception as exc:
+                row["tested_as"] = None
+                failures.append({"step": f"suggestion {k + 1} of explainer {explainer}", "plugin": plugin,
+                                 "error": f"cannot test the suggested hypothesis: {type(exc).__name__}: {exc}",
+                                 "traceback": ""})
+                continue
+            key = (plugin, repr(step.options_dict()))
+            if key not in seen:
+                base, n = step.name, 1
+                while step.name in suggested or any(s.name == step.name for s in planned):
+                    n += 1
+                    step.name = f"{base}-{n}"
+                seen[key] = step.name
+                suggested[step.name] = {"suggested_by": explainer, "why": row["why"]}
+                steps.append(step)
+            row["tested_as"] = seen[key]
+        if rows and explainer in explained.entries:
+            explained.entries[explainer]["suggestions"] = rows
+    return steps
+
+
+def test_hypothesis(step: Step, context: HypothesisContext, cache: Cache, base_key: dict) -> HypothesisResult:
+    """One hypothesis step (cached)."""
+    key = step_key("hypothesis", step, base_key)
+    hit = cache.get(key)
+    if hit is not None:
+        return hypothesis_from_cache(*hit)
+    seed_everything(context.seed)
+    with time_limit(step.timeout, f"hypothesis {step.name}"):
+        result = step.instantiate().test(context)
+    cache.put(key, *hypothesis_to_cache(result))
+    return result
+
+
+def result_dict(result: HypothesisResult) -> dict[str, Any]:
+    """The result as results.json holds it: numbers and tables; figures and arrays go to the report only."""
+    data = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("arrays", "figures")}
+    data["ci"] = list(result.ci) if result.ci is not None else None
+    return to_jsonable(data)
+
+
+# --------------------------------------------------------------------------- shared by the steps
+
+
+def step_key(kind: str, step: Step, base_key: dict, extra: Any = None) -> str:
+    """The cache key of one step: its plugin's version and code, its options, the inputs, ``extra``."""
+    return content_key(
+        kind, step.name, step.plugin.package, step.plugin.version, code_hash(step.plugin.cls),
+        step.options_dict(), base_key, extra,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def code_hash(cls: type) -> str:
+    """Hash of the source files of the plugin's package, so an edited plugin never reuses stale results."""
+    module = sys.modules.get(cls.__module__)
+    path = Path(getattr(module, "__file__", "") or "")
+    if not path.is_file():
+        return ""
+    h = hashlib.sha256()
+    for source in sorted(path.parent.glob("*.py")):
+        h.update(source.read_bytes())
+    return h.hexdigest()
+
+
+def failure(where: str, step: Step, exc: Exception) -> dict[str, str]:
+    """A failed step as results.json lists it."""
+    log.debug("step %s failed", where, exc_info=exc)
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return {
+        "step": where,
+        "plugin": f"{step.plugin.name} {step.plugin.version}",
+        "error": f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
+        "traceback": "".join(traceback.format_exception_only(type(exc), exc)).strip(),
+    }
