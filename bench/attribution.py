@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from bench.common import ATTRIBUTION_TARGET, Row, Section, fmt_seconds
-from xai_audit import batching
+from xai_audit.contract import batching
 from xai_audit.contract.types import ModelAdapter, Sample
 
 #: a sweep stops growing the batch once one pass takes this long

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from xai_audit import batching
+from xai_audit.contract import batching
 from xai_audit.contract.types import ModelAdapter
 
 

@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import plan_text
-from xai_audit.judge.checks import evaluate_checks, parse_check
+from xai_audit.judge.checks import evaluate_checks
+from xai_audit.plan.checks import parse_check
 from xai_audit.cli import app
 from xai_audit.errors import PlanError
 from xai_audit.plan import parse_plan

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xai_audit import hookspecs
+from xai_audit.contract import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = [name for name, fn in vars(hookspecs).items() if inspect.isfunction(fn) and name.startswith("register_")]

@@ -19,6 +19,7 @@ from xai_audit.judge.recommend import MANIFEST_NAME, manifest_csv, recommend, wr
 from xai_audit.audit import run_audit
 from xai_audit.judge.correction import correct_for_multiple_tests as _correct_for_multiple_tests
 from xai_audit.run.steps import result_dict as _result_dict
+from xai_audit.api import HypothesisPlugin
 from xai_audit_hypotheses.groups import GroupAccuracyHypothesis
 from xai_audit_hypotheses.luminance import LuminanceHypothesis
 from xai_audit_hypotheses.occlusion import OccludeRegionsHypothesis
@@ -51,15 +52,15 @@ def _demo_like_results():
     probs = ctx.probs.copy()
     probs[::6] = np.roll(probs[::6], 1, axis=1)  # wrong (confidently) on half the dark faces
     ctx.probs = probs
-    hyps = {
-        "luminance": entry(LuminanceHypothesis(LuminanceHypothesis.Options(factor=0.2)).test(ctx), "luminance",
-                           {"factor": 0.2}),
-        "group-accuracy": entry(GroupAccuracyHypothesis(GroupAccuracyHypothesis.Options(by=["tone"])).test(ctx),
-                                "group-accuracy"),
-        "occlude-regions": entry(OccludeRegionsHypothesis(OccludeRegionsHypothesis.Options(
-            regions=["mouth", "hair"], label_regions=["mouth"])).test(ctx), "occlude-regions",
-            {"regions": ["mouth", "hair"], "fill": "mean"}),
+    plugins = {
+        "luminance": LuminanceHypothesis(LuminanceHypothesis.Options(factor=0.2)),
+        "group-accuracy": GroupAccuracyHypothesis(GroupAccuracyHypothesis.Options(by=["tone"])),
+        "occlude-regions": OccludeRegionsHypothesis(OccludeRegionsHypothesis.Options(
+            regions=["mouth", "hair"], label_regions=["mouth"])),
     }
+    options = {"luminance": {"factor": 0.2}, "occlude-regions": {"regions": ["mouth", "hair"], "fill": "mean"}}
+    hyps = {name: entry(plugin.test(ctx), name, *([options[name]] if name in options else []))
+            for name, plugin in plugins.items()}
     _correct_for_multiple_tests(hyps)
     preds = probs.argmax(axis=1)
     results = {
@@ -69,11 +70,11 @@ def _demo_like_results():
                        "predictions": preds.tolist(), "confidence": probs.max(axis=1).tolist()},
     }
     results["findings"] = derive_findings(results)
-    return results, samples
+    return results, samples, plugins
 
 
 def test_findings_are_ranked_shortcut_then_bias_then_reliance():
-    results, _ = _demo_like_results()
+    results, _, _ = _demo_like_results()
     findings = results["findings"]
     assert [f["kind"] for f in findings] == ["shortcut", "bias", "reliance"]
     assert [f["rank"] for f in findings] == [1, 2, 3]
@@ -85,8 +86,8 @@ def test_findings_are_ranked_shortcut_then_bias_then_reliance():
 
 
 def test_recommendations_turn_findings_into_data():
-    results, samples = _demo_like_results()
-    rows = recommend(results, samples)
+    results, samples, plugins = _demo_like_results()
+    rows = recommend(results, samples, plugins)
     actions = [r["action"] for r in rows]
     assert actions[0] == "augment" and json.loads(rows[0]["augmentation"]) == {"transform": "luminance", "factor": [0.2, 1.0]}
     assert rows[0]["kind"] == "shortcut" and "stops predicting 'sad'" in rows[0]["reason"]
@@ -101,8 +102,8 @@ def test_recommendations_turn_findings_into_data():
 
 
 def test_manifest_is_csv_written_atomically(tmp_path):
-    results, samples = _demo_like_results()
-    rows = recommend(results, samples)
+    results, samples, plugins = _demo_like_results()
+    rows = recommend(results, samples, plugins)
     path = write_manifest(rows, tmp_path)
     assert path.name == MANIFEST_NAME and not list(tmp_path.glob(".finetune_manifest*"))
     assert path.stat().st_mode & 0o777 == 0o644  # readable like the report beside it
@@ -159,3 +160,47 @@ def test_the_same_claim_from_two_steps_is_one_finding():
     (finding,) = derive_findings(results)
     assert finding["source"] == "hypotheses.occlude-regions"
     assert finding["also_found_by"] == ["hypotheses.occlude-regions-from-topology"]
+
+
+class _Posterise(HypothesisPlugin):
+    """A third-party intervention that says which augmentation undoes its finding."""
+
+    name = "posterise"
+
+    def test(self, context):  # pragma: no cover - not run here
+        raise NotImplementedError
+
+    def augmentation(self, finding, result):
+        return {"transform": "posterise", "levels": result["options"]["levels"]}
+
+
+class _Broken(_Posterise):
+    name = "broken"
+
+    def recommend(self, finding, result):
+        raise RuntimeError("no idea")
+
+
+def test_a_plugin_hypothesis_recommends_data_through_its_hook():
+    finding = {"hypothesis": "poster", "kind": "shortcut", "title": "Posterised faces read as sad.", "class": "sad",
+               "source": "hypotheses.poster / shortcut"}
+    results = {"hypotheses": {"poster": {"status": "ok", "plugin": "posterise", "options": {"levels": 4}},
+                              "other": {"status": "ok", "plugin": "broken", "options": {"levels": 2}}},
+               "findings": [finding, {**finding, "hypothesis": "other"}]}
+    failures: list = []
+    rows = recommend(results, [], {"poster": _Posterise(), "other": _Broken()}, failures)
+    assert [r["action"] for r in rows] == ["augment"]
+    assert json.loads(rows[0]["augmentation"]) == {"transform": "posterise", "levels": 4}
+    assert rows[0]["finding"] == "hypotheses.poster / shortcut" and "stops predicting 'sad'" in rows[0]["reason"]
+    assert failures and failures[0]["step"] == "recommendations of hypothesis other" and "no idea" in failures[0]["error"]
+
+
+def test_recommend_knows_no_hypothesis_by_name():
+    from pathlib import Path
+
+    import xai_audit.judge.recommend as module
+
+    source = Path(module.__file__).read_text()
+    for name in ("luminance", "grayscale", "occlude-regions", "mask-lower-face", "group-accuracy", "dataset-shift",
+                 "background"):
+        assert f'"{name}"' not in source, name

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import plan_text
-from xai_audit import batching
+from xai_audit.contract import batching
 from xai_audit.run.cache import Cache
 from xai_audit.cli import app
 from xai_audit.errors import PlanError

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import plan_text
-from xai_audit import trust
+from xai_audit.judge import trust
 from xai_audit.run.cache import Cache
 from xai_audit.run.examples import case_names, choose_examples, confusion_flow
 from xai_audit.plan import load_plan

@@ -35,6 +35,13 @@ from xai_audit.contract.interventions import (
     to_grayscale,
 )
 from xai_audit.contract.layers import as_feature_map, first_tensor, layer_activations, resolve_layer, token_grid
+from xai_audit.contract.recommendations import (
+    AUGMENT_FRACTION,
+    COLUMNS,
+    DEFAULT_TARGET_WIDTH,
+    augment_row,
+    recommendation,
+)
 from xai_audit.contract.stats import (
     ALPHA,
     bootstrap_gap_ci,
@@ -143,6 +150,12 @@ __all__ = [
     "prediction_shift_matrix",
     "samples_for_ci_width",
     "two_proportion_test",
+    # recommended fine-tuning data
+    "recommendation",
+    "augment_row",
+    "COLUMNS",
+    "AUGMENT_FRACTION",
+    "DEFAULT_TARGET_WIDTH",
     # figures
     "FIGURE_KINDS",
     "COMMON_FIELDS",

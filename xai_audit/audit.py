@@ -170,7 +170,8 @@ def _judge(plan: Plan, registry: Registry, inputs: AuditInputs, baseline: Baseli
     }
     results["findings"] = derive_findings(results)
     results["multiple_testing"] = {"method": "holm", "alpha": ALPHA, "n_tests": n_tests}
-    results["recommendations"] = recommend(results, samples)
+    plugins = {name: step.instantiate() for name, step in tested.steps.items()}
+    results["recommendations"] = recommend(results, samples, plugins, failures)
     results["finished"] = _now()
     results = to_jsonable(results)
     results["checks"] = to_jsonable(evaluate_checks(plan.checks, results))

@@ -29,6 +29,10 @@ class BackgroundHypothesis(HypothesisPlugin):
     description = "Darken or recolour only the background (from region masks) and compare predictions."
     Options = BackgroundOptions
 
+    def augmentation(self, finding, result):
+        """The background changed as tested, in a random colour each time."""
+        return {"transform": "background", "mode": self.options.mode, "color": "random"}
+
     def test(self, context: HypothesisContext) -> HypothesisResult:
         opts: BackgroundOptions = self.options
 

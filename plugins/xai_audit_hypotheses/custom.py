@@ -61,6 +61,12 @@ class TransformHypothesis(HypothesisPlugin):
     description = "Any image transform given by import path (package.module:function), tested like the built-ins."
     Options = TransformOptions
 
+    def augmentation(self, finding, result):
+        """The plan's own transform, applied to training images (not when it hides the label: reliance)."""
+        if finding.get("kind") == "reliance":
+            return None
+        return {"transform": self.options.callable, "kwargs": dict(self.options.kwargs)}
+
     def test(self, context: HypothesisContext) -> HypothesisResult:
         opts: TransformOptions = self.options
         fn = load_callable(opts.callable)

@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 
 from xai_audit.api import (
     ALPHA,
+    DEFAULT_TARGET_WIDTH,
     DataError,
     Dataset,
     HypothesisContext,
@@ -28,6 +29,8 @@ from xai_audit.api import (
     Options,
     bootstrap_two_sample_diff_ci,
     chi2_independence,
+    recommendation,
+    samples_for_ci_width,
     two_proportion_test,
     wilson_ci,
 )
@@ -55,6 +58,19 @@ class DatasetShiftHypothesis(HypothesisPlugin):
     name = "dataset-shift"
     description = "Evaluate on another data set (with a label mapping) and compare with the audited one."
     Options = DatasetShiftOptions
+
+    def recommend(self, finding, result):
+        """A shift: labelled images like the other data set's, as many as pin its accuracy to 6 pp."""
+        if finding is None or finding.get("kind") != "shift":
+            return []
+        after = result.get("after")
+        needed = samples_for_ci_width(after if after is not None else 0.5, DEFAULT_TARGET_WIDTH)
+        return [recommendation(
+            "add-data", kind="shift", group=str((result.get("details") or {}).get("other_data_set", "")),
+            count=needed, reason=f"Data shift: {finding.get('title')} Add labelled images like these to the "
+                                 "fine-tuning data.",
+            finding=finding.get("source", ""),
+        )]
 
     def test(self, context: HypothesisContext) -> HypothesisResult:
         opts: DatasetShiftOptions = self.options

@@ -46,6 +46,9 @@ class MaskLowerFaceHypothesis(HypothesisPlugin):
     description = "Draw a face mask over the lower face (from region masks) and compare predictions."
     Options = MaskLowerFaceOptions
 
+    def augmentation(self, finding, result):
+        return {"transform": "mask-lower-face"}
+
     def test(self, context: HypothesisContext) -> HypothesisResult:
         opts: MaskLowerFaceOptions = self.options
         return intervention_result(

@@ -21,6 +21,9 @@ class GrayscaleHypothesis(HypothesisPlugin):
     description = "Does the model need colour? Compare predictions on grayscale copies of the images."
     Options = GrayscaleOptions
 
+    def augmentation(self, finding, result):
+        return {"transform": "grayscale"}
+
     def test(self, context: HypothesisContext) -> HypothesisResult:
         return intervention_result(
             context, lambda images, samples: to_grayscale(images),

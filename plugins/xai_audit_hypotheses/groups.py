@@ -27,6 +27,7 @@ from pydantic import Field
 
 from xai_audit.api import (
     ALPHA,
+    DEFAULT_TARGET_WIDTH,
     DataError,
     HypothesisContext,
     HypothesisPlugin,
@@ -35,6 +36,7 @@ from xai_audit.api import (
     bootstrap_gap_ci,
     chi2_independence,
     permutation_gap_test,
+    recommendation,
     samples_for_ci_width,
     two_proportion_test,
     wilson_ci,
@@ -67,6 +69,13 @@ class GroupAccuracyHypothesis(HypothesisPlugin):
     name = "group-accuracy"
     description = "Is the model equally accurate for every group? Per-group accuracy and recall, gaps, fairness, tests."
     Options = GroupAccuracyOptions
+
+    def recommend(self, finding, result):
+        """Bias: more labelled images of the worst group, as many as pin its accuracy to the target interval.
+        Without a finding: the same for every group too small to judge."""
+        if finding is None:
+            return _too_small_rows(result)
+        return _group_rows(finding, result) if finding.get("kind") == "bias" else []
 
     def test(self, context: HypothesisContext) -> HypothesisResult:
         opts: GroupAccuracyOptions = self.options
@@ -291,3 +300,72 @@ def _as_test(column: str, a: dict[str, Any]) -> dict[str, Any]:
         "n": int(sum(r["n"] for r in a["rows"])), "test": a["test"],
         "details": {"column": column, "best": a["best"], "worst": a["worst"], **a["details"]},
     }
+
+
+# --------------------------------------------------------------------------- recommended data
+
+
+def _group_rows(finding: dict[str, Any], entry: dict[str, Any]) -> list[dict[str, Any]]:
+    group = finding.get("group") or {}
+    column = group.get("column")
+    rows_by_group = {str(r.get("group")): r for r in (entry.get("breakdown") or {}).get(column, [])
+                     if isinstance(r, dict)}
+    if not rows_by_group:
+        return []
+    target = float((entry.get("details") or {}).get("target_ci_width", DEFAULT_TARGET_WIDTH))
+    best = rows_by_group.get(str(group.get("best")), {})
+    best_acc = best.get("accuracy")
+    out = []
+    for value, row in sorted(rows_by_group.items(), key=lambda kv: kv[1].get("accuracy", 1.0)):
+        ci = row.get("ci")
+        if value != str(group.get("worst")):
+            continue
+        needed = samples_for_ci_width(row.get("accuracy", 0.5), target)
+        count = max(needed - int(row.get("n", 0)), 0)
+        out.append(recommendation(
+            "add-group", kind="bias", group=f"{column}={value}", count=count,
+            reason=(
+                f"Bias: accuracy for {column} {value} is {_pct(row.get('accuracy'))} {_ci(ci)} against "
+                f"{_pct(best_acc)} for {group.get('best')}. Add labelled images of this group to the fine-tuning "
+                f"data, at least {count} more: with {needed} in all, a re-audit pins its accuracy to a 95 % "
+                f"interval {100 * target:.0f} pp wide."
+                if count else
+                f"{_pct(best_acc)} for {group.get('best')}. Add labelled images of this group to the fine-tuning "
+                f"data; the audit already has enough ({row.get('n')}) to pin its accuracy to a 95 % interval "
+                f"{100 * target:.0f} pp wide."
+            ),
+            finding=finding.get("source", ""),
+        ))
+    return out
+
+
+def _too_small_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    details = entry.get("details") or {}
+    target = float(details.get("target_ci_width", DEFAULT_TARGET_WIDTH))
+    for column, rows in (entry.get("breakdown") or {}).items():
+        for row in rows if isinstance(rows, list) else []:
+            if not isinstance(row, dict) or not row.get("too small"):
+                continue
+            needed = samples_for_ci_width(row.get("accuracy", 0.5) if row.get("accuracy") is not None else 0.5, target)
+            count = max(needed - int(row.get("n", 0)), 0)
+            out.append(recommendation(
+                "add-group", kind="too small", group=f"{column}={row.get('group')}", count=count,
+                reason=(
+                    f"Too small to judge: {column} {row.get('group')} has {row.get('n')} audited images "
+                    f"(fewer than {details.get('min_group_size')}). {count} more labelled images (to {needed}) "
+                    f"give its accuracy a 95 % interval {100 * target:.0f} pp wide."
+                ),
+                finding="",  # the host names this step
+            ))
+    return out
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * float(x):.1f} %"
+
+
+def _ci(ci: Any) -> str:
+    if not ci or ci[0] is None:
+        return ""
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"

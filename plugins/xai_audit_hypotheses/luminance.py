@@ -29,6 +29,10 @@ class LuminanceHypothesis(HypothesisPlugin):
     description = "Scale every pixel's brightness by a factor (0.2 = -80 %) and compare predictions."
     Options = LuminanceOptions
 
+    def augmentation(self, finding, result):
+        """Brightness drawn between the tested factor and 1."""
+        return {"transform": "luminance", "factor": sorted([float(self.options.factor), 1.0])}
+
     def test(self, context: HypothesisContext) -> HypothesisResult:
         factor = self.options.factor
         result = intervention_result(

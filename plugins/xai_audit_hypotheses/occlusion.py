@@ -101,6 +101,17 @@ class OccludeRegionsHypothesis(HypothesisPlugin):
     description = "Occlude named regions (eyes, brows, nose, mouth, hair, lower face) one at a time; which matter?"
     Options = OccludeRegionsOptions
 
+    def augmentation(self, finding, result):
+        """Occlude the region the finding is about; hiding a part that carries the label (reliance) needs no cure."""
+        if finding.get("kind") == "reliance":
+            return None
+        test = finding.get("test", "primary")
+        if test in ("primary", "shortcut"):
+            region = str((result.get("details") or {}).get("primary_region", ""))
+        else:
+            region = test.split(": ", 1)[-1].replace("occlude ", "")
+        return {"transform": "occlude", "region": region, "fill": self.options.fill}
+
     def test(self, context: HypothesisContext) -> HypothesisResult:
         opts: OccludeRegionsOptions = self.options
         context = subsample(context, opts.sample)

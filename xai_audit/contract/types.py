@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from xai_audit.contract.images import chunks
+from xai_audit.contract.recommendations import augment_row
 
 #: Region names the built-in data sets and hypotheses use.
 FACE_REGIONS = ("eyes", "brows", "nose", "mouth", "hair", "skin", "background")
@@ -357,3 +358,26 @@ class HypothesisPlugin(Plugin):
     @abc.abstractmethod
     def test(self, context: HypothesisContext) -> HypothesisResult:
         """Run the test on the audited samples and return its result."""
+
+    def augmentation(self, finding: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The training augmentation that would undo what a finding of this hypothesis found.
+
+        ``finding`` is one entry of results.json's ``findings`` (``kind``, ``title``, ``test``, ``class``,
+        ...); ``result`` is this step's entry in ``hypotheses`` (``options``, ``details``, ``breakdown``,
+        ...). Return a JSON-able spec such as ``{"transform": "luminance", "factor": [0.2, 1.0]}``, or None
+        (the default) when no augmentation covers it. Used by the default :meth:`recommend`.
+        """
+        return None
+
+    def recommend(self, finding: Mapping[str, Any] | None, result: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Fine-tuning data that would address this hypothesis's findings, as manifest rows.
+
+        Called once for each finding of this step, most severe first, and then once with
+        ``finding=None`` for rows that need no finding (e.g. a group too small to judge).
+        Build rows with ``xai_audit.api.recommendation(...)``. The default turns a shortcut,
+        fragility or reliance finding into one ``augment`` row from :meth:`augmentation`.
+        """
+        if finding is None or finding.get("kind") not in ("shortcut", "fragility", "reliance"):
+            return []
+        spec = self.augmentation(finding, result)
+        return [augment_row(finding, spec)] if spec is not None else []

@@ -69,6 +69,8 @@ class Tested:
 
     results: dict[str, HypothesisResult]
     entries: dict[str, dict[str, Any]]
+    #: every step that ran, planned or suggested, by name
+    steps: dict[str, Step] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- baseline
@@ -189,7 +191,7 @@ def run_hypotheses(plan: Plan, registry: Registry, context: HypothesisContext, i
                 entry["status"] = "failed"
                 failures.append(failure(f"hypothesis {step.name}", step, exc))
             entries[step.name] = entry
-    return Tested(results, entries)
+    return Tested(results, entries, {step.name: step for step in steps})
 
 
 def suggested_steps(registry: Registry, planned: list[Step], explained: Explained,
