@@ -103,11 +103,11 @@ def test_strict_plugins_makes_a_broken_plugin_fatal(monkeypatch):
 
 @pytest.fixture(scope="module")
 def installed_example_plugin(tmp_path_factory):
-    """pip-install docs/example-plugin into a folder and put it on sys.path."""
+    """pip-install docs/examples/hypothesis-flip into a folder and put it on sys.path."""
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
-         str(ROOT / "docs" / "example-plugin")],
+         str(ROOT / "docs" / "examples" / "hypothesis-flip")],
         check=True,
     )
     sys.path.insert(0, str(target))

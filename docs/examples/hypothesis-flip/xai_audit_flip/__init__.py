@@ -1,16 +1,28 @@
-"""A complete third-party plugin: one hypothesis, registered by entry point."""
+"""flip: does the model care which way a face looks? A hypothesis that runs its own test.
+
+    hypotheses:
+      - flip: {axis: horizontal}
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from pydantic import Field
 
-from xai_audit import HypothesisContext, HypothesisPlugin, HypothesisResult, Options, hookimpl
-from xai_audit.contract.stats import ALPHA, bootstrap_paired_diff_ci, mcnemar_exact
+from xai_audit.api import (
+    ALPHA,
+    HypothesisContext,
+    HypothesisPlugin,
+    HypothesisResult,
+    Options,
+    bootstrap_paired_diff_ci,
+    hookimpl,
+    mcnemar_exact,
+)
 
 
 class FlipOptions(Options):
-    axis: str = Field("horizontal", pattern="^(horizontal|vertical)$")
+    axis: str = Field("horizontal", pattern="^(horizontal|vertical)$", description="which way to mirror")
 
 
 class FlipHypothesis(HypothesisPlugin):
@@ -43,6 +55,7 @@ class FlipHypothesis(HypothesisPlugin):
             verdict="supported" if p_value < ALPHA and drop > 0 else "not supported",
             n=len(labels),
             test="exact McNemar test",
+            kind="fragility",
         )
 
 
