@@ -1,7 +1,8 @@
 """One audit, start to end: the stages in order, each reading what the one before produced.
 
     plan ─► load (model, data, samples) ─► run (regions, baseline, explainers, hypotheses)
-         ─► judge (trust, Holm, accuracy, findings, recommendations, checks) ─► AuditOutcome
+         ─► judge (trust after each explainer; Holm, accuracy, findings, recommendations, checks)
+         ─► AuditOutcome
 
 The report (``xai_audit.report``) turns the outcome into HTML, PDF and JSON.
 """
@@ -26,7 +27,7 @@ from xai_audit.judge.checks import evaluate_checks
 from xai_audit.judge.correction import correct_for_multiple_tests
 from xai_audit.judge.findings import derive_findings
 from xai_audit.judge.recommend import recommend
-from xai_audit.judge.trusting import trust_explanations
+from xai_audit.judge.trusting import agreement, trust_one, trust_session
 from xai_audit.load.loading import AuditInputs, load_inputs, load_other_dataset
 from xai_audit.load.provenance import build_provenance
 from xai_audit.plan import Plan
@@ -98,8 +99,7 @@ def run_audit(
     started = _now()
     inputs = load_inputs(plan)
     failures: list[dict[str, str]] = []
-    n_trusted = sum(not getattr(s.plugin.cls, "wants_all_samples", False) for s in plan.explainers)
-    n_steps = 1 + len(plan.explainers) + len(plan.hypotheses) + (n_trusted if plan.explain.trust.enabled else 0)
+    n_steps = 1 + len(plan.explainers) + len(plan.hypotheses)
     with _Progress(progress, n_steps) as bar, make_executor(plan, inputs.model) as executor:
         inputs = with_regions(inputs, plan, cache)
         with bar.step("baseline predictions"):
@@ -107,9 +107,12 @@ def run_audit(
         selection = _select(inputs, baseline, plan, explain_ids)
         chosen = [inputs.samples[i].materialise() for i in selection.indices]  # few: held, not re-read
         targets = baseline.preds[selection.indices]
-        explained = run_explainers(plan, inputs, baseline, chosen, targets, cache, executor, bar.step, failures)
-        trust_explanations(plan, inputs.model, inputs.dataset, chosen, targets, explained, cache, inputs.base_key,
-                           bar.step, failures)
+        session = trust_session(plan, inputs.model, inputs.dataset, chosen, targets)
+        explained = run_explainers(
+            plan, inputs, baseline, chosen, targets, cache, executor, bar.step, failures,
+            then=lambda step, exp, entry: trust_one(step, exp, entry, session, cache, inputs.base_key, failures),
+        )
+        agreement(explained.entries, explained.explanations, [s.id for s in chosen])
         context = HypothesisContext(
             model=inputs.model, samples=inputs.samples, probs=baseline.probs, classes=list(inputs.model.classes),
             seed=plan.seed, predict=lambda images: executor.predict(images, "a hypothesis' predictions"),

@@ -1,14 +1,16 @@
 """Stage 4a, judging the explanations: trust scores for each explainer's maps, and agreement between them.
 
 Reads what the explainer steps produced; the metrics themselves live in
-:mod:`xai_audit.judge.trust`. Each explainer's trust is cached like a step, and
-a failure is recorded while the maps stand.
+:mod:`xai_audit.judge.trust`. The audit calls :func:`trust_one` right after each
+explainer (so a run killed later keeps it cached), and :func:`agreement` once all
+have run. Each explainer's trust is cached like a step; a failure is recorded while
+the maps stand.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 import numpy as np
 
@@ -18,22 +20,7 @@ from xai_audit.load.loading import seed_everything
 from xai_audit.plan import Plan, Step
 from xai_audit.run.cache import Cache
 from xai_audit.run.serialize import to_jsonable
-from xai_audit.run.steps import Explained, failure, step_key
-
-
-def trust_explanations(plan: Plan, model: ModelAdapter, dataset: Dataset, chosen: list[Sample], targets: np.ndarray,
-                       explained: Explained, cache: Cache, base_key: dict, bar: Callable[[str], ContextManager[None]],
-                       failures: list[dict[str, str]]) -> None:
-    """Add ``trust`` (and ``agreement``) to the entries of the explainers that explained the chosen samples."""
-    session = trust_session(plan, model, dataset, chosen, targets)
-    if session is not None:
-        for step in plan.explainers:
-            exp = explained.explanations.get(step.name)
-            if exp is None or getattr(step.plugin.cls, "wants_all_samples", False):
-                continue
-            with bar(f"trust {step.name}"):
-                trust_one(step, exp, explained.entries[step.name], session, cache, base_key, failures)
-    agreement(explained.entries, explained.explanations, [s.id for s in chosen])
+from xai_audit.run.steps import failure, step_key
 
 
 def trust_session(plan: Plan, model: ModelAdapter, dataset: Dataset, samples: list[Sample],
@@ -51,10 +38,10 @@ def trust_session(plan: Plan, model: ModelAdapter, dataset: Dataset, samples: li
     )
 
 
-def trust_one(step: Step, exp: Explanation, entry: dict[str, Any], session: trust_metrics.TrustSession,
+def trust_one(step: Step, exp: Explanation, entry: dict[str, Any], session: trust_metrics.TrustSession | None,
               cache: Cache, base_key: dict, failures: list[dict[str, str]]) -> None:
-    """Trust metrics for one explainer's maps, cached; a failure is recorded, not fatal."""
-    if list(exp.sample_ids) != [s.id for s in session.samples]:
+    """Trust metrics for one explainer's maps, cached, added to its ``entry``; a failure is recorded, not fatal."""
+    if session is None or list(exp.sample_ids) != [s.id for s in session.samples]:
         return
     key = step_key("trust", step, base_key, [trust_metrics.code_version(), dataclasses.asdict(session.settings),
                                             exp.sample_ids, np.asarray(exp.targets).tolist(),

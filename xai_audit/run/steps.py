@@ -115,8 +115,13 @@ def stream_chunk(plan: Plan) -> int:
 
 
 def run_explainers(plan: Plan, inputs: AuditInputs, baseline: Baseline, chosen: list[Sample], targets: np.ndarray,
-                   cache: Cache, executor: Any, bar: StepBar, failures: list[dict[str, str]]) -> Explained:
-    """Every explainer of the plan: on the chosen samples, or on all of them for ``wants_all_samples``."""
+                   cache: Cache, executor: Any, bar: StepBar, failures: list[dict[str, str]],
+                   then: Callable[[Step, Explanation, dict[str, Any]], None] | None = None) -> Explained:
+    """Every explainer of the plan: on the chosen samples, or on all of them for ``wants_all_samples``.
+
+    ``then(step, explanation, entry)`` runs right after each explainer of the chosen samples, inside its
+    step (the audit judges each explainer's maps there, so a run killed later keeps those scores cached).
+    """
     explanations: dict[str, Explanation] = {}
     entries: dict[str, dict[str, Any]] = {}
     for step in plan.explainers:
@@ -127,6 +132,8 @@ def run_explainers(plan: Plan, inputs: AuditInputs, baseline: Baseline, chosen: 
                     exp = explain(step, inputs, inputs.samples, baseline.preds, plan.seed, cache)
                 else:
                     exp = explain(step, inputs, chosen, targets, plan.seed, cache, executor)
+                    if then is not None:
+                        then(step, exp, entry)
                 explanations[step.name] = exp
                 entry.update(
                     n_samples=len(exp.sample_ids), sample_ids=exp.sample_ids, targets=exp.targets.tolist(),
