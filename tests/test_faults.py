@@ -51,6 +51,37 @@ def test_a_hanging_plugin_is_stopped_by_its_timeout_and_recorded(write_plan):
     assert results["plan"]["hypotheses"][0] == {"hangs": {"timeout": 0.5}}
 
 
+class StuckInNativeCode(HypothesisPlugin):
+    """Poisons the model (a forward hook that raises), then blocks in one C call that no exception reaches."""
+
+    name = "stuck"
+
+    def test(self, context):
+        def poisoned(*_):
+            raise RuntimeError("the stuck step's hook is still on the model")
+
+        next(iter(context.model.layers().values())).register_forward_hook(poisoned)
+        time.sleep(30)  # one C call: an asynchronous exception waits for it to return
+
+
+def test_a_step_stuck_in_native_code_is_left_behind_under_the_audit_wide_limit(write_plan):
+    module = types.ModuleType("stuck")
+    module.register_hypotheses = hookimpl(lambda: [StuckInNativeCode, Hangs])
+    registry = make_plugin_manager(extra_plugins=[module])
+    plan = load_plan(write_plan(plan_text("", "  - stuck\n  - hangs\n  - grayscale\n",
+                                          extra="runtime: {step_timeout: 1}\n")), registry)
+    start = time.perf_counter()
+    results = run_audit(plan, registry, cache=Cache(None)).results
+    assert time.perf_counter() - start < 25  # two limits and their grace, not the 30 s sleep
+    assert [results["hypotheses"][n]["status"] for n in ("stuck", "hangs", "grayscale")] == ["failed", "failed", "ok"]
+    stuck, hangs = results["failures"]
+    assert "stuck in native code" in stuck["error"] and "time limit of 1 s" in stuck["error"]
+    # a Python loop is stopped where it runs, not left behind
+    assert "time limit of 1 s" in hangs["error"] and "native" not in hangs["error"]
+    # grayscale ran on a model loaded again, not on the one the stuck step left a hook on
+    assert results["hypotheses"]["grayscale"]["n"] == 28
+
+
 def test_a_bad_timeout_is_a_located_plan_error(registry):
     with pytest.raises(PlanError, match=r"hypotheses\[0\]\.grayscale\.timeout: must be a positive number"):
         parse_plan(plan_text("", "  - grayscale: {timeout: -1}\n"), registry, filename="p.yaml")

@@ -118,7 +118,7 @@ def run_audit(
             seed=plan.seed, predict=lambda images: executor.predict(images, "a hypothesis' predictions"),
             load_dataset=functools.partial(load_other_dataset, registry, plan),
         )
-        tested = run_hypotheses(plan, registry, context, inputs, explained, cache, bar.step, failures)
+        tested = run_hypotheses(plan, registry, context, inputs, explained, cache, bar.step, failures, executor)
     results = _judge(plan, registry, inputs, baseline, selection, explained, tested, failures, cache, started)
     return _outcome(results, inputs, baseline, selection, explained, tested)
 

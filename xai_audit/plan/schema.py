@@ -83,6 +83,8 @@ class RuntimeSpec(_Strict):
     #: where predictions and explainers run: in this process, or on Ray workers (``pip install xai-audit[ray]``)
     executor: Literal["local", "ray"] = "local"
     ray: RaySpec = Field(default_factory=RaySpec)
+    #: the time limit (s) of every explainer and hypothesis step that sets no ``timeout:`` of its own
+    step_timeout: float = Field(3600.0, gt=0)
 
 
 class PlanSchema(_Strict):

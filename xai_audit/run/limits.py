@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import logging
-import signal
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+#: how long a step that ran past its limit gets to stop before it is left behind
+GRACE_S = 2.0
 
 log = logging.getLogger("xai_audit")
 
@@ -15,28 +18,46 @@ class StepTimeout(Exception):
     """A step ran past its ``timeout``. (An Exception, so it is recorded like any plugin failure.)"""
 
 
-@contextlib.contextmanager
-def time_limit(seconds: float | None, what: str) -> Iterator[None]:
-    """Raise StepTimeout inside the block after ``seconds`` (SIGALRM; main thread on POSIX only).
+class StepAbandoned(StepTimeout):
+    """A step ran past its limit inside native code and could not be stopped: it was left running in the
+    background, and whatever it was using (the model) must not be trusted by later steps."""
 
-    Python checks for the signal between bytecodes, so a plugin stuck in one
-    long C call is interrupted when that call returns.
+
+def run_with_limit(fn: Callable[[], T], seconds: float | None, what: str) -> T:
+    """``fn()`` on a worker thread, waited for at most ``seconds``.
+
+    Past the limit, :class:`StepTimeout` is raised inside the worker (an asynchronous exception: Python
+    code stops at once, a native call when it returns). A worker still running ``GRACE_S`` later is stuck in
+    native code: it is left behind as a daemon thread and :class:`StepAbandoned` is raised here, so the
+    audit goes on. Exceptions from ``fn`` are re-raised here with their traceback.
     """
-    usable = seconds is not None and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    if not usable:
-        yield
-        return
+    if seconds is None:
+        return fn()
+    box: dict[str, Any] = {}
 
-    def on_alarm(signum: int, frame: Any) -> None:
+    def work() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread, which decides
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"xai-audit {what}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(StepTimeout))
+        worker.join(GRACE_S)
+        if worker.is_alive():
+            log.warning("%s is stuck past its time limit of %g s; left running in the background", what, seconds)
+            raise StepAbandoned(f"{what} ran past its time limit of {seconds:g} s and was stuck in native code: "
+                                "left behind, the audit went on without it")
         raise StepTimeout(f"{what} ran past its time limit of {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, float(seconds))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    if "error" in box:
+        error = box["error"]
+        if isinstance(error, StepTimeout) and not str(error):  # our own async exception, raced with the end
+            raise StepTimeout(f"{what} ran past its time limit of {seconds:g} s") from None
+        raise error
+    return box["value"]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

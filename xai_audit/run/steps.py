@@ -23,11 +23,12 @@ import numpy as np
 from xai_audit.contract.images import chunks as sample_chunks
 from xai_audit.contract.types import Explanation, HypothesisContext, HypothesisResult, Sample
 from xai_audit.errors import ModelError, XaiAuditError
-from xai_audit.load.loading import AuditInputs, seed_everything
+from xai_audit.contract.types import LoadContext
+from xai_audit.load.loading import AuditInputs, load_step, seed_everything
 from xai_audit.plan import Plan, Step
 from xai_audit.registry import Registry
 from xai_audit.run.cache import Cache, content_key
-from xai_audit.run.limits import time_limit, with_halving_batch
+from xai_audit.run.limits import StepAbandoned, run_with_limit, with_halving_batch
 from xai_audit.run.serialize import (
     explanation_from_cache,
     explanation_to_cache,
@@ -128,10 +129,11 @@ def run_explainers(plan: Plan, inputs: AuditInputs, baseline: Baseline, chosen: 
         with bar(f"explainer {step.name}"):
             entry: dict[str, Any] = {"status": "ok", "plugin": step.plugin.name, "options": step.options_dict()}
             try:
+                limit = step_limit(step, plan)
                 if getattr(step.plugin.cls, "wants_all_samples", False):
-                    exp = explain(step, inputs, inputs.samples, baseline.preds, plan.seed, cache)
+                    exp = explain(step, inputs, inputs.samples, baseline.preds, plan.seed, cache, limit=limit)
                 else:
-                    exp = explain(step, inputs, chosen, targets, plan.seed, cache, executor)
+                    exp = explain(step, inputs, chosen, targets, plan.seed, cache, executor, limit=limit)
                     if then is not None:
                         then(step, exp, entry)
                 explanations[step.name] = exp
@@ -142,13 +144,15 @@ def run_explainers(plan: Plan, inputs: AuditInputs, baseline: Baseline, chosen: 
             except Exception as exc:  # a failing plugin is recorded, not fatal
                 entry["status"] = "failed"
                 failures.append(failure(f"explainer {step.name}", step, exc))
+                if isinstance(exc, StepAbandoned):
+                    replace_model(plan, inputs, executor)
             entries[step.name] = entry
     return Explained(explanations, entries)
 
 
 def explain(step: Step, inputs: AuditInputs, samples: list[Sample], targets: np.ndarray, seed: int, cache: Cache,
-            executor: Any = None) -> Explanation:
-    """One explainer step (cached); the maps are checked against the samples it was given."""
+            executor: Any = None, *, limit: float | None = None) -> Explanation:
+    """One explainer step (cached), stopped after ``limit`` seconds; the maps are checked against the samples."""
     model = inputs.model
     plugin = step.instantiate()
     if plugin.needs_gradients and model.module is None:
@@ -158,11 +162,12 @@ def explain(step: Step, inputs: AuditInputs, samples: list[Sample], targets: np.
     if hit is not None:
         return explanation_from_cache(*hit)
     seed_everything(seed)
-    with time_limit(step.timeout, f"explainer {step.name}"):
-        if executor is not None and not plugin.wants_all_samples:  # sharded across workers with executor: ray
-            exp = executor.explain(step, samples, np.asarray(targets), seed)
-        else:
-            exp = plugin.explain(model, samples, np.asarray(targets), seed)
+    if executor is not None and not plugin.wants_all_samples:  # sharded across workers with executor: ray
+        exp = run_with_limit(lambda: executor.explain(step, samples, np.asarray(targets), seed), limit,
+                             f"explainer {step.name}")
+    else:
+        exp = run_with_limit(lambda: plugin.explain(model, samples, np.asarray(targets), seed), limit,
+                             f"explainer {step.name}")
     if plugin.wants_all_samples:  # maps for the samples it names, a subset of those it was given
         unknown = set(exp.sample_ids) - {s.id for s in samples}
         if exp.maps.shape[0] != len(exp.sample_ids) or unknown:
@@ -178,7 +183,8 @@ def explain(step: Step, inputs: AuditInputs, samples: list[Sample], targets: np.
 
 
 def run_hypotheses(plan: Plan, registry: Registry, context: HypothesisContext, inputs: AuditInputs,
-                   explained: Explained, cache: Cache, bar: StepBar, failures: list[dict[str, str]]) -> Tested:
+                   explained: Explained, cache: Cache, bar: StepBar, failures: list[dict[str, str]],
+                   executor: Any = None) -> Tested:
     """The plan's hypotheses, and (with ``explain: {test_suggestions: true}``) what the explainers suggest."""
     results: dict[str, HypothesisResult] = {}
     entries: dict[str, dict[str, Any]] = {}
@@ -191,12 +197,14 @@ def run_hypotheses(plan: Plan, registry: Registry, context: HypothesisContext, i
             entry = {"status": "ok", "plugin": step.plugin.name, "options": step.options_dict(),
                      **suggested.get(step.name, {})}
             try:
-                result = test_hypothesis(step, context, cache, inputs.base_key)
+                result = test_hypothesis(step, context, cache, inputs.base_key, limit=step_limit(step, plan))
                 results[step.name] = result
                 entry.update(result_dict(result))
             except Exception as exc:
                 entry["status"] = "failed"
                 failures.append(failure(f"hypothesis {step.name}", step, exc))
+                if isinstance(exc, StepAbandoned):
+                    context.model = replace_model(plan, inputs, executor)
             entries[step.name] = entry
     return Tested(results, entries, {step.name: step for step in steps})
 
@@ -240,15 +248,16 @@ def suggested_steps(registry: Registry, planned: list[Step], explained: Explaine
     return steps
 
 
-def test_hypothesis(step: Step, context: HypothesisContext, cache: Cache, base_key: dict) -> HypothesisResult:
-    """One hypothesis step (cached)."""
+def test_hypothesis(step: Step, context: HypothesisContext, cache: Cache, base_key: dict, *,
+                    limit: float | None = None) -> HypothesisResult:
+    """One hypothesis step (cached), stopped after ``limit`` seconds."""
     key = step_key("hypothesis", step, base_key)
     hit = cache.get(key)
     if hit is not None:
         return hypothesis_from_cache(*hit)
     seed_everything(context.seed)
-    with time_limit(step.timeout, f"hypothesis {step.name}"):
-        result = step.instantiate().test(context)
+    plugin = step.instantiate()
+    result = run_with_limit(lambda: plugin.test(context), limit, f"hypothesis {step.name}")
     cache.put(key, *hypothesis_to_cache(result))
     return result
 
@@ -261,6 +270,22 @@ def result_dict(result: HypothesisResult) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- shared by the steps
+
+
+def step_limit(step: Step, plan: Plan) -> float:
+    """The step's own ``timeout:``, or the audit-wide ``runtime.step_timeout``."""
+    return step.timeout if step.timeout is not None else plan.runtime.step_timeout
+
+
+def replace_model(plan: Plan, inputs: AuditInputs, executor: Any) -> Any:
+    """Load the model again for the steps still to come: a step left stuck may still hold the old one
+    (hooks on its layers, a half-done forward pass). Returns the new model."""
+    seed_everything(plan.seed)  # a model built without a weights file is the same as the first
+    model = load_step(plan.model, LoadContext(plan.base_dir, plan.seed, plan.runtime.device), ModelError, "model")
+    inputs.model = model
+    if executor is not None and hasattr(executor, "model"):
+        executor.model = model
+    return model
 
 
 def step_key(kind: str, step: Step, base_key: dict, extra: Any = None) -> str:
