@@ -144,3 +144,10 @@ def test_fewer_model_classes_than_the_data_set(tmp_path):
     (tmp_path / "odd_model.py").write_text((tmp_path / "odd_model.py").read_text().replace("Conv2d(3, 7, 3)", "Conv2d(3, 3, 3)"))
     result = _run(plan, tmp_path / "out")
     assert result.exit_code == 2 and "'angry' is not among the model's classes" in result.stderr
+
+
+def test_validate_refuses_data_whose_classes_the_model_lacks_as_run_does(tmp_path):
+    plan = _model_plan(tmp_path, "return y[:, :3]", classes="[happy, sad, neutral]")
+    (tmp_path / "odd_model.py").write_text((tmp_path / "odd_model.py").read_text().replace("Conv2d(3, 7, 3)", "Conv2d(3, 3, 3)"))
+    result = CliRunner().invoke(app, ["validate", str(plan)])
+    assert result.exit_code == 2 and "'angry' is not among the model's classes" in result.stderr

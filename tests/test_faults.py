@@ -189,3 +189,22 @@ def test_fuzzed_plans_never_crash_and_always_say_where(registry, data, field, va
         parse_plan(text, registry, filename="fuzz.yaml")
     except PlanError as exc:
         assert exc.problems and all(p.startswith("fuzz.yaml") for p in exc.problems), exc.problems
+
+
+def test_a_failed_step_keeps_its_whole_traceback_in_the_run_log(write_plan, tmp_path):
+    from typer.testing import CliRunner
+
+    from xai_audit.cli import app
+
+    plan = write_plan(plan_text("", "  - transform: {callable: 'json:loads', description: parsed as JSON}\n"))
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["run", str(plan), "--out", str(out), "--no-cache", "-q"])
+    assert result.exit_code == 0, result.output
+    log = (out / "run.log").read_text()
+    assert log.startswith("hypothesis transform (transform") and "Traceback (most recent call last)" in log
+    assert "json" in log and "TypeError" in log
+    results = json.loads((out / "results.json").read_text())
+    (failure,) = results["failures"]
+    assert "Traceback" not in failure["traceback"] and "_traceback_full" not in failure  # one line in results.json
+    debug = CliRunner().invoke(app, ["--debug", "run", str(plan), "--out", str(tmp_path / "again"), "--no-cache", "-q"])
+    assert debug.exit_code == 0 and "Traceback (most recent call last)" in debug.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from xai_audit import hookimpl
-from xai_audit.errors import PluginLoadError, PluginNameClash
+from xai_audit.errors import PlanError, PluginLoadError, PluginNameClash
 from xai_audit.registry import PluginLoadWarning, make_plugin_manager
 from xai_audit.contract.types import HypothesisPlugin
 
@@ -163,3 +163,36 @@ def test_plugin_template_dirs_override_builtin_sections(tmp_path):
     env = make_environment(registry.template_dirs())
     assert env.get_template("sections/failures.html").render() == "<p>branded failures section</p>"
     assert "section" in env.get_template("sections/summary.html").filename  # others still built-in
+
+
+def test_a_plan_naming_a_plugin_that_failed_to_import_says_so(monkeypatch):
+    from xai_audit.plan import parse_plan
+
+    _with_broken_entry_point(monkeypatch)
+    with pytest.warns(PluginLoadWarning):
+        registry = make_plugin_manager()
+    text = "model: {adapter: torch, module: m.py:make, classes: [a, b]}\ndataset: {loader: digits}\nexplainers:\n  - smoothgrad\n"
+    with pytest.raises(PlanError) as caught:
+        parse_plan(text, registry, filename="p.yaml")
+    (problem,) = caught.value.problems
+    assert 'unknown explainer "smoothgrad"' in problem and "failed to import" in problem
+    assert 'Error importing plugin "broken"' in problem
+
+
+def test_a_plugin_may_not_declare_an_option_the_host_reads():
+    from xai_audit.api import HypothesisPlugin, hookimpl
+    from xai_audit.api import Options as BaseOptions
+
+    class Timed(HypothesisPlugin):
+        name = "timed"
+
+        class Options(BaseOptions):
+            timeout: float = 1.0
+
+        def test(self, context):  # pragma: no cover - never built
+            raise NotImplementedError
+
+    module = types.ModuleType("timed")
+    module.register_hypotheses = hookimpl(lambda: [Timed])
+    with pytest.raises(PluginLoadError, match="options declare timeout: the host reads timeout"):
+        make_plugin_manager(entry_points=False, extra_plugins=[module])

@@ -61,6 +61,7 @@ from xai_audit.contract.stats import (
 )
 from xai_audit.contract.types import (
     FACE_REGIONS,
+    HOST_OPTIONS,
     Dataset,
     DatasetPlugin,
     ExplainerPlugin,
@@ -100,6 +101,7 @@ __all__ = [
     "HypothesisContext",
     "HypothesisResult",
     "FACE_REGIONS",
+    "HOST_OPTIONS",
     # errors
     "XaiAuditError",
     "DataError",

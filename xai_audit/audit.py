@@ -37,7 +37,15 @@ from xai_audit.run.examples import Selection, choose_examples, describe_chosen
 from xai_audit.run.executors import make_executor
 from xai_audit.run.regions import with_regions
 from xai_audit.run.serialize import to_jsonable
-from xai_audit.run.steps import Baseline, Explained, Tested, predict_baseline, run_explainers, run_hypotheses
+from xai_audit.run.steps import (
+    FULL_TRACEBACK,
+    Baseline,
+    Explained,
+    Tested,
+    predict_baseline,
+    run_explainers,
+    run_hypotheses,
+)
 
 SCHEMA_VERSION = "1.0"
 log = logging.getLogger("xai_audit")
@@ -55,6 +63,9 @@ class AuditOutcome:
     labels: dict[str, int | None]
     #: the samples chosen for the explainers (a several-model plan reuses them for every model)
     explained_ids: list[str] = dataclasses.field(default_factory=list)
+    #: the run's log: each failed step's whole traceback, and plugins that failed to import (not in results.json,
+    #: whose tracebacks stay one line: paths and line numbers differ between machines)
+    log: list[str] = dataclasses.field(default_factory=list)
 
 
 class _Progress:
@@ -119,8 +130,13 @@ def run_audit(
             load_dataset=functools.partial(load_other_dataset, registry, plan),
         )
         tested = run_hypotheses(plan, registry, context, inputs, explained, cache, bar.step, failures, executor)
+    failures += [{"step": "load plugins", "plugin": "", "error": error, "traceback": ""}
+                 for error in registry.load_errors]
+    run_log = [f"{f['step']} ({f['plugin']}):\n{f.pop(FULL_TRACEBACK, '') or f['error']}" for f in failures]
     results = _judge(plan, registry, inputs, baseline, selection, explained, tested, failures, cache, started)
-    return _outcome(results, inputs, baseline, selection, explained, tested)
+    outcome = _outcome(results, inputs, baseline, selection, explained, tested)
+    outcome.log = run_log
+    return outcome
 
 
 def _select(inputs: AuditInputs, baseline: Baseline, plan: Plan, explain_ids: list[str] | None) -> Selection:

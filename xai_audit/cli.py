@@ -88,6 +88,14 @@ def _write(outcome, registry, out: Path, formats: list[str], templates: Optional
     from xai_audit.judge.recommend import write_manifest
 
     written["manifest"] = write_manifest(outcome.results.get("recommendations") or [], out)
+    if outcome.log:  # whole tracebacks of the steps that failed: the report and results.json keep one line each
+        from xai_audit.files import atomic_write
+
+        atomic_write(out / "run.log", ("\n".join(outcome.log) + "\n").encode("utf-8"))
+        written["log"] = out / "run.log"
+        if _state["debug"]:
+            for entry in outcome.log:
+                _err(entry)
     return written
 
 
@@ -216,7 +224,8 @@ def _summarise(results: dict, written: dict[str, Path]) -> None:
     for finding in results.get("findings", [])[:5]:
         typer.echo(f"finding [{finding['severity']}]: {finding['title']}")
     if results.get("failures"):
-        typer.echo(f"{len(results['failures'])} step(s) could not run; see the report's last section")
+        typer.echo(f"{len(results['failures'])} step(s) could not run; see the report's last section "
+                   "(run.log beside it has their tracebacks; --debug prints them)")
     for kind, path in written.items():
         typer.echo(f"{kind}: {path}")
 

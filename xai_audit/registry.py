@@ -19,6 +19,7 @@ import pluggy
 
 from xai_audit.contract import hookspecs
 from xai_audit.contract.types import (
+    HOST_OPTIONS,
     DatasetPlugin,
     ExplainerPlugin,
     HypothesisPlugin,
@@ -83,6 +84,12 @@ class Registry:
             )
         if not cls.name:
             raise PluginLoadError(f'Plugin "{source}" registered {cls.__name__} with no name')
+        clash = sorted(set(getattr(cls.Options, "model_fields", {})) & set(HOST_OPTIONS.get(kind, ())))
+        if clash:
+            raise PluginLoadError(
+                f'Plugin "{source}" registered {cls.__name__}, whose options declare {", ".join(clash)}: the host '
+                f"reads {', '.join(HOST_OPTIONS[kind])} from a {kind} entry itself; rename the option"
+            )
         package, version = _distribution_of(cls, self._distributions)
         info = PluginInfo(kind, cls.name, cls, source, package, version)
         existing = self._by_kind[kind].get(cls.name)

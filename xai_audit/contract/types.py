@@ -20,6 +20,17 @@ from xai_audit.contract.recommendations import augment_row
 #: Region names the built-in data sets and hypotheses use.
 FACE_REGIONS = ("eyes", "brows", "nose", "mouth", "hair", "skin", "background")
 
+#: Options the host reads from a plan entry itself, by plugin kind (the plugin never sees them): the plugin's
+#: name, the rows to audit, what to do with an unreadable image, a step's time limit. A plugin's ``Options``
+#: may not declare these names; the plugin manager refuses one that does.
+HOST_OPTIONS: dict[str, tuple[str, ...]] = {
+    "model-adapter": ("adapter", "name"),
+    "dataset": ("loader", "sample", "on_bad_sample"),
+    "region-source": ("source",),
+    "explainer": ("timeout",),
+    "hypothesis": ("timeout",),
+}
+
 
 @dataclass(frozen=True)
 class Sample:

@@ -65,6 +65,12 @@ def load_model_and_data(plan: Plan) -> tuple[ModelAdapter, Dataset]:
     dataset = load_step(plan.dataset, context, DataError, "data set")
     if len(dataset) == 0:
         raise DataError("the data set has no samples")
+    unknown = [c for c in dataset.classes or [] if c not in list(model.classes)]
+    if unknown:
+        raise DataError(
+            f"data set class {unknown[0]!r} is not among the model's classes {list(model.classes)} "
+            f"(dataset loader '{plan.dataset.name}')"
+        )
     first = _first_readable(dataset, plan.on_bad_sample)
     model.check(*first.image.shape[-2:])
     return model, dataset
@@ -141,13 +147,7 @@ def align_labels(samples: list[LazySample], dataset: Dataset, model: ModelAdapte
     """Re-index labels from the data set's class order to the model's."""
     if dataset.classes is None or list(dataset.classes) == list(model.classes):
         return samples
-    index = {name: k for k, name in enumerate(model.classes)}
-    unknown = [c for c in dataset.classes if c not in index]
-    if unknown:
-        raise DataError(
-            f"data set class {unknown[0]!r} is not among the model's classes {list(model.classes)} "
-            f"(dataset loader '{plan.dataset.name}')"
-        )
+    index = {name: k for k, name in enumerate(model.classes)}  # every data set class is one (load_model_and_data)
     mapping = {k: index[name] for k, name in enumerate(dataset.classes)}
     return [s if s.label is None else s.with_label(mapping[s.label]) for s in samples]
 

@@ -254,7 +254,10 @@ def _validate_step(
 ) -> Step | None:
     names = registry.names(kind)
     if name not in names:
-        problems.add(name_path, f'unknown {kind} "{name}"{suggest(name, names)}')
+        broken = registry.load_errors
+        why = (f"; {len(broken)} plugin(s) failed to import and may be the one that provides it: " + " | ".join(broken)
+               if broken else "")
+        problems.add(name_path, f'unknown {kind} "{name}"{suggest(name, names)}{why}')
         return None
     info = registry.get(kind, name)
     try:

@@ -309,8 +309,12 @@ def code_hash(cls: type) -> str:
     return h.hexdigest()
 
 
+#: the key under which a failure carries its whole traceback until the audit moves it to the run's log
+FULL_TRACEBACK = "_traceback_full"
+
+
 def failure(where: str, step: Step, exc: Exception) -> dict[str, str]:
-    """A failed step as results.json lists it."""
+    """A failed step as results.json lists it, with its whole traceback under FULL_TRACEBACK for the run's log."""
     log.debug("step %s failed", where, exc_info=exc)
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return {
@@ -318,4 +322,5 @@ def failure(where: str, step: Step, exc: Exception) -> dict[str, str]:
         "plugin": f"{step.plugin.name} {step.plugin.version}",
         "error": f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
         "traceback": "".join(traceback.format_exception_only(type(exc), exc)).strip(),
+        FULL_TRACEBACK: "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
     }
