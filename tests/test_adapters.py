@@ -225,3 +225,25 @@ def _write_image_folder(folder, n):
         Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
         rows.append(f"img{i}.png,{EMOTIONS[i % 7]},{'I' if i % 2 else 'VI'}")
     (folder / "meta.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_an_adapter_exposes_its_modules_layers_by_default():
+    from xai_audit.api import ModelAdapter, resolve_layer
+
+    class Plain(ModelAdapter):
+        classes = ["a", "b"]
+
+        def __init__(self, module):
+            self.module = module
+
+        def forward(self, images):
+            return self.module(images)
+
+        def fingerprint(self):
+            return "plain"
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    assert list(Plain(net).layers()) == ["0", "1", "2"]
+    assert resolve_layer(Plain(net), "0")[1] is net[0]
+    with pytest.raises(ValueError, match="exposes no layers"):
+        resolve_layer(Plain(None), "0")

@@ -16,6 +16,9 @@ from xai_audit.contract.types import ModelAdapter
 def resolve_layer(model: ModelAdapter, name: str | None) -> tuple[str, Any]:
     """(name, module) of the named layer, or of the adapter's default layer (the last conv for a CNN)."""
     layers = model.layers()
+    if not layers:
+        raise ValueError(f"the model adapter ({type(model).__name__}) exposes no layers: its layers() is empty "
+                         "(a black box, or an adapter that names none)")
     chosen = name or model.default_layer
     if chosen is None:
         raise ValueError("the model names no default layer; give 'layer' in the explainer's options")

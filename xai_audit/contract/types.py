@@ -103,8 +103,12 @@ class ModelAdapter(abc.ABC):
         """A content hash of the model's weights and its input mapping."""
 
     def layers(self) -> dict[str, Any]:
-        """Named sub-modules whose activations can be read."""
-        return {}
+        """Named sub-modules whose activations can be read (Grad-CAM, topology, neuron maps use them).
+
+        The default: every named sub-module of ``module`` when it is a torch module, else none.
+        """
+        named = getattr(self.module, "named_modules", None)
+        return {name: m for name, m in named() if name} if callable(named) else {}
 
     def files(self) -> list[Path]:
         """Files the model came from, for provenance."""
