@@ -180,6 +180,10 @@ def test_xai_audit_plugins_lists_every_example(registry):
         assert listed.get((kind, name)) == dist
 
 
+def test_the_guide_shows_the_plan_this_module_runs():
+    assert f"```yaml\n{PLAN}```" in (ROOT / "docs" / "plugins.md").read_text()
+
+
 def test_one_plan_runs_every_example_together(audit):
     r = audit.results
     assert r["failures"] == []
