@@ -64,7 +64,8 @@ class TinyCNNAdapter(ModelAdapter):
         return self.module(images * 2 - 1)
 
     def layers(self) -> dict[str, Any]:
-        # named sub-modules: without them Grad-CAM, topology and the activation explainers cannot run
+        # the named sub-modules Grad-CAM, topology and the activation explainers read; the default returns
+        # the same for any torch `module`, written out here to show what they need (default_layer is a key)
         return {name: m for name, m in self.module.named_modules() if name}
 
     def fingerprint(self) -> str:
