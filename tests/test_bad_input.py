@@ -124,6 +124,7 @@ def _model_plan(tmp_path: Path, forward: str, classes: str = CLASSES) -> Path:
         ("return y[:, :3]", "expected (batch, 7) for 7 classes"),
         ("return y * float('nan')", "NaN or infinite"),
         ("return y / 0.0", "NaN or infinite"),
+        ("y[:, 0] = float('-inf'); return y", "NaN or infinite scores (first on sample"),
         ("return y if self.calls < 2 else y[None]", "expected (batch, 7)"),
     ],
 )
@@ -151,3 +152,16 @@ def test_validate_refuses_data_whose_classes_the_model_lacks_as_run_does(tmp_pat
     (tmp_path / "odd_model.py").write_text((tmp_path / "odd_model.py").read_text().replace("Conv2d(3, 7, 3)", "Conv2d(3, 3, 3)"))
     result = CliRunner().invoke(app, ["validate", str(plan)])
     assert result.exit_code == 2 and "'angry' is not among the model's classes" in result.stderr
+
+
+def test_a_model_that_returns_nan_only_on_changed_images_fails_that_hypothesis(tmp_path):
+    # NaN on the darkened faces only: the luminance test cannot be computed, and says so
+    plan = _model_plan(tmp_path, "return torch.where(x.mean() < 0.2, y * float('nan'), y)")
+    plan.write_text(plan.read_text() + "hypotheses:\n  - luminance: {factor: 0.2}\n  - grayscale\n")
+    result = _run(plan, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["hypotheses"]["luminance"]["status"] == "failed"
+    assert results["hypotheses"]["grayscale"]["status"] == "ok"
+    (failure,) = results["failures"]
+    assert failure["step"] == "hypothesis luminance" and "NaN or infinite scores" in failure["error"]

@@ -115,6 +115,54 @@ def test_a_corrupt_cache_entry_is_recomputed(write_plan, registry, tmp_path):
     assert r2["hypotheses"] == r1["hypotheses"]
 
 
+def test_a_tampered_cache_entry_is_recomputed_not_read_back(write_plan, registry, tmp_path):
+    """The checksum covers the plain data too: an edited verdict or effect is never read into the results."""
+    cache_dir = tmp_path / "cache"
+    plan = load_plan(write_plan(plan_text("", "  - grayscale\n")), registry)
+    r1 = run_audit(plan, registry, cache=Cache(cache_dir)).results
+    tampered = 0
+    for data in cache_dir.rglob("data.json"):
+        text = data.read_text()
+        if '"verdict"' in text:  # the hypothesis: its verdict flipped, its effect changed
+            edited = text.replace('"verdict": "not supported"', '"verdict": "supported"', 1).replace("0.", "9.", 1)
+            data.write_text(edited)
+            tampered += edited != text
+        else:  # the baseline (no plain data): its meta is not even a mapping
+            (data.parent / "meta.json").write_text("[]")
+            tampered += 1
+    assert tampered == 2
+    cache = Cache(cache_dir)
+    r2 = run_audit(plan, registry, cache=cache).results
+    assert cache.hits == 0 and cache.misses == 2
+    assert r2["hypotheses"] == r1["hypotheses"]
+
+
+def test_two_runs_on_one_cache_compute_each_step_once(write_plan, tmp_path):
+    """Two processes at once on one cache: one computes each step, the other waits and reads it."""
+    import json
+    import subprocess
+    import sys
+
+    plan = write_plan(plan_text(IG, "  - grayscale\n"))
+    driver = (
+        "import sys, json\n"
+        "from xai_audit.run.cache import Cache\nfrom xai_audit.plan import load_plan\n"
+        "from xai_audit.registry import make_plugin_manager\nfrom xai_audit.audit import run_audit\n"
+        "registry = make_plugin_manager()\ncache = Cache(sys.argv[2])\n"
+        "r = run_audit(load_plan(sys.argv[1], registry), registry, cache=cache).results\n"
+        "print(json.dumps({'hits': cache.hits, 'misses': cache.misses, 'hypotheses': r['hypotheses'],"
+        " 'accuracy': r['accuracy']}))\n"
+    )
+    cache_dir = tmp_path / "shared-cache"
+    procs = [subprocess.Popen([sys.executable, "-c", driver, str(plan), str(cache_dir)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert min(o["misses"] for o in outs) == 0  # the run that came second computed nothing
+    assert outs[0]["hypotheses"] == outs[1]["hypotheses"] and outs[0]["accuracy"] == outs[1]["accuracy"]
+    assert not list(cache_dir.rglob(".*-*"))  # no half-written entry left
+
+
 def _numbers(results):
     r = dict(results)
     for key in ("started", "finished", "cache"):

@@ -81,6 +81,14 @@ class Dataset(abc.ABC):
         return {"n_samples": len(self)}
 
 
+class NonFiniteScores(ValueError):
+    """The model returned NaN or an infinite score; ``index`` is the first such image in the batch given."""
+
+    def __init__(self, index: int, message: str):
+        super().__init__(message)
+        self.index = index
+
+
 class ModelAdapter(abc.ABC):
     """Maps display-space images to a model's input and returns logits."""
 
@@ -149,6 +157,11 @@ class ModelAdapter(abc.ABC):
             for start in range(0, len(images), batch_size):
                 batch = torch.as_tensor(images[start : start + batch_size], device=self.device)
                 logits = self.forward(batch.float())
+                finite = torch.isfinite(logits).all(dim=1)
+                if not bool(finite.all()):  # -inf too: softmax would turn it into a harmless-looking 0
+                    first = start + int((~finite).nonzero()[0, 0])
+                    raise NonFiniteScores(first, f"the model returned NaN or infinite scores (first on image {first} "
+                                                 f"of the {len(images)} it was given)")
                 out.append(torch.softmax(logits, dim=1).cpu().numpy())
         if not out:
             return np.zeros((0, len(self.classes)), dtype=np.float32)

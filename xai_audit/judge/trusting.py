@@ -47,14 +47,15 @@ def trust_one(step: Step, exp: Explanation, entry: dict[str, Any], session: trus
                                             exp.sample_ids, np.asarray(exp.targets).tolist(),
                                             sorted(session.class_regions.items())])
     try:
-        hit = cache.get(key)
-        if hit is None:
-            seed_everything(session.seed)
-            data, arrays = trust_metrics.explainer_trust(session, step.instantiate(), exp.maps)
-            data = to_jsonable(data)
-            cache.put(key, data, arrays)
-        else:
-            data, arrays = hit
+        with cache.claim(key):  # another run on this cache waits, then reads these scores
+            hit = cache.get(key)
+            if hit is None:
+                seed_everything(session.seed)
+                data, arrays = trust_metrics.explainer_trust(session, step.instantiate(), exp.maps)
+                data = to_jsonable(data)
+                cache.put(key, data, arrays)
+            else:
+                data, arrays = hit
         trust_metrics.attach(exp, entry, data, arrays, session.classes)
     except Exception as exc:  # the maps stand; only their trust scores are missing
         failures.append(failure(f"trust {step.name}", step, exc))

@@ -2,14 +2,19 @@
 
 The key of a step hashes everything its output depends on: the model's weight
 fingerprint, the data fingerprint and audited sample ids, the plugin's name,
-version and options, and the seed. An entry is a folder holding ``meta.json``
-(plain data, with a checksum of the arrays) and ``arrays.npz``; it is written
-under a temporary name and renamed when whole, and an entry whose checksum
-does not match is ignored and recomputed.
+version and options, and the seed. An entry is a folder holding ``data.json``
+(plain data), ``arrays.npz`` and ``meta.json`` (the format and one checksum over
+both); it is written under a temporary name and renamed when whole, and an entry
+whose checksum does not match (a half-written or tampered entry) is ignored and
+recomputed. Two runs that share a cache compute each step once: a step holds an
+exclusive lock on its key (:meth:`Cache.claim`) while it looks up, computes and
+stores its output, so the second run waits and then reads the first one's entry.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -17,11 +22,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-CACHE_FORMAT = 1
+#: 2: the checksum covers the plain data too (format 1 entries are ignored and recomputed)
+CACHE_FORMAT = 2
 
 
 def content_key(*parts: Any) -> str:
@@ -54,14 +60,16 @@ class Cache:
         try:
             meta = json.loads((folder / "meta.json").read_text())
             blob = (folder / "arrays.npz").read_bytes()
-            if meta.get("format") != CACHE_FORMAT or meta.get("sha256") != hashlib.sha256(blob).hexdigest():
+            text = (folder / "data.json").read_bytes()
+            if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or meta.get("sha256") != _digest(blob, text):
                 return None
+            data = json.loads(text)
             with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}
         except (OSError, ValueError, KeyError):
             return None
         self.hits += 1
-        return meta["data"], arrays
+        return data, arrays
 
     def put(self, key: str, data: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.misses += 1
@@ -72,11 +80,13 @@ class Cache:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         blob = buffer.getvalue()
-        meta = {"format": CACHE_FORMAT, "sha256": hashlib.sha256(blob).hexdigest(), "data": data}
+        text = json.dumps(data, allow_nan=True).encode("utf-8")
+        meta = {"format": CACHE_FORMAT, "sha256": _digest(blob, text)}
         tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=folder.parent))
         try:
             (tmp / "arrays.npz").write_bytes(blob)
-            (tmp / "meta.json").write_text(json.dumps(meta, allow_nan=True))
+            (tmp / "data.json").write_bytes(text)
+            (tmp / "meta.json").write_text(json.dumps(meta))
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
             os.replace(tmp, folder)
@@ -84,9 +94,33 @@ class Cache:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def claim(self, key: str) -> Iterator[None]:
+        """Hold the step ``key`` for this process: another run claiming it waits until this one is done
+        (an advisory lock on a file beside the entry; the system frees it if the process dies)."""
+        if self.root is None:
+            yield
+            return
+        lock_path = self._dir(key).with_suffix(".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def file_path(self, name: str) -> Path:
         """A path for a named artefact (e.g. the demo model's weights)."""
         root = self.root if self.root is not None else Path(tempfile.gettempdir()) / "xai-audit-nocache"
         path = root / "files" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def _digest(blob: bytes, text: bytes) -> str:
+    """One checksum over an entry's arrays and its plain data."""
+    h = hashlib.sha256(blob)
+    h.update(b"\0data\0")
+    h.update(text)
+    return h.hexdigest()

@@ -29,23 +29,24 @@ def add_regions(samples: list[LazySample], source: Any, plan: Plan, cache: Cache
     if not todo:
         return samples
     key = content_key("regions", plan.regions.name, plan.regions.options_dict(), source.fingerprint(), data_key, todo)
-    hit = cache.get(key)
-    if hit is not None:
-        names, arrays = hit[0]["names"], hit[1]
-        masks = [{n: arrays[n][k] for n in names} for k in range(len(todo))]
-    else:
-        masks = []
-        for start in range(0, len(todo), plan.runtime.batch_size):
-            chunk = todo[start : start + plan.runtime.batch_size]
-            masks.extend(source.regions(np.stack([samples[i].image for i in chunk]).astype(np.float32)))
-        names = sorted({n for m in masks for n in m})
-        shape = samples[todo[0]].image.shape[-2:]
-        arrays = {n: np.stack([m.get(n, np.zeros(shape, bool)) for m in masks]) for n in names}
-        cache.put(key, {"names": names}, arrays)
-        masks = [{n: arrays[n][k] for n in names} for k in range(len(todo))]
-    out = list(samples)
-    for i, m in zip(todo, masks):
-        out[i] = samples[i].with_regions(m)
-    return out
+    with cache.claim(key):  # another run on this cache waits, then reads this step's entry
+        hit = cache.get(key)
+        if hit is not None:
+            names, arrays = hit[0]["names"], hit[1]
+            masks = [{n: arrays[n][k] for n in names} for k in range(len(todo))]
+        else:
+            masks = []
+            for start in range(0, len(todo), plan.runtime.batch_size):
+                chunk = todo[start : start + plan.runtime.batch_size]
+                masks.extend(source.regions(np.stack([samples[i].image for i in chunk]).astype(np.float32)))
+            names = sorted({n for m in masks for n in m})
+            shape = samples[todo[0]].image.shape[-2:]
+            arrays = {n: np.stack([m.get(n, np.zeros(shape, bool)) for m in masks]) for n in names}
+            cache.put(key, {"names": names}, arrays)
+            masks = [{n: arrays[n][k] for n in names} for k in range(len(todo))]
+        out = list(samples)
+        for i, m in zip(todo, masks):
+            out[i] = samples[i].with_regions(m)
+        return out
 
 

@@ -16,14 +16,20 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 
 from xai_audit.contract.images import chunks as sample_chunks
-from xai_audit.contract.types import Explanation, HypothesisContext, HypothesisResult, Sample
+from xai_audit.contract.types import (
+    Explanation,
+    HypothesisContext,
+    HypothesisResult,
+    LoadContext,
+    NonFiniteScores,
+    Sample,
+)
 from xai_audit.errors import ModelError, XaiAuditError
-from xai_audit.contract.types import LoadContext
 from xai_audit.load.loading import AuditInputs, load_step, seed_everything
 from xai_audit.plan import Plan, Step
 from xai_audit.registry import Registry
@@ -83,28 +89,39 @@ def predict_baseline(inputs: AuditInputs, plan: Plan, cache: Cache, executor: An
     labels = np.array([-1 if s.label is None else s.label for s in samples])
     labelled = bool(len(samples)) and all(s.label is not None for s in samples)
     key = content_key("baseline", inputs.base_key)
-    hit = cache.get(key)
-    if hit is not None:
-        return Baseline(hit[1]["probs"], labels, labelled)
-    model = inputs.model
-    seed_everything(plan.seed)
-    try:  # chunk by chunk: the images are read as they are needed, never all at once
-        chunks = (images for _, images in sample_chunks(samples, stream_chunk(plan)))
-        if executor is None:
-            parts = [with_halving_batch(lambda size: model.predict_proba(images, batch_size=size),
-                                        plan.runtime.batch_size, "baseline predictions") for images in chunks]
-        else:
-            parts = list(executor.predict_chunks(chunks, "baseline predictions"))
-        probs = np.concatenate(parts) if parts else np.zeros((0, len(model.classes)), np.float32)
-    except XaiAuditError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"the model failed on the baseline predictions: {type(exc).__name__}: {exc}") from exc
-    if not np.all(np.isfinite(probs)):
-        bad = samples[int(np.flatnonzero(~np.isfinite(probs).all(axis=1))[0])].id
-        raise ModelError(f"the model returned NaN or infinite scores (first on sample {bad!r})")
-    cache.put(key, {}, {"probs": probs})
-    return Baseline(probs, labels, labelled)
+    with cache.claim(key):  # another run on this cache waits, then reads this step's entry
+        hit = cache.get(key)
+        if hit is not None:
+            return Baseline(hit[1]["probs"], labels, labelled)
+        model = inputs.model
+        seed_everything(plan.seed)
+        current = {"start": 0}  # the first sample of the chunk being read, to name a bad one
+
+        def read_chunks() -> Iterator[np.ndarray]:
+            for rows, images in sample_chunks(samples, stream_chunk(plan)):
+                current["start"] = rows.start
+                yield images
+
+        try:  # chunk by chunk: the images are read as they are needed, never all at once
+            chunks = read_chunks()
+            if executor is None:
+                parts = [with_halving_batch(lambda size: model.predict_proba(images, batch_size=size),
+                                            plan.runtime.batch_size, "baseline predictions") for images in chunks]
+            else:
+                parts = list(executor.predict_chunks(chunks, "baseline predictions"))
+            probs = np.concatenate(parts) if parts else np.zeros((0, len(model.classes)), np.float32)
+        except XaiAuditError:
+            raise
+        except NonFiniteScores as exc:
+            bad = samples[min(current["start"] + exc.index, len(samples) - 1)].id
+            raise ModelError(f"the model returned NaN or infinite scores (first on sample {bad!r})") from None
+        except Exception as exc:
+            raise ModelError(f"the model failed on the baseline predictions: {type(exc).__name__}: {exc}") from exc
+        if not np.all(np.isfinite(probs)):
+            bad = samples[int(np.flatnonzero(~np.isfinite(probs).all(axis=1))[0])].id
+            raise ModelError(f"the model returned NaN or infinite scores (first on sample {bad!r})")
+        cache.put(key, {}, {"probs": probs})
+        return Baseline(probs, labels, labelled)
 
 
 def stream_chunk(plan: Plan) -> int:
@@ -158,25 +175,26 @@ def explain(step: Step, inputs: AuditInputs, samples: list[Sample], targets: np.
     if plugin.needs_gradients and model.module is None:
         raise ModelError(f"'{step.name}' needs gradients, and this model is a black box")
     key = step_key("explainer", step, inputs.base_key, [[s.id for s in samples], np.asarray(targets).tolist()])
-    hit = cache.get(key)
-    if hit is not None:
-        return explanation_from_cache(*hit)
-    seed_everything(seed)
-    if executor is not None and not plugin.wants_all_samples:  # sharded across workers with executor: ray
-        exp = run_with_limit(lambda: executor.explain(step, samples, np.asarray(targets), seed), limit,
-                             f"explainer {step.name}")
-    else:
-        exp = run_with_limit(lambda: plugin.explain(model, samples, np.asarray(targets), seed), limit,
-                             f"explainer {step.name}")
-    if plugin.wants_all_samples:  # maps for the samples it names, a subset of those it was given
-        unknown = set(exp.sample_ids) - {s.id for s in samples}
-        if exp.maps.shape[0] != len(exp.sample_ids) or unknown:
-            raise ValueError(f"explainer returned {exp.maps.shape[0]} maps for {len(exp.sample_ids)} sample ids"
-                             + (f", {len(unknown)} of them unknown" if unknown else ""))
-    elif exp.maps.shape[0] != len(samples):
-        raise ValueError(f"explainer returned {exp.maps.shape[0]} maps for {len(samples)} samples")
-    cache.put(key, *explanation_to_cache(exp))
-    return exp
+    with cache.claim(key):  # another run on this cache waits, then reads this step's entry
+        hit = cache.get(key)
+        if hit is not None:
+            return explanation_from_cache(*hit)
+        seed_everything(seed)
+        if executor is not None and not plugin.wants_all_samples:  # sharded across workers with executor: ray
+            exp = run_with_limit(lambda: executor.explain(step, samples, np.asarray(targets), seed), limit,
+                                 f"explainer {step.name}")
+        else:
+            exp = run_with_limit(lambda: plugin.explain(model, samples, np.asarray(targets), seed), limit,
+                                 f"explainer {step.name}")
+        if plugin.wants_all_samples:  # maps for the samples it names, a subset of those it was given
+            unknown = set(exp.sample_ids) - {s.id for s in samples}
+            if exp.maps.shape[0] != len(exp.sample_ids) or unknown:
+                raise ValueError(f"explainer returned {exp.maps.shape[0]} maps for {len(exp.sample_ids)} sample ids"
+                                 + (f", {len(unknown)} of them unknown" if unknown else ""))
+        elif exp.maps.shape[0] != len(samples):
+            raise ValueError(f"explainer returned {exp.maps.shape[0]} maps for {len(samples)} samples")
+        cache.put(key, *explanation_to_cache(exp))
+        return exp
 
 
 # --------------------------------------------------------------------------- hypotheses
@@ -252,14 +270,15 @@ def test_hypothesis(step: Step, context: HypothesisContext, cache: Cache, base_k
                     limit: float | None = None) -> HypothesisResult:
     """One hypothesis step (cached), stopped after ``limit`` seconds."""
     key = step_key("hypothesis", step, base_key)
-    hit = cache.get(key)
-    if hit is not None:
-        return hypothesis_from_cache(*hit)
-    seed_everything(context.seed)
-    plugin = step.instantiate()
-    result = run_with_limit(lambda: plugin.test(context), limit, f"hypothesis {step.name}")
-    cache.put(key, *hypothesis_to_cache(result))
-    return result
+    with cache.claim(key):  # another run on this cache waits, then reads this step's entry
+        hit = cache.get(key)
+        if hit is not None:
+            return hypothesis_from_cache(*hit)
+        seed_everything(context.seed)
+        plugin = step.instantiate()
+        result = run_with_limit(lambda: plugin.test(context), limit, f"hypothesis {step.name}")
+        cache.put(key, *hypothesis_to_cache(result))
+        return result
 
 
 def result_dict(result: HypothesisResult) -> dict[str, Any]:
