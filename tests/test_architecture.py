@@ -17,7 +17,7 @@ HOST = ROOT / "xai_audit"
 
 #: the floors of the host, in the order of one audit; a module may import from its own floor or below
 FLOORS = [
-    ("xai_audit", "xai_audit.errors", "xai_audit.files", "xai_audit.contract"),
+    ("xai_audit", "xai_audit.errors", "xai_audit.files", "xai_audit.limits", "xai_audit.contract"),
     ("xai_audit.registry",),
     ("xai_audit.plan",),
     ("xai_audit.load",),

@@ -4,6 +4,7 @@ and no report left behind; with `on_bad_sample: skip` the audit goes on and list
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,15 @@ def test_a_model_that_returns_nan_only_on_changed_images_fails_that_hypothesis(t
     assert results["hypotheses"]["grayscale"]["status"] == "ok"
     (failure,) = results["failures"]
     assert failure["step"] == "hypothesis luminance" and "NaN or infinite scores" in failure["error"]
+
+
+def test_a_model_whose_forward_never_returns_does_not_hang_validate(tmp_path, monkeypatch):
+    import xai_audit.load.loading as loading
+
+    monkeypatch.setattr(loading, "FIRST_PASS_LIMIT_S", 1.0)
+    plan = _model_plan(tmp_path, "import time; time.sleep(60); return y")
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["validate", str(plan)])
+    assert time.perf_counter() - start < 30
+    assert result.exit_code == 2 and "did not go through the model within 1 s" in result.stderr
+    assert result.stderr.count("\n") == 1

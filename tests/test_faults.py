@@ -21,7 +21,7 @@ from conftest import plan_text
 from xai_audit import hookimpl
 from xai_audit.run.cache import Cache
 from xai_audit.errors import PlanError
-from xai_audit.run.limits import with_halving_batch
+from xai_audit.limits import with_halving_batch
 from xai_audit.plan import load_plan, parse_plan
 from xai_audit.registry import make_plugin_manager
 from xai_audit.audit import run_audit

@@ -15,9 +15,13 @@ import numpy as np
 
 from xai_audit.contract.types import Dataset, LoadContext, ModelAdapter, RegionSource, Sample
 from xai_audit.errors import DataError, ModelError, XaiAuditError
+from xai_audit.limits import StepTimeout, run_with_limit
 from xai_audit.load.samples import DEFAULT_CACHE_BYTES, LazySample, SampleCache, read_metadata
 from xai_audit.plan import Plan, Step
 from xai_audit.registry import Registry
+
+#: the longest one black image may take through the model when it is checked (validate and run)
+FIRST_PASS_LIMIT_S = 120.0
 
 
 @dataclass
@@ -72,7 +76,13 @@ def load_model_and_data(plan: Plan) -> tuple[ModelAdapter, Dataset]:
             f"(dataset loader '{plan.dataset.name}')"
         )
     first = _first_readable(dataset, plan.on_bad_sample)
-    model.check(*first.image.shape[-2:])
+    height, width = first.image.shape[-2:]
+    limit = min(plan.runtime.step_timeout, FIRST_PASS_LIMIT_S)
+    try:  # a model whose forward never returns must not hang validate or run
+        run_with_limit(lambda: model.check(height, width), limit, "the model's first forward pass")
+    except StepTimeout:
+        raise ModelError(f"one {height}x{width} image did not go through the model within {limit:g} s "
+                         "(its forward pass never returned)") from None
     return model, dataset
 
 

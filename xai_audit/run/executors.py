@@ -42,7 +42,7 @@ from xai_audit.contract.types import Explanation, ModelAdapter, Sample
 from xai_audit.errors import ModelError, PlanError, XaiAuditError
 from xai_audit.load.loading import seed_everything
 from xai_audit.plan.schema import RAY_MISSING
-from xai_audit.run.limits import with_halving_batch
+from xai_audit.limits import with_halving_batch
 
 if TYPE_CHECKING:  # pragma: no cover
     from xai_audit.plan import Plan, Step

@@ -34,7 +34,7 @@ from xai_audit.load.loading import AuditInputs, load_step, seed_everything
 from xai_audit.plan import Plan, Step
 from xai_audit.registry import Registry
 from xai_audit.run.cache import Cache, content_key
-from xai_audit.run.limits import StepAbandoned, run_with_limit, with_halving_batch
+from xai_audit.limits import StepAbandoned, run_with_limit, with_halving_batch
 from xai_audit.run.serialize import (
     explanation_from_cache,
     explanation_to_cache,
