@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler
+from pydantic_core import PydanticCustomError, core_schema
 
 from xai_audit.contract.images import chunks
 from xai_audit.contract.recommendations import augment_row
@@ -281,8 +282,41 @@ class HypothesisContext:
         yield from chunks(self.samples, size)
 
 
-class Options(BaseModel):
-    """Base of every plugin's options schema: unknown options are errors."""
+def _refuse_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_is_not_a_number", "must be a number, not {value}", {"value": str(value).lower()})
+    return value
+
+
+def _numbers_refuse_booleans(schema: Any) -> Any:
+    """``schema`` (a pydantic-core schema) with every int and float validator refusing ``True`` / ``False``.
+
+    Pydantic's lax mode reads ``true`` as 1 where a number is expected; a plan that says ``steps: true`` is a
+    mistake, not a one. Only booleans are refused: ``"3"`` and ``3.0`` stay lax, and a field typed
+    ``bool | int`` still takes a boolean through its ``bool`` branch. Nested schemas (``list[int]``,
+    ``dict[str, float]``, ``int | None``, sub-models) are covered, as they are walked whole.
+    """
+    if isinstance(schema, list):
+        return [_numbers_refuse_booleans(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if schema.get("type") == "function-before" and (schema.get("function") or {}).get("function") is _refuse_boolean:
+        return schema  # already wrapped (a sub-model built from this base)
+    if schema.get("type") in ("int", "float"):
+        return core_schema.no_info_before_validator_function(_refuse_boolean, schema)
+    return {key: _numbers_refuse_booleans(value) for key, value in schema.items()}
+
+
+class StrictNumbers(BaseModel):
+    """A model whose number fields refuse booleans (``steps: true``), wherever they are nested."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return _numbers_refuse_booleans(handler(source))
+
+
+class Options(StrictNumbers):
+    """Base of every plugin's options schema: unknown options are errors, and so is a boolean for a number."""
 
     model_config = ConfigDict(extra="forbid")
 

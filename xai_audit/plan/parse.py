@@ -7,33 +7,142 @@ field, and the nearest valid name for a typo.
 from __future__ import annotations
 
 import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from yaml.composer import Composer
 
 from xai_audit.errors import PlanError
 from xai_audit.plan.checks import parse_plan_checks
 from xai_audit.plan.schema import RAY_MISSING, Plan, PlanSchema, Step, ray_installed
 from xai_audit.registry import Registry, suggest
 
+#: a plan file larger than this (bytes) is refused before it is parsed; a plan is a few kB, and even a report
+#: title or class names of a megabyte each leave room
+MAX_PLAN_BYTES = 4 * 2**20
+#: values (scalars, lists, mappings) in the plan once every YAML alias is written out in full
+MAX_PLAN_VALUES = 100_000
+#: characters of the plan's strings once every alias is written out: twice the largest file
+MAX_PLAN_CHARS = 2 * MAX_PLAN_BYTES
+#: lists and mappings nested in one another (the composer and the checks recurse)
+MAX_PLAN_DEPTH = 64
 
-class _LineLoader(yaml.SafeLoader):
-    """A safe loader that records the line of every mapping key and sequence item."""
+# The C parser (libyaml) makes the events when PyYAML has it, four times faster on a long plan; the composer
+# is always PyYAML's Python one, so every node passes through _PlanLoader.compose_node and is counted.
+_Base: type = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
 
 
-def _compose_lines(text: str) -> dict[tuple, int]:
-    """Map each path (tuple of keys / indices) to its 1-based line in ``text``."""
+class _Refused(Exception):
+    """The plan is too large, too deep or expands too far; ``mark`` is where (or None)."""
+
+    def __init__(self, mark: Any, message: str):
+        super().__init__(message)
+        self.mark = mark
+        self.message = message
+
+
+class _PlanLoader(_Base):  # type: ignore[misc, valid-type]
+    """A safe loader that bounds what the plan expands to.
+
+    Aliases are allowed (``classes: &classes [...]`` shared by the models of ``models:`` is a fair use), but
+    the plan they expand to is counted as it is composed: more than :data:`MAX_PLAN_VALUES` values or
+    :data:`MAX_PLAN_CHARS` characters of strings (a "billion laughs"), an alias inside its own anchor, or
+    nesting deeper than :data:`MAX_PLAN_DEPTH` is refused at the alias or node that crosses the line,
+    before anything is built from it.
+    """
+
+    get_single_node = Composer.get_single_node
+    compose_document = Composer.compose_document
+    compose_scalar_node = Composer.compose_scalar_node
+    compose_sequence_node = Composer.compose_sequence_node
+    compose_mapping_node = Composer.compose_mapping_node
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.anchors: dict[str, yaml.Node] = {}
+        self._values = 0  # values composed so far, every alias counted as what it stands for
+        self._chars = 0
+        self._aliases = 0
+        self._depth = 0
+        self._sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (values, characters) of a finished node
+
+    def compose_node(self, parent: Any, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = Composer.compose_node(self, parent, index)  # an undefined alias is a ComposerError
+            size = self._sizes.get(id(node))
+            if size is None:  # its anchor is still open: the alias is inside what it names
+                raise _Refused(event.start_mark, f"the alias *{event.anchor} is inside its own anchor &{event.anchor}"
+                                                 " (a plan that contains itself)")
+            self._aliases += 1
+            self._count(*size, event.start_mark)
+            return node
+        self._depth += 1
+        if self._depth > MAX_PLAN_DEPTH:
+            raise _Refused(event.start_mark, f"lists and mappings nested more than {MAX_PLAN_DEPTH} deep")
+        values, chars = self._values, self._chars
+        node = Composer.compose_node(self, parent, index)
+        self._depth -= 1
+        self._count(1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0, event.start_mark)
+        self._sizes[id(node)] = (self._values - values, self._chars - chars)
+        return node
+
+    def _count(self, values: int, chars: int, mark: Any) -> None:
+        self._values += values
+        self._chars += chars
+        how = " through YAML aliases (*name)" if self._aliases else ""
+        if self._values > MAX_PLAN_VALUES:
+            raise _Refused(mark, f"the plan expands to more than {MAX_PLAN_VALUES:,} values{how}; "
+                                 "write out what the aliases stand for, or use fewer")
+        if self._chars > MAX_PLAN_CHARS:
+            raise _Refused(mark, f"the plan's strings expand to more than {MAX_PLAN_CHARS:,} characters{how}")
+
+
+def _read_yaml(text: str, filename: str) -> tuple[Any, yaml.Node | None]:
+    """The plan's data and its root node (for lines). Raises :class:`PlanError` for YAML that is not a plan."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_PLAN_BYTES:
+        raise PlanError([f"{filename}: the plan is {size:,} bytes; a plan may be at most {MAX_PLAN_BYTES:,} bytes"])
+    loader = _PlanLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except _Refused as exc:
+        where = f"{filename}:{exc.mark.line + 1}" if exc.mark is not None else filename
+        raise PlanError([f"{where}: {exc.message}"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{filename}:{mark.line + 1}" if mark else filename
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PlanError([f"{where}: not valid YAML: {_one_line(str(problem), 200)}"]) from None
+    finally:
+        loader.dispose()
+    return data, root
+
+
+def _node_lines(root: yaml.Node | None, add: Any) -> dict[tuple, int]:
+    """Map each path (tuple of keys / indices) to its 1-based line; a key given twice goes to ``add``."""
     lines: dict[tuple, int] = {}
-    root = yaml.compose(text, Loader=_LineLoader)
+    seen_twice: set[int] = set()
 
     def walk(node: yaml.Node, path: tuple) -> None:
         lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
+            first: dict[tuple, int] = {}
             for key_node, value_node in node.value:
                 key = key_node.value
-                lines[path + (key,)] = key_node.start_mark.line + 1
+                line = key_node.start_mark.line + 1
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    ident = (key_node.tag, key)
+                    if ident in first and id(key_node) not in seen_twice:  # an aliased mapping is walked again
+                        seen_twice.add(id(key_node))
+                        add(path + (key,), f"given twice (first on line {first[ident]}); "
+                                           "YAML would keep only the last, so remove one", line)
+                    first.setdefault(ident, line)
+                lines[path + (key,)] = line
                 walk(value_node, path + (key,))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
@@ -45,20 +154,39 @@ def _compose_lines(text: str) -> dict[tuple, int]:
     return lines
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = _SHORT.maxdict = 6
+_SHORT.maxlevel = 3
+
+
+def _one_line(text: str, limit: int = 60) -> str:
+    """``text`` on one line (control characters escaped), cut to ``limit`` characters with an ellipsis."""
+    text = str(text)
+    shown = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text[:limit])
+    return shown + "…" if len(text) > limit else shown
+
+
+def _short_repr(value: Any) -> str:
+    """A bounded repr: a megabyte string or a list that aliases expanded stays a short message."""
+    return _one_line(_SHORT.repr(value), 120)
+
+
 class _Problems:
     def __init__(self, filename: str, lines: dict[tuple, int]):
         self.filename = filename
         self.lines = lines
         self.items: list[str] = []
 
-    def add(self, path: tuple, message: str) -> None:
-        line = None
+    def add(self, path: tuple, message: str, line: int | None = None) -> None:
         for cut in range(len(path), -1, -1):
-            if path[:cut] in self.lines:
-                line = self.lines[path[:cut]]
+            if line is not None:
                 break
+            line = self.lines.get(path[:cut])
         where = f"{self.filename}:{line}" if line else self.filename
         field_name = _format_path(path)
+        message = _one_line(message, 1000)  # one line each, however long the names in it
         self.items.append(f"{where}: {field_name}: {message}" if field_name else f"{where}: {message}")
 
 
@@ -68,7 +196,7 @@ def _format_path(path: tuple) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + _one_line(str(part), 60)
     return out
 
 
@@ -79,7 +207,11 @@ def load_plan(path: str | Path, registry: Registry) -> Plan:
     """Read, parse and validate a plan file. Raises :class:`PlanError`."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:  # read no more than the limit: the "file" may be /dev/zero or a pipe
+            raw = stream.read(MAX_PLAN_BYTES + 1)
+        if len(raw) > MAX_PLAN_BYTES:
+            raise PlanError([f"{path}: the plan is larger than {MAX_PLAN_BYTES:,} bytes, the most a plan may be"])
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise PlanError([f"{path}: plan file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -88,15 +220,9 @@ def load_plan(path: str | Path, registry: Registry) -> Plan:
 
 
 def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_dir: Path | None = None) -> Plan:
-    try:
-        data = yaml.safe_load(text)
-        lines = _compose_lines(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{filename}:{mark.line + 1}" if mark else filename
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise PlanError([f"{where}: not valid YAML: {problem}"]) from None
-    problems = _Problems(filename, lines)
+    data, root = _read_yaml(text, filename)
+    problems = _Problems(filename, {})
+    problems.lines = _node_lines(root, problems.add)
     if not isinstance(data, dict):
         problems.add((), "a plan must be a YAML mapping with at least 'model' and 'dataset'")
         raise PlanError(problems.items)
@@ -126,18 +252,17 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
         sample = dataset_options.pop("sample", None)
         on_bad_sample = dataset_options.pop("on_bad_sample", "fail")
         if on_bad_sample not in ("fail", "skip"):
-            problems.add(("dataset", "on_bad_sample"), f"must be 'fail' or 'skip', got {on_bad_sample!r}")
+            problems.add(("dataset", "on_bad_sample"), f"must be 'fail' or 'skip', got {_short_repr(on_bad_sample)}")
         if sample is not None and (not isinstance(sample, int) or isinstance(sample, bool) or sample < 1):
-            problems.add(("dataset", "sample"), f"must be a positive whole number, got {sample!r}")
+            problems.add(("dataset", "sample"), f"must be a positive whole number, got {_short_repr(sample)}")
             sample = None
         dataset = _plugin_step(problems, registry, "dataset", ("dataset",), dataset_options, key="loader")
     regions = None
     if isinstance(data.get("regions"), dict):
         regions = _plugin_step(problems, registry, "region-source", ("regions",), data["regions"], key="source")
     checks = parse_plan_checks(data.get("checks"), problems.add)
-    if schema is not None and schema.runtime.executor == "ray":
-        if not ray_installed():
-            problems.add(("runtime", "executor"), RAY_MISSING)
+    if schema is not None and schema.runtime.executor == "ray" and not ray_installed():
+        problems.add(("runtime", "executor"), RAY_MISSING)
     lists = {}
     for section, kind in (("explainers", "explainer"), ("hypotheses", "hypothesis")):
         entries = data.get(section) or []
@@ -156,6 +281,8 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
                     + " runs the model as a black box "
                     f"(methods here that need gradients: {', '.join(need)}); use a perturbation method such as occlusion or lime",
                 )
+    _refuse_layer_hooks(problems, data, lists["explainers"], models if len(models) > 1 else
+                        [("", model)] if model is not None else [])
     if problems.items or schema is None or model is None or dataset is None:
         raise PlanError(problems.items or [f"{filename}: invalid plan"])
     explainers, hypotheses = lists["explainers"], lists["hypotheses"]
@@ -177,6 +304,30 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
         models=models,
         checks=checks,
     )
+
+
+def _refuse_layer_hooks(problems: _Problems, data: dict, explainers: list[Step], models: list[tuple[str, Step]]) -> None:
+    """Explainers that read a layer, refused by name for a model whose layers cannot be hooked (with the reason).
+
+    An explainer already refused for gradients (a black box) is not named twice."""
+    for model_name, step in models:
+        why = getattr(step.plugin.cls, "no_hooks_reason", None)
+        reason = why(step.options) if callable(why) else None
+        if reason is None:
+            continue
+        black_box = not step.plugin.cls.provides_gradients
+        need = [s.name for s in explainers if getattr(s.plugin.cls, "needs_layer_hooks", False)
+                and not (black_box and getattr(s.plugin.cls, "needs_gradients", True))]
+        for i, entry in enumerate(data.get("explainers") or []):
+            name = entry if isinstance(entry, str) else next(iter(entry), None) if isinstance(entry, dict) else None
+            if name in need:
+                problems.add(
+                    ("explainers", i),
+                    f'"{name}" reads a layer of the model through forward hooks, and the {step.name} adapter'
+                    + (f' (model "{model_name}")' if model_name else "")
+                    + f" cannot give it one: {reason} (methods here that need layer hooks: {', '.join(need)}); "
+                    "occlusion, lime, integrated-gradients and saliency need no hooks",
+                )
 
 
 def _plugin_step(
@@ -240,7 +391,7 @@ def _plugin_list(problems: _Problems, registry: Registry, kind: str, section: st
         options = dict(options)
         timeout = options.pop("timeout", None)  # reserved for every step: its time limit in seconds
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            problems.add(path + (name, "timeout"), f"must be a positive number of seconds, got {timeout!r}")
+            problems.add(path + (name, "timeout"), f"must be a positive number of seconds, got {_short_repr(timeout)}")
             continue
         step = _validate_step(problems, registry, kind, path + (name,), str(name), options, name_path=path)
         if step is not None:
@@ -257,7 +408,7 @@ def _validate_step(
         broken = registry.load_errors
         why = (f"; {len(broken)} plugin(s) failed to import and may be the one that provides it: " + " | ".join(broken)
                if broken else "")
-        problems.add(name_path, f'unknown {kind} "{name}"{suggest(name, names)}{why}')
+        problems.add(name_path, f'unknown {kind} "{_one_line(name)}"{suggest(name, names)}{why}')
         return None
     info = registry.get(kind, name)
     try:
@@ -278,8 +429,8 @@ def _add_pydantic_errors(problems: _Problems, base: tuple, exc: ValidationError,
             message = f"unknown option{suggest(str(loc[-1]), valid)}"
         elif error["type"] == "missing":
             message = "required option is missing"
-        elif "input" in error and error["type"] not in ("missing",):
-            message = f"{message} (got {error['input']!r})"
+        elif "input" in error and error["type"] != "bool_is_not_a_number":  # that one says what it got
+            message = f"{message} (got {_short_repr(error['input'])})"
         problems.add(base + loc, message)
 
 

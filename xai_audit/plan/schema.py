@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
-from xai_audit.contract.types import Options
+from xai_audit.contract.types import Options, StrictNumbers
 from xai_audit.plan.checks import Check
 from xai_audit.registry import PluginInfo
 
@@ -31,7 +32,14 @@ def ray_installed() -> bool:
         return False
 
 
-class _Strict(BaseModel):
+#: the largest seed (2**63 - 1): numpy takes any seed >= 0 and torch any below 2**64, and a plugin's
+#: ``seed + i`` must stay below both
+MAX_SEED = 2**63 - 1
+
+
+class _Strict(StrictNumbers):
+    """A plan section: unknown keys are errors, and so is ``true`` / ``false`` where a number goes."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -100,6 +108,14 @@ class PlanSchema(_Strict):
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     checks: list[Any] = Field(default_factory=list)
 
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, seed: int) -> int:
+        if not 0 <= seed <= MAX_SEED:
+            raise PydanticCustomError("seed_out_of_range", "must be a whole number from 0 to 2**63 - 1 ({most}), "
+                                      "the range numpy and torch both accept", {"most": MAX_SEED})
+        return seed
+
 
 @dataclass
 class Step:
@@ -141,7 +157,7 @@ class Plan:
     #: the plan's checks, evaluated against the results; a failing one makes `run` exit 1
     checks: list[Check] = field(default_factory=list)
 
-    def for_model(self, name: str) -> "Plan":
+    def for_model(self, name: str) -> Plan:
         """This plan with only the named model (for running a several-model plan one model at a time)."""
         step = dict(self.models)[name]
         return dataclasses.replace(self, model=step, models=[(name, step)])
