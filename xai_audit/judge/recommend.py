@@ -42,7 +42,7 @@ def recommend(results: dict[str, Any], samples: Sequence[Sample], plugins: Mappi
     """Manifest rows: each finding's (in finding order), then rows without a finding, then hard examples.
 
     ``plugins`` maps a hypothesis step's name to its plugin. A row equal to an earlier one in what it
-    asks for (action, group, augmentation) is left out. A hook that raises is listed in ``failures``.
+    asks for (action, group, augmentation, sample) is left out. A hook that raises is listed in ``failures``.
     """
     hypotheses = results.get("hypotheses") or {}
     rows: list[dict[str, Any]] = []
@@ -70,10 +70,11 @@ def recommend(results: dict[str, Any], samples: Sequence[Sample], plugins: Mappi
 
 
 def _unique(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, str, str, str]] = set()
     out = []
-    for row in rows:
-        key = (str(row.get("action")), str(row.get("group", "")), str(row.get("augmentation", "")))
+    for row in rows:  # rows about different samples (relabel-or-add) are different rows
+        key = (str(row.get("action")), str(row.get("group", "")), str(row.get("augmentation", "")),
+               str(row.get("sample_id", "")))
         if key in seen:
             continue
         seen.add(key)
