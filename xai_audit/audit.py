@@ -24,7 +24,7 @@ from xai_audit.contract.stats import ALPHA
 from xai_audit.contract.types import Explanation, HypothesisContext, HypothesisResult
 from xai_audit.judge.accuracy import accuracy_tables
 from xai_audit.judge.checks import evaluate_checks
-from xai_audit.judge.correction import correct_for_multiple_tests
+from xai_audit.judge.correction import correct_for_multiple_tests, not_applicable
 from xai_audit.judge.findings import derive_findings
 from xai_audit.judge.recommend import recommend
 from xai_audit.judge.trusting import agreement, trust_one, trust_session
@@ -188,7 +188,8 @@ def _judge(plan: Plan, registry: Registry, inputs: AuditInputs, baseline: Baseli
         "cache": {"hits": cache.hits, "misses": cache.misses},
     }
     results["findings"] = derive_findings(results)
-    results["multiple_testing"] = {"method": "holm", "alpha": ALPHA, "n_tests": n_tests}
+    results["multiple_testing"] = {"method": "holm", "alpha": ALPHA, "n_tests": n_tests,
+                                   "not_applicable": not_applicable(tested.entries)}
     plugins = {name: step.instantiate() for name, step in tested.steps.items()}
     results["recommendations"] = recommend(results, samples, plugins, failures)
     results["finished"] = _now()

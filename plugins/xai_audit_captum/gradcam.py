@@ -48,6 +48,7 @@ class GradCamExplainer(ExplainerPlugin):
     description = "Grad-CAM (captum LayerGradCam): a layer's channels weighted by their gradients; ViT tokens on the patch grid."
     Options = GradCamOptions
     needs_gradients = True
+    needs_layer_hooks = True
 
     def explain(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> Explanation:
         maps, where = self._maps(model, samples, targets)
@@ -57,7 +58,9 @@ class GradCamExplainer(ExplainerPlugin):
             targets=np.asarray(targets),
             maps=maps,
             signed=not self.options.relu,
-            notes=[f"Grad-CAM at {where}, upsampled (bilinear) to the display size."],
+            notes=[f"Grad-CAM at {where}, upsampled (bilinear) to the display size."]
+            + ([f"Layer: the model's default layer, {model.default_layer_reason}."]
+               if self.options.layer is None and getattr(model, "default_layer_reason", "") else []),
         )
 
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:

@@ -61,6 +61,7 @@ class FeatureVisualisationExplainer(ExplainerPlugin):
     description = "Activation maximisation of a layer's top channels and of each class; rubbish images scored with certainty."
     Options = FeatureVisualisationOptions
     needs_gradients = True
+    needs_layer_hooks = True
 
     def explain(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> Explanation:
         opts: FeatureVisualisationOptions = self.options

@@ -45,6 +45,7 @@ class NeuronMapsExplainer(ExplainerPlugin):
     description = "Neuron activation maps: each channel's map of a layer, the per-channel 'spike' plot, the top channels."
     Options = NeuronMapsOptions
     needs_gradients = False
+    needs_layer_hooks = True
 
     def explain(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> Explanation:
         opts: NeuronMapsOptions = self.options

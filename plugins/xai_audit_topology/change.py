@@ -8,6 +8,11 @@ more than on any other pixel; 3 means three times as densely. A channel's
 *consistency* is its mean signed change over its mean absolute change: +1
 when every changed pixel moved up, −1 when every one moved down, near 0 when
 the changes go both ways.
+
+For a model that takes one channel (a grayscale model: the display image's
+luminance), a change lives in that channel: the size of a pixel's change is
+|Δluminance|, and colour, hue and the colour share of the change are not
+applicable (the model cannot see them), which the summary says instead.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class ChangeSummary:
     luminance_consistency: float = 0.0
     saturation_consistency: float = 0.0
     chroma_share: float = 0.0
+    #: the model takes one channel: colour is not applicable
+    one_channel: bool = False
 
 
 def _levels(value: float) -> float:
@@ -72,19 +79,33 @@ def _hue_band(hue: np.ndarray, sat: np.ndarray) -> np.ndarray:
 
 
 def summarise(
-    before: np.ndarray, after: np.ndarray, regions: Sequence[Mapping[str, np.ndarray] | None]
+    before: np.ndarray, after: np.ndarray, regions: Sequence[Mapping[str, np.ndarray] | None], *,
+    one_channel: bool = False,
 ) -> ChangeSummary:
-    """Region, colour and hue tables and a sentence for the change ``after - before`` (N, 3, H, W)."""
+    """Region, colour and hue tables and a sentence for the change ``after - before`` (N, 3, H, W).
+
+    ``one_channel``: the model sees only the luminance; colour and hue are then not applicable."""
     before = np.asarray(before, dtype=np.float64)
     after = np.asarray(after, dtype=np.float64)
     delta = after - before
-    size = np.abs(delta).sum(axis=1)  # (N, H, W)
+    size = change_size(delta, one_channel)  # (N, H, W)
     total = float(size.sum())
-    out = ChangeSummary()
+    out = ChangeSummary(one_channel=one_channel)
     if total <= 0:
         out.words = "The collapse steps left the pixels unchanged."
         return out
     out.regions = _regions(delta, size, total, regions)
+    if one_channel:
+        luminance = np.tensordot(LUMA, delta, axes=([0], [1]))[size > 1e-6]
+        mean_abs = float(np.abs(luminance).mean()) if luminance.size else 0.0
+        mean = float(luminance.mean()) if luminance.size else 0.0
+        out.colours = [{"channel": "luminance", "mean change": _levels(mean), "mean |change|": _levels(mean_abs),
+                        "consistency": round(mean / mean_abs, 3) if mean_abs > 0 else 0.0}]
+        out.enriched_regions = [r["region"] for r in out.regions
+                                if r["enrichment"] >= ENRICHED and r["change share"] >= MIN_SHARE]
+        out.luminance_consistency = out.colours[0]["consistency"]
+        out.words = _words(out)
+        return out
     out.colours, chroma = _colours(before, after, delta, size)
     out.hues = _hues(before, after, size, total)
     out.enriched_regions = [r["region"] for r in out.regions if r["enrichment"] >= ENRICHED and r["change share"] >= MIN_SHARE]
@@ -94,6 +115,13 @@ def summarise(
     out.chroma_share = chroma
     out.words = _words(out)
     return out
+
+
+def change_size(delta: np.ndarray, one_channel: bool = False) -> np.ndarray:
+    """Each pixel's change (N, H, W): |ΔR| + |ΔG| + |ΔB|, or |Δluminance| for a one-channel model."""
+    if one_channel:
+        return np.abs(np.tensordot(LUMA, delta, axes=([0], [1])))
+    return np.abs(delta).sum(axis=1)
 
 
 def _regions(delta, size, total, regions) -> list[dict]:
@@ -190,6 +218,15 @@ def _words(s: ChangeSummary) -> str:
     elif s.regions:
         parts.append(f"The change is spread over the image: no region takes more than {ENRICHED}× its share of the area.")
     by = {r["channel"]: r for r in s.colours}
+    if s.one_channel:
+        lum = _direction(by["luminance"], "brightened", "darkened")
+        if lum:
+            parts.append(f"It {lum} the images (luminance {by['luminance']['mean change']:+.2f} levels).")
+        else:
+            parts.append("The brightness did not move one way (the changes go both ways).")
+        parts.append("Colour: not applicable: the model takes one channel (the image's luminance), so the change "
+                     "was made in that channel and has no colour.")
+        return " ".join(parts)
     moves = []
     for channel, label in (("red (R)", "red"), ("green (G)", "green"), ("blue (B)", "blue")):
         direction = _direction(by[channel], "added", "removed")

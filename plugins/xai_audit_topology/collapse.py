@@ -11,7 +11,9 @@ images at the ends of those two edges along the gradient of
 backpropagated through the PCA projection and the model's layer. A step
 moves each image by at most ``step_size`` per pixel, in proportion to its
 gradient, so the change lands where the model is sensitive; pixels stay in
-[0, 1].
+[0, 1]. For a model that takes one channel (``one_channel``), each step moves
+the three display channels alike: the change lives in the model's own channel
+(brightness), not in the luminance weights of R, G and B.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def collapse_feature(
     steps: int = 20,
     step_size: float = 0.02,
     n_threads: int = 2,
+    one_channel: bool = False,
 ) -> CollapseResult:
     """Lower the persistence of the dimension-``dim`` feature born and dead at ``feature``.
 
@@ -72,13 +75,13 @@ def collapse_feature(
     torch.set_num_threads(1)  # batches of a few images: extra threads only add overhead (50x slower seen)
     try:
         return _collapse(model, images, landmark_points, landmark_owner, landmark_rows, reduction, layer, dim, feature,
-                         cloud, pool, steps, step_size, n_threads)
+                         cloud, pool, steps, step_size, n_threads, one_channel)
     finally:
         torch.set_num_threads(threads)
 
 
 def _collapse(model, images, landmark_points, landmark_owner, landmark_rows, reduction, layer, dim, feature,
-              cloud, pool, steps, step_size, n_threads) -> CollapseResult:
+              cloud, pool, steps, step_size, n_threads, one_channel=False) -> CollapseResult:
     device = model.device
     mean = torch.as_tensor(reduction.mean, device=device)
     components = torch.as_tensor(reduction.components, device=device)
@@ -119,6 +122,8 @@ def _collapse(model, images, landmark_points, landmark_owner, landmark_rows, red
                 point(vertices[0]) - point(vertices[1])
             )
         (grad,) = torch.autograd.grad(loss, [batch])
+        if one_channel:  # the gradient of a grey step: the same change in R, G and B
+            grad = grad.sum(dim=1, keepdim=True).expand_as(grad)
         with torch.no_grad():
             scale = grad.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
             moved = (batch - step_size * grad / scale).clamp(0.0, 1.0)

@@ -26,7 +26,7 @@ from xai_audit.api import ExplainerPlugin, Explanation, ImageView, ModelAdapter,
 from xai_audit_topology import figures
 from xai_audit_topology.activations import Cloud, activation_clouds, resolve_layer
 from xai_audit_topology.bottleneck import bottleneck
-from xai_audit_topology.change import summarise
+from xai_audit_topology.change import change_size, summarise
 from xai_audit_topology.cloud import Reduction, fit_reduction, landmarks
 from xai_audit_topology.collapse import CollapseResult, collapse_feature
 from xai_audit_topology.mapper import mapper_graph
@@ -70,6 +70,7 @@ class TopologyExplainer(ExplainerPlugin):
     )
     Options = TopologyOptions
     needs_gradients = True
+    needs_layer_hooks = True
     wants_all_samples = True
 
     def explain(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> Explanation:
@@ -94,6 +95,9 @@ class TopologyExplainer(ExplainerPlugin):
         features, significant = self._features(main, dgms, sig, ids)
 
         notes = [self._found_note(dgms, sig, significant), self._cloud_note(main, len(images), dgms, sig)]
+        reason = getattr(model, "default_layer_reason", "")
+        if opts.layer in (None, "default", "final") and reason:
+            notes.insert(1, f"Layer: the model's default layer, {reason}.")
         tables: dict[str, list[dict[str, Any]]] = {"features": features}
         arrays: dict[str, np.ndarray] = {}
         specs: list[dict[str, Any]] = [figures.diagram(dgms, sig, layer)]
@@ -124,7 +128,9 @@ class TopologyExplainer(ExplainerPlugin):
             maps=maps,
             signed=False,
             scalars=self._scalars(main, dgms, sig, significant, collapsed),
-            maps_caption="the size of the pixel change the collapse made (|ΔR| + |ΔG| + |ΔB|)",
+            maps_caption=("the size of the change the collapse made in the model's one channel (|Δluminance|)"
+                          if model.input_channels == 1 else
+                          "the size of the pixel change the collapse made (|ΔR| + |ΔG| + |ΔB|)"),
             arrays=arrays,
             tables=tables,
             notes=notes,
@@ -263,6 +269,7 @@ class TopologyExplainer(ExplainerPlugin):
             model, images, main.landmark_points, main.landmark_images(), rows, main.reduction, layer,
             feature["dim"], (feature["birth"], feature["death"]), cloud=opts.cloud, pool=opts.pool,
             steps=opts.collapse_steps, step_size=opts.step_size, n_threads=opts.n_threads,
+            one_channel=model.input_channels == 1,
         )
         if not result.modified:
             return None
@@ -277,11 +284,15 @@ class TopologyExplainer(ExplainerPlugin):
         ids = [cloud_samples[i].id for i in order]
         before = images[order]
         after = np.stack([result.modified[i] for i in order])
-        change = summarise(before, after, [cloud_samples[i].regions for i in order])
+        one_channel = model.input_channels == 1
+        change = summarise(before, after, [cloud_samples[i].regions for i in order], one_channel=one_channel)
         notes.insert(1, self._collapse_note(result, feature, change.words))
         tables["change by region (Δ in 8-bit levels)"] = change.regions
-        tables["change by colour (8-bit levels)"] = change.colours
-        tables["change by hue of the original pixel"] = change.hues
+        if one_channel:  # colour and hue are not applicable: the model sees one channel
+            tables["change of the model's one channel (8-bit levels)"] = change.colours
+        else:
+            tables["change by colour (8-bit levels)"] = change.colours
+            tables["change by hue of the original pixel"] = change.hues
         tables["modified images (the 12 changed most; change in 8-bit levels)"] = self._prediction_rows(
             model, before[:12], after[:12], ids[:12]
         )
@@ -294,9 +305,9 @@ class TopologyExplainer(ExplainerPlugin):
             notes.append("Suggested hypotheses, to paste under `hypotheses:` in the plan: "
                          + "; ".join(h["hypothesis"].lstrip("- ") for h in hypotheses) + ".")
         arrays["before"], arrays["after"] = before[: opts.show], after[: opts.show]
-        specs.append(figures.before_after(arrays, ids[: opts.show]))
+        specs.append(figures.before_after(arrays, ids[: opts.show], one_channel))
         specs.append(figures.collapse_curve(result, feature))
-        maps = np.abs(after - before).sum(axis=1).astype(np.float32)
+        maps = change_size(after - before, one_channel).astype(np.float32)
         return ids, np.asarray(predicted)[order], maps
 
     def _collapse_note(self, result: CollapseResult, feature: dict, words: str) -> str:

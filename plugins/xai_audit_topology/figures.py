@@ -43,7 +43,7 @@ def diagram(dgms: Diagrams, sig: Significance | None, layer: str) -> dict[str, A
     }
 
 
-def before_after(arrays: dict[str, np.ndarray], ids: Sequence[str]) -> dict[str, Any]:
+def before_after(arrays: dict[str, np.ndarray], ids: Sequence[str], one_channel: bool = False) -> dict[str, Any]:
     before, after = arrays["before"], arrays["after"]
     diff = np.abs(after - before)
     scale = float(np.percentile(diff, 99.5)) or 1.0
@@ -60,8 +60,11 @@ def before_after(arrays: dict[str, np.ndarray], ids: Sequence[str]) -> dict[str,
         "caption": (
             "Top row: the images whose pixels the collapse changed most (they sat at the ends of the feature's birth "
             "and death edges); middle: after the gradient steps; "
-            f"bottom: the absolute change per colour channel shown as RGB, scaled so that {scale:.3g} is full "
-            "brightness (a red pixel lost or gained red)."
+            + (f"bottom: the absolute change, scaled so that {scale:.3g} is full brightness; the model takes one "
+               "channel (luminance), so the change is the same in R, G and B and colour is not applicable."
+               if one_channel else
+               f"bottom: the absolute change per colour channel shown as RGB, scaled so that {scale:.3g} is full "
+               "brightness (a red pixel lost or gained red).")
         ),
         "alt": f"{n} images before and after the collapse, and their pixel changes.",
     }

@@ -28,7 +28,7 @@ def suggest(summary: ChangeSummary) -> list[dict[str, Any]]:
             "why": f"the change concentrates there ({regions[0]}: {best['enrichment']:.1f}× its area share; "
                    f"threshold {ENRICHED}×)",
         })
-    if summary.chroma_share >= CHROMA or abs(summary.saturation_consistency) >= CONSISTENT:
+    if not summary.one_channel and (summary.chroma_share >= CHROMA or abs(summary.saturation_consistency) >= CONSISTENT):
         rows.append({
             "plugin": "grayscale", "options": {},
             "hypothesis": "- grayscale: {}",

@@ -1,10 +1,21 @@
 """The ``torch`` model adapter.
 
 A model is either ``module: package.module:factory`` (or ``path/to/file.py:factory``)
-plus an optional ``weights`` state-dict file loaded with ``weights_only=True``,
-or a ``torchscript`` file. Display-space images (RGB in [0, 1]) are mapped to
-the model's input by a differentiable step: resize, grayscale when the model
-takes one channel, then normalise with ``mean`` and ``std``.
+plus an optional ``weights`` state-dict file (``.pt``/``.pth`` loaded with
+``weights_only=True``, or ``.safetensors``), a ``torchscript`` file, a
+``torch.export`` program (``exported: model.pt2``) or a trusted pickled model.
+Display-space images (RGB in [0, 1]) are mapped to the model's input by a
+differentiable step: resize, grayscale when the model takes one channel, then
+normalise with ``mean`` and ``std``.
+
+TorchScript and torch.export models run forward and backward (occlusion, LIME,
+Integrated Gradients, saliency, every hypothesis), but their layers are not
+modules that can be hooked: methods that read a layer (Grad-CAM, topology,
+neuron maps, feature visualisation) are refused when the plan is validated.
+
+The default layer of a CNN is its last conv layer, except where that conv is
+the classifier (as many output channels as classes, globally pooled into the
+class scores, as in mini-Xception): then it is the feature layer that feeds it.
 """
 
 from __future__ import annotations
@@ -35,17 +46,21 @@ class TorchModelOptions(Options):
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = Field(None, description="state-dict file (.pt/.pth loaded with weights_only=True, or .safetensors)")
     torchscript: str | None = Field(None, description="a TorchScript file (instead of module)")
+    exported: str | None = Field(None, description="a torch.export program (.pt2, torch.export.save) instead of module")
     model_file: str | None = Field(None, description="a whole pickled model (torch.save(model)); needs trusted: true")
     trusted: bool = Field(False, description="allow loading files that can run code (pickled models)")
     classes: list[str] | None = Field(None, description="class names in output order")
     input: InputSpec = Field(default_factory=InputSpec, description="how display images become the model's input")
-    default_layer: str | None = Field(None, description="layer for Grad-CAM / activations; default: last conv")
+    default_layer: str | None = Field(
+        None, description="layer for Grad-CAM / activations; default: the last conv, or the feature layer before a "
+        "conv classifier head")
 
     @model_validator(mode="after")
     def _one_source(self) -> "TorchModelOptions":
-        sources = [n for n in ("module", "torchscript", "model_file") if getattr(self, n) is not None]
+        sources = [n for n in ("module", "torchscript", "exported", "model_file") if getattr(self, n) is not None]
         if len(sources) != 1:
-            raise ValueError("give exactly one of 'module' (with optional 'weights'), 'torchscript' or 'model_file'")
+            raise ValueError(
+                "give exactly one of 'module' (with optional 'weights'), 'torchscript', 'exported' or 'model_file'")
         if self.weights is not None and self.module is None:
             raise ValueError("'weights' goes with 'module'")
         if self.model_file is not None and not self.trusted:
@@ -58,8 +73,19 @@ class TorchModelOptions(Options):
 
 class TorchModelPlugin(ModelAdapterPlugin):
     name = "torch"
-    description = "A torch module from a factory plus weights, a TorchScript file, or a trusted pickled model."
+    description = ("A torch module from a factory plus weights (.pt or .safetensors), a TorchScript file, a "
+                   "torch.export program, or a trusted pickled model.")
     Options = TorchModelOptions
+
+    @classmethod
+    def no_hooks_reason(cls, options: Options) -> str | None:
+        if getattr(options, "torchscript", None) is not None:
+            return ("a TorchScript model is compiled, and its layers cannot be hooked "
+                    "(register_forward_hook is not supported on ScriptModules)")
+        if getattr(options, "exported", None) is not None:
+            return ("a torch.export program runs as one flat graph: its layers are not modules that run, "
+                    "so no hook on them is ever called")
+        return None
 
     def load(self, context: LoadContext) -> ModelAdapter:
         opts: TorchModelOptions = self.options
@@ -71,6 +97,10 @@ class TorchModelPlugin(ModelAdapterPlugin):
                 module = torch.jit.load(str(path), map_location=context.device)
             except Exception as exc:
                 raise ModelError(f"{path}: cannot load TorchScript model: {_first_line(exc)}") from None
+        elif opts.exported is not None:
+            path = _resolve(context.base_dir, opts.exported)
+            files.append(path)
+            module = _load_exported(path, context.device)
         elif opts.model_file is not None:
             path = _resolve(context.base_dir, opts.model_file)
             files.append(path)
@@ -101,20 +131,35 @@ class TorchModelPlugin(ModelAdapterPlugin):
 
 class TorchModelAdapter(ModelAdapter):
     def __init__(self, module: torch.nn.Module, classes: list[str], opts: TorchModelOptions, files: list[Path], device: str):
-        self.module = module.to(device).eval()
+        module = module.to(device)
+        try:
+            module.eval()
+        except NotImplementedError:  # a torch.export program: exported in the mode it runs in
+            pass
+        self.module = module
         self.classes = list(classes)
         self.opts = opts
         self._files = files
         self.device = device
         self.preprocess = Preprocess(opts.input).to(device)
-        convs = [name for name, m in module.named_modules() if isinstance(m, torch.nn.Conv2d)]
-        self.default_layer = opts.default_layer or (convs[-1] if convs else None)
-        if self.default_layer is not None and self.default_layer not in dict(module.named_modules()):
-            raise ModelError(f"model has no layer named '{self.default_layer}' (default_layer)")
+        self.provides_hooks = TorchModelPlugin.no_hooks_reason(opts) is None
+        #: a torch.export program exported with a fixed batch size takes batches of exactly this many images
+        self._static_batch = _static_batch(module)
+        if opts.default_layer is not None:
+            self.default_layer = opts.default_layer
+            self.default_layer_reason = f"'{opts.default_layer}', the plan's model.default_layer"
+            if self.default_layer not in dict(module.named_modules()):
+                raise ModelError(f"model has no layer named '{self.default_layer}' (default_layer)")
+        else:
+            self.default_layer, self.default_layer_reason = default_feature_layer(self, len(self.classes))
         self._fingerprint: str | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.module(self.preprocess(images))
+        x = self.preprocess(images)
+        if self._static_batch is not None and x.shape[0] != self._static_batch:
+            logits = _in_fixed_batches(self.module, x, self._static_batch)
+        else:
+            logits = self.module(x)
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
         if logits.ndim != 2 or logits.shape[1] != len(self.classes):
@@ -124,11 +169,11 @@ class TorchModelAdapter(ModelAdapter):
         return logits
 
     def check(self, height: int, width: int) -> None:
-        first = next((m for m in self.module.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        first = next((m for _, m in conv_layers(self.module)), None)
         channels = self.opts.input.channels
-        if first is not None and first.in_channels != channels:
+        if first is not None and _in_channels(first) != channels:
             raise ModelError(
-                f"the model's first conv layer takes {first.in_channels} channel(s), but model.input.channels is {channels}"
+                f"the model's first conv layer takes {_in_channels(first)} channel(s), but model.input.channels is {channels}"
             )
         super().check(height, width)
 
@@ -148,12 +193,14 @@ class TorchModelAdapter(ModelAdapter):
     def describe(self) -> dict[str, Any]:
         n_params = sum(p.numel() for p in self.module.parameters())
         return {
-            "source": self.opts.torchscript or self.opts.model_file or self.opts.module,
-            "architecture": type(self.module).__name__,
+            "source": self.opts.torchscript or self.opts.exported or self.opts.model_file or self.opts.module,
+            "architecture": _architecture(self.module, self.opts),
             "parameters": n_params,
             "classes": len(self.classes),
             "input": self.opts.input.describe(),
             "default_layer": self.default_layer,
+            "default_layer_reason": self.default_layer_reason,
+            "layer_hooks": "yes" if self.provides_hooks else f"no: {TorchModelPlugin.no_hooks_reason(self.opts)}",
         }
 
 
@@ -227,3 +274,199 @@ def _load_weights(module: torch.nn.Module, path: Path, device: str) -> None:
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:300]
         raise ModelError(f"{path}: weights do not fit the model architecture: {detail}") from None
+
+
+# --------------------------------------------------------------------------- torch.export programs
+
+
+def _load_exported(path: Path, device: str) -> torch.nn.Module:
+    """The runnable module of a ``torch.export.save`` file (``torch.export.load(path).module()``)."""
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot load a torch.export program (a .pt2 file from torch.export.save): "
+                         f"{_first_line(exc)}") from None
+    try:
+        return program.module().to(device)
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot run the torch.export program: {_first_line(exc)}") from None
+
+
+def _static_batch(module: torch.nn.Module) -> int | None:
+    """The batch size a torch.export program was exported with when that size is fixed (not a symbol)."""
+    graph = getattr(module, "graph", None)
+    if graph is None or isinstance(module, torch.jit.ScriptModule):
+        return None
+    names = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
+    for node in graph.nodes:
+        if node.op != "placeholder":
+            continue
+        val = node.meta.get("val")
+        shape = getattr(val, "shape", None)
+        if shape is None or len(shape) != 4 or str(node.target).replace("_", ".") in names:
+            continue
+        first = shape[0]
+        return int(first) if isinstance(first, int) else None
+    return None
+
+
+def _in_fixed_batches(module: torch.nn.Module, x: torch.Tensor, size: int) -> torch.Tensor:
+    """``module`` on ``x`` cut into batches of exactly ``size`` (the last one padded by repeating its last image)."""
+    out = []
+    for start in range(0, x.shape[0], size):
+        part = x[start : start + size]
+        n = part.shape[0]
+        if n < size:
+            part = torch.cat([part, part[-1:].expand(size - n, *part.shape[1:])])
+        logits = module(part)
+        out.append((logits[0] if isinstance(logits, (tuple, list)) else logits)[:n])
+    return torch.cat(out)
+
+
+def _architecture(module: torch.nn.Module, opts: TorchModelOptions) -> str:
+    name = getattr(module, "original_name", None) or type(module).__name__
+    if opts.torchscript is not None:
+        return f"{name} (TorchScript)"
+    if opts.exported is not None:
+        return "torch.export program"
+    return name
+
+
+# --------------------------------------------------------------------------- the default layer
+
+
+def _is_conv(m: torch.nn.Module) -> bool:
+    """A 2-D convolution, also inside TorchScript (by its original class name) and torch.export programs
+    (whose sub-modules only hold parameters: a 4-D weight of its own)."""
+    if isinstance(m, torch.nn.Conv2d):
+        return True
+    if isinstance(m, torch.nn.ConvTranspose2d) or getattr(m, "original_name", "") == "ConvTranspose2d":
+        return False
+    weight = dict(m.named_parameters(recurse=False)).get("weight")
+    if isinstance(m, torch.jit.ScriptModule):
+        return getattr(m, "original_name", "") == "Conv2d" or (weight is not None and weight.ndim == 4)
+    return weight is not None and weight.ndim == 4
+
+
+def conv_layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(name, module) of every 2-D conv layer, in the order the model defines them."""
+    return [(name, m) for name, m in module.named_modules() if name and _is_conv(m)]
+
+
+def _out_channels(m: torch.nn.Module) -> int:
+    return int(getattr(m, "out_channels", 0) or m.weight.shape[0])
+
+
+def _in_channels(m: torch.nn.Module) -> int:
+    return int(getattr(m, "in_channels", 0) or m.weight.shape[1])
+
+
+def _weighted(m: torch.nn.Module) -> bool:
+    """Owns a weight matrix or kernel (a linear or conv layer), not only norm scales and shifts."""
+    return any(p.ndim >= 2 for p in m.parameters(recurse=False))
+
+
+def default_feature_layer(adapter: "TorchModelAdapter", n_classes: int) -> tuple[str | None, str]:
+    """(layer, why): the last conv layer, or, where that conv is the classifier, the feature layer feeding it.
+
+    A conv is the classifier when it has one output channel per class, nothing with weights runs after
+    it, and its output is globally pooled into the class scores (checked on one pass where the layers can
+    be hooked; from the structure alone where they cannot).
+    """
+    module = adapter.module
+    named = [(name, m) for name, m in module.named_modules() if name]
+    convs = [(name, m) for name, m in named if _is_conv(m)]
+    if not convs:
+        return None, ""
+    head_name, head = convs[-1]
+    plain = (head_name, f"'{head_name}', the model's last conv layer")
+    if _out_channels(head) != n_classes:
+        return plain
+    order = [name for name, _ in named]
+    after = [name for name, m in named[order.index(head_name) + 1 :]
+             if not name.startswith(head_name + ".") and _weighted(m)]
+    if after:  # a linear classifier follows: the last conv is a feature layer
+        return plain
+    why = f"the last feature layer before the classifier: the last conv '{head_name}' has one output channel per class ({n_classes})"
+    if adapter.provides_hooks:
+        measured = _measured_head(adapter, head_name, head, n_classes)
+        if measured is None:
+            return plain
+        feature, pooling, grid = measured
+        return feature, (f"'{feature}', {why} and its output is globally {pooling}-pooled into the class scores "
+                         f"(checked on one pass), so reading it would show class scores on a {grid[0]}x{grid[1]} "
+                         "grid, not features")
+    feature = _structural_feature(named, head_name)
+    if feature is None:
+        return plain
+    return feature, (f"'{feature}', {why} and no layer with weights follows it, so it is read as the classifier "
+                     "(from the structure alone: this model's layers cannot be hooked to check its pooling)")
+
+
+def _measured_head(adapter: "TorchModelAdapter", head_name: str, head: torch.nn.Module,
+                   n_classes: int) -> tuple[str, str, tuple[int, int]] | None:
+    """One pass with hooks: (feature layer, pooling, head grid) when ``head``'s output pooled over space is the
+    class scores; None otherwise (or when the pass fails: an image of 64x64 display pixels is tried)."""
+    module = adapter.module
+    started: list[str] = []
+    finished: list[tuple[str, Any]] = []
+    seen: dict[str, Any] = {}
+
+    def head_pre(_m: Any, args: tuple) -> None:
+        seen.setdefault("input", args[0] if args else None)
+        seen.setdefault("finished_before", len(finished))
+
+    handles = [head.register_forward_pre_hook(head_pre),
+               head.register_forward_hook(lambda _m, _args, out: seen.setdefault("output", out))]
+    for name, m in module.named_modules():
+        if name and name != head_name:
+            handles.append(m.register_forward_pre_hook(lambda _m, _args, name=name: started.append(name)))
+            handles.append(m.register_forward_hook(lambda _m, _args, out, name=name: finished.append((name, out))))
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(adapter.device)
+    try:
+        with torch.no_grad():
+            logits = module(adapter.preprocess(images))
+    except Exception:
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    out, inp = seen.get("output"), seen.get("input")
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    if not (isinstance(out, torch.Tensor) and out.ndim == 4 and isinstance(inp, torch.Tensor)
+            and isinstance(logits, torch.Tensor) and logits.ndim == 2):
+        return None
+    pooling = None
+    for kind, pooled in (("average", out.mean(dim=(2, 3))), ("max", out.amax(dim=(2, 3)))):
+        if any(scores.shape == logits.shape and torch.allclose(scores, logits, rtol=1e-4, atol=1e-5)
+               for scores in (pooled, torch.softmax(pooled, 1), torch.log_softmax(pooled, 1))):
+            pooling = kind
+            break
+    if pooling is None:
+        return None
+    # the feature layer: the outermost module whose output is the head's input (the block that feeds it);
+    # else the last module to finish before the head with an output of the same shape
+    before = finished[: seen["finished_before"]]
+    candidates = [name for name, o in before if o is inp]
+    if candidates:
+        feature: str | None = min(candidates, key=started.index)
+    else:
+        same = [name for name, o in before if isinstance(o, torch.Tensor) and o.shape == inp.shape]
+        feature = same[-1] if same else None
+    return (feature, pooling, (int(out.shape[2]), int(out.shape[3]))) if feature else None
+
+
+def _structural_feature(named: list[tuple[str, torch.nn.Module]], head_name: str) -> str | None:
+    """Without hooks: the sibling with weights defined just before the head (the block that feeds it), else the
+    conv before it."""
+    parent, _, _ = head_name.rpartition(".")
+    prefix = parent + "." if parent else ""
+    siblings = [name for name, m in named if name.startswith(prefix) and "." not in name[len(prefix):]]
+    index = siblings.index(head_name) if head_name in siblings else 0
+    for name in reversed(siblings[:index]):
+        m = dict(named)[name]
+        if any(True for _ in m.parameters()):
+            return name
+    convs = [name for name, m in named if _is_conv(m) and name != head_name]
+    return convs[-1] if convs else None

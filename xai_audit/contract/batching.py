@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from xai_audit.contract.footprint import op_output_sizes
+
 log = logging.getLogger("xai_audit")
 
 #: a batch within this fraction of the best throughput counts as "best" (not much lower: past its
@@ -90,7 +92,13 @@ def bytes_per_sample(model: Any, image_shape: tuple[int, ...], *, backward: bool
                 sizes.append(t.numel() * t.element_size())
 
     module = model.module
-    handles = [m.register_forward_hook(hook) for m in module.modules()] if module is not None else []
+    hookable = module is not None and getattr(model, "provides_hooks", True)
+    handles = []
+    try:
+        for m in module.modules() if hookable else ():
+            handles.append(m.register_forward_hook(hook))
+    except RuntimeError:  # a ScriptModule behind an adapter that does not say its layers cannot be hooked
+        hookable = False
     try:
         x = torch.rand((1, *image_shape), device=model.device)
         with torch.no_grad():
@@ -98,6 +106,8 @@ def bytes_per_sample(model: Any, image_shape: tuple[int, ...], *, backward: bool
     finally:
         for h in handles:
             h.remove()
+    if module is not None and not hookable:  # TorchScript, torch.export: every operation's output instead
+        sizes = op_output_sizes(model, image_shape)
     params = sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
     if not sizes:
         return max(1, 16 * int(np.prod(image_shape)) * 4)

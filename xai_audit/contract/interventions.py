@@ -5,6 +5,11 @@ With labels, the primary test is accuracy on the same images before and after
 interval of the drop). Without labels it is agreement with the model's own
 clean predictions: the flip rate, with the same exact McNemar test.
 
+An intervention that cannot change what the model receives (grayscale for a
+model that takes one channel: the luminance, which a grayscale copy keeps) is
+*not applicable*: its verdict says so with the reason, it has no p-value, and
+it stays out of the audit's Holm correction.
+
 Either way the engine also reports where the predictions go (the prediction
 shift matrix: clean prediction x prediction after), how confidence moves, and,
 when the intervention should not change the label, a second test that tells a
@@ -101,6 +106,9 @@ class InterventionRun:
     after: np.ndarray
     example_index: np.ndarray
     example_after: np.ndarray
+    #: whether the changed images reach the model as a different input than the clean ones (False: for no
+    #: image; None: the adapter cannot say, see ``ModelAdapter.model_input``)
+    reaches_model: bool | None = None
 
 
 def apply_and_predict(context: HypothesisContext, transform: Transform, *, what: str) -> InterventionRun:
@@ -111,6 +119,7 @@ def apply_and_predict(context: HypothesisContext, transform: Transform, *, what:
     # examples: a spread of samples, so the figure shows several classes
     example_index = np.unique(np.linspace(0, max(n - 1, 0), num=min(N_EXAMPLES, n)).astype(int)) if n else np.zeros(0, int)
     example_after: list[np.ndarray] = []
+    reaches: bool | None = None
     for start in range(0, n, CHUNK):
         chunk = samples[start : start + CHUNK]
         images = np.stack([s.image for s in chunk]).astype(np.float32)
@@ -120,6 +129,9 @@ def apply_and_predict(context: HypothesisContext, transform: Transform, *, what:
         if not np.all(np.isfinite(changed)):
             raise ValueError(f"the intervention ({what}) returned NaN or infinite pixels")
         changed = np.clip(changed, 0.0, 1.0)
+        if reaches is not True:
+            same = same_model_input(context.model, images, changed)
+            reaches = reaches if same is None else (not same)
         out.append(context.predict(changed))
         for i in example_index[(example_index >= start) & (example_index < start + len(chunk))]:
             example_after.append(shrink_for_report(changed[i - start]))
@@ -127,7 +139,36 @@ def apply_and_predict(context: HypothesisContext, transform: Transform, *, what:
     return InterventionRun(
         before=np.asarray(context.probs), after=after, example_index=example_index,
         example_after=np.stack(example_after) if example_after else np.zeros((0, 3, 1, 1), np.float32),
+        reaches_model=reaches,
     )
+
+
+def same_model_input(model: Any, images: np.ndarray, changed: np.ndarray) -> bool | None:
+    """True when ``changed`` reaches the model as the same input as ``images`` (to float rounding), None when
+    the adapter cannot say what its model receives."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            clean = model.model_input(torch.as_tensor(images, device=model.device))
+            if clean is None:
+                return None
+            after = model.model_input(torch.as_tensor(changed, device=model.device))
+    except Exception:
+        return None
+    if clean.shape != after.shape:
+        return False
+    scale = max(1.0, float(clean.abs().max())) if clean.numel() else 1.0
+    return bool((clean - after).abs().max() <= 1e-4 * scale) if clean.numel() else True
+
+
+def not_applicable_reason(model: Any, what: str, n: int) -> str:
+    """Why an intervention that does not reach the model's input is not applicable, in one sentence."""
+    why = f"when {what}, the model receives exactly the input it receives for the clean images (all {n} of them)"
+    if getattr(model, "input_channels", None) == 1:
+        why += ("; the model takes one channel, the luminance of the display image (0.299 R + 0.587 G + 0.114 B), "
+                "and this change leaves that channel as it was")
+    return why
 
 
 def shrink_for_report(image: np.ndarray) -> np.ndarray:
@@ -174,6 +215,20 @@ def compare(
     n = len(pred_before)
     labels = context.labels
     kind = kind or ("fragility" if preserves_label else "reliance")
+    if run.reaches_model is False and n:
+        why = not_applicable_reason(context.model, what, n)
+        return HypothesisResult(
+            claim=(f"The model's predictions change when {what}." if labels is None
+                   else f"The model's accuracy drops when {what}."),
+            metric="flip rate (share of predictions that change)" if labels is None else "accuracy",
+            before=None, after=None, effect=None, ci=None, p_value=None,
+            verdict="not applicable",
+            n=n,
+            test=f"not tested: {why}",
+            details={"reason": f"Not applicable: {why}.", "preserves_label": preserves_label},
+            kind=kind,
+            per_sample=_per_sample(context, pred_after),
+        )
     flips = pred_before != pred_after
     shift = _shift_table(pred_before, pred_after, classes)
     matrix = prediction_shift_matrix(pred_before, pred_after, len(classes))

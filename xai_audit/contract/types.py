@@ -98,6 +98,11 @@ class ModelAdapter(abc.ABC):
     module: Any = None
     #: named layers for activations / Grad-CAM
     default_layer: str | None = None
+    #: why ``default_layer`` was chosen, in a sentence the report can quote ("" when unsaid)
+    default_layer_reason: str = ""
+    #: False when the model's layers cannot be hooked (a compiled TorchScript or torch.export graph, a
+    #: black box): explainers that read a layer are refused, and memory is estimated without hooks
+    provides_hooks: bool = True
     device: str = "cpu"
 
     @abc.abstractmethod
@@ -122,6 +127,26 @@ class ModelAdapter(abc.ABC):
     def files(self) -> list[Path]:
         """Files the model came from, for provenance."""
         return []
+
+    def model_input(self, images: Any) -> Any:
+        """The tensor the model itself receives for display-space ``images`` (N, 3, H, W), or None when
+        the adapter cannot say. The default applies ``self.preprocess`` when the adapter has one (the
+        plan's input spec). The host uses it to tell an intervention that cannot reach the model (grayscale
+        for a one-channel model) from one the model ignores."""
+        preprocess = getattr(self, "preprocess", None)
+        return preprocess(images) if callable(preprocess) else None
+
+    @property
+    def input_channels(self) -> int | None:
+        """How many channels the model receives (1 for a grayscale model), or None when unknown."""
+        import torch
+
+        try:
+            with torch.no_grad():
+                x = self.model_input(torch.zeros(1, 3, 8, 8, device=self.device))
+        except Exception:
+            return None
+        return int(x.shape[1]) if x is not None and getattr(x, "ndim", 0) == 4 else None
 
     def describe(self) -> dict[str, Any]:
         return {}
@@ -341,6 +366,16 @@ class ModelAdapterPlugin(Plugin):
     kind = "model-adapter"
     #: False for a black box (e.g. ONNX): explainers that need gradients are refused at validation
     provides_gradients: ClassVar[bool] = True
+    #: False when the model's layers can never be hooked: explainers that read a layer (``needs_layer_hooks``)
+    #: are refused at validation. An adapter whose answer depends on its options overrides :meth:`no_hooks_reason`
+    provides_hooks: ClassVar[bool] = True
+
+    @classmethod
+    def no_hooks_reason(cls, options: Options) -> str | None:
+        """Why the model these (validated) options load cannot have its layers hooked, or None when it can."""
+        if cls.provides_hooks and cls.provides_gradients:
+            return None
+        return f"the {cls.name} adapter runs the model as a black box: it has no layers to read"
 
     @abc.abstractmethod
     def load(self, context: LoadContext) -> ModelAdapter:
@@ -385,6 +420,9 @@ class ExplainerPlugin(Plugin):
     kind = "explainer"
     #: True when the method needs gradients (a torch ``module``)
     needs_gradients: ClassVar[bool] = True
+    #: True when the method reads a layer with forward hooks (Grad-CAM, activations): refused at validation
+    #: for a model whose layers cannot be hooked (TorchScript, torch.export, a black box)
+    needs_layer_hooks: ClassVar[bool] = False
     #: True when the method needs every audited sample, not only the few chosen
     #: to explain (e.g. the topology of a layer's activation cloud). ``explain``
     #: then receives all samples with the model's predictions as ``targets``,

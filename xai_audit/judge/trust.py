@@ -581,6 +581,11 @@ def _as_module(model: ModelAdapter) -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.adapter.forward(x)
 
+        def train(self, mode: bool = True) -> "AdapterModule":
+            # the adapter's module stays as loaded (in eval mode): a torch.export program refuses train()/eval()
+            self.training = mode
+            return self
+
     return AdapterModule(model).eval()
 
 

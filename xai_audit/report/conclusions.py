@@ -61,6 +61,8 @@ def findings(results: Mapping[str, Any]) -> dict[str, Any]:
             f"A finding is a test that holds after Holm correction across all {mt.get('n_tests')} tests of this "
             f"audit (family-wise error rate {100 * float(mt.get('alpha', 0.05)):.0f} %), with its effect's interval "
             "clear of the smallest effect that matters. Ranked by kind, then by the lower end of the interval."
+            + (f" Not applicable, so not counted: {', '.join(str(n) for n in mt['not_applicable'])} (the change "
+               "cannot reach the model's input)." if mt.get("not_applicable") else "")
             if mt.get("n_tests") is not None else ""
         ),
     }

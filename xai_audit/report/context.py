@@ -45,7 +45,8 @@ MAX_GRID_ROWS = 12
 MAX_EXAMPLES = 12
 
 GROUP_PLUGIN = "group-accuracy"
-_VERDICTS = {"supported": "supported", "not supported": "not-supported", "inconclusive": "inconclusive"}
+_VERDICTS = {"supported": "supported", "not supported": "not-supported", "inconclusive": "inconclusive",
+             "not applicable": "not-applicable"}
 _PROPORTION_WORDS = ("accuracy", "recall", "precision", "rate", "share", "agreement", "fraction", "proportion")
 _DASH = "—"
 
@@ -440,6 +441,9 @@ def _hypothesis_common(
         "p_value_adjusted": _p(step.get("p_value_adjusted")) if step.get("p_value_adjusted") is not None else None,
         "verdict": verdict,
         "verdict_class": _VERDICTS.get(verdict.lower(), "unknown"),
+        "not_applicable": (
+            f"{(step.get('details') or {}).get('reason') or 'Not applicable.'} It is not a test, so it is kept out "
+            "of the audit's Holm correction." if verdict == "not applicable" else ""),
         "n": _int(step.get("n")),
         "examples": examples[:MAX_EXAMPLES],
         "examples_more": (

@@ -174,6 +174,8 @@ def explain(step: Step, inputs: AuditInputs, samples: list[Sample], targets: np.
     plugin = step.instantiate()
     if plugin.needs_gradients and model.module is None:
         raise ModelError(f"'{step.name}' needs gradients, and this model is a black box")
+    if getattr(plugin, "needs_layer_hooks", False) and not getattr(model, "provides_hooks", True):
+        raise ModelError(f"'{step.name}' reads a layer through forward hooks, and this model's layers cannot be hooked")
     key = step_key("explainer", step, inputs.base_key, [[s.id for s in samples], np.asarray(targets).tolist()])
     with cache.claim(key):  # another run on this cache waits, then reads this step's entry
         hit = cache.get(key)
