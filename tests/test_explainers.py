@@ -1,16 +1,17 @@
-"""One conformance suite for every registered explainer, on a CNN and on a vision transformer.
+"""Every registered explainer through the shipped conformance suite (xai_audit.testing), and the
+method-specific tests the suite does not cover.
 
-Each explainer must return one finite map per sample in display space, the
-same maps twice under the same seed, and the same map for an image whether it
-is explained alone or in a batch (explainers that explain the audited set
-jointly, ``wants_all_samples``, are exempt from the last one by design).
+The suite checks each explainer on a tiny CNN and a tiny transformers ViT: one finite map per sample in
+display space, the same maps twice under the same seed, explain_maps() equal to explain()'s maps, the
+same map for an image whether it is explained alone or in a batch (explainers that explain the audited
+set jointly, ``wants_all_samples``, are exempt from that one by design), valid figures, and a black-box
+model for the explainers that need no gradients.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,9 @@ import torch
 
 from conftest import EMOTIONS, TINY_MODEL
 from xai_audit.contract.types import LoadContext, ModelAdapter, Sample
+from xai_audit.registry import make_plugin_manager
+from xai_audit.testing import parametrize_with_checks
+from xai_audit.testing import tiny_vit as _tiny_vit
 
 #: options that keep each built-in explainer fast on tiny inputs; anything else runs with its defaults
 FAST_OPTIONS = {
@@ -30,37 +34,34 @@ FAST_OPTIONS = {
 }
 N_SAMPLES = 3
 
-
-class TinyViTAdapter(ModelAdapter):
-    """A transformers ViT (random weights) behind the ModelAdapter interface."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module.eval()
-        self.classes = list(EMOTIONS)
-        # the last transformer block (named vit.encoder.layer.N or vit.layers.N by transformers version)
-        blocks = [name for name, _ in module.named_modules() if re.search(r"layers?\.\d+$", name)]
-        self.default_layer = blocks[-1]
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.module(pixel_values=(images - 0.5) / 0.5).logits
-
-    def fingerprint(self) -> str:
-        return "tiny-vit"
-
-    def layers(self) -> dict:
-        return {name: m for name, m in self.module.named_modules() if name}
+#: what the suite finds in the built-in explainers (test id -> reason), each marked xfail(strict=True)
+KNOWN_FAILURES = {
+    "neuron-maps-check_black_box": (
+        "neuron-maps declares needs_gradients=False, so the host lets it run on a black-box model (ONNX), but it "
+        "reads layer activations and fails there: 'the model names no default layer'"),
+    **{f"topology-check_figures@{m}": (
+        "topology's figures carry 'height' (and report/specs.py reads 'width'/'height'), which FIGURE_KINDS / "
+        "check_figure do not list: 'a 'lines' figure has no field 'height''") for m in ("cnn", "vit")},
+}
 
 
-def tiny_vit() -> TinyViTAdapter:
-    from transformers import ViTConfig, ViTForImageClassification
+def _built_in_explainers() -> list:
+    registry = make_plugin_manager()
+    return [(registry.get("explainer", name).cls, FAST_OPTIONS.get(name, {})) for name in registry.names("explainer")]
 
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, num_labels=7)
-    return TinyViTAdapter(ViTForImageClassification(config))
+
+@parametrize_with_checks(_built_in_explainers(), expected_failures=KNOWN_FAILURES)
+def test_every_explainer_conforms(check):
+    check()
+
+
+def tiny_vit() -> ModelAdapter:
+    pytest.importorskip("transformers")
+    return _tiny_vit(EMOTIONS)
 
 
 def tiny_cnn(registry, tmp_path: Path) -> ModelAdapter:
+    """The tiny CNN through the torch model adapter (as a plan loads it)."""
     (tmp_path / "tiny_model.py").write_text(TINY_MODEL)
     info = registry.get("model-adapter", "torch")
     torch.manual_seed(0)
@@ -74,70 +75,9 @@ def faces(registry) -> list[Sample]:
     return [dataset[i] for i in range(N_SAMPLES)]
 
 
-@pytest.fixture(scope="module", params=["cnn", "vit"])
-def model(request, registry, tmp_path_factory) -> ModelAdapter:
-    if request.param == "vit":
-        pytest.importorskip("transformers")
-        return tiny_vit()
-    return tiny_cnn(registry, tmp_path_factory.mktemp("cnn"))
-
-
-def _explainers(registry) -> list[str]:
-    return sorted(registry.names("explainer"))
-
-
 def _build(registry, name: str):
     info = registry.get("explainer", name)
     return info.cls(info.cls.Options(**FAST_OPTIONS.get(name, {})))
-
-
-def pytest_generate_tests(metafunc):
-    if "explainer_name" in metafunc.fixturenames:
-        from xai_audit.registry import make_plugin_manager
-
-        metafunc.parametrize("explainer_name", _explainers(make_plugin_manager()))
-
-
-def test_every_explainer_conforms(registry, explainer_name, model, faces):
-    plugin = _build(registry, explainer_name)
-    if plugin.needs_gradients and model.module is None:
-        pytest.skip("needs gradients")
-    targets = np.array([1, 4, 6])[: len(faces)]
-    first = plugin.explain(model, faces, targets, seed=5)
-
-    # shape: one finite map per sample, in display space, aligned with the ids and targets
-    # (an explainer of the whole audited set maps the samples it names, a subset of those given)
-    height, width = faces[0].image.shape[1:]
-    joint = getattr(type(plugin), "wants_all_samples", False)
-    ids = [s.id for s in faces]
-    assert first.maps.shape == (len(first.sample_ids), height, width), explainer_name
-    assert np.all(np.isfinite(first.maps))
-    assert len(np.asarray(first.targets).reshape(-1)) == len(first.sample_ids)
-    if joint:
-        assert set(first.sample_ids) <= set(ids)
-    else:
-        assert list(first.sample_ids) == ids
-        assert np.array_equal(np.asarray(first.targets).reshape(-1), targets)
-
-    # determinism under a seed
-    again = plugin.explain(model, faces, targets, seed=5)
-    np.testing.assert_allclose(again.maps, first.maps, rtol=1e-5, atol=1e-7 * _scale(first.maps))
-
-    # explain_maps (used by the sanity check) returns the same maps
-    np.testing.assert_allclose(plugin.explain_maps(model, faces, targets, 5), first.maps,
-                               rtol=1e-5, atol=1e-7 * _scale(first.maps))
-
-    # batch invariance: each image alone gives the map it got in the batch
-    if joint:
-        return
-    for i, sample in enumerate(faces):
-        alone = plugin.explain_maps(model, [sample], targets[i : i + 1], 5)
-        np.testing.assert_allclose(alone[0], first.maps[i], rtol=1e-4, atol=1e-5 * _scale(first.maps),
-                                   err_msg=f"{explainer_name}: sample {i} alone differs from the batch")
-
-
-def _scale(maps: np.ndarray) -> float:
-    return float(np.abs(maps).max()) if np.size(maps) and np.abs(maps).max() > 0 else 1.0
 
 
 def test_gradcam_lays_vit_tokens_on_the_patch_grid(registry, faces):
@@ -199,16 +139,18 @@ def test_integrated_gradients_internal_batch_size_does_not_change_the_maps(regis
         np.testing.assert_allclose(other, maps[0], rtol=1e-4, atol=1e-7)
 
 
-def test_integrated_gradients_plans_the_fewest_full_passes():
-    from xai_audit_captum.integrated_gradients import pass_plan
-
-    for n_images, steps, per_pass in [(4, 50, 16), (1, 6, 2), (12, 32, 64), (3, 8, 256), (5, 16, 4), (7, 3, 1)]:
-        group, points = pass_plan(n_images, steps, per_pass)
-        assert 1 <= group * points <= per_pass  # a pass never holds more than the best batch
-        passes = -(-n_images // group) * -(-steps // points)
-        fewest = min(-(-n_images // g) * -(-steps // min(steps, per_pass // g)) for g in range(1, min(n_images, per_pass) + 1))
-        assert passes == fewest, (n_images, steps, per_pass)
-    assert pass_plan(4, 50, 16) == (4, 4)  # 13 passes for four images together, not 16 one at a time
+def test_integrated_gradients_and_occlusion_give_the_same_bits_at_any_batch_size(registry, tmp_path, faces):
+    """The batch size only groups passes (never one point alone): maps and scalars are identical, not close."""
+    cnn = tiny_cnn(registry, tmp_path)
+    targets = np.array([0, 1, 2])
+    for name, key, options in (("integrated-gradients", "internal_batch_size", {"steps": 8}),
+                               ("occlusion", "perturbations_per_eval", {"window": 8, "stride": 4})):
+        info = registry.get("explainer", name)
+        runs = [info.cls(info.cls.Options(**options, **{key: b})).explain(cnn, faces, targets, 0) for b in (2, 3, 7, 64)]
+        for other in runs[1:]:
+            np.testing.assert_array_equal(other.maps, runs[0].maps)
+            assert other.scalars == runs[0].scalars
+        assert runs[0].run["passes"] > runs[-1].run["passes"]  # the batch said how fast, and nothing else
 
 
 def test_occlusion_equals_captum_occluding_the_image_itself(registry, tmp_path, faces):
