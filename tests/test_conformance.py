@@ -485,11 +485,13 @@ def test_pytest_plugin_fixtures_and_one_line_parametrize(tmp_path):
             assert tiny_black_box.module is None and tiny_black_box.predict_proba(images).shape == (3, 7)
     """))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    # -p no:xai_audit: once the entry point is installed, it would register the same module a second time
+    from importlib.metadata import entry_points
+
+    installed = any(ep.value == "xai_audit.testing.pytest_plugin" for ep in entry_points(group="pytest11"))
+    plugin = [] if installed else ["-p", "xai_audit.testing.pytest_plugin"]  # before `pip install -e .` registers it
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "no:xai_audit",
-         "-p", "xai_audit.testing.pytest_plugin", "test_author.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *plugin, "test_author.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "12 passed" in result.stdout and "skipped" not in result.stdout

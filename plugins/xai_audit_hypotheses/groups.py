@@ -190,7 +190,7 @@ def _analyse(column, values, preds, labels, context, opts) -> dict[str, Any]:
     fairness = _fairness(column, values, preds, labels, context.classes, judged) if opts.fairness else None
     base = {"rows": rows, "recall_rows": recall_rows, "too_small": too_small, "fairness": fairness}
     if len(judged) < 2:
-        return {**base, **_inconclusive(column, rows, correct, judged, "fewer than two groups large enough to judge")}
+        return {**base, **_inconclusive(column, judged, "fewer than two groups large enough to judge", True)}
     acc = {r["group"]: r["accuracy"] for r in rows}
     best = max(judged, key=lambda g: acc[g])
     worst = min(judged, key=lambda g: acc[g])
@@ -221,10 +221,13 @@ def _analyse(column, values, preds, labels, context, opts) -> dict[str, Any]:
     }
 
 
-def _inconclusive(column, rows, correct, judged, why) -> dict[str, Any]:
+def _inconclusive(column, judged, why, labelled: bool) -> dict[str, Any]:
     return {
-        "claim": f"The model's accuracy differs between {column} groups.",
-        "metric": "accuracy gap (best group - worst group)",
+        "claim": (f"The model's accuracy differs between {column} groups." if labelled else
+                  f"The model's predictions are distributed differently between {column} groups "
+                  "(no labels: prediction shares)."),
+        "metric": ("accuracy gap (best group - worst group)" if labelled else
+                   "largest difference in a class's share of predictions between groups"),
         "before": None, "after": None, "effect": None, "ci": None, "p_value": None,
         "verdict": "inconclusive", "best": judged[0] if judged else None, "worst": judged[0] if judged else None,
         "test": f"not tested: {why}", "details": {"judged_groups": len(judged)},
@@ -243,7 +246,7 @@ def _analyse_predictions(column, values, preds, context, opts, groups, sizes, to
                      "too small": sizes[g] < opts.min_group_size})
     base = {"rows": rows, "recall_rows": [], "too_small": too_small, "fairness": None}
     if len(judged) < 2:
-        return {**base, **_inconclusive(column, rows, None, judged, "fewer than two groups large enough to judge")}
+        return {**base, **_inconclusive(column, judged, "fewer than two groups large enough to judge", False)}
     table = np.array([share[g] for g in judged])
     spread = table.max(axis=0) - table.min(axis=0)
     c = int(np.argmax(spread))
@@ -256,9 +259,15 @@ def _analyse_predictions(column, values, preds, context, opts, groups, sizes, to
     ci = (float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5)))
     supported = p_value < ALPHA and ci[0] > opts.min_gap
     name = context.classes[c]
+    if hi == lo:  # every group gets every class equally often: no class to name
+        lo = next(g for g in judged if g != hi)
+    claim = (f"The model predicts '{name}' more often for {column} {hi} than for {lo} (no labels: demographic parity)."
+             if spread[c] > 0 else
+             f"The model's predictions are distributed differently between {column} groups (no labels: demographic "
+             "parity; here every group gets each class equally often).")
     return {
         **base,
-        "claim": f"The model predicts '{name}' more often for {column} {hi} than for {lo} (no labels: demographic parity).",
+        "claim": claim,
         "metric": f"difference in share of '{name}' predictions",
         "before": float(table[:, c].max()), "after": float(table[:, c].min()), "effect": float(spread[c]), "ci": ci,
         "p_value": p_value, "verdict": "supported" if supported else "not supported", "best": hi, "worst": lo,
@@ -313,6 +322,19 @@ def _group_rows(finding: dict[str, Any], entry: dict[str, Any]) -> list[dict[str
     if not rows_by_group:
         return []
     target = float((entry.get("details") or {}).get("target_ci_width", DEFAULT_TARGET_WIDTH))
+    if not any("accuracy" in r for r in rows_by_group.values()):  # no labels: prediction shares differ
+        needed = samples_for_ci_width(0.5, target)
+        worst = str(group.get("worst"))
+        count = max(needed - int(rows_by_group.get(worst, {}).get("n", 0)), 0)
+        return [recommendation(
+            "add-group", kind="bias", group=f"{column}={worst}", count=count,
+            reason=(
+                f"Bias, seen without labels: {finding.get('title')} Label images of {column} {group.get('best')} "
+                f"and {worst} (at least {needed} of each) to learn whether the difference is the model's mistake: "
+                "without labels the audit sees only that the predictions differ."
+            ),
+            finding=finding.get("source", ""),
+        )]
     best = rows_by_group.get(str(group.get("best")), {})
     best_acc = best.get("accuracy")
     out = []
@@ -330,6 +352,7 @@ def _group_rows(finding: dict[str, Any], entry: dict[str, Any]) -> list[dict[str
                 f"data, at least {count} more: with {needed} in all, a re-audit pins its accuracy to a 95 % "
                 f"interval {100 * target:.0f} pp wide."
                 if count else
+                f"Bias: accuracy for {column} {value} is {_pct(row.get('accuracy'))} {_ci(ci)} against "
                 f"{_pct(best_acc)} for {group.get('best')}. Add labelled images of this group to the fine-tuning "
                 f"data; the audit already has enough ({row.get('n')}) to pin its accuracy to a 95 % interval "
                 f"{100 * target:.0f} pp wide."
@@ -349,12 +372,14 @@ def _too_small_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             needed = samples_for_ci_width(row.get("accuracy", 0.5) if row.get("accuracy") is not None else 0.5, target)
             count = max(needed - int(row.get("n", 0)), 0)
+            measured = ("labelled images", "its accuracy") if "accuracy" in row else (
+                "images", "the share of each class among its predictions")
             out.append(recommendation(
                 "add-group", kind="too small", group=f"{column}={row.get('group')}", count=count,
                 reason=(
                     f"Too small to judge: {column} {row.get('group')} has {row.get('n')} audited images "
-                    f"(fewer than {details.get('min_group_size')}). {count} more labelled images (to {needed}) "
-                    f"give its accuracy a 95 % interval {100 * target:.0f} pp wide."
+                    f"(fewer than {details.get('min_group_size')}). {count} more {measured[0]} (to {needed}) "
+                    f"give {measured[1]} a 95 % interval {100 * target:.0f} pp wide."
                 ),
                 finding="",  # the host names this step
             ))

@@ -14,6 +14,11 @@ finding has a *kind*, because the same accuracy drop means different things:
 ``reliance``   hiding a part that carries the label costs accuracy: the
                model uses that part, as it should (shown for information).
 
+Without labels nothing can be said about accuracy: the same kinds are read
+from the model's own predictions (a change flips them, a group gets another
+class more often, another data set draws other predictions), and every
+sentence says so.
+
 Findings are ranked by kind in that order (what the model depends on that it
 should not, then whom it fails, then how robust it is), then by the lower end
 of the effect's interval: the effect we can be sure of, so a large but
@@ -69,10 +74,11 @@ def _interval(ci: Any, label: str = "95 % CI") -> str:
 def derive_findings(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The supported tests of ``results["hypotheses"]`` as ranked findings."""
     findings: list[dict[str, Any]] = []
+    labelled = bool((results.get("samples") or {}).get("labelled", True))
     for name, entry in (results.get("hypotheses") or {}).items():
         if entry.get("status") != "ok":
             continue
-        findings += _findings_of(name, entry)
+        findings += _findings_of(name, entry, labelled)
     findings.sort(key=_rank_key)
     # the same claim with the same effect from two steps (a suggested hypothesis repeating a region the
     # plan tests) is one finding; the others that found it are named on it
@@ -95,7 +101,7 @@ def _rank_key(finding: dict[str, Any]) -> tuple:
     return (KIND_ORDER.get(finding["kind"], 5), SEVERITY_ORDER[finding["severity"]], -sure, -(finding.get("effect") or 0))
 
 
-def _findings_of(name: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+def _findings_of(name: str, entry: dict[str, Any], labelled: bool = True) -> list[dict[str, Any]]:
     """One finding per tested subject: a supported shortcut absorbs the accuracy drop it explains."""
     tests = list(entry.get("tests") or [])
     shortcuts = {t.get("explains", ""): t for t in tests if t.get("kind") == "shortcut"}
@@ -107,7 +113,7 @@ def _findings_of(name: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         if shortcut is not None and shortcut.get("verdict") == "supported":
             out.append(_shortcut_finding(name, shortcut, test))
         elif test.get("verdict") == "supported":
-            out.append(_finding(name, key, test, kind or _infer_kind(test), shortcut))
+            out.append(_finding(name, key, test, kind or _infer_kind(test), shortcut, labelled))
     for shortcut in shortcuts.values():  # a shortcut whose base test is not listed
         if shortcut.get("verdict") == "supported":
             out.append(_shortcut_finding(name, shortcut, None))
@@ -166,13 +172,21 @@ def _shortcut_finding(name: str, shortcut: dict[str, Any], base: dict[str, Any] 
     return finding
 
 
-def _finding(name: str, key: str, test: dict[str, Any], kind: str, shortcut: dict[str, Any] | None) -> dict[str, Any]:
+def _finding(name: str, key: str, test: dict[str, Any], kind: str, shortcut: dict[str, Any] | None,
+             labelled: bool = True) -> dict[str, Any]:
     finding = _base(name, key, test, kind)
     effect, ci, p = test.get("effect"), test.get("ci"), finding["p_value_adjusted"]
     metric = test.get("metric")
     d = test.get("details") or {}
     p_text = _p(p)
-    if kind == "bias":
+    if kind == "bias" and not labelled:
+        detail = (
+            f"{metric}: {_pp(effect)}{_interval(ci)} between {d.get('column', 'the')} groups "
+            f"{d.get('best', '?')} ({_pct(test.get('before'))}) and {d.get('worst', '?')} ({_pct(test.get('after'))}); "
+            f"no labels, so these are shares of the model's predictions. {p_text}."
+        )
+        finding["group"] = {"column": d.get("column"), "worst": d.get("worst"), "best": d.get("best")}
+    elif kind == "bias":
         detail = (
             f"Gap {_pp(effect)}{_interval(ci)} between the best and the worst group "
             f"({d.get('best', '?')} {_pct(test.get('before'))}, {d.get('worst', '?')} {_pct(test.get('after'))}; "
@@ -191,14 +205,29 @@ def _finding(name: str, key: str, test: dict[str, Any], kind: str, shortcut: dic
         if reading:
             detail += f" Where the predictions go: {reading}."
     finding["detail"] = detail
-    finding["reading"] = {
-        "fragility": "A change that should not alter the label costs accuracy, and the errors spread over several "
-        "classes: fragility, not a shortcut.",
-        "reliance": "Hiding this part costs accuracy because it carries the label: the model uses it, as expected.",
-        "bias": "The model fails some group more often than another.",
-        "shift": "The model is less accurate on the other data set.",
-    }.get(kind, "")
+    finding["reading"] = (READINGS if labelled else READINGS_UNLABELLED).get(kind, "")
     return finding
+
+
+#: what each kind of finding means, with labels (accuracy) and without (the model's own predictions)
+READINGS = {
+    "fragility": "A change that should not alter the label costs accuracy, and the errors spread over several "
+    "classes: fragility, not a shortcut.",
+    "reliance": "Hiding this part costs accuracy because it carries the label: the model uses it, as expected.",
+    "bias": "The model fails some group more often than another.",
+    "shift": "The model is less accurate on the other data set.",
+}
+READINGS_UNLABELLED = {
+    "fragility": "A change that should not alter the label changes the model's predictions, and the changed "
+    "predictions spread over several classes: fragility, not a shortcut (no labels: measured against the model's "
+    "own clean predictions).",
+    "reliance": "Hiding this part changes the model's predictions: the model uses it (no labels: measured against "
+    "its own clean predictions).",
+    "bias": "The model predicts some class more often for one group than for another (no labels: whether that is "
+    "a mistake needs labelled images).",
+    "shift": "The model's predictions are distributed differently on the other data set (no labels: whether they "
+    "are worse needs labelled images).",
+}
 
 
 def _neg(ci: Any) -> Any:

@@ -28,6 +28,16 @@ _KIND_EXPLAINED = (
     ("Fragility", "a change that should not alter the label costs accuracy; the errors spread over classes."),
     ("Reliance", "hiding a part that carries the label costs accuracy: expected, shown for information."),
 )
+#: the same without labels: what is measured is the model's own predictions
+_KIND_EXPLAINED_UNLABELLED = (
+    ("Shortcut", "a change that should not alter the label drains the predictions into one class."),
+    ("Bias", "the model predicts some class more often for one group (no labels: shares of its predictions)."),
+    ("Data shift", "the model's predictions are distributed differently on another data set."),
+    ("Fragility", "a change that should not alter the label changes the model's predictions, which spread over "
+     "classes."),
+    ("Reliance", "hiding a part that carries the label changes the model's predictions: expected, shown for "
+     "information."),
+)
 
 
 def findings(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -56,7 +66,8 @@ def findings(results: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "entries": items,
         "counts_line": ", ".join(f"{n} {label.lower()}" for label, n in counts.items()),
-        "kinds": [{"label": label, "text": text} for label, text in _KIND_EXPLAINED],
+        "kinds": [{"label": label, "text": text} for label, text in (
+            _KIND_EXPLAINED if (results.get("samples") or {}).get("labelled", True) else _KIND_EXPLAINED_UNLABELLED)],
         "method_line": (
             f"A finding is a test that holds after Holm correction across all {mt.get('n_tests')} tests of this "
             f"audit (family-wise error rate {100 * float(mt.get('alpha', 0.05)):.0f} %), with its effect's interval "

@@ -39,6 +39,9 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("failures", "What could not be run"),
 )
 
+#: The titles that change when the data have no labels: what is measured is the model's own predictions.
+UNLABELLED_TITLES = {"accuracy": "Predictions and confidence (no labels)", "groups": "Predictions per group"}
+
 #: Samples drawn per explanation grid (rows).
 MAX_GRID_ROWS = 12
 #: Sample ids listed for a hypothesis's examples.
@@ -56,8 +59,9 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
     classes = [str(c) for c in results.get("classes") or []]
     failures = list(results.get("failures") or [])
     errors = {str(f.get("step")): str(f.get("error", "")) for f in failures}
+    labelled = _labelled(results)
     sections = [
-        {"id": anchor, "number": str(number), "title": title}
+        {"id": anchor, "number": str(number), "title": title if labelled else UNLABELLED_TITLES.get(anchor, title)}
         for number, (anchor, title) in enumerate(SECTIONS, start=1)
     ]
     hypotheses = results.get("hypotheses") or {}
@@ -87,6 +91,31 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
         "verdict": _verdict(results),
         "paper": "letter" if ((results.get("plan") or {}).get("report") or {}).get("paper") == "letter" else "A4",
     }
+
+
+def _labelled(results: Mapping[str, Any]) -> bool:
+    """Whether the audited data have labels (accuracy can be measured); without, the report speaks of predictions."""
+    samples = results.get("samples") or {}
+    return bool(samples["labelled"]) if "labelled" in samples else results.get("accuracy") is not None
+
+
+def _unlabelled_predictions(results: Mapping[str, Any], classes: list[str]) -> dict[str, Any]:
+    """What is measured without labels: each class's share of the predictions and the model's confidence."""
+    per_sample = results.get("per_sample") or {}
+    preds = [int(p) for p in per_sample.get("predictions") or []]
+    confidence = [float(c) for c in per_sample.get("confidence") or []]
+    rows = []
+    for k, name in enumerate(classes):
+        mine = [c for p, c in zip(preds, confidence) if p == k]
+        rows.append({"name": name, "count": len(mine), "share": len(mine) / len(preds) if preds else None,
+                     "confidence": sum(mine) / len(mine) if mine else None})
+    top = max(rows, key=lambda r: r["count"]) if rows and preds else None
+    mean = sum(confidence) / len(confidence) if confidence else None
+    line = ""
+    if top is not None:
+        line = (f"no labels: the model's own predictions are measured; mean confidence {_pct(mean)}, most often "
+                f"predicted '{top['name']}' ({_pct(top['share'])} of {_int(len(preds))} images)")
+    return {"rows": rows, "mean_confidence": mean, "line": line or "no labels: the model's own predictions are measured"}
 
 
 def _verdict(results: Mapping[str, Any]) -> dict[str, str]:
@@ -158,9 +187,10 @@ def _summary(results: Mapping[str, Any], failures: list[dict]) -> dict[str, Any]
         "model_line": " · ".join(model_parts),
         "data_line": " · ".join(data_parts),
         "accuracy": _accuracy_with_ci(accuracy) if accuracy else None,
+        "accuracy_label": "Accuracy" if accuracy else "Predictions",
         "accuracy_note": (
             f"95 % Wilson interval, n = {_int(accuracy.get('n'))}" if accuracy else
-            "not computed: the data have no labels"
+            _unlabelled_predictions(results, [str(c) for c in results.get("classes") or []])["line"]
         ),
         "conclusions": conclusions.findings(results),
         "no_findings_text": "No finding reached significance.",
@@ -259,16 +289,25 @@ def _accuracy(results: Mapping[str, Any], classes: list[str]) -> dict[str, Any]:
             ),
             "samples": [],
         }
+    unlabelled = None
+    if accuracy is None:
+        unlabelled = [
+            {"name": r["name"], "color": colors.get(r["name"], "#9aa5b1"), "count": _int(r["count"]),
+             "share": _pct(r["share"]), "confidence": _pct(r["confidence"])}
+            for r in _unlabelled_predictions(results, classes)["rows"]
+        ]
     return {
         "available": accuracy is not None,
         "text": _accuracy_with_ci(accuracy) if accuracy else None,
         "n": _int(accuracy.get("n")) if accuracy else _DASH,
         "correct": _int(accuracy.get("correct")) if accuracy else _DASH,
         "unavailable_text": (
-            "The audited data have no labels, so accuracy, per-class recall and the confusion "
-            "matrix cannot be computed. Prediction shares are shown where available."
+            "The audited data have no labels, so whatever needs a true class cannot be computed. What is "
+            "measured is the model's own behaviour: how many images it assigns to each class, and how confident "
+            "it is in them. Every hypothesis compares the model with its own predictions on the clean images."
         ),
-        "per_class": per_class,
+        "per_class": per_class if accuracy is not None else [],
+        "unlabelled": unlabelled,
         "confusion": confusion,
     }
 

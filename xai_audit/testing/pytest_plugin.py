@@ -17,6 +17,7 @@ import pytest
 
 @pytest.fixture
 def tiny_cnn() -> Any:
+    """A tiny CNN (seeded random weights, 7 classes) behind the ModelAdapter interface."""
     from xai_audit.testing.models import tiny_cnn as build
 
     return build()
@@ -24,6 +25,7 @@ def tiny_cnn() -> Any:
 
 @pytest.fixture
 def tiny_vit() -> Any:
+    """A tiny transformers ViT (seeded random weights, 7 classes); skipped without transformers."""
     pytest.importorskip("transformers", reason="the tiny ViT needs transformers")
     from xai_audit.testing.models import tiny_vit as build
 
@@ -32,6 +34,7 @@ def tiny_vit() -> Any:
 
 @pytest.fixture
 def tiny_black_box() -> Any:
+    """The tiny CNN as a black box: module None, no layers, no gradients."""
     from xai_audit.testing.models import black_box, tiny_cnn
 
     return black_box(tiny_cnn())
@@ -39,6 +42,7 @@ def tiny_black_box() -> Any:
 
 @pytest.fixture
 def tiny_samples() -> list[Any]:
+    """Three drawn 32x32 faces: labels, a skin_tone group, a bool mask per face region."""
     from xai_audit.testing.models import tiny_samples as build
 
     return build(3, 32)
