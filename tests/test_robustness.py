@@ -1,0 +1,345 @@
+"""The robustness plugins (plugins/xai_audit_robustness) on hand-built contexts whose truth is known exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import fake_audit as fa
+from xai_audit.api import Dataset, HypothesisContext, ModelAdapter, Sample
+from xai_audit.errors import DataError, ModelError
+from xai_audit.judge.checks import evaluate_checks
+from xai_audit.judge.correction import correct_for_multiple_tests
+from xai_audit.judge.findings import derive_findings
+from xai_audit.judge.recommend import recommend
+from xai_audit.plan.checks import parse_check
+from xai_audit.run.steps import result_dict
+from xai_audit_robustness.adversarial import AdversarialHypothesis
+from xai_audit_robustness.calibration import CalibrationHypothesis
+from xai_audit_robustness.corruptions import CorruptionsHypothesis, corrupt
+from xai_audit_robustness.data_checks import DataChecksHypothesis
+
+from conftest import plan_text
+
+
+def run(plugin_cls, ctx, **options):
+    plugin = plugin_cls(plugin_cls.Options(**options))
+    return plugin, plugin.test(ctx)
+
+
+def audit(**results):
+    """Results as the runner holds them: Holm across every test, then findings."""
+    hypotheses = {name: {"status": "ok", "plugin": name, "options": {}, **result_dict(r)} for name, r in results.items()}
+    correct_for_multiple_tests(hypotheses)
+    return {"hypotheses": hypotheses, "findings": derive_findings({"hypotheses": hypotheses})}
+
+
+def gate(results, text):
+    (row,) = evaluate_checks([parse_check(text)], results)
+    return row["status"]
+
+
+class ListDataset(Dataset):
+    def __init__(self, samples, classes=fa.CLASSES):
+        self.samples = list(samples)
+        self.classes = list(classes)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        return self.samples[index]
+
+    def fingerprint(self):
+        return "list"
+
+
+# --------------------------------------------------------------------------- corruptions
+
+
+def noise_is_sad(images: np.ndarray) -> np.ndarray:
+    """Reads the class, but a noisy image is "sad" whatever it shows (the face rows are flat when clean)."""
+    noisy = images[:, 0, 2:6, :7].std(axis=(1, 2)) > 0.03
+    return fa.one_hot(np.where(noisy, fa.SAD, fa.read_code(images)))
+
+
+def test_a_corruption_that_drains_predictions_into_one_class_is_a_shortcut():
+    ctx = fa.context(fa.make_samples(80, groups=lambda i: {"site": "a" if i % 2 else "b"}), noise_is_sad)
+    plugin, result = run(CorruptionsHypothesis, ctx, corruptions=["gaussian_noise", "contrast"], severities=[1, 3])
+    tests = {t["name"]: t for t in result.tests}
+    assert tests["gaussian_noise"]["verdict"] == "supported" and tests["gaussian_noise"]["kind"] == "fragility"
+    assert tests["gaussian_noise"]["effect"] == pytest.approx(0.75)  # only the sad images stay right
+    shortcut = tests["shortcut: gaussian_noise"]
+    assert shortcut["kind"] == "shortcut" and shortcut["explains"] == "gaussian_noise"
+    assert shortcut["verdict"] == "supported" and shortcut["details"]["class"] == "sad"
+    assert tests["contrast"]["verdict"] == "not supported"
+    assert result.verdict == "supported" and result.metric == "accuracy"
+    lo, hi = result.ci
+    assert lo <= result.effect <= hi
+    # per severity: Wilson intervals and the paired test; per class, per group, the worst first
+    rows = result.breakdown["per severity"]
+    assert len(rows) == 4 and all(r["ci"][0] <= r["accuracy"] <= r["ci"][1] for r in rows)
+    assert result.breakdown["worst corruptions"][0]["corruption"] == "gaussian_noise"
+    assert {r["class"] for r in result.breakdown["per class"]} == set(fa.CLASSES)
+    assert "per group: site" in result.breakdown
+    assert result.details["mce"] == pytest.approx(0.375) and result.details["relative_mce"] is None  # clean error 0
+    assert any("smaller than the 32 px" in w for w in result.warnings)
+    assert [f["kind"] for f in result.figures] == ["lines", "bars", "images"]
+    assert result.arrays["corrupted"].shape[0] == 2 * 3
+    findings = audit(corruptions=result)["findings"]
+    assert findings[0]["kind"] == "shortcut" and findings[0]["class"] == "sad"
+    spec = plugin.augmentation(findings[0], result_dict(result))
+    assert spec["names"] == ["gaussian_noise"] and spec["severity"] == [1, 3]
+
+
+def test_corruptions_are_seeded_per_image_and_unlabelled_data_use_agreement():
+    samples = fa.make_samples(12, labelled=False)
+    images = np.stack([s.image for s in samples])
+    ids = [s.id for s in samples]
+    a = corrupt(images, ids, "gaussian_noise", 2, seed=0)
+    b = corrupt(images[5:], ids[5:], "gaussian_noise", 2, seed=0)
+    assert np.array_equal(a[5:], b) and not np.array_equal(a, corrupt(images, ids, "gaussian_noise", 2, seed=1))
+    ctx = fa.context(samples, noise_is_sad)
+    _, result = run(CorruptionsHypothesis, ctx, corruptions=["gaussian_noise"], severities=[2],
+                    test_each_severity=True)
+    assert result.metric.startswith("flip rate") and "agreement" in result.claim
+    assert {t["name"] for t in result.tests} == {"gaussian_noise", "shortcut: gaussian_noise", "gaussian_noise @ 2"}
+
+
+def test_unknown_corruption_and_severity_are_refused():
+    with pytest.raises(ValueError, match="unknown corruption"):
+        CorruptionsHypothesis.Options(corruptions=["rain"])
+    with pytest.raises(ValueError, match="severities"):
+        CorruptionsHypothesis.Options(severities=[0, 6])
+
+
+# --------------------------------------------------------------------------- adversarial
+
+
+class CodeReader(torch.nn.Module):
+    """Logits = 10 x the mouth row's first K red pixels: the class is the brightest of them."""
+
+    def forward(self, x):
+        return 10 * x[:, 0, 0, : fa.K]
+
+
+class TorchAdapter(ModelAdapter):
+    classes = fa.CLASSES
+
+    def __init__(self):
+        self.module = CodeReader()
+
+    def forward(self, images):
+        return self.module(images)
+
+    def fingerprint(self):
+        return "code-reader"
+
+
+def margin_samples(n: int) -> list[Sample]:
+    """Group a: the class pixel 8/255 above the others (flips at 4/255); group b: 32/255 above (flips at 16/255)."""
+    out = []
+    for s in fa.make_samples(n):
+        image = s.image.copy()
+        gap = 8 / 255 if int(s.id[1:]) % 2 else 32 / 255
+        image[0, 0, : fa.K] = 0.5
+        image[0, 0, s.label] = 0.5 + gap
+        out.append(dataclasses.replace(s, image=image, groups={"tone": "a" if gap < 0.1 else "b"}))
+    return out
+
+
+def test_adversarial_finds_the_smallest_budget_and_the_group_that_flips_first():
+    model = TorchAdapter()
+    samples = margin_samples(40)
+    ctx = HypothesisContext(model=model, samples=samples, probs=model.predict_proba(np.stack([s.image for s in samples])),
+                            classes=list(fa.CLASSES), seed=0, predict=model.predict_proba)
+    _, result = run(AdversarialHypothesis, ctx, max_images=40, budgets=["2/255", "8/255", "24/255"],
+                    reference_budget="8/255", max_budget="32/255")
+    groups = {r["group"]: r for r in result.breakdown["per group: tone"]}
+    assert groups["a"]["mean budget (/255)"] == pytest.approx(4, abs=0.3)
+    assert groups["b"]["mean budget (/255)"] == pytest.approx(16, abs=0.3)
+    assert groups["a"]["flipped at 8/255"] == 1.0 and groups["b"]["flipped at 8/255"] == 0.0
+    assert result.effect == 0.5 and result.verdict == "supported" and result.kind == "fragility"
+    (bias,) = result.tests
+    assert bias["kind"] == "bias" and bias["verdict"] == "supported" and bias["details"]["worst"] == "a"
+    assert bias["effect"] == pytest.approx(12 / 255, abs=0.5 / 255) and bias["ci"][0] > 0
+    assert result.details["n_censored"] == 0
+    findings = audit(adversarial=result)["findings"]
+    assert [f["kind"] for f in findings] == ["bias", "fragility"]
+    assert findings[0]["group"] == {"column": "tone", "worst": "a", "best": "b"}
+
+
+def test_adversarial_refuses_a_black_box():
+    ctx = fa.context(fa.make_samples(8), fa.robust)
+    with pytest.raises(ModelError, match="black box"):
+        run(AdversarialHypothesis, ctx)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def calibrated_context(n: int, seed: int, *, overconfident_group: bool = False) -> HypothesisContext:
+    """Probabilities of varied confidence, labels drawn from them: calibrated by construction. With
+    ``overconfident_group``, group 'b' gets probabilities sharpened after its labels are drawn."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1, (n, fa.K)) * rng.uniform(0.2, 3.0, (n, 1))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(fa.K, p=p) for p in probs])
+    groups = np.where(np.arange(n) % 2 == 0, "a", "b")
+    if overconfident_group:
+        sharp = np.exp(3 * np.log(probs))
+        sharp /= sharp.sum(axis=1, keepdims=True)
+        probs = np.where((groups == "b")[:, None], sharp, probs)
+    samples = [dataclasses.replace(s, label=int(labels[i]), groups={"clinic": str(groups[i])})
+               for i, s in enumerate(fa.make_samples(n))]
+    return fa.context(samples, fa.robust, probs=probs.astype(np.float32), seed=seed)
+
+
+def test_a_perfectly_calibrated_model_shows_no_calibration_error():
+    _, result = run(CalibrationHypothesis, calibrated_context(3000, seed=1))
+    lo, hi = result.ci
+    assert abs(result.effect) < 0.03 and lo <= 0 <= hi  # the debiased error: near 0, its interval covers 0
+    assert result.details["ece"] < 0.04  # the plug-in ECE is small but biased upward ...
+    assert result.details["ece_if_calibrated"] > 0  # ... by about what a calibrated model shows
+    assert result.p_value > 0.05 and result.verdict == "not supported"
+    assert result.details["temperature"] == pytest.approx(1.0, abs=0.1)
+    (gap,) = result.tests
+    assert gap["verdict"] == "not supported"
+    assert {f["kind"] for f in result.figures} == {"lines", "scatter"}
+
+
+def test_an_overconfident_group_is_a_calibration_gap_and_temperature_would_help():
+    plugin, result = run(CalibrationHypothesis, calibrated_context(2000, seed=2, overconfident_group=True))
+    assert result.verdict == "supported" and result.ci[0] > 0.01
+    assert result.details["overconfidence"] > 0 and result.details["temperature"] > 1.2
+    assert result.details["ece_after_temperature_cross_fitted"] < result.details["ece"]
+    (gap,) = result.tests
+    assert gap["kind"] == "bias" and gap["verdict"] == "supported" and gap["details"]["worst"] == "b"
+    results = audit(calibration=result)
+    bias = next(f for f in results["findings"] if f["kind"] == "bias")
+    (row,) = plugin.recommend(bias, results["hypotheses"]["calibration"])
+    assert row["action"] == "add-group" and row["group"] == "clinic=b"
+    assert plugin.recommend(None, results["hypotheses"]["calibration"]) == []  # the temperature is no data
+
+
+def test_calibration_needs_labels():
+    with pytest.raises(DataError, match="needs labels"):
+        run(CalibrationHypothesis, fa.context(fa.make_samples(20, labelled=False), fa.robust))
+
+
+# --------------------------------------------------------------------------- data checks
+
+
+def planted() -> tuple[HypothesisContext, set[str], dict]:
+    """80 images: s0050 is an exact copy of s0000, s0051 a near copy of s0001; s0060-s0063 carry a wrong label;
+    s0070 is nearly black. The reference: 60 other images, darker, plus exact copies of s0010-s0012."""
+    samples = fa.make_samples(80)
+    rng = np.random.default_rng(5)
+    samples[50] = dataclasses.replace(samples[50], image=samples[0].image.copy(), label=samples[0].label)
+    near = np.clip(samples[1].image + rng.normal(0, 0.004, samples[1].image.shape), 0, 1).astype(np.float32)
+    samples[51] = dataclasses.replace(samples[51], image=near, label=samples[1].label)
+    flipped = set()
+    for i in range(60, 64):
+        samples[i] = dataclasses.replace(samples[i], label=(samples[i].label + 1) % fa.K)
+        flipped.add(samples[i].id)
+    samples[70] = dataclasses.replace(samples[70], image=samples[70].image * 0.05)
+    reference = [dataclasses.replace(s, id=f"r{s.id}", image=s.image * 0.7) for s in fa.make_samples(60, seed=9)]
+    reference += [dataclasses.replace(samples[i], id=f"ref-copy-{i}") for i in (10, 11, 12)]
+    loaded = {}
+
+    def load_dataset(options):
+        loaded.update(options)
+        return ListDataset(reference)
+
+    return fa.context(samples, fa.robust, load_dataset=load_dataset), flipped, loaded
+
+
+def test_planted_duplicates_label_errors_leakage_and_drift_are_found():
+    ctx, flipped, loaded = planted()
+    plugin, result = run(DataChecksHypothesis, ctx, reference={"loader": "list", "path": "ref"})
+    assert loaded == {"loader": "list", "path": "ref"}
+    pairs = {(r["id"], r["duplicate of"], r["kind"]) for r in result.breakdown["duplicates"]}
+    assert pairs == {("s0000", "s0050", "exact"), ("s0001", "s0051", "near")}
+    assert result.effect == pytest.approx(2 / 80) and result.verdict == "supported"
+    tests = {t["name"]: t for t in result.tests}
+    assert set(result.details["label_error_ids"]) == flipped and tests["label errors"]["verdict"] == "supported"
+    assert {r["suggested label"] for r in result.breakdown["label errors"]} <= set(fa.CLASSES)
+    assert set(result.details["leaked_ids"]) == {"s0010", "s0011", "s0012"}
+    assert tests["leakage"]["verdict"] == "supported"
+    assert tests["drift: brightness"]["verdict"] == "supported" and tests["drift: brightness"]["kind"] == "shift"
+    assert tests["drift: brightness"]["p_value"] < 1e-6
+    assert "s0070" in result.details["outlier_ids"]
+    results = audit(**{"data-checks": result})
+    rows = recommend(results, ctx.samples, {"data-checks": plugin})
+    relabel = {r["sample_id"] for r in rows if r["action"] == "relabel-or-add" and r["kind"] == "label error"}
+    assert relabel == flipped  # one row per image: the manifest does not merge rows about different samples
+    assert any(r["action"] == "add-data" and "brightness" in r["group"] for r in rows)
+
+
+def test_clean_data_have_no_duplicates_and_no_label_errors():
+    ctx = fa.context(fa.make_samples(60), fa.robust)
+    _, result = run(DataChecksHypothesis, ctx)
+    assert result.effect == 0 and result.verdict == "not supported"
+    assert result.details["n_label_errors"] == 0 and result.details["n_outliers"] == 0
+    assert [t["name"] for t in result.tests] == ["label errors"]
+
+
+# --------------------------------------------------------------------------- every result gates through checks:
+
+
+def test_each_result_gates_through_checks():
+    corr = run(CorruptionsHypothesis, fa.context(fa.make_samples(40), noise_is_sad),
+               corruptions=["gaussian_noise"], severities=[1])[1]
+    model = TorchAdapter()
+    samples = margin_samples(20)
+    adv_ctx = HypothesisContext(model=model, samples=samples, probs=model.predict_proba(np.stack([s.image for s in samples])),
+                                classes=list(fa.CLASSES), seed=0, predict=model.predict_proba)
+    adv = run(AdversarialHypothesis, adv_ctx, max_images=20, reference_budget="8/255")[1]
+    cal = run(CalibrationHypothesis, calibrated_context(500, seed=3), n_resamples=499)[1]
+    ctx, _, _ = planted()
+    data = run(DataChecksHypothesis, ctx, reference={"loader": "list"})[1]
+    results = audit(corruptions=corr, adversarial=adv, calibration=cal, **{"data-checks": data})
+    assert gate(results, "hypotheses.corruptions.accuracy_drop < 0.1") == "FAIL"
+    assert gate(results, "hypotheses.corruptions.details.mce <= 0.9") == "PASS"
+    assert gate(results, "hypotheses.adversarial.effect < 0.1") == "FAIL"
+    assert gate(results, "hypotheses.calibration.details.ece < 0.1") == "PASS"
+    assert gate(results, 'hypotheses.calibration.verdict != "supported"') == "PASS"
+    assert gate(results, "hypotheses.data-checks.details.n_label_errors == 0") == "FAIL"
+    assert gate(results, "hypotheses.data-checks.details.leakage_share == 0") == "FAIL"
+    json.dumps(results)  # plain data all the way down
+
+
+def test_the_plugins_run_in_an_audit_and_gate_it(write_plan, tmp_path):
+    from typer.testing import CliRunner
+
+    from xai_audit.cli import app
+
+    hypotheses = (
+        "  - corruptions: {corruptions: [gaussian_noise, jpeg_compression], severities: [1, 5]}\n"
+        "  - adversarial: {max_images: 12, steps: 5, bisection: 4}\n"
+        "  - calibration: {n_resamples: 499, n_boot: 200}\n"
+        "  - data-checks: {reference: {loader: synthetic-faces, split: test, n: 30, size: 32}, n_boot: 200}\n"
+    )
+    checks = (
+        "checks:\n"
+        "  - \"hypotheses.corruptions.details.mce <= 1\"\n"
+        "  - \"hypotheses.adversarial.details.mean_budget >= 0\"\n"
+        "  - \"hypotheses.calibration.details.ece <= 1\"\n"
+        "  - \"hypotheses.data-checks.details.leakage_share == 0\"\n"
+    )
+    plan = write_plan(plan_text(hypotheses=hypotheses, extra=checks, n=30))
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["run", str(plan), "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert (out / "results.json").exists(), result.output
+    results = json.loads((out / "results.json").read_text())
+    assert not results["failures"], results["failures"]
+    assert {h["status"] for h in results["hypotheses"].values()} == {"ok"}
+    status = {row["check"]: row["status"] for row in results["checks"]}
+    # the reference is the audited split itself: every audited image leaks, and the gate fails
+    assert status["hypotheses.data-checks.details.leakage_share == 0"] == "FAIL" and result.exit_code == 1
+    assert [s for c, s in status.items() if "leakage" not in c] == ["PASS"] * 3
+    assert results["hypotheses"]["data-checks"]["details"]["leakage_share"] == 1.0
