@@ -124,7 +124,8 @@ def _write_files(folder: Path) -> None:
     from xai_audit.testing.models import tiny_cnn_module
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter, still the one for dynamic_axes
+        # the TorchScript-based exporter (deprecated), still the one for dynamic_axes
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(tiny_cnn_module(), torch.rand(1, 3, 32, 32), str(folder / "tiny.onnx"), input_names=["x"],
                           output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
 
@@ -149,7 +150,7 @@ def _write_files(folder: Path) -> None:
         SegformerForSemanticSegmentation(SegformerConfig(
             num_labels=len(labels), hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1],
             num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16, id2label=dict(enumerate(labels)),
-            label2id={l: i for i, l in enumerate(labels)})).save_pretrained(folder / "segformer")
+            label2id={name: i for i, name in enumerate(labels)})).save_pretrained(folder / "segformer")
         SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder / "segformer")
 
 
@@ -245,8 +246,9 @@ def test_a_nondeterministic_explainer_fails_determinism(cls):
     with pytest.raises(AssertionError) as info:
         check_plugin(cls, models=("cnn",))
     message = str(info.value)
-    assert f"explainer '{cls.name}'" in message and "check_deterministic@cnn: two runs with seed 5 gave different maps" \
-        in message and "not from the global random state" in message
+    assert f"explainer '{cls.name}'" in message
+    assert "check_deterministic@cnn: two runs with seed 5 gave different maps" in message
+    assert "not from the global random state" in message
 
 
 class _WrongShape(_MeanColour):
@@ -484,7 +486,8 @@ def test_pytest_plugin_fixtures_and_one_line_parametrize(tmp_path):
             assert tiny_cnn.predict_proba(images).shape == (3, 7)
             assert tiny_black_box.module is None and tiny_black_box.predict_proba(images).shape == (3, 7)
     """))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    root = str(Path(__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     from importlib.metadata import entry_points
 
     installed = any(ep.value == "xai_audit.testing.pytest_plugin" for ep in entry_points(group="pytest11"))
@@ -503,7 +506,8 @@ def test_the_suite_imports_only_the_public_api():
     transformers and the standard library."""
     import ast
 
-    allowed = {"xai_audit.api", "xai_audit.testing", "numpy", "torch", "pytest", "transformers", *sys.stdlib_module_names}
+    allowed = {"xai_audit.api", "xai_audit.testing", "numpy", "torch", "pytest", "transformers",
+               *sys.stdlib_module_names}
     folder = Path(__file__).parents[1] / "xai_audit" / "testing"
     for path in sorted(folder.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -511,4 +515,4 @@ def test_the_suite_imports_only_the_public_api():
                 [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             for name in names:
                 assert any(name == a or name.startswith(a + ".") for a in allowed), f"{path.name} imports {name}"
-                assert not name.startswith("xai_audit.") or name.startswith(("xai_audit.api", "xai_audit.testing")), name
+                assert not name.startswith("xai_audit.") or name.startswith(("xai_audit.api", "xai_audit.testing"))

@@ -499,7 +499,8 @@ class _ExplainerChecks(_Common):
         first = self.first(name)
         again = self.explain(self.instance(name), self.model(name), self.samples(), _EXPLAIN_TARGETS, rng=2)
         assert list(again.sample_ids) == list(first.sample_ids), (
-            f"two runs with seed {SEED} explain different samples: {list(first.sample_ids)} and {list(again.sample_ids)}")
+            f"two runs with seed {SEED} explain different samples: {list(first.sample_ids)} and "
+            f"{list(again.sample_ids)}")
         assert _close(again.maps, first.maps, rtol=1e-5, atol=1e-6 * _scale(first.maps)), (
             f"two runs with seed {SEED} gave different maps (max |difference| {_max_diff(again.maps, first.maps):.3g}, "
             f"max |map| {_scale(first.maps):.3g}): draw random numbers from the seed given to explain() "
@@ -510,9 +511,10 @@ class _ExplainerChecks(_Common):
         with _global_rng(3), _in_plugin():
             maps = self.instance(name).explain_maps(self.model(name), self.samples(), _EXPLAIN_TARGETS.copy(), SEED)
         maps = np.asarray(maps)
+        diff = _max_diff(maps, first.maps) if maps.shape == first.maps.shape else float("nan")
         assert _close(maps, first.maps, rtol=1e-5, atol=1e-6 * _scale(first.maps)), (
             f"explain_maps() returned maps of shape {maps.shape} that differ from explain()'s {first.maps.shape} "
-            f"(max |difference| {_max_diff(maps, first.maps) if maps.shape == first.maps.shape else float('nan'):.3g}); "
+            f"(max |difference| {diff:.3g}); "
             "the trust metrics re-run explain_maps() and compare it with explain()")
 
     def check_batch_independent(self, name: str) -> None:
@@ -538,6 +540,8 @@ class _ExplainerChecks(_Common):
     def check_black_box(self) -> None:
         if getattr(self.s.cls, "needs_gradients", True):
             raise SkipCheck("needs_gradients: the host refuses it for a black-box model")
+        if getattr(self.s.cls, "needs_layer_hooks", False):
+            raise SkipCheck("needs_layer_hooks: the host refuses it for a model whose layers cannot be hooked")
         model = self.s.memo("black-box", lambda: black_box(tiny_cnn()))
         exp = self.explain(self.s.plugin(), model, self.samples(), _EXPLAIN_TARGETS, rng=4)
         try:
@@ -723,7 +727,8 @@ class _DatasetChecks(_Common):
         assert isinstance(ds, Dataset), f"load() returned {type(ds).__name__}, not an xai_audit.api.Dataset"
         assert len(ds) > 0, "the data set is empty"
         classes = ds.classes
-        assert classes is None or (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)), (
+        named = isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+        assert classes is None or named, (
             f"classes is {classes!r}; a non-empty list of names, or None when unlabelled")
         for attr in ("group_names", "region_names"):
             value = getattr(ds, attr)
@@ -793,7 +798,8 @@ def _sample_problems(ds: Dataset, i: int, s: Sample, found: dict[str, list[str]]
         elif classes is None:
             found["labels"].append(f"{where}: label {label!r}, but the data set names no classes")
         elif not 0 <= int(label) < len(classes):
-            found["labels"].append(f"{where}: label {label!r} is outside 0..{len(classes) - 1} ({len(classes)} classes)")
+            found["labels"].append(
+                f"{where}: label {label!r} is outside 0..{len(classes) - 1} ({len(classes)} classes)")
     groups = dict(s.groups or {})
     if set(groups) != set(ds.group_names):
         found["groups"].append(f"{where}: groups has keys {sorted(groups)}, but group_names is {list(ds.group_names)}")
@@ -801,7 +807,8 @@ def _sample_problems(ds: Dataset, i: int, s: Sample, found: dict[str, list[str]]
     for name, mask in (s.regions or {}).items():
         mask = np.asarray(mask) if not isinstance(mask, np.ndarray) else mask
         if mask.dtype != bool or mask.shape != (height, width):
-            found["regions"].append(f"{where}: region {name!r} is {mask.dtype} {mask.shape}, not bool ({height}, {width})")
+            found["regions"].append(
+                f"{where}: region {name!r} is {mask.dtype} {mask.shape}, not bool ({height}, {width})")
         elif name not in ds.region_names:
             found["regions"].append(f"{where}: region {name!r} is not in region_names {list(ds.region_names)}")
 
@@ -894,10 +901,24 @@ class _AdapterChecks(_Common):
         model = self.load()
         if model.module is None:
             raise SkipCheck("module is None: a black box has no layers")
-        layers = model.layers()
+        with _in_plugin():
+            layers = model.layers()
         assert isinstance(layers, dict) and layers, "layers() is empty; Grad-CAM and the activation methods need them"
-        if model.default_layer is not None:
-            assert model.default_layer in layers, f"default_layer {model.default_layer!r} is not among layers()"
+        if model.default_layer is None:
+            return
+        assert model.default_layer in layers, f"default_layer {model.default_layer!r} is not among layers()"
+        why = getattr(self.s.cls, "no_hooks_reason", None)
+        if callable(why) and why(self.s.validated()) is not None:
+            return  # the host refuses the methods that hook a layer for this model
+        seen: list[Any] = []
+        handle = layers[model.default_layer].register_forward_hook(lambda *_: seen.append(True))
+        try:
+            self.logits(model, self.images(model))
+        finally:
+            handle.remove()
+        assert seen, (
+            f"a forward hook on default_layer {model.default_layer!r} never fires during forward(); if the model's "
+            "layers cannot be hooked (TorchScript, torch.export), say so in the plugin's no_hooks_reason()")
 
 
 # --------------------------------------------------------------------------- region sources

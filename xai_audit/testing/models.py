@@ -82,6 +82,8 @@ class BlackBoxAdapter(ModelAdapter):
 
     module = None
     default_layer = None
+    #: read by the host: explainers that need layer hooks are refused for this model
+    provides_hooks = False
 
     def __init__(self, inner: ModelAdapter):
         self._inner = inner
