@@ -50,7 +50,10 @@ def test_the_environment_overrides_the_probe(monkeypatch):
 
 
 def test_chunks_cover_everything_once():
-    assert [(c.start, c.stop) for c in batching.chunks(7, 3)] == [(0, 3), (3, 6), (6, 7)]
+    # as few slices as the size allows, their sizes differing by at most one: never one image alone
+    assert [(c.start, c.stop) for c in batching.chunks(7, 3)] == [(0, 3), (3, 5), (5, 7)]
+    assert [c.stop - c.start for c in batching.chunks(13, 12)] == [7, 6]
+    assert [c.stop - c.start for c in batching.chunks(5, 1)] == [1] * 5
     assert batching.chunks(0, 4) == []
 
 

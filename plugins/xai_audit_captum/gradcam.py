@@ -61,6 +61,8 @@ class GradCamExplainer(ExplainerPlugin):
             notes=[f"Grad-CAM at {where}, upsampled (bilinear) to the display size."]
             + ([f"Layer: the model's default layer, {model.default_layer_reason}."]
                if self.options.layer is None and getattr(model, "default_layer_reason", "") else []),
+            run={"batch_size": int(self.options.batch_size
+                                   or best_batch_size(model, tuple(samples[0].image.shape), backward=True))},
         )
 
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:

@@ -3,18 +3,22 @@
 Maps are the attribution summed over colour channels: positive pixels push
 the score of the target class up, negative ones down.
 
-Batching (captum's ``internal_batch_size``: integration points per forward
-pass): at most the model's best batch size for forward + backward, capped by
-free memory (:func:`xai_audit.contract.batching.best_batch_size`); several images share
-a pass when that takes fewer passes (:func:`pass_plan`). Images are passed to
-the model channels-last when it runs faster that way (CNNs on a CPU).
+The integration rule (points and weights) is captum's
+(``approximation_parameters``). The gradients at every (image, step) point are
+computed in passes of ``internal_batch_size`` points, several images' steps
+sharing a pass (by default the model's best batch size for forward + backward,
+:func:`xai_audit.contract.batching.best_batch_size`), and each image's weighted
+gradients are summed in step order: a point's gradient is the same in any pass
+of two or more points, so the maps and the convergence delta do not depend on
+the batch size, which says only how fast they came. Images go to the model
+channels-last where the layout rule says so (CNNs on a CPU).
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -26,9 +30,11 @@ from xai_audit.api import (
     ModelAdapter,
     Options,
     Sample,
+    batch_slices,
     best_batch_size,
     forward_in_best_layout,
     in_best_layout,
+    prefers_channels_last,
 )
 from xai_audit_captum._common import images_tensor, targets_tensor
 
@@ -42,7 +48,8 @@ class IntegratedGradientsOptions(Options):
     method: Literal["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"] = (
         "gausslegendre"
     )
-    internal_batch_size: int | None = Field(None, ge=1, description="steps per forward pass; default: automatic")
+    internal_batch_size: int | None = Field(
+        None, ge=1, description="integration points per forward pass (speed only: the maps do not change); default: automatic")
 
     @model_validator(mode="after")
     def _image_baseline(self) -> "IntegratedGradientsOptions":
@@ -60,7 +67,7 @@ class IntegratedGradientsExplainer(ExplainerPlugin):
     def explain(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> Explanation:
         opts: IntegratedGradientsOptions = self.options
         images = images_tensor(samples, model.device)
-        attributions, deltas, (group, points, limit) = self._attribute(
+        attributions, deltas, batching = self._attribute(
             model, images, targets_tensor(targets, model.device), seed, [s.id for s in samples])
         maps = attributions.sum(dim=1).numpy().astype(np.float32)  # (N, H, W)
         return Explanation(
@@ -72,16 +79,14 @@ class IntegratedGradientsExplainer(ExplainerPlugin):
             scalars={
                 "convergence_delta_mean": float(deltas.mean()) if len(deltas) else 0.0,
                 "convergence_delta_max": float(deltas.max()) if len(deltas) else 0.0,
-                "images_per_pass": float(group),
-                "internal_batch_size": float(group * points),
             },
             arrays={"convergence_delta": deltas.astype(np.float32)},
             notes=[
-                f"{opts.steps} steps ({opts.method}) from a {opts.baseline} baseline, "
-                f"model passes of up to {limit} integration points (several images' steps sharing one when "
-                "that takes fewer passes); the convergence delta is "
+                f"{opts.steps} steps ({opts.method}) from a {opts.baseline} baseline, each image's gradients "
+                "summed in step order; the convergence delta is "
                 "|sum of attributions - (score(image) - score(baseline))|, small is good."
             ],
+            run=batching,
         )
 
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:
@@ -92,51 +97,52 @@ class IntegratedGradientsExplainer(ExplainerPlugin):
 
     def _attribute(
         self, model: ModelAdapter, images: torch.Tensor, target: torch.Tensor, seed: int, ids: list[str]
-    ) -> tuple[torch.Tensor, np.ndarray, tuple[int, int, int]]:
-        """attributions (N, 3, H, W) on the CPU, |convergence delta| (N,), and the batching: images per
-        pass, steps of each per pass, and the most points a pass may hold."""
-        from captum.attr import IntegratedGradients
+    ) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
+        """attributions (N, 3, H, W) on the CPU, |convergence delta| (N,), and how the passes were cut.
+
+        The (image, step) points are taken image by image, step by step, and cut into passes of at most
+        ``per_pass`` points (:func:`batch_slices`: never one point alone); once an image's every step has its
+        gradient, the gradients times their step sizes are summed over the steps in one reduction, whatever
+        passes they came in."""
+        from captum.attr._utils.approximation_methods import approximation_parameters
 
         opts: IntegratedGradientsOptions = self.options
+        shape = tuple(images.shape[1:])
         images = in_best_layout(model, images, backward=True)
         baselines = make_baseline(images, opts.baseline, seed, opts.baseline_image, ids)
-        per_pass = opts.internal_batch_size or best_batch_size(model, tuple(images.shape[1:]), backward=True)
-        group, points = pass_plan(len(images), opts.steps, per_pass)
-        ig = IntegratedGradients(forward_in_best_layout(model, tuple(images.shape[1:]), backward=True))
-        attributions, deltas = [], []
-        for start in range(0, len(images), group):
-            part = slice(start, start + group)
-            n = len(images[part])
-            attr, delta = ig.attribute(
-                images[part],
-                baselines=baselines[part],
-                target=target[part],
-                n_steps=opts.steps,
-                method=opts.method,
-                internal_batch_size=n * points,
-                return_convergence_delta=True,
-            )
-            attributions.append(attr.detach().cpu())
-            deltas.append(delta.detach().abs().cpu())
-        return torch.cat(attributions), torch.cat(deltas).numpy(), (min(len(images), group), points, per_pass)
-
-
-def pass_plan(n_images: int, steps: int, per_pass: int) -> tuple[int, int]:
-    """(images per captum call, integration steps of each image per pass): the fewest model passes of
-    at most ``per_pass`` points, the steps spread evenly so no pass runs nearly empty.
-
-    captum splits the steps of every image of a call into chunks of ``internal_batch_size // images``,
-    so a call of g images runs ceil(steps / (per_pass // g)) passes. With 50 steps, 4 images and a best
-    batch of 16 that is 13 passes for the four images together, against 16 one image at a time.
-    """
-    n_images, per_pass = max(1, n_images), max(1, per_pass)
-    plans = []
-    for group in range(1, min(n_images, per_pass) + 1):
-        chunk = min(steps, per_pass // group)
-        passes = -(-n_images // group) * -(-steps // chunk)
-        plans.append((passes, -group, group, -(-steps // -(-steps // chunk))))
-    _, _, group, points = min(plans)
-    return group, points
+        per_pass = opts.internal_batch_size or best_batch_size(model, shape, backward=True)
+        step_sizes_of, alphas_of = approximation_parameters(opts.method)
+        step_sizes, alphas = step_sizes_of(opts.steps), alphas_of(opts.steps)
+        alpha = torch.tensor(alphas, dtype=images.dtype, device=images.device)
+        forward = forward_in_best_layout(model, shape, backward=True)
+        n, steps = len(images), opts.steps
+        weights = torch.tensor(step_sizes, dtype=images.dtype, device=images.device).view(-1, *[1] * len(shape))
+        total = torch.zeros_like(images)
+        pending: dict[int, torch.Tensor] = {}  # an image's gradients at its steps, until it has them all
+        passes = batch_slices(n * steps, per_pass)
+        for part in passes:
+            points = torch.arange(part.start, part.stop, device=images.device)
+            which, k = points // steps, points % steps
+            start, end = baselines[which], images[which]
+            x = (start + alpha[k].view(-1, 1, 1, 1) * (end - start)).detach().requires_grad_(True)
+            score = forward(x).gather(1, target[which].view(-1, 1)).sum()
+            grads = torch.autograd.grad(score, x)[0].detach()
+            for i in dict.fromkeys(which.tolist()):  # the images of this pass, each a run of its steps
+                rows = (which == i).nonzero()[:, 0]
+                first, last = int(rows[0]), int(rows[-1]) + 1
+                buffer = pending.setdefault(i, torch.empty((steps, *shape), dtype=grads.dtype, device=grads.device))
+                buffer[int(k[first]): int(k[last - 1]) + 1] = grads[first:last]
+                if int(k[last - 1]) == steps - 1:  # its last step: one reduction over all of them
+                    total[i] = (pending.pop(i) * weights).sum(dim=0)
+        attributions = (total * (images - baselines)).detach()
+        with torch.no_grad():  # the convergence delta: the scores of every image and its baseline, in passes of 2+
+            both = torch.cat([images, baselines])
+            scores = torch.cat([forward(both[p]).gather(1, target.repeat(2)[p].view(-1, 1))[:, 0]
+                                for p in batch_slices(2 * n, per_pass)])
+            deltas = attributions.reshape(n, -1).sum(dim=1) - (scores[:n] - scores[n:])
+        layout = "channels-last" if prefers_channels_last(model, shape, backward=True) else "standard"
+        batching = {"points_per_pass": int(per_pass), "passes": len(passes), "layout": layout}
+        return attributions.cpu(), deltas.abs().cpu().numpy(), batching
 
 
 def make_baseline(images: torch.Tensor, kind: str, seed: int, image_path: str | None = None,

@@ -1,25 +1,25 @@
-"""Occlusion (captum): slide a grey or black patch over the image and record how the score drops.
+"""Occlusion: slide a grey or black patch over the image and record how the score drops.
 
 Window and stride are in display pixels. Each pixel's value is the mean drop
 of the target logit over the windows that cover it: positive where hiding the
 pixel lowers the score (evidence for the class), negative where it raises it.
+The windows are captum's ``Occlusion`` windows (the same positions, the last
+one clipped at the border, and the same maps: a test holds them to captum's).
 
-Batching (captum's ``perturbations_per_eval``: occluded copies per forward
-pass): by default the model's best forward batch size, shared between the
-copies of several images when there are several to explain.
-
-captum occludes a one-channel *visibility mask* (1 = shown, 0 = hidden), not
-the image: the model's input is ``baseline + mask * (image - baseline)``,
-built here in one operation in the model's faster memory layout. A window over
-the mask hides every colour channel under it, as a window spanning all channels
-of the image would, so the maps are the same; captum's per-pass mask
-arithmetic then runs on a third of the values (on a small CNN it had taken a
-sixth of the time, beside passes of a quarter millisecond per image).
+The model scores each image once and each occluded copy once; the copies are
+composed as ``baseline + shown * (image - baseline)`` from a one-channel
+visibility mask, in one operation per pass and in the model's memory layout,
+and cut into passes of ``perturbations_per_eval`` copies (by default the
+model's best forward batch size; never one copy alone). The drops are then
+added into each map window by window, in one fixed order: a copy's score is
+the same in any pass of two or more, so the maps do not depend on the batch
+size, which says only how fast they came (captum adds the drops of each pass
+together first, so its last bits follow the batching).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from xai_audit.api import (
     ModelAdapter,
     Options,
     Sample,
+    batch_slices,
     best_batch_size,
     prefers_channels_last,
 )
@@ -41,7 +42,8 @@ class OcclusionOptions(Options):
     window: int | None = Field(None, ge=1, description="square window side in display pixels; default: 1/8 of the image")
     stride: int | None = Field(None, ge=1, description="step in display pixels; default: half the window")
     baseline: float = Field(0.0, ge=0.0, le=1.0, description="grey level of the occluding patch (0 = black)")
-    perturbations_per_eval: int | None = Field(None, ge=1, description="occluded copies per pass; default: automatic")
+    perturbations_per_eval: int | None = Field(
+        None, ge=1, description="occluded copies per pass (speed only: the maps do not change); default: automatic")
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "OcclusionOptions":
@@ -52,12 +54,12 @@ class OcclusionOptions(Options):
 
 class OcclusionExplainer(ExplainerPlugin):
     name = "occlusion"
-    description = "Occlusion (captum): the drop of the class score when a patch of the image is hidden."
+    description = "Occlusion (captum's windows): the drop of the class score when a patch of the image is hidden."
     Options = OcclusionOptions
     needs_gradients = False
 
     def explain(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> Explanation:
-        maps, window, stride, per_pass = self._maps(model, samples, targets)
+        maps, window, stride, batching = self._maps(model, samples, targets)
         n_windows = _n_windows(samples[0].image.shape[1], window, stride) * _n_windows(samples[0].image.shape[2], window, stride)
         return Explanation(
             method=self.name,
@@ -65,77 +67,84 @@ class OcclusionExplainer(ExplainerPlugin):
             targets=np.asarray(targets),
             maps=maps,
             signed=True,
-            scalars={"window": float(window), "stride": float(stride), "windows_per_image": float(n_windows),
-                     "perturbations_per_eval": float(per_pass)},
+            scalars={"window": float(window), "stride": float(stride), "windows_per_image": float(n_windows)},
             notes=[
                 f"{window}x{window} px windows every {stride} px filled with grey level {self.options.baseline:g}; "
                 "each pixel shows the mean drop of the target logit over the windows covering it."
             ],
+            run=batching,
         )
 
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:
         return self._maps(model, samples, targets)[0]
 
-    def _maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray) -> tuple[np.ndarray, int, int, int]:
-        from captum.attr import Occlusion
-
+    def _maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray
+              ) -> tuple[np.ndarray, int, int, dict[str, Any]]:
         opts: OcclusionOptions = self.options
         images = images_tensor(samples, model.device)
         target = targets_tensor(targets, model.device)
-        channels, height, width = images.shape[1:]
+        n, (channels, height, width) = len(images), images.shape[1:]
         window = min(opts.window or max(2, round(min(height, width) / 8)), height, width)
         stride = opts.stride or max(1, window // 2)
-        n_windows = _n_windows(height, window, stride) * _n_windows(width, window, stride)
+        rows, cols = _starts(height, window, stride), _starts(width, window, stride)
+        # captum's order: the row offset moves fastest
+        tops = torch.tensor([r for _c in cols for r in rows], device=images.device)
+        lefts = torch.tensor([c for c in cols for _r in rows], device=images.device)
+        n_windows = len(tops)
         per_pass = opts.perturbations_per_eval or best_batch_size(model, (channels, height, width), backward=False)
-        group, per_image = _split(len(images), n_windows, per_pass)
-        channels_last = prefers_channels_last(model, (channels, height, width), backward=False)
-        out = []
+        scorer = _Scorer(model, images, opts.baseline, target,
+                         prefers_channels_last(model, (channels, height, width), backward=False))
+        drops = torch.empty((n, n_windows), dtype=images.dtype)
+        passes = batch_slices(n * n_windows, per_pass)
         with torch.no_grad():
-            for start in range(0, len(images), group):
-                part = slice(start, start + group)
-                shown = torch.ones((len(images[part]), 1, height, width), dtype=images.dtype, device=images.device)
-                attr = Occlusion(_MaskedForward(model, images[part], opts.baseline, channels_last)).attribute(
-                    shown,
-                    sliding_window_shapes=(1, window, window),
-                    strides=(1, stride, stride),
-                    baselines=0.0,
-                    target=target[part],
-                    perturbations_per_eval=per_image,
-                )
-                out.append(attr[:, 0].cpu())
-        return torch.cat(out).numpy().astype(np.float32), window, stride, per_image
+            whole = torch.cat([scorer(torch.arange(p.start, p.stop, device=images.device), None, None, window)
+                               for p in batch_slices(n, per_pass)])
+            for part in passes:
+                copies = torch.arange(part.start, part.stop, device=images.device)
+                which, w = copies // n_windows, copies % n_windows
+                scores = scorer(which, tops[w], lefts[w], window)
+                drops[which.cpu(), w.cpu()] = (whole[which] - scores).cpu()
+        total = torch.zeros((n, height, width), dtype=images.dtype)
+        count = torch.zeros((height, width), dtype=images.dtype)
+        for k, (top, left) in enumerate(zip(tops.tolist(), lefts.tolist())):  # window by window, one fixed order
+            total[:, top: top + window, left: left + window] += drops[:, k, None, None]
+            count[top: top + window, left: left + window] += 1
+        maps = (total / count).numpy().astype(np.float32)
+        return maps, window, stride, {"copies_per_pass": int(per_pass), "passes": len(passes),
+                                      "layout": "channels-last" if scorer.channels_last else "standard"}
 
 
-class _MaskedForward:
-    """The model on its images shown through visibility masks: ``forward(masks)`` with masks
-    (k * N, 1, H, W), captum's k occluded copies of the N images' masks stacked copy after copy."""
+class _Scorer:
+    """The target logit of images shown through a hidden window: ``scorer(which, tops, lefts, window)`` scores
+    copy j of image ``which[j]`` with the window at (``tops[j]``, ``lefts[j]``) hidden (no window: None)."""
 
-    def __init__(self, model: ModelAdapter, images: torch.Tensor, baseline: float, channels_last: bool):
-        self.model, self.baseline, self.channels_last = model, float(baseline), channels_last
+    def __init__(self, model: ModelAdapter, images: torch.Tensor, baseline: float, target: torch.Tensor,
+                 channels_last: bool):
+        self.model, self.baseline, self.target, self.channels_last = model, float(baseline), target, channels_last
         # (N, H, W, C): the copies are built channel-innermost, the layout the model may prefer anyway
         self.offset = (images - self.baseline).permute(0, 2, 3, 1).contiguous()
 
-    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
-        n, height, width, channels = self.offset.shape
-        copies = masks.shape[0] // n
-        shown = masks.reshape(copies, n, height, width, 1)
+    def __call__(self, which: torch.Tensor, tops: torch.Tensor | None, lefts: torch.Tensor | None,
+                 window: int) -> torch.Tensor:
+        _, height, width, channels = self.offset.shape
+        shown = torch.ones((len(which), height, width, 1), dtype=self.offset.dtype, device=self.offset.device)
+        if tops is not None and lefts is not None:
+            r = torch.arange(height, device=shown.device)
+            c = torch.arange(width, device=shown.device)
+            in_rows = (r >= tops[:, None]) & (r < tops[:, None] + window)  # (k, H)
+            in_cols = (c >= lefts[:, None]) & (c < lefts[:, None] + window)  # (k, W)
+            shown[(in_rows[:, :, None] & in_cols[:, None, :])] = 0.0
         # baseline + mask * (image - baseline), every copy in one operation
-        x = torch.addcmul(shown.new_full((), self.baseline), self.offset, shown)
-        x = x.reshape(copies * n, height, width, channels).permute(0, 3, 1, 2)
-        return self.model.forward(x if self.channels_last else x.contiguous())
+        x = torch.addcmul(shown.new_full((), self.baseline), self.offset[which], shown)
+        x = x.permute(0, 3, 1, 2)
+        logits = self.model.forward(x if self.channels_last else x.contiguous())
+        return logits.gather(1, self.target[which].view(-1, 1))[:, 0]
 
 
-def _split(n_images: int, n_windows: int, per_pass: int) -> tuple[int, int]:
-    """(images per call, occluded copies of each per pass) filling a pass of about ``per_pass`` images.
-
-    captum stacks ``perturbations_per_eval`` copies of every image of the call into one pass, so
-    images x copies is the batch; the copies are spread evenly so no pass runs nearly empty.
-    """
-    group = max(1, min(n_images, per_pass))
-    copies = max(1, min(n_windows, per_pass // group))
-    group = max(1, min(n_images, per_pass // copies))
-    passes = -(-n_windows // copies)
-    return group, -(-n_windows // passes)
+def _starts(size: int, window: int, stride: int) -> list[int]:
+    """Where captum's windows start along one side: every ``stride`` px, the last one past ``size - window``
+    clipped at the border."""
+    return [k * stride for k in range(_n_windows(size, window, stride))]
 
 
 def _n_windows(size: int, window: int, stride: int) -> int:

@@ -45,6 +45,8 @@ class SaliencyExplainer(ExplainerPlugin):
             maps=maps,
             signed=False,
             notes=["|gradient of the target logit|, maximum over the colour channels."],
+            run={"batch_size": int(self.options.batch_size
+                                   or best_batch_size(model, tuple(samples[0].image.shape), backward=True))},
         )
 
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:

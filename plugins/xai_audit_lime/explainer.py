@@ -13,10 +13,13 @@ What is ours rather than lime's defaults, and why:
   is chosen from the image so each image has at least ``min_segments`` parts
   (by default one per 150 pixels, between 20 and 80);
 * batching: the classifier is called with the model's best batch size
-  (lime's default is 10 images a call), and the perturbed images of a batch
-  are built in one vectorised torch step instead of lime's per-image Python
-  loop (same random on/off patterns, same images), as is the mean-colour image
-  (one ``bincount`` per channel instead of a loop over superpixels);
+  (lime's default is 10 images a call), the samples cut into passes of sizes
+  that differ by at most one (never one image alone: an image's probabilities
+  are then the same in any pass, so the batch size changes no number), and
+  the perturbed images of a batch are built in one vectorised torch step
+  instead of lime's per-image Python loop (same random on/off patterns, same
+  images), as is the mean-colour image (one ``bincount`` per channel instead
+  of a loop over superpixels);
 * seeding: each image's random stream comes from the seed and its sample id,
   so an image gets the same explanation alone or in a batch.
 
@@ -40,8 +43,10 @@ from xai_audit.api import (
     ModelAdapter,
     Options,
     Sample,
+    batch_slices,
     best_batch_size,
     forward_in_best_layout,
+    prefers_channels_last,
 )
 
 #: superpixels drawn per sign in the boundary figure
@@ -64,7 +69,8 @@ class LimeOptions(Options):
     max_dist: float | None = Field(None, gt=0, description="quickshift max_dist; default: twice the kernel size")
     ratio: float = Field(0.2, ge=0.0, le=1.0, description="quickshift colour/space balance")
     kernel_width: float = Field(0.25, gt=0, description="lime's similarity kernel width")
-    batch_size: int | None = Field(None, ge=1, description="images per model call; default: automatic")
+    batch_size: int | None = Field(
+        None, ge=1, description="images per model call (speed only: the maps do not change); default: automatic")
 
 
 class LimeExplainer(ExplainerPlugin):
@@ -88,7 +94,6 @@ class LimeExplainer(ExplainerPlugin):
                 "superpixels_mean": float(n_segments.mean()),
                 "superpixels_min": float(n_segments.min()),
                 "local_fit_r2_mean": float(np.mean(scores)),
-                "batch_size": float(self._batch(model, samples)),
             },
             arrays={"segments": np.stack(segments).astype(np.int32), "local_fit_r2": np.asarray(scores, np.float32),
                     "boundaries": boundaries.astype(np.float32)},
@@ -108,6 +113,8 @@ class LimeExplainer(ExplainerPlugin):
                 f"{self.options.samples} perturbed images per explanation; superpixels replaced by their mean colour. "
                 "local_fit_r2 is the weighted R² of lime's linear model: low means the map is a poor local summary."
             ],
+            run={"batch_size": int(self._batch(model, samples)), "layout": "channels-last" if prefers_channels_last(
+                model, tuple(samples[0].image.shape), backward=False) else "standard"},
         )
 
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:
@@ -250,8 +257,8 @@ class _BatchedLimeImageExplainer(_lime_base()):  # type: ignore[misc]
         offset = torch.as_tensor(np.asarray(image, dtype=np.float32).reshape(-1, channels)) - fudged_t
         seg = torch.as_tensor(segments.ravel())
         labels = []
-        for start in range(0, num_samples, batch_size):
-            on = torch.as_tensor(data[start : start + batch_size], dtype=torch.float32).index_select(1, seg)
+        for part in batch_slices(num_samples, batch_size):  # never one image alone in a pass
+            on = torch.as_tensor(data[part], dtype=torch.float32).index_select(1, seg)
             x = torch.addcmul(fudged_t, offset, on.unsqueeze(-1))  # (b, H*W, C)
             labels.append(classifier_fn(x.view(len(on), height, width, channels).permute(0, 3, 1, 2)))
         return data, np.concatenate(labels)

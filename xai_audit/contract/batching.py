@@ -8,6 +8,16 @@ of all integration steps in one batch needs gigabytes for one ViT-base image.
 once per architecture, image shape and mode in a process, and returns the
 largest batch within 3 % of the best, capped by free memory.
 
+A timing must never change a number (an audit run twice gives the same results,
+byte for byte). So the batch only groups passes: each image's output comes out
+bit for bit the same in any pass of two or more images (the probe checks this
+for the model; where it fails, :func:`fixed_batch_size` decides the batch from
+the model's activation memory instead), and :func:`chunks` never leaves one
+image alone in a pass (a pass of one takes other kernels). The memory layout,
+which does change the last bits of a convolution, follows a rule
+(:func:`prefers_channels_last`), not a timing. What was decided is kept for the
+report's ``run`` section (:func:`batch_decisions`).
+
 Only torch is used here: the host imports no explainer library.
 """
 
@@ -47,13 +57,18 @@ _WARM_PASS_S = 0.15
 _FLOOR_BYTES = 48 << 20
 #: share of free memory an explainer may plan to use
 _MEMORY_SHARE = 0.5
-#: environment override of the probed batch size (an int), for reproducing a run exactly
+#: environment override of the probed batch size: ``32`` for every pass, or ``forward=32,backward=16``
 ENV_BATCH = "XAI_AUDIT_BATCH_SIZE"
 
 _probed: dict[tuple, int] = {}
-_layouts: dict[tuple, bool] = {}
-#: channels-last must beat the standard layout by this much to be used
+#: what :func:`best_batch_size` decided in this process, by architecture, shape, mode, device and cap
+_decisions: dict[tuple, dict[str, Any]] = {}
+#: the memory layout :func:`prefers_channels_last` decided, by architecture, shape, mode and device
+_decided_layout: dict[tuple, bool] = {}
+#: channels-last must beat the standard layout by this much to be used (the probe's own comparison)
 _LAYOUT_GAIN = 1.05
+#: convolutions a model needs for channels-last images (a ViT's one patch embedding barely notices)
+_CHANNELS_LAST_CONVS = 2
 
 
 def free_memory_bytes(device: str) -> int:
@@ -75,6 +90,26 @@ def free_memory_bytes(device: str) -> int:
         pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def total_memory_bytes(device: str) -> int:
+    """Bytes of memory ``device`` has in all (GPU: the card's; CPU: the machine's): fixed for a machine."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index
+        return int(torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index).total_memory)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 8 << 30
 
@@ -124,17 +159,22 @@ def memory_cap(model: Any, image_shape: tuple[int, ...], *, backward: bool) -> i
 
 
 def best_batch_size(model: Any, image_shape: tuple[int, ...], *, backward: bool, max_batch: int = 256) -> int:
-    """The largest probed batch size within 3 % of the model's best measured throughput
-    (in the memory layout the probe found faster, :func:`prefers_channels_last`).
+    """How many images (or scaled, occluded, perturbed copies) to put through the model in one pass: the
+    largest probed batch within 3 % of the model's best measured throughput, capped by free memory, in
+    the layout :func:`prefers_channels_last` fixes.
 
-    ``backward`` measures forward + backward to the input (Integrated
-    Gradients, saliency); otherwise forward only (occlusion, LIME). Measured
-    once per architecture, image shape, mode and device in this process.
+    ``backward`` measures forward + backward to the input (Integrated Gradients, saliency); otherwise
+    forward only (occlusion, LIME). Measured once per architecture, image shape, mode and device in this
+    process. The batch groups passes for speed and changes no number: the probe checks that the model
+    gives each image the same outputs (input gradients for ``backward``), bit for bit, in passes of 2, 3
+    and the chosen size, and where it does not, :func:`fixed_batch_size` is used instead. Never below 2
+    when memory allows (a pass of one image takes other kernels). ``XAI_AUDIT_BATCH_SIZE`` overrides it.
     """
-    override = os.environ.get(ENV_BATCH)
-    if override:
-        return max(1, int(override))
+    forced = _forced_batch(backward)
     key = (_architecture_key(model), tuple(image_shape), backward, str(model.device))
+    if forced is not None:
+        _decide(key, max_batch, forced, "environment", None, prefers_channels_last(model, image_shape, backward=backward))
+        return forced
     if (*key, max_batch) not in _probed:
         per_sample = bytes_per_sample(model, image_shape, backward=True)
         cap = min(max_batch, max(1, int(_MEMORY_SHARE * free_memory_bytes(model.device) // per_sample)))
@@ -142,28 +182,118 @@ def best_batch_size(model: Any, image_shape: tuple[int, ...], *, backward: bool,
             cap = min(max_batch, memory_cap(model, image_shape, backward=False))
         # below ~16 MB of activations per pass, per-pass overhead dominates: start probing there
         floor = 1 << max(0, int(np.log2(max(1.0, _FLOOR_BYTES / max(1, per_sample)))))
-        batch, channels_last = _probe(model, tuple(image_shape), backward, cap, start=min(floor, cap))
+        channels_last = prefers_channels_last(model, image_shape, backward=backward)
+        layouts = [_layout(channels_last)]
+        batch, _ = _probe(model, tuple(image_shape), backward, cap, start=min(floor, cap), layouts=layouts)
+        batch = max(batch, min(2, cap))
+        invariant = batch_invariant(model, tuple(image_shape), backward, batch, channels_last)
+        source = "probe"
+        if not invariant:
+            batch, source = fixed_batch_size(model, image_shape, backward=backward, max_batch=max_batch), "fixed"
         _probed[(*key, max_batch)] = batch
-        _layouts.setdefault(key, channels_last)
-        log.debug("best batch size %d%s (%s, %s)", batch, " channels-last" if channels_last else "",
-                  "backward" if backward else "forward", image_shape)
+        _decide(key, max_batch, batch, source, invariant, channels_last)
+        log.debug("batch size %d%s (%s, %s, %s)", batch, " channels-last" if channels_last else "",
+                  "backward" if backward else "forward", image_shape, source)
     return _probed[(*key, max_batch)]
 
 
-def prefers_channels_last(model: Any, image_shape: tuple[int, ...], *, backward: bool) -> bool:
-    """Whether the model runs faster on channels-last images (N, C, H, W stored as N, H, W, C).
+def fixed_batch_size(model: Any, image_shape: tuple[int, ...], *, backward: bool, max_batch: int = 256) -> int:
+    """A batch decided without a timing: the largest power of two whose passes hold about 48 MiB of the
+    model's activations (forward), within half the device's *total* memory (not its free memory, which
+    moves with the load) and ``max_batch``, and at least 2. The same on every run on one machine."""
+    per_forward = bytes_per_sample(model, image_shape, backward=False)
+    per_sample = bytes_per_sample(model, image_shape, backward=backward)
+    cap = max(1, min(max_batch, int(_MEMORY_SHARE * total_memory_bytes(model.device) // max(1, per_sample))))
+    batch = 1 << max(0, int(np.log2(max(1.0, _FLOOR_BYTES / max(1, per_forward)))))
+    return max(min(2, cap), min(batch, cap))
 
-    Convolutions on a CPU often do (oneDNN's native layout); a transformer barely
-    notices. Decided by the batch-size probe, which times both layouts at every
-    batch size: the best batch can differ between them (a small CNN on a CPU ran
-    fastest at 32 images channels-last, and a third slower at 64).
-    """
-    if len(image_shape) != 3 or os.environ.get(ENV_BATCH):
+
+def batch_invariant(model: Any, image_shape: tuple[int, ...], backward: bool, batch: int, channels_last: bool) -> bool:
+    """Whether each image's outputs (``backward``: its gradient with respect to the input) are bit for bit
+    the same in passes of 2, 3 and ``batch`` images: then how passes are grouped changes no number."""
+    import torch
+
+    sizes = sorted({s for s in (2, 3, batch) if 2 <= s <= batch})
+    if len(sizes) < 2:
+        return True
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand((sizes[-1], *image_shape), generator=generator).to(model.device)
+
+    def per_image(images: Any) -> Any:
+        images = images.contiguous(memory_format=_layout(channels_last))
+        if not backward:
+            with torch.no_grad():
+                return model.forward(images)
+        images = images.detach().requires_grad_(True)
+        return torch.autograd.grad(model.forward(images).sum(), images)[0]
+
+    try:
+        whole = per_image(x)
+        return all(torch.equal(per_image(x[:s]), whole[:s]) for s in sizes[:-1])
+    except Exception:  # noqa: BLE001 - a model that cannot be checked is treated as batch-dependent
         return False
+
+
+def batch_decisions(model: Any | None = None) -> list[dict[str, Any]]:
+    """What :func:`best_batch_size` decided in this process (for ``model``'s architecture, or all), each
+    ``{mode, image_shape, max_batch, size, source, layout, batch_invariant}``: the run's facts, not results."""
+    wanted = None if model is None else _architecture_key(model)
+    return [dict(d) for (arch, *_), d in _decisions.items() if wanted is None or arch == wanted]
+
+
+def _decide(key: tuple, max_batch: int, size: int, source: str, invariant: bool | None, channels_last: bool) -> None:
+    _arch, shape, backward, device = key
+    _decisions[(*key, max_batch)] = {
+        "mode": "backward" if backward else "forward", "image_shape": list(shape), "device": device,
+        "max_batch": max_batch, "size": int(size), "source": source, "batch_invariant": invariant,
+        "layout": "channels-last" if channels_last else "standard",
+    }
+
+
+def _forced_batch(backward: bool) -> int | None:
+    """The batch ``XAI_AUDIT_BATCH_SIZE`` sets for this mode: ``32`` (every pass) or ``forward=32,backward=16``."""
+    text = os.environ.get(ENV_BATCH, "").strip()
+    if not text:
+        return None
+    if "=" not in text:
+        return max(1, int(text))
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if name.strip() == ("backward" if backward else "forward") and value.strip():
+            return max(1, int(value))
+    return None
+
+
+def prefers_channels_last(model: Any, image_shape: tuple[int, ...], *, backward: bool) -> bool:
+    """Whether the model's images go to it channels-last (N, C, H, W stored as N, H, W, C).
+
+    A rule, not a timing, since the layout changes the last bits of a convolution: images on a CPU, to
+    a model with at least two convolutions (oneDNN's native layout, where a small CNN ran twice as fast;
+    a transformer's one patch embedding barely notices). ``backward`` is accepted for symmetry with
+    :func:`best_batch_size`; the rule does not depend on it.
+    """
     key = (_architecture_key(model), tuple(image_shape), backward, str(model.device))
-    if key not in _layouts:
-        best_batch_size(model, image_shape, backward=backward)
-    return _layouts.get(key, False)
+    if key not in _decided_layout:
+        _decided_layout[key] = (len(image_shape) == 3 and not str(model.device).startswith("cuda")
+                                and _conv_count(model) >= _CHANNELS_LAST_CONVS)
+    return _decided_layout[key]
+
+
+def _conv_count(model: Any) -> int:
+    module = getattr(model, "module", None)
+    if module is None or not hasattr(module, "modules"):
+        return 0
+    try:
+        names = [getattr(m, "original_name", None) or type(m).__name__ for m in module.modules()]
+    except Exception:  # noqa: BLE001 - a graph that cannot list its modules: the standard layout
+        return 0
+    return sum(name == "Conv2d" for name in names)
+
+
+def _layout(channels_last: bool) -> Any:
+    import torch
+
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def in_best_layout(model: Any, images: Any, *, backward: bool) -> Any:
@@ -199,7 +329,8 @@ def forward_in_best_layout(model: Any, image_shape: tuple[int, ...], *, backward
     return forward
 
 
-def _probe(model: Any, image_shape: tuple[int, ...], backward: bool, cap: int, start: int = 1) -> tuple[int, bool]:
+def _probe(model: Any, image_shape: tuple[int, ...], backward: bool, cap: int, start: int = 1,
+           layouts: list[Any] | None = None) -> tuple[int, bool]:
     """(batch size, channels-last?): double the batch from ``start``, timing each size in the standard
     and (for images) the channels-last layout, until memory runs out, the next size would overrun the
     probe's time budget, a slow pass stops paying for its doubling, or (past ``_MIN_PROBE``) two
@@ -211,7 +342,8 @@ def _probe(model: Any, image_shape: tuple[int, ...], backward: bool, cap: int, s
     """
     import torch
 
-    layouts = [torch.contiguous_format] + ([torch.channels_last] if len(image_shape) == 3 else [])
+    if layouts is None:  # both, and the faster chosen (best_batch_size gives the layout its rule fixed)
+        layouts = [torch.contiguous_format] + ([torch.channels_last] if len(image_shape) == 3 else [])
     throughput: dict[tuple[int, Any], float] = {}
     best, stale, size, spent = 0.0, 0, max(1, start), 0.0
     _warm_allocator(model, image_shape, size, cap)
@@ -247,7 +379,7 @@ def _probe(model: Any, image_shape: tuple[int, ...], backward: bool, cap: int, s
     def best_in(layout: Any) -> float:
         return max(t for (_, kind), t in throughput.items() if kind == layout)
 
-    chosen = torch.contiguous_format
+    chosen = layouts[0]
     if len(layouts) > 1 and best_in(torch.channels_last) > _LAYOUT_GAIN * best_in(torch.contiguous_format):
         chosen = torch.channels_last
     # timings on a busy machine are noisy: of batches about as fast as the best, the largest
@@ -336,6 +468,16 @@ def _architecture_key(model: Any) -> tuple:
 
 
 def chunks(n: int, size: int) -> list[slice]:
-    """``range(n)`` cut into consecutive slices of at most ``size``."""
+    """``range(n)`` cut into as few consecutive slices of at most ``size`` as there can be, of sizes that
+    differ by at most one: with ``size`` of 2 or more no slice holds a single item unless ``n`` is 1 (a pass
+    of one image takes other kernels, and its numbers differ in the last bits from the same image's in a
+    pass of several)."""
     size = max(1, int(size))
-    return [slice(start, min(n, start + size)) for start in range(0, n, size)]
+    if n <= 0:
+        return []
+    passes = -(-n // size)
+    base, extra = divmod(n, passes)
+    bounds = [0]
+    for k in range(passes):
+        bounds.append(bounds[-1] + base + (k < extra))
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]

@@ -220,6 +220,9 @@ class Explanation:
     #: hypotheses the explanation suggests testing: ``{"plugin": name, "options": {...}, "why": text}``;
     #: with ``explain: {test_suggestions: true}`` the host tests them in the same audit
     suggested_hypotheses: list[dict[str, Any]] = field(default_factory=list)
+    #: how the computation ran, not what it found (batch sizes, memory layout, seconds of a part): written to
+    #: results.json's ``run.steps``, which a re-run never compares; nothing else may depend on it
+    run: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

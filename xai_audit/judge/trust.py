@@ -45,7 +45,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from xai_audit.contract.batching import best_batch_size
+from xai_audit.contract.batching import best_batch_size, chunks
 from xai_audit.contract.types import FACE_REGIONS, ExplainerPlugin, ModelAdapter, Sample
 
 #: bump when a metric's definition changes, so cached trust results are recomputed
@@ -230,12 +230,16 @@ def _quantus_deletion(model: ModelAdapter, images: np.ndarray, targets: np.ndarr
         features_in_step=channels * height * width // k, perturb_baseline=0.0, normalise=False, abs=False,
         disable_warnings=True, display_progressbar=False,
     )
+    curves = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        curves = metric(
-            model=_as_module(model), x_batch=images, y_batch=targets, a_batch=maps[:, None], channel_first=True,
-            softmax=True, device=model.device, batch_size=max(1, min(n, batch)),
-        )
+        # our own even passes, one Quantus call each (its own would leave a last image alone: other kernels,
+        # other last bits, so a score would follow the batch size)
+        for part in chunks(n, batch):
+            curves += list(metric(
+                model=_as_module(model), x_batch=images[part], y_batch=targets[part], a_batch=maps[part, None],
+                channel_first=True, softmax=True, device=model.device, batch_size=part.stop - part.start,
+            ))
     return np.asarray(curves, dtype=np.float64).reshape(n, -1)
 
 
@@ -261,8 +265,8 @@ def _insertion_curves(model: ModelAdapter, images: np.ndarray, targets: np.ndarr
         x = torch.as_tensor(np.concatenate(canvases), device=model.device)
         with torch.no_grad():
             probs = []
-            for chunk in range(0, len(x), batch):
-                probs.append(torch.softmax(model.forward(x[chunk : chunk + batch]), dim=1).cpu().numpy())
+            for chunk in chunks(len(x), batch):  # never one canvas alone in a pass
+                probs.append(torch.softmax(model.forward(x[chunk]), dim=1).cpu().numpy())
         probs = np.concatenate(probs).reshape(len(part), k + 1, -1)
         curves[start : start + len(part)] = probs[np.arange(len(part)), :, targets[list(part)]]
     return curves
