@@ -41,8 +41,9 @@ from xai_audit.testing.checks import SkipCheck
 #: where the module's files go (created by the `files` fixture, removed after the module)
 FILES = Path(tempfile.gettempdir()) / f"xai-audit-conformance-{os.getpid()}"
 
-#: plan-style options that run each built-in offline and fast; paths are relative to FILES
-OFFLINE_OPTIONS: dict[str, dict[str, dict]] = {
+#: plan-style options that run each built-in offline and fast (a list: checked with each); paths are relative
+#: to FILES. The second torch entry ("torch#2" in the test ids) is a TorchScript file, whose layers cannot be hooked.
+OFFLINE_OPTIONS: dict[str, dict[str, dict | list[dict]]] = {
     "hypothesis": {
         "dataset-shift": {"dataset": {"loader": "any: the suite's context loads its own tiny faces"}},
         "transform": {"callable": "numpy:flip", "kwargs": {"axis": 3}, "description": "the image is mirrored"},
@@ -54,7 +55,8 @@ OFFLINE_OPTIONS: dict[str, dict[str, dict]] = {
         "fer2013-csv": {"path": "fer.csv"},
     },
     "model-adapter": {
-        "torch": {"module": "xai_audit.testing.models:tiny_cnn_module", "classes": CLASSES},
+        "torch": [{"module": "xai_audit.testing.models:tiny_cnn_module", "classes": CLASSES},
+                  {"torchscript": "tiny.ts", "classes": CLASSES}],
         "onnx": {"path": "tiny.onnx", "classes": CLASSES},
         "transformers": {"id": "vit"},
     },
@@ -81,7 +83,8 @@ def _entries() -> list:
         for name in registry.names(kind):
             cls = registry.get(kind, name).cls
             if name in known:
-                entries.append((cls, known[name]))
+                for options in known[name] if isinstance(known[name], list) else [known[name]]:
+                    entries.append((cls, options))
                 continue
             try:
                 cls.Options()
@@ -122,6 +125,8 @@ def _write_files(folder: Path) -> None:
     (folder / "fer.csv").write_text("\n".join(rows) + "\n")
 
     from xai_audit.testing.models import tiny_cnn_module
+
+    torch.jit.trace(tiny_cnn_module(), torch.rand(1, 3, 32, 32)).save(str(folder / "tiny.ts"))
 
     with warnings.catch_warnings():
         # the TorchScript-based exporter (deprecated), still the one for dynamic_axes
@@ -430,6 +435,24 @@ def test_a_model_left_in_training_mode_is_caught():
     failed = _failed(_TrainMode)
     assert set(failed) == {"check_batch_independent"}
     assert "image 0 alone gets other scores than in a batch of 3" in failed["check_batch_independent"]
+
+
+class _UnusedLayer(ModelAdapterPlugin):
+    name = "unused-layer"
+    description = "a default layer that forward() never runs (a test double)"
+
+    def load(self, context):
+        from xai_audit.testing.models import TorchAdapter, tiny_cnn_module
+
+        module = tiny_cnn_module()
+        module.spare = torch.nn.Conv2d(3, 4, 3)
+        return TorchAdapter(module, CLASSES, default_layer="spare", name="unused-layer")
+
+
+def test_a_default_layer_that_never_runs_is_caught():
+    failed = _failed(_UnusedLayer)
+    assert set(failed) == {"check_layers"}
+    assert "a forward hook on default_layer 'spare' never fires during forward()" in failed["check_layers"]
 
 
 class _ByteMasks(RegionSourcePlugin):
