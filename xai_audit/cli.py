@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from xai_audit.errors import PlanError, XaiAuditError
+from xai_audit.files import shown
 
 app = typer.Typer(
     name="xai-audit",
@@ -47,12 +48,12 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if _state["debug"]:
                 raise
             for problem in exc.problems:
-                _err(f"error: {problem}")
+                _err(f"error: {shown(problem)}")
             raise typer.Exit(2) from None
         except XaiAuditError as exc:
             if _state["debug"]:
                 raise
-            _err(f"error: {exc}")
+            _err(f"error: {shown(str(exc))}")  # a file name that is not UTF-8 is shown with its bytes escaped
             raise typer.Exit(2) from None
 
     return wrapper
@@ -71,9 +72,23 @@ def _registry(strict: bool = False):
 
 
 def _cache(cache_dir: Optional[Path], no_cache: bool):
+    """The step cache, its folder created and checked now (a file, or read-only, stops the run before any work)."""
+    import os
+
     from xai_audit.run.cache import Cache, default_cache_dir
 
-    return Cache(None if no_cache else (cache_dir or default_cache_dir()))
+    cache = Cache(None if no_cache else (cache_dir or default_cache_dir()))
+    from_env = cache_dir is None and bool(os.environ.get("XAI_AUDIT_CACHE"))
+    cache.check("cache folder", hint="; " + ("it comes from $XAI_AUDIT_CACHE: set another" if from_env else
+                                             "choose another with --cache-dir") + ", or run with --no-cache")
+    return cache
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an output folder that cannot be created or written before any work (nothing is created here)."""
+    from xai_audit.files import check_folder
+
+    check_folder(out, "report folder", hint="; choose another with --out")
 
 
 def _write(outcome, registry, out: Path, formats: list[str], templates: Optional[Path]) -> dict[str, Path]:
@@ -123,6 +138,7 @@ def run(
 
     registry = _registry(strict_plugins)
     validated = load_plan(plan, registry)
+    _check_out(out)
     cache = _cache(cache_dir, no_cache)
     show = not quiet and sys.stderr.isatty()
     if len(validated.models) == 1:
@@ -131,8 +147,16 @@ def run(
         failed = _gate([outcome.results], out)
     else:
         failed = _run_several(validated, registry, cache, out, templates, show)
+    _cache_warnings(cache)
     if failed:
         raise typer.Exit(1)
+
+
+def _cache_warnings(cache) -> None:
+    """Entries the cache could not store during the run: the results were kept, the next run recomputes them."""
+    if cache.errors:
+        more = f" (and {len(cache.errors) - 1} more)" if len(cache.errors) > 1 else ""
+        _err(f"warning: {shown(cache.errors[0])}{more}; the results were kept, the next run computes them again")
 
 
 def _gate(all_results: list[dict], out: Path) -> bool:
@@ -197,6 +221,7 @@ def compare(
     from xai_audit.judge.compare import compare_results
     from xai_audit.report.comparison import write_comparison
 
+    _check_out(out)
     named = []
     for path in results:
         try:
@@ -305,10 +330,13 @@ def demo(
     from xai_audit.plan import load_plan
 
     start = time.perf_counter()
-    registry = _registry()
-    cache = _cache(cache_dir, False)
     if data not in ("faces", "digits"):
         raise XaiAuditError(f"--data must be 'faces' or 'digits', not {data!r}")
+    if not 0 <= seed < 2**32:  # numpy and torch seed from it: refused here, before any training
+        raise XaiAuditError(f"--seed must be a whole number from 0 to {2**32 - 1}, not {seed}")
+    _check_out(out)
+    registry = _registry()
+    cache = _cache(cache_dir, False)
     trained = train_demo_model(registry, cache, data=data, seed=seed, shortcuts=shortcuts, log=typer.echo)
     typer.echo(
         "demo model: reused from the cache" if trained.cached else f"demo model trained in {trained.seconds:.0f} s"
@@ -327,6 +355,7 @@ def demo(
         what = "held-out digits" if data == "digits" else "clean synthetic faces"
         typer.echo(f"test accuracy on {what}: {100 * acc['value']:.1f} %")
     _summarise({**outcome.results, "accuracy": None}, written)
+    _cache_warnings(cache)
     typer.echo(f"done in {time.perf_counter() - start:.0f} s. Open {written.get('html', out)} in a browser.")
 
 

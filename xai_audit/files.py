@@ -1,16 +1,107 @@
-"""Files a reader may open while they are written: write beside, fsync, then rename."""
+"""Files and folders the tool writes: atomic files, folders checked before work starts, located errors.
+
+Every failure to create or write one is a :class:`PathError` naming the path and why
+(``error: report folder /x/out: /x is a file, not a folder``), never a bare ``OSError``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 
+from xai_audit.errors import XaiAuditError
+
+
+class PathError(XaiAuditError):
+    """A file or folder the tool reads, creates or writes could not be; the message names it and says why."""
+
+
+def shown(path: object) -> str:
+    """``path`` as text that can always be printed and written as UTF-8.
+
+    A file name that is not valid UTF-8 (``b"bad\\xff.png"``, held by Python as a lone
+    surrogate) is shown with its odd bytes escaped: ``bad\\xff.png``.
+    """
+    text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _blocker(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` (or ``path``) that is not a folder, if any."""
+    for candidate in [path, *path.parents]:
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def _reason(exc: OSError, path: Path) -> str:
+    blocker = _blocker(path)
+    if blocker is not None and exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.ENOENT):
+        if blocker == path:
+            return "it is a file, not a folder" if exc.errno != errno.ENOENT else "a broken symbolic link"
+        return f"{shown(blocker)} is a file, not a folder"
+    return exc.strerror or str(exc)
+
+
+def path_error(exc: OSError, what: str, path: Path | str, hint: str = "") -> PathError:
+    """``exc`` (raised on ``path``) as one line: ``{what} {path}: {why}{hint}``."""
+    return PathError(f"{what} {shown(path)}: {_reason(exc, Path(path))}{hint}")
+
+
+def check_folder(path: Path | str, what: str, hint: str = "") -> None:
+    """Refuse, before any work, a folder that cannot be created or written: it, or a folder above it,
+    is a file, or the nearest existing one is not writable. Leaves nothing behind.
+
+    Writability is tried (a temporary file made and removed in the nearest existing folder), not
+    asked of ``os.access``: that says yes to root on a read-only mount or a folder such as ``/sys``."""
+    path = Path(path)
+    existing = next((p for p in [path, *path.parents] if p.exists() or p.is_symlink()), Path("."))
+    if not existing.is_dir():
+        why = "it is a file, not a folder" if existing == path else f"{shown(existing)} is a file, not a folder"
+        if existing.is_symlink() and not existing.exists():
+            why = f"{shown(existing)} is a broken symbolic link"
+        raise PathError(f"{what} {shown(path)}: {why}{hint}")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".xai-audit-write-check-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        where = "it" if existing == path else shown(existing)
+        raise PathError(f"{what} {shown(path)}: {where} is not writable ({exc.strerror or exc}){hint}") from None
+
+
+def make_folder(path: Path | str, what: str, hint: str = "") -> Path:
+    """Create folder ``path`` (and its parents); any failure is a :class:`PathError` naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise path_error(exc, what, path, hint) from None
+    return path
+
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place.
+
+    A failure (the folder is a file or not writable, the disk is full, ``path`` is a folder)
+    leaves ``path`` as it was and raises :class:`PathError` naming it."""
+    path = Path(path)
+    try:
+        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise path_error(exc, "cannot write", path) from None
     replaced = False
     try:
         with os.fdopen(handle, "wb") as file:
@@ -20,8 +111,9 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.chmod(temp_name, 0o644)
         os.replace(temp_name, path)
         replaced = True
+    except OSError as exc:
+        raise path_error(exc, "cannot write", path) from None
     finally:
         if not replaced:
             with contextlib.suppress(OSError):
                 os.unlink(temp_name)
-

@@ -11,16 +11,27 @@ Images are read lazily, in any mode, and converted to RGB float32 in [0, 1]
 (transparent images are composited over white; 16-bit images keep their
 precision). Every problem is a :class:`~xai_audit.errors.DataError` whose one
 line names the file (and, for the CSV, its line and column).
+
+Hostile folders: every image must lie inside ``path`` (a CSV path such as
+``../../elsewhere/x.png``, an absolute one elsewhere, or a symbolic link that
+leads out is refused, naming the CSV line or the link) unless ``allow_outside:
+true``. A broken symbolic link (dangling, or a loop) is a bad sample like an
+unreadable image: it stops the audit naming it, or with ``on_bad_sample: skip``
+is listed as skipped. A file name that is not UTF-8 is read; its id shows the
+odd bytes escaped (``bad\\xff.png``). Without ``size``, every image must have
+the size of the first one that reads (a broken or one-pixel image does not set it).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
+import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from pydantic import Field
@@ -47,13 +58,54 @@ class ImageFolderOptions(Options):
     max_pixels: int = Field(
         50_000_000, ge=1, description="refuse (before decoding) an image with more pixels than this"
     )
+    allow_outside: bool = Field(
+        False, description="read images that lie outside 'path' (CSV paths such as ../x.png, symbolic links out)"
+    )
+
+
+def _shown(path: Any) -> str:
+    """``path`` as printable UTF-8 text: bytes of a name that is not UTF-8 shown escaped (``bad\\xff.png``)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _real(path: Path) -> Path:
+    """``path`` with every symbolic link followed (never raises: a loop is left as it is)."""
+    return Path(os.path.realpath(path))
+
+
+def _broken_link(path: Path) -> str | None:
+    """Why the symbolic link ``path`` cannot be followed (dangling, a loop), or None if it can."""
+    try:
+        os.stat(path)
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{_shown(path)}: a symbolic link loop (following it never reaches a file)"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            return f"{_shown(path)}: a dangling symbolic link (its target {_shown(target)} does not exist)"
+        return f"{_shown(path)}: cannot follow the symbolic link: {exc.strerror or exc}"
 
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:  # gone or unreadable since the listing: it cannot be read as a sample either
+        return f"unreadable: {exc.strerror or exc}"
     return h.hexdigest()
 
 
@@ -106,18 +158,30 @@ class ImageFolderDataset(Dataset):
         self.options = options
         base = Path(base_dir)
         root = Path(options.path).expanduser()
-        self.root = (root if root.is_absolute() else base / root).resolve()
+        given_root = root if root.is_absolute() else base / root
+        self.root = _real(given_root)
         if not self.root.is_dir():
-            raise DataError(f"image folder not found: {self.root}")
+            if given_root.is_symlink() and _broken_link(given_root):
+                raise DataError(f"image folder {_broken_link(given_root)}")
+            if self.root.exists():
+                raise DataError(f"image folder {_shown(self.root)}: it is a file, not a folder of images")
+            raise DataError(f"image folder not found: {_shown(self.root)}")
         self.metadata_path: Path | None = None
         self._extensions = {e.lower() if e.startswith(".") else "." + e.lower() for e in options.extensions}
         #: (id, file, label, groups) per sample
         self._items: list[tuple[str, Path, int | None, dict[str, str]]] = []
+        #: sample index -> why it cannot be read (a broken link, a link out of the folder), found when listing
+        self._problems: dict[int, str] = {}
         if options.metadata is not None:
             meta = Path(options.metadata).expanduser()
-            self.metadata_path = (meta if meta.is_absolute() else base / meta).resolve()
+            given_meta = meta if meta.is_absolute() else base / meta
+            self.metadata_path = _real(given_meta)
             if not self.metadata_path.is_file():
-                raise DataError(f"metadata file not found: {self.metadata_path}")
+                if given_meta.is_symlink() and _broken_link(given_meta):
+                    raise DataError(f"metadata file {_broken_link(given_meta)}")
+                if self.metadata_path.is_dir():
+                    raise DataError(f"metadata file {_shown(self.metadata_path)}: it is a folder, not a CSV file")
+                raise DataError(f"metadata file not found: {_shown(self.metadata_path)}")
             self.layout = "metadata-csv"
             self._read_csv()
         else:
@@ -125,50 +189,113 @@ class ImageFolderDataset(Dataset):
             self._scan_folders()
         if not self._items:
             raise DataError(
-                f"no images found in {self.metadata_path or self.root}"
+                f"no images found in {_shown(self.metadata_path or self.root)}"
                 + ("" if self.metadata_path else f" (extensions: {', '.join(sorted(self._extensions))})")
             )
-        self._expected_size: tuple[int, int] | None = None
+        #: without ``size``: the first sample that reads, and its (width, height); every image must match it
+        self._reference: tuple[str, tuple[int, int]] | None = None
         self._fingerprint: str | None = None
         self._read_modes: dict[int, str] = {}  # sample index -> PIL mode, as each is read
 
     # -- listing ---------------------------------------------------------------
 
+    def _is_image_name(self, name: str) -> bool:
+        return Path(name).suffix.lower() in self._extensions and not name.startswith(".")
+
     def _is_image(self, path: Path) -> bool:
-        return path.is_file() and path.suffix.lower() in self._extensions and not path.name.startswith(".")
+        return path.is_file() and self._is_image_name(path.name)
+
+    def _could_be_ours(self, name: str) -> bool:
+        """Whether a broken link named ``name`` may have been an image or a folder (a ``notes.txt`` is not)."""
+        return not name.startswith(".") and (self._is_image_name(name) or not Path(name).suffix)
+
+    def _outside(self, real: Path) -> bool:
+        return not self.options.allow_outside and not real.is_relative_to(self.root)
+
+    def _listing(self, folder: Path) -> list[os.DirEntry]:
+        try:
+            with os.scandir(folder) as entries:
+                return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as exc:
+            raise DataError(f"{_shown(folder)}: cannot list the folder: {exc.strerror or exc}") from None
+
+    def _link_problem(self, path: Path, ancestors: frozenset[Path]) -> str | None:
+        """Why the symbolic link ``path`` may not be followed: broken, out of the folder, or back up to a parent."""
+        broken = _broken_link(path)
+        if broken is not None:
+            return broken
+        real = _real(path)
+        if self._outside(real):
+            return (f"{_shown(path)}: a symbolic link to {_shown(real)}, outside the data folder {_shown(self.root)} "
+                    "(set the data set's allow_outside: true to read it)")
+        if real.is_dir() and real in ancestors:
+            return f"{_shown(path)}: a symbolic link loop (it leads back to {_shown(real)}, a folder it is in)"
+        return None
+
+    def _walk(self, folder: Path, ancestors: frozenset[Path]) -> Iterator[tuple[Path, str | None]]:
+        """Images under ``folder`` (depth first, in name order, hidden names left out), each with None,
+        and each entry that cannot be read with why (a broken link, one that leads out or loops)."""
+        for entry in self._listing(folder):
+            path = folder / entry.name
+            if entry.is_symlink():
+                problem = self._link_problem(path, ancestors)
+                if problem is not None:
+                    if self._could_be_ours(entry.name) or _real(path).is_dir():
+                        yield path, problem
+                    continue
+            if entry.is_dir():
+                yield from self._walk(path, ancestors | {_real(path)})
+            elif entry.is_file() and self._is_image_name(entry.name):
+                yield path, None
 
     def _scan_folders(self) -> None:
-        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders: list[Path] = []
+        broken: list[tuple[Path, str]] = []
+        root_only = frozenset({self.root})
+        for entry in self._listing(self.root):
+            path = self.root / entry.name
+            if entry.is_symlink():
+                problem = self._link_problem(path, root_only)
+                if problem is not None:
+                    if self._could_be_ours(entry.name) or _real(path).is_dir():
+                        broken.append((path, problem))
+                    continue
+            if entry.is_dir():
+                folders.append(path)
         if not folders:
-            loose = [p for p in self.root.iterdir() if self._is_image(p)]
+            loose = [self.root / e.name for e in self._listing(self.root) if self._is_image(self.root / e.name)]
             if loose:
                 raise DataError(
-                    f"{self.root}: images but no class sub-folders; "
+                    f"{_shown(self.root)}: images but no class sub-folders; "
                     "for a flat folder give a metadata CSV (columns path,label)"
                 )
+            if broken:
+                raise DataError(f"no images found in {_shown(self.root)}; {broken[0][1]}")
             raise DataError(
-                f"no images found in {self.root} (extensions: {', '.join(sorted(self._extensions))})"
+                f"no images found in {_shown(self.root)} (extensions: {', '.join(sorted(self._extensions))})"
             )
-        names = [p.name for p in folders]
+        names = [_shown(p.name) for p in folders]
         if self.options.classes is not None:
             self.classes = list(self.options.classes)
-            for folder in folders:
-                if folder.name not in self.classes:
+            for folder, name in zip(folders, names):
+                if name not in self.classes:
                     raise DataError(
-                        f"{folder}: folder '{folder.name}' is not one of the classes "
+                        f"{_shown(folder)}: folder '{name}' is not one of the classes "
                         f"({', '.join(self.classes)})"
                     )
         else:
             self.classes = names
         self.group_names = []
-        for folder in folders:
-            label = self.classes.index(folder.name)
-            for file in sorted(folder.rglob("*")):
-                if self._is_image(file) and not any(
-                    part.startswith(".") for part in file.relative_to(folder).parts
-                ):
-                    rel = file.relative_to(self.root).as_posix()
-                    self._items.append((rel, file, label, {}))
+        for folder, name in zip(folders, names):
+            label = self.classes.index(name)
+            for file, problem in self._walk(folder, root_only | {_real(folder)}):
+                if problem is not None:
+                    self._problems[len(self._items)] = problem
+                rel = _shown(file.relative_to(self.root).as_posix())
+                self._items.append((rel, file, label, {}))
+        for path, problem in broken:  # a broken link where a class folder would be: no label
+            self._problems[len(self._items)] = problem
+            self._items.append((_shown(path.name), path, None, {}))
 
     def _read_csv(self) -> None:
         csv_path = self.metadata_path
@@ -210,10 +337,21 @@ class ImageFolderDataset(Dataset):
             if not rel:
                 raise DataError(f"{csv_path}: line {line}, column 'path': empty path")
             candidates = [Path(rel)] if Path(rel).is_absolute() else [csv_dir / rel, self.root / rel]
-            file = next((c.resolve() for c in candidates if c.is_file()), None)
-            if file is None:
+            found = [_real(c) for c in candidates if c.is_file()]
+            inside = [f for f in found if not self._outside(f)]
+            if not inside:
+                where = f"{csv_path}: line {line}, column 'path'"
+                if found:
+                    raise DataError(
+                        f"{where}: {rel} leads outside the data folder {self.root} (to {found[0]}); "
+                        "set the data set's allow_outside: true to read images from elsewhere"
+                    )
+                broken = next((_broken_link(c) for c in candidates if c.is_symlink() and _broken_link(c)), None)
+                if broken is not None:
+                    raise DataError(f"{where}: {broken}")
                 looked = " or ".join(str(c) for c in candidates)
-                raise DataError(f"{csv_path}: line {line}, column 'path': file not found: {looked}")
+                raise DataError(f"{where}: file not found: {looked}")
+            file = inside[0]
             if file in seen:
                 raise DataError(
                     f"{csv_path}: line {line}, column 'path': {rel} is listed twice "
@@ -232,7 +370,7 @@ class ImageFolderDataset(Dataset):
                 sid = file.relative_to(csv_dir).as_posix()
             else:
                 sid = rel.replace("\\", "/")
-            raw.append((sid, file, label, {c: values[c] for c in group_cols}))
+            raw.append((_shown(sid), file, label, {c: values[c] for c in group_cols}))
         labels_found = sorted({r[2] for r in raw if r[2]})
         if given is not None:
             self.classes = given
@@ -258,11 +396,11 @@ class ImageFolderDataset(Dataset):
             width, height = im.size
             if width * height > self.options.max_pixels:  # a decompression bomb is refused unread
                 raise DataError(
-                    f"{file}: image is {width}x{height} pixels, over the limit of {self.options.max_pixels:,} "
+                    f"{_shown(file)}: image is {width}x{height} pixels, over the limit of {self.options.max_pixels:,} "
                     "(max_pixels); refused before decoding"
                 )
             if width < 2 or height < 2:
-                raise DataError(f"{file}: image is {width}x{height} pixels, too small to audit")
+                raise DataError(f"{_shown(file)}: image is {width}x{height} pixels, too small to audit")
             # strict even when another library (WeasyPrint does, on import) let PIL accept truncated files
             strict, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
             try:
@@ -277,18 +415,26 @@ class ImageFolderDataset(Dataset):
             raise DataError(f"{file}: refused as a decompression bomb: {exc}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataError(f"cannot read image {file}: {first}") from None
+            raise DataError(_shown(f"cannot read image {file}: {first}")) from None
         except Exception as exc:  # any other decoder failure names the file too
-            raise DataError(f"cannot read image {file}: {type(exc).__name__}: {exc}") from None
+            raise DataError(_shown(f"cannot read image {file}: {type(exc).__name__}: {exc}")) from None
 
-    def _header(self, file: Path) -> tuple[str, tuple[int, int]]:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(file) as im:
-                return im.mode, im.size
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image {file}: {exc}") from None
+    def _reference_size(self, index: int, size: tuple[int, int]) -> tuple[str, tuple[int, int]]:
+        """The id and (width, height) of the first sample, in listing order, that reads (``index``, of
+        ``size``, reads): the same whichever sample is read first, and never a broken or one-pixel image."""
+        if self._reference is None:
+            reference = (self._items[index][0], size)
+            for j in range(index):
+                if j in self._problems:
+                    continue
+                try:
+                    im = self._open(self._items[j][1])
+                except DataError:
+                    continue
+                reference = (self._items[j][0], im.size)
+                break
+            self._reference = reference
+        return self._reference
 
     def __getitem__(self, index: int) -> Sample:
         index = int(index)
@@ -297,37 +443,40 @@ class ImageFolderDataset(Dataset):
         if not 0 <= index < len(self._items):
             raise IndexError(f"sample index out of range (the data set has {len(self._items)})")
         sid, file, label, groups = self._items[index]
+        if index in self._problems:
+            raise DataError(self._problems[index])
         im = self._open(file)
         self._read_modes[index] = im.mode
         arr = _to_rgb_array(im)
         if self.options.size is not None:
             arr = _resize(arr, self.options.size)
         else:
-            if self._expected_size is None:
-                first = self._items[0][1]
-                self._expected_size = (arr.shape[1], arr.shape[0]) if index == 0 else self._header(first)[1]
-            w, h = self._expected_size
+            first, (w, h) = self._reference_size(index, (arr.shape[1], arr.shape[0]))
             if arr.shape[:2] != (h, w):
                 raise DataError(
-                    f"{file}: image is {arr.shape[1]}x{arr.shape[0]} but {self._items[0][1].name} "
+                    f"{_shown(file)}: image is {arr.shape[1]}x{arr.shape[0]} but {first} "
                     f"is {w}x{h}; set the 'size' option to resize every image"
                 )
         image = np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
         return Sample(id=sid, image=image, label=label, groups=dict(groups))
 
     def files(self) -> list[Path]:
-        out = [item[1] for item in self._items]
+        out = [item[1] for i, item in enumerate(self._items) if i not in self._problems]
         if self.metadata_path is not None:
             out.append(self.metadata_path)
         return out
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            manifest = sorted((sid, _sha256(file)) for sid, file, _, _ in self._items)
+            manifest = sorted(
+                (sid, "unreadable" if i in self._problems else _sha256(file))
+                for i, (sid, file, _, _) in enumerate(self._items)
+            )
             payload = {
                 "manifest": manifest,
                 "metadata": _sha256(self.metadata_path) if self.metadata_path is not None else None,
-                "options": self.options.model_dump(exclude={"path", "metadata"}),
+                # allow_outside changes which files may be listed, not what a listed one holds
+                "options": self.options.model_dump(exclude={"path", "metadata", "allow_outside"}),
             }
             self._fingerprint = hashlib.sha256(
                 json.dumps(payload, sort_keys=True).encode()
@@ -341,8 +490,8 @@ class ImageFolderDataset(Dataset):
     def describe(self) -> dict[str, Any]:
         modes = self.source_modes()
         return {
-            "source": str(self.root),
-            "metadata": str(self.metadata_path) if self.metadata_path is not None else None,
+            "source": _shown(self.root),
+            "metadata": _shown(self.metadata_path) if self.metadata_path is not None else None,
             "layout": self.layout,
             "n": len(self),
             "n_samples": len(self),

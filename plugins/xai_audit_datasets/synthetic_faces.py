@@ -122,7 +122,7 @@ class SyntheticFacesOptions(Options):
     """Options of the ``synthetic-faces`` data set."""
 
     split: Literal["train", "test"] = "test"
-    n: int = Field(700, ge=1, description="number of samples")
+    n: int = Field(700, ge=1, le=10_000_000, description="number of samples (at most ten million)")
     size: int = Field(64, ge=16, le=512, description="square side in pixels")
     seed: int = Field(0, ge=0)
     dark_sad: float = Field(

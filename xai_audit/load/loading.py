@@ -15,6 +15,7 @@ import numpy as np
 
 from xai_audit.contract.types import Dataset, LoadContext, ModelAdapter, RegionSource, Sample
 from xai_audit.errors import DataError, ModelError, XaiAuditError
+from xai_audit.files import shown
 from xai_audit.limits import StepTimeout, run_with_limit
 from xai_audit.load.samples import DEFAULT_CACHE_BYTES, LazySample, SampleCache, read_metadata
 from xai_audit.plan import Plan, Step
@@ -67,7 +68,7 @@ def load_model_and_data(plan: Plan) -> tuple[ModelAdapter, Dataset]:
     seed_everything(plan.seed)  # a model built without a weights file is then the same every time
     model = load_step(plan.model, context, ModelError, "model")
     dataset = load_step(plan.dataset, context, DataError, "data set")
-    if len(dataset) == 0:
+    if dataset_length(dataset, plan.dataset.name) == 0:
         raise DataError("the data set has no samples")
     unknown = [c for c in dataset.classes or [] if c not in list(model.classes)]
     if unknown:
@@ -101,15 +102,33 @@ def load_other_dataset(registry: Registry, plan: Plan, options: dict[str, Any]) 
     return load_step(Step("dataset", name, info, validated), context, DataError, "second data set")
 
 
+def dataset_length(dataset: Dataset, name: str) -> int:
+    """``len(dataset)``; a length Python cannot hold (a data set option out of range) is a DataError."""
+    try:
+        return len(dataset)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise DataError(f"the data set (loader '{name}') has no usable length: {type(exc).__name__}: {exc}") from None
+
+
 def _first_readable(dataset: Dataset, on_bad_sample: str) -> Sample:
-    tries = min(len(dataset), 100 if on_bad_sample == "skip" else 1)
-    for i in range(tries):
+    """The sample whose size the model is checked with: the first one that reads.
+
+    With ``fail`` that is sample 0 (its error stops the audit, as a later bad one would). With
+    ``skip`` it is the first of all that reads, however many bad ones come before it (those are
+    then listed as skipped by :func:`select_samples`, like any other).
+    """
+    if on_bad_sample != "skip":
+        try:
+            return dataset[0]
+        except DataError as exc:
+            raise DataError(f"{exc} (sample 0; set dataset.on_bad_sample: skip to audit without it)") from None
+    first: DataError | None = None
+    for i in range(len(dataset)):
         try:
             return dataset[i]
-        except DataError:
-            if i == tries - 1:
-                raise
-    raise DataError("the data set has no readable sample")  # pragma: no cover
+        except DataError as exc:
+            first = first or exc
+    raise DataError(f"every one of the {len(dataset)} samples was unreadable; the first: {shown(str(first))}")
 
 
 def load_step(step: Step, context: LoadContext, error: type[XaiAuditError], what: str) -> Any:
@@ -145,7 +164,7 @@ def select_samples(
         if on_bad_sample != "skip":
             raise DataError(f"{exc} (sample {index}; set dataset.on_bad_sample: skip to audit without it)") from None
         if skipped is not None:
-            skipped.append({"index": index, "error": str(exc)})
+            skipped.append({"index": index, "error": shown(str(exc))})
 
     samples = read_metadata(dataset, indices, SampleCache(dataset, cache_bytes), bad)
     if not samples:

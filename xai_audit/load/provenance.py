@@ -44,7 +44,7 @@ def data_manifest(files: list[Path]) -> tuple[list[list[str]], str | None]:
     if not rows:
         return [], None
     text = "\n".join(f"{p}\t{h}" for p, h in rows)
-    return rows, hashlib.sha256(text.encode()).hexdigest()
+    return rows, hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()  # a name's own bytes
 
 
 def build_provenance(plan, registry, model, dataset, region_source=None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from xai_audit.contract.types import Dataset, Sample
+from xai_audit.files import shown
 
 #: default bound of the image cache (bytes); the plan's ``runtime.image_cache_mb`` overrides it
 DEFAULT_CACHE_BYTES = 256 * 2**20
@@ -140,6 +141,7 @@ def read_metadata(dataset: Dataset, indices: Sequence[int], cache: SampleCache,
         except Exception as exc:  # the caller decides: stop, or skip and list it
             on_error(index, exc)
             continue
-        out.append(LazySample(cache, index, sample.id, sample.label, dict(sample.groups),
+        # an id made from a file name that is not UTF-8 is shown with its odd bytes escaped (it is written out)
+        out.append(LazySample(cache, index, shown(sample.id) if isinstance(sample.id, str) else sample.id, sample.label, dict(sample.groups),
                               has_own_regions=bool(sample.regions)))
     return out

@@ -19,7 +19,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from xai_audit.errors import XaiAuditError
-from xai_audit.files import atomic_write
+from xai_audit.files import atomic_write, make_folder, shown
 from xai_audit.report.artifacts import ReportArtifacts
 from xai_audit.report.tables import csv_tables
 
@@ -102,24 +102,26 @@ def write_report(
             text = json.dumps(results, indent=2, allow_nan=False, ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             raise ReportError(f"results are not plain JSON (no NaN, no arrays): {exc}") from exc
-        payloads["json"] = (text + "\n").encode("utf-8")
+        # a path whose name is not UTF-8 (a lone surrogate in Python) is kept as a JSON \udcXX escape, which
+        # reads back as the same path (xai-audit verify finds the file); every other character is UTF-8
+        payloads["json"] = (text + "\n").encode("utf-8", "backslashreplace")
         payloads["schema"] = SCHEMA_PATH.read_bytes()
-        payloads.update({f"tables/{name}": text.encode("utf-8") for name, text in csv_tables(results).items()})
+        payloads.update({f"tables/{name}": shown(text).encode("utf-8") for name, text in csv_tables(results).items()})
     if "html" in formats or "pdf" in formats:
         from xai_audit.report.context import build_context
 
-        html = render_html(build_context(results, artifacts), template_dirs)
+        html = shown(render_html(build_context(results, artifacts), template_dirs))  # odd file-name bytes escaped
         if "html" in formats:
             payloads["html"] = html.encode("utf-8")
         if "pdf" in formats:
             payloads["pdf"] = _pdf_bytes(html)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir, "report folder")
     written = {}
     for name, data in payloads.items():  # beside results.json: its JSON Schema, and the tables as CSV
         if name in FILENAMES:
             continue
         path = out_dir / ("results.schema.json" if name == "schema" else name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent, "report folder")
         atomic_write(path, data)
     for fmt in formats:
         path = out_dir / FILENAMES[fmt]

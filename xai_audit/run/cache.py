@@ -26,6 +26,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from xai_audit.files import make_folder, path_error
+
 #: 2: the checksum covers the plain data too (format 1 entries are ignored and recomputed)
 CACHE_FORMAT = 2
 
@@ -48,6 +50,21 @@ class Cache:
         self.root = Path(root) if root is not None else None
         self.hits = 0
         self.misses = 0
+        #: one line per entry or lock the cache could not write during the run (the step's result was kept)
+        self.errors: list[str] = []
+
+    def check(self, what: str = "cache folder", hint: str = "") -> None:
+        """Create the cache folder now and check it can be written, so a cache that is a file, lies under
+        one or is read-only stops the run before any work (a :class:`~xai_audit.files.PathError` naming it)."""
+        if self.root is None:
+            return
+        make_folder(self.root, what, hint)
+        try:
+            probe, probe_name = tempfile.mkstemp(prefix=".write-check-", dir=self.root)
+            os.close(probe)
+            os.unlink(probe_name)
+        except OSError as exc:
+            raise path_error(exc, what, self.root, hint) from None
 
     def _dir(self, key: str) -> Path:
         assert self.root is not None
@@ -76,22 +93,27 @@ class Cache:
         if self.root is None:
             return
         folder = self._dir(key)
-        folder.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         blob = buffer.getvalue()
         text = json.dumps(data, allow_nan=True).encode("utf-8")
         meta = {"format": CACHE_FORMAT, "sha256": _digest(blob, text)}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=folder.parent))
+        # a cache that fails now (disk full, folder gone read-only) costs the next run a recomputation,
+        # never this run its result: the step goes on, and the failure is kept in ``errors``
+        tmp: Path | None = None
         try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=folder.parent))
             (tmp / "arrays.npz").write_bytes(blob)
             (tmp / "data.json").write_bytes(text)
             (tmp / "meta.json").write_text(json.dumps(meta))
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
             os.replace(tmp, folder)
+        except OSError as exc:
+            self.errors.append(str(path_error(exc, "cannot store a step in the cache", folder)))
         finally:
-            if tmp.exists():
+            if tmp is not None and tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
     @contextlib.contextmanager
@@ -102,8 +124,16 @@ class Cache:
             yield
             return
         lock_path = self._dir(key).with_suffix(".lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+b") as handle:
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock_path, "a+b")
+        except OSError as exc:  # the step runs unlocked (a second run on this cache may compute it too)
+            self.errors.append(str(path_error(exc, "cannot lock a step in the cache", lock_path)))
+            handle = None
+        if handle is None:
+            yield
+            return
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -114,7 +144,7 @@ class Cache:
         """A path for a named artefact (e.g. the demo model's weights)."""
         root = self.root if self.root is not None else Path(tempfile.gettempdir()) / "xai-audit-nocache"
         path = root / "files" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent, "cache folder")
         return path
 
 
