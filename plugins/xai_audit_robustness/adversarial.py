@@ -5,10 +5,11 @@
 
 For each audited image (a seeded subset of at most ``max_images``) an untargeted PGD attack (``steps`` signed
 gradient steps on the margin between the clean prediction's logit and the best other one, no random start, so
-it is deterministic) is run at ``max_budget``; where it flips the prediction, a bisection over the budget
-(``bisection`` halvings) finds the smallest budget that still flips it. An image that does not flip at
-``max_budget`` is counted at ``max_budget`` (censored: its true budget is larger; the number is reported). The
-attack also runs at each of the plan's ``budgets``: the share of images flipped there, with Wilson intervals.
+it is deterministic; an image stops as soon as it flips) runs at each of the plan's ``budgets`` (the share of
+images flipped there, with Wilson intervals) and at ``max_budget``. That brackets each image's smallest
+flipping budget; a bisection narrows each bracket to ``max_budget / 2 ** bisection``. An image that does not
+flip at ``max_budget`` is counted at ``max_budget`` (censored: its true budget is larger; the number is
+reported).
 
 captum's ``captum.robust.PGD`` takes one radius for a whole batch, so a per-image bisection would run one image
 per batch; the few lines of PGD here take one budget per image and batch every image at once. Gradients come
@@ -130,12 +131,16 @@ class AdversarialHypothesis(HypothesisPlugin):
         images = np.stack([s.image for s in samples]).astype(np.float32)
         target = context.probs[index].argmax(axis=1)
         attack = _Attack(model, o.steps)
-        # smallest flipping budget: PGD at max_budget, then a bisection where it flips
-        flipped_max = attack.flips(images, target, np.full(len(index), max_budget))
-        lo = np.zeros(len(index))
-        hi = np.full(len(index), max_budget)
-        for _ in range(o.bisection):
-            live = flipped_max
+        # PGD at every budget and at max_budget brackets each image's smallest flipping budget; a bisection
+        # then narrows each bracket to the resolution max_budget / 2 ** bisection (only the images still open)
+        ladder = sorted(set(budgets) | {max_budget})
+        at = {b: attack.flips(images, target, np.full(len(index), b)) for b in ladder}
+        flipped = np.any(np.stack([at[b] for b in ladder]), axis=0)
+        hi = np.array([min([b for b in ladder if at[b][i]], default=max_budget) for i in range(len(index))])
+        lo = np.array([max([0.0] + [b for b in ladder if b < hi[i] and not at[b][i]]) for i in range(len(index))])
+        resolution = max_budget / 2 ** o.bisection
+        for _ in range(64):
+            live = flipped & (hi - lo > resolution * (1 + 1e-9))
             if not live.any():
                 break
             mid = (lo + hi) / 2
@@ -143,12 +148,9 @@ class AdversarialHypothesis(HypothesisPlugin):
             f[live] = attack.flips(images[live], target[live], mid[live])
             hi = np.where(live & f, mid, hi)
             lo = np.where(live & ~f, mid, lo)
-        at = {b: attack.flips(images, target, np.full(len(index), b)) for b in budgets}
-        eps = hi.copy()
-        for b in budgets:  # PGD is not exactly monotone in the budget: a flip at a budget bounds the smallest one
-            eps = np.where(at[b], np.minimum(eps, b), eps)
-        eps = np.where(flipped_max | np.any(np.stack([at[b] for b in budgets]), axis=0), eps, max_budget)
-        censored = ~(flipped_max | np.any(np.stack([at[b] for b in budgets]), axis=0))
+        eps = np.where(flipped, hi, max_budget)
+        censored = ~flipped
+        at = {b: at[b] for b in budgets}
         return _result(context, o, samples, index, target, eps, censored, at, budgets, max_budget)
 
 
@@ -167,6 +169,7 @@ class _Attack:
         return out
 
     def _batch(self, images: np.ndarray, target: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """PGD on one batch; an image leaves the batch as soon as its prediction flips (it keeps its perturbation)."""
         import torch
 
         device = getattr(self.model, "device", "cpu")
@@ -176,23 +179,28 @@ class _Attack:
         step = 2.5 * e / self.steps
         delta = torch.zeros_like(x0)
         flipped = torch.zeros(len(x0), dtype=torch.bool, device=device)
-        rows = torch.arange(len(x0), device=device)
         with torch.enable_grad():
             for _ in range(self.steps):
-                x = (x0 + delta).clamp(0, 1).detach().requires_grad_(True)
+                live = (~flipped).nonzero()[:, 0]
+                if not len(live):
+                    break
+                x = (x0[live] + delta[live]).clamp(0, 1).detach().requires_grad_(True)
                 logits = self.model.forward(x)
-                flipped |= logits.detach().argmax(dim=1) != t
-                own = logits[rows, t]
+                tl = t[live]
+                now = logits.detach().argmax(dim=1) != tl
+                rows = torch.arange(len(live), device=device)
                 other = logits.clone()
-                other[rows, t] = -torch.inf
-                margin = own - other.max(dim=1).values
+                other[rows, tl] = -torch.inf
+                margin = logits[rows, tl] - other.max(dim=1).values
                 (grad,) = torch.autograd.grad(margin.sum(), x)
-                keep = flipped.view(-1, 1, 1, 1)  # a flipped image keeps its perturbation
-                new = (delta - step * grad.sign()).clamp(-e, e)
-                new = (x0 + new).clamp(0, 1) - x0
-                delta = torch.where(keep, delta, new.detach())
-        with torch.no_grad():
-            flipped |= self.model.forward((x0 + delta).clamp(0, 1)).argmax(dim=1) != t
+                new = (delta[live] - step[live] * grad.sign()).clamp(-e[live], e[live])
+                new = (x0[live] + new).clamp(0, 1) - x0[live]
+                delta[live] = torch.where(now.view(-1, 1, 1, 1), delta[live], new.detach())
+                flipped[live] = now
+        live = (~flipped).nonzero()[:, 0]
+        if len(live):
+            with torch.no_grad():
+                flipped[live] = self.model.forward((x0[live] + delta[live]).clamp(0, 1)).argmax(dim=1) != t[live]
         return flipped.cpu().numpy()
 
 
@@ -243,10 +251,11 @@ def _result(context, o: AdversarialOptions, samples, index, target, eps, censore
         "budgets": budgets, "budgets_255": [255 * b for b in budgets], "reference_budget": ref,
         "tolerated_flip_share": o.tolerated_flip_share, "max_budget": max_budget, "steps": o.steps,
         "bisection": o.bisection, "resolution": max_budget / 2 ** o.bisection,
+        "method": "untargeted L-infinity PGD on the logit margin (no random start), at each budget and at max_budget, "
+                  "then a bisection of each image's bracket",
         "mean_budget": float(eps.mean()), "mean_budget_ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
         "median_budget": float(np.median(eps)), "n_censored": int(censored.sum()),
         "share_flipped": {f"{255 * b:g}/255": float(at[b].mean()) for b in budgets},
-        "method": "untargeted L-infinity PGD on the logit margin (no random start), bisection over the budget",
         "attacked_ids": [s.id for s in samples],
     }
     figures = [{

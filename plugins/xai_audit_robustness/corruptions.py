@@ -101,9 +101,46 @@ def label(name: str) -> str:
     return name.replace("_", " ")
 
 
+class _TextureCache:
+    """Stands in for the library's ``cv2`` module: ``frost`` reads one of six texture files from disk and resizes
+    it on every call (about 25 ms an image); this keeps each texture, and each resized copy, after the first read.
+    Everything else is the real cv2, and the results are the same."""
+
+    def __init__(self, cv2: Any):
+        self._cv2 = cv2
+        self._read: dict[tuple, np.ndarray] = {}
+        self._resized: dict[tuple, np.ndarray] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cv2, name)
+
+    def imread(self, path: Any, *args: Any) -> np.ndarray:
+        key = (str(path), *args)
+        if key not in self._read:
+            self._read[key] = self._cv2.imread(str(path), *args)
+        return self._read[key]
+
+    def resize(self, src: np.ndarray, dsize: Any = None, *args: Any, **kwargs: Any) -> np.ndarray:
+        if not any(src is texture for texture in self._read.values()):
+            return self._cv2.resize(src, dsize, *args, **kwargs)
+        key = (id(src), tuple(dsize) if dsize is not None else None, args, tuple(sorted(kwargs.items())))
+        if key not in self._resized:
+            self._resized[key] = self._cv2.resize(src, dsize, *args, **kwargs)
+        return self._resized[key]
+
+
+def _library():
+    import imagecorruptions
+    import imagecorruptions.corruptions as implementation
+
+    if not isinstance(implementation.cv2, _TextureCache):
+        implementation.cv2 = _TextureCache(implementation.cv2)
+    return imagecorruptions.corrupt
+
+
 def corrupt(images: np.ndarray, ids: list[str], name: str, severity: int, seed: int) -> np.ndarray:
     """``images`` (N, 3, H, W) in [0, 1] under corruption ``name`` at ``severity``, each with its own seed."""
-    from imagecorruptions import corrupt as library_corrupt
+    library_corrupt = _library()
 
     n, _, h, w = images.shape
     factor = int(np.ceil(MIN_SIDE / min(h, w))) if min(h, w) < MIN_SIDE else 1
@@ -194,8 +231,7 @@ def _result(ctx: HypothesisContext, opts: CorruptionsOptions, after: dict, examp
             severity_rows.append({
                 "corruption": c, "severity": s, "n": n, word: acc, "ci": wilson(int(ok[(c, s)].sum()), n),
                 "drop": float(ok0.mean() - acc),
-                "drop ci": as_list(bootstrap_paired_diff_ci(ok0, ok[(c, s)], seed=ctx.seed)) if labelled
-                else as_list(r.ci),
+                "drop ci": as_list(r.ci),  # the paired bootstrap interval of the drop (of the flip rate: Wilson)
                 "p (unadjusted)": r.p_value,
                 "flip rate": r.details.get("flip_rate"),
                 "gaining class": (shortcut or {}).get("details", {}).get("class"),
