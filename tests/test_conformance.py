@@ -45,6 +45,8 @@ FILES = Path(tempfile.gettempdir()) / f"xai-audit-conformance-{os.getpid()}"
 #: to FILES. The second torch entry ("torch#2" in the test ids) is a TorchScript file, whose layers cannot be hooked.
 OFFLINE_OPTIONS: dict[str, dict[str, dict | list[dict]]] = {
     "hypothesis": {
+        "adversarial": {"max_images": 8, "steps": 3, "bisection": 3},
+        "corruptions": {"corruptions": ["gaussian_noise", "defocus_blur", "frost"], "severities": [1, 3]},
         "dataset-shift": {"dataset": {"loader": "any: the suite's context loads its own tiny faces"}},
         "transform": {"callable": "numpy:flip", "kwargs": {"axis": 3}, "description": "the image is mirrored"},
     },
@@ -65,13 +67,8 @@ OFFLINE_OPTIONS: dict[str, dict[str, dict | list[dict]]] = {
     },
 }
 
-_MATRIX_FORMAT = ("the intervention engine's 'Where the predictions go' matrix has a 'format' field, which "
-                  "report/specs.py reads but FIGURE_KINDS / check_figure do not list")
-#: findings of the suite in built-in plugins (test id -> reason), each marked xfail(strict=True)
-KNOWN_FAILURES = {
-    f"{name}-check_figures": _MATRIX_FORMAT
-    for name in ("background", "grayscale", "luminance", "mask-lower-face", "occlude-regions", "transform")
-}
+#: findings of the suite in built-in plugins (test id -> reason), each marked xfail(strict=True); none left
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _entries() -> list:
@@ -445,7 +442,9 @@ class _UnusedLayer(ModelAdapterPlugin):
         from xai_audit.testing.models import TorchAdapter, tiny_cnn_module
 
         module = tiny_cnn_module()
-        module.spare = torch.nn.Conv2d(3, 4, 3)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            module.spare = torch.nn.Conv2d(3, 4, 3)
         return TorchAdapter(module, CLASSES, default_layer="spare", name="unused-layer")
 
 

@@ -35,11 +35,7 @@ FAST_OPTIONS = {
 N_SAMPLES = 3
 
 #: what the suite finds in the built-in explainers (test id -> reason), each marked xfail(strict=True)
-KNOWN_FAILURES = {
-    **{f"topology-check_figures@{m}": (
-        "topology's figures carry 'height' (and report/specs.py reads 'width'/'height'), which FIGURE_KINDS / "
-        "check_figure do not list: 'a 'lines' figure has no field 'height''") for m in ("cnn", "vit")},
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _built_in_explainers() -> list:
