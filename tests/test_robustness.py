@@ -343,3 +343,18 @@ def test_the_plugins_run_in_an_audit_and_gate_it(write_plan, tmp_path):
     assert status["hypotheses.data-checks.details.leakage_share == 0"] == "FAIL" and result.exit_code == 1
     assert [s for c, s in status.items() if "leakage" not in c] == ["PASS"] * 3
     assert results["hypotheses"]["data-checks"]["details"]["leakage_share"] == 1.0
+
+
+# --------------------------------------------------------------------------- the host's conformance suite
+
+
+@pytest.mark.parametrize("cls, options", [
+    (CorruptionsHypothesis, {"corruptions": ["gaussian_noise", "contrast"], "severities": [1, 3]}),
+    (AdversarialHypothesis, {"max_images": 4, "steps": 2, "bisection": 2}),
+    (CalibrationHypothesis, {"n_resamples": 199, "n_boot": 100}),
+    (DataChecksHypothesis, {"n_boot": 100}),
+], ids=lambda v: getattr(v, "name", ""))
+def test_the_plugins_pass_the_conformance_suite(cls, options):
+    from xai_audit.testing import check_plugin
+
+    check_plugin(cls, options, models=("cnn",))
