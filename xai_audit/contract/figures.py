@@ -18,7 +18,7 @@ FIGURE_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
               "line plot; series = [{label, y, optional style ('dashed'), color}]"),
     "bars": (("labels", "series"), ("ylabel",),
              "grouped bars; series = [{label, values, optional low/high (interval ends)}]"),
-    "matrix": (("values",), ("rows", "cols", "row_label", "col_label", "signed"),
+    "matrix": (("values",), ("rows", "cols", "row_label", "col_label", "signed", "format"),
                "a 2-D table of numbers drawn as colours"),
     "images": (("images",), ("titles", "columns"), "a grid of images (N, 3, H, W) or (N, H, W) in [0, 1]"),
     "scatter": (("x", "y"), ("groups", "xlabel", "ylabel", "diagonal"),
@@ -32,8 +32,9 @@ FIGURE_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
                  "maps (K, h, w) as overlays with one colour bar, over image (3, H, W) or images (K, 3, H, W); "
                  "normalise 'shared' (one scale) or 'each'"),
 }
-#: fields every kind may have
-COMMON_FIELDS = ("kind", "title", "caption", "alt")
+#: fields every kind may have (``width``/``height``: the figure's size in inches; ``format``, on a matrix: how
+#: each number is written, a Python format string such as ``"{:.2f}"``)
+COMMON_FIELDS = ("kind", "title", "caption", "alt", "width", "height")
 
 
 def array_ref(name: str) -> dict[str, str]:
