@@ -101,14 +101,18 @@ class _PlanLoader(_Base):  # type: ignore[misc, valid-type]
             raise _Refused(mark, f"the plan's strings expand to more than {MAX_PLAN_CHARS:,} characters{how}")
 
 
-def _read_yaml(text: str, filename: str) -> tuple[Any, yaml.Node | None]:
-    """The plan's data and its root node (for lines). Raises :class:`PlanError` for YAML that is not a plan."""
+def _read_yaml(text: str, filename: str) -> tuple[Any, dict[tuple, int], list[tuple[tuple, str, int]]]:
+    """The plan's data, the line of each path in it, and the keys given twice (path, message, line).
+
+    Raises :class:`PlanError` for a plan too large, YAML that is not valid, or that expands too far.
+    """
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_PLAN_BYTES:
         raise PlanError([f"{filename}: the plan is {size:,} bytes; a plan may be at most {MAX_PLAN_BYTES:,} bytes"])
     loader = _PlanLoader(text)
     try:
         root = loader.get_single_node()
+        lines, twice = _node_lines(root)  # before constructing: that merges '<<' keys into the nodes
         data = loader.construct_document(root) if root is not None else None
     except _Refused as exc:
         where = f"{filename}:{exc.mark.line + 1}" if exc.mark is not None else filename
@@ -120,27 +124,29 @@ def _read_yaml(text: str, filename: str) -> tuple[Any, yaml.Node | None]:
         raise PlanError([f"{where}: not valid YAML: {_one_line(str(problem), 200)}"]) from None
     finally:
         loader.dispose()
-    return data, root
+    return data, lines, twice
 
 
-def _node_lines(root: yaml.Node | None, add: Any) -> dict[tuple, int]:
-    """Map each path (tuple of keys / indices) to its 1-based line; a key given twice goes to ``add``."""
+def _node_lines(root: yaml.Node | None) -> tuple[dict[tuple, int], list[tuple[tuple, str, int]]]:
+    """Map each path (tuple of keys / indices) to its 1-based line; and list each key given twice."""
     lines: dict[tuple, int] = {}
-    seen_twice: set[int] = set()
+    twice: list[tuple[tuple, str, int]] = []
+    reported: set[int] = set()
 
     def walk(node: yaml.Node, path: tuple) -> None:
         lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             first: dict[tuple, int] = {}
             for key_node, value_node in node.value:
-                key = key_node.value
-                line = key_node.start_mark.line + 1
-                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if not isinstance(key_node, yaml.ScalarNode):  # a list as a key: constructing it says so
+                    continue
+                key, line = key_node.value, key_node.start_mark.line + 1
+                if key_node.tag != "tag:yaml.org,2002:merge":
                     ident = (key_node.tag, key)
-                    if ident in first and id(key_node) not in seen_twice:  # an aliased mapping is walked again
-                        seen_twice.add(id(key_node))
-                        add(path + (key,), f"given twice (first on line {first[ident]}); "
-                                           "YAML would keep only the last, so remove one", line)
+                    if ident in first and id(key_node) not in reported:  # an aliased mapping is walked again
+                        reported.add(id(key_node))
+                        message = f"given twice (first on line {first[ident]}); YAML would keep only the last, so remove one"
+                        twice.append((path + (key,), message, line))
                     first.setdefault(ident, line)
                 lines[path + (key,)] = line
                 walk(value_node, path + (key,))
@@ -151,7 +157,7 @@ def _node_lines(root: yaml.Node | None, add: Any) -> dict[tuple, int]:
 
     if root is not None:
         walk(root, ())
-    return lines
+    return lines, twice
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -220,9 +226,10 @@ def load_plan(path: str | Path, registry: Registry) -> Plan:
 
 
 def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_dir: Path | None = None) -> Plan:
-    data, root = _read_yaml(text, filename)
-    problems = _Problems(filename, {})
-    problems.lines = _node_lines(root, problems.add)
+    data, lines, twice = _read_yaml(text, filename)
+    problems = _Problems(filename, lines)
+    for path, message, line in twice:
+        problems.add(path, message, line)
     if not isinstance(data, dict):
         problems.add((), "a plan must be a YAML mapping with at least 'model' and 'dataset'")
         raise PlanError(problems.items)

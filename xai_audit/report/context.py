@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from xai_audit.report import conclusions, explain_context, figures, specs
+from xai_audit.report import conclusions, display, explain_context, figures, specs
 from xai_audit.report.artifacts import ReportArtifacts
 
 #: The report's sections, in order: (anchor id, heading).
@@ -70,7 +70,7 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
     tool = results.get("tool") or {}
     overview = explain_context.overview(results, artifacts, classes)
     return {
-        "title": str(results.get("title") or "Model audit"),
+        "title": display.clip(str(results.get("title") or "Model audit"), display.TITLE_LIMIT),
         "tool": " ".join(str(p) for p in (tool.get("name", "xai-audit"), tool.get("version")) if p),
         "schema_version": str(results.get("schema_version", "")),
         "date": _date(results.get("finished") or results.get("started")),
@@ -742,12 +742,15 @@ def _short_description(description: Any) -> str:
 
 
 def _plan_text(plan: Any) -> str:
+    """The plan as YAML, each of its strings cut to PLAN_STRING_LIMIT, the whole to LONG_TEXT_LIMIT."""
+    plan = display.for_display(plan, display.PLAN_STRING_LIMIT)
     try:
         import yaml
 
-        return yaml.safe_dump(plan, sort_keys=False, allow_unicode=True, default_flow_style=False, width=88).strip()
+        text = yaml.safe_dump(plan, sort_keys=False, allow_unicode=True, default_flow_style=False, width=88).strip()
     except Exception:  # noqa: BLE001 - anything yaml cannot dump is shown as JSON
-        return json.dumps(plan, indent=2, ensure_ascii=False, default=str)
+        text = json.dumps(plan, indent=2, ensure_ascii=False, default=str)
+    return display.long_text(text)
 
 
 def _date(value: Any) -> str:

@@ -27,6 +27,8 @@ from matplotlib.ticker import PercentFormatter
 from matplotlib.transforms import ScaledTranslation
 from PIL import Image
 
+from xai_audit.report.display import DataURI
+
 #: Resolution of the charts; with the sizes below a chart stays well under 150 KB.
 DPI = 110
 #: Resolution of explanation grids (photographic content compresses poorly).
@@ -280,7 +282,7 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _encode(fig: Figure, dpi: int = DPI) -> str:
+def _encode(fig: Figure, dpi: int = DPI) -> DataURI:
     """PNG data URI; a figure over the size budget is reduced to a 256-colour palette."""
     buffer = io.BytesIO()
     try:
@@ -291,7 +293,7 @@ def _encode(fig: Figure, dpi: int = DPI) -> str:
     data = _png(image)
     if len(data) > PALETTE_ABOVE_BYTES:
         data = _png(image.quantize(256, method=Image.Quantize.FASTOCTREE))
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return DataURI("data:image/png;base64," + base64.b64encode(data).decode("ascii"))
 
 
 def _png(image: Image.Image) -> bytes:

@@ -21,6 +21,7 @@ from markupsafe import Markup
 from xai_audit.errors import XaiAuditError
 from xai_audit.files import atomic_write, make_folder, shown
 from xai_audit.report.artifacts import ReportArtifacts
+from xai_audit.report.display import for_display
 from xai_audit.report.tables import csv_tables
 
 #: the published JSON Schema of results.json, written beside each one
@@ -70,7 +71,8 @@ def render_html(context: Mapping[str, Any], template_dirs: Sequence[Path] = (), 
     css_source, _, _ = env.loader.get_source(env, CSS_TEMPLATE)  # type: ignore[union-attr]
     # The stylesheet is trusted template text, not data; only guard the </style> end.
     css = Markup(css_source.replace("</", "<\\/"))
-    return env.get_template(page or PAGE_TEMPLATE).render({**context, "css": css})
+    # Every string the page shows is cut to DISPLAY_LIMIT here, whatever built it (see report/display.py).
+    return env.get_template(page or PAGE_TEMPLATE).render({**for_display(dict(context)), "css": css})
 
 
 def render_pdf(html: str, path: Path) -> None:

@@ -1,0 +1,92 @@
+"""How long a string the report shows: the one bound every template value passes through.
+
+Strings in the report come from models, data sets, plugins and plans, and any of them may be huge (a
+megabyte title, class names of a hundred kilobytes). WeasyPrint lays out one unbreakable line of such text
+for minutes, and nobody reads it anyway. :func:`for_display` walks the template data once, in
+:func:`xai_audit.report.render.render_html`, so every page (the report, the comparison, a user's own
+templates) shows at most :data:`DISPLAY_LIMIT` characters of any one string, cut with a visible ellipsis
+that says how long the whole is. ``results.json`` is written from the results, not from this data, and
+keeps every string whole.
+
+Two kinds of string are not cut: a figure's data URI (:class:`DataURI`, made only by the figure code) and a
+:class:`LongText` block that was bounded when it was made (the plan as YAML, built from strings cut to
+:data:`PLAN_STRING_LIMIT` and at most :data:`LONG_TEXT_LIMIT` characters in all).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from markupsafe import Markup
+
+#: characters of one string the report shows; longer ones are cut with an ellipsis and their length. The
+#: longest sentence the report writes itself is about 500 characters.
+DISPLAY_LIMIT = 600
+#: characters of one unbroken run (no white space) the report shows: a name, an id, a label, a path. Runs
+#: longer than this are data, never the report's own words, and they cost most: WeasyPrint's work on a table
+#: cell grows with the square of its length (every character may end a line), so seven class names of 600
+#: characters take seconds to lay out and of 1,000 a minute.
+RUN_LIMIT = 200
+#: characters of the report's title (it also runs along the top of every PDF page)
+TITLE_LIMIT = 200
+#: characters of each string of the plan as the provenance section shows it
+PLAN_STRING_LIMIT = 200
+#: characters of a :class:`LongText` block (the plan as YAML)
+LONG_TEXT_LIMIT = 20_000
+
+
+_LONG_RUN = re.compile(rf"\S{{{RUN_LIMIT + 1},}}")
+
+
+class DataURI(str):
+    """A figure as a ``data:image/png;base64,...`` URI: shown whole, never cut."""
+
+    __slots__ = ()
+
+
+class LongText(str):
+    """A block of text bounded when it was made (see :func:`long_text`): not cut again."""
+
+    __slots__ = ()
+
+
+def clip(text: str, limit: int = DISPLAY_LIMIT) -> str:
+    """``text`` whole when it is short; else cut, with an ellipsis where it was cut and its whole length.
+
+    Each unbroken run over :data:`RUN_LIMIT` characters keeps its first ``RUN_LIMIT``; then the whole keeps
+    its first ``limit`` characters.
+    """
+    if len(text) <= min(limit, RUN_LIMIT):
+        return text
+    shown = _LONG_RUN.sub(lambda m: m.group()[:RUN_LIMIT] + "…", text) if limit > RUN_LIMIT else text
+    if len(shown) > limit:
+        shown = shown[:limit] + "…"
+    if shown == text:
+        return text
+    return f"{shown} [{len(text):,} characters in all; whole in results.json]"
+
+
+def long_text(text: str, limit: int = LONG_TEXT_LIMIT) -> LongText:
+    """A multi-line block cut at the last whole line within ``limit`` characters, saying what was left out."""
+    if len(text) <= limit:
+        return LongText(text)
+    head = text[:limit]
+    head = head[: head.rfind("\n")] if "\n" in head else head
+    rest = text.count("\n") - head.count("\n")
+    return LongText(f"{head}\n… [{rest:,} more line(s); the whole is in results.json]")
+
+
+def for_display(value: Any, limit: int = DISPLAY_LIMIT) -> Any:
+    """``value`` (template data: mappings, lists, strings, numbers) with every string cut to ``limit``."""
+    if isinstance(value, (DataURI, LongText, Markup)):  # Markup: trusted template text (the stylesheet)
+        return value
+    if isinstance(value, str):
+        return clip(value, limit)
+    if isinstance(value, dict):
+        return {for_display(k, limit): for_display(v, limit) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(for_display(v, limit) for v in value)
+    if isinstance(value, list):
+        return [for_display(v, limit) for v in value]
+    return value
