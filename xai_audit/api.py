@@ -17,6 +17,7 @@ from xai_audit.contract.batching import (
     prefers_channels_last,
 )
 from xai_audit.contract.batching import chunks as batch_slices
+from xai_audit.contract.discovery import CUES, Candidate, DiscovererPlugin, DiscoveryContext
 from xai_audit.contract.figures import COMMON_FIELDS, FIGURE_KINDS, array_ref, check_figure
 from xai_audit.contract.images import ImageView
 from xai_audit.contract.images import chunks as sample_chunks
@@ -91,6 +92,7 @@ __all__ = [
     "RegionSourcePlugin",
     "ExplainerPlugin",
     "HypothesisPlugin",
+    "DiscovererPlugin",
     # the objects that travel
     "Sample",
     "Dataset",
@@ -100,6 +102,9 @@ __all__ = [
     "Explanation",
     "HypothesisContext",
     "HypothesisResult",
+    "DiscoveryContext",
+    "Candidate",
+    "CUES",
     "FACE_REGIONS",
     "HOST_OPTIONS",
     # errors

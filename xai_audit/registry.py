@@ -18,6 +18,7 @@ from typing import Iterable, Mapping
 import pluggy
 
 from xai_audit.contract import hookspecs
+from xai_audit.contract.discovery import DiscovererPlugin
 from xai_audit.contract.types import (
     HOST_OPTIONS,
     DatasetPlugin,
@@ -38,6 +39,7 @@ KINDS: dict[str, tuple[str, type[Plugin]]] = {
     "explainer": ("register_explainers", ExplainerPlugin),
     "hypothesis": ("register_hypotheses", HypothesisPlugin),
     "region-source": ("register_region_sources", RegionSourcePlugin),
+    "discoverer": ("register_discoverers", DiscovererPlugin),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pluggy
 
+from xai_audit.contract.discovery import DiscovererPlugin
 from xai_audit.contract.types import (
     DatasetPlugin,
     ExplainerPlugin,
@@ -67,6 +68,17 @@ def register_region_sources() -> list[type[RegionSourcePlugin]]:
     ``regions:`` options into a :class:`~xai_audit.contract.types.RegionSource`, which
     gives region masks to samples whose data set has none (e.g. a
     face-parsing segmentation model).
+    """
+
+
+@hookspec
+def register_discoverers() -> list[type[DiscovererPlugin]]:
+    """Return discoverer classes.
+
+    Called when the plugin manager is built. Each class looks at one half of the
+    audited images (the discovery split) and proposes
+    :class:`~xai_audit.contract.discovery.Candidate` cues nobody named, each with an
+    intervention that removes it; the host confirms them on the other half.
     """
 
 

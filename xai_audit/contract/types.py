@@ -30,6 +30,7 @@ HOST_OPTIONS: dict[str, tuple[str, ...]] = {
     "region-source": ("source",),
     "explainer": ("timeout",),
     "hypothesis": ("timeout",),
+    "discoverer": ("timeout",),
 }
 
 

@@ -1,0 +1,107 @@
+"""Discovery: plugins that look for cues nobody named, and propose them as candidates.
+
+A discoverer sees one half of the audited images (the discovery split, seeded)
+with the model's predictions and whatever the explainers already computed, and
+returns :class:`Candidate` objects: a set of images that share something, what
+they share in words a reviewer reads, and an *intervention* that removes or
+neutralises it, described as plain data. The host then confirms each candidate
+on the other half (the held-back split) with the same paired tests the
+hypotheses use, in the audit's one Holm family; only a confirmed candidate
+becomes a finding. Testing on images the discoverer never saw is what keeps a
+pattern found by looking from becoming a false alarm.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from xai_audit.contract.types import Explanation, ModelAdapter, Plugin, Sample
+
+#: what a candidate's cue is: a place in the image, a colour, an image property, a metadata value, a cluster
+#: of the model's embedding
+CUES = ("region", "colour", "property", "metadata", "embedding")
+
+
+@dataclass
+class Candidate:
+    """One cue a discoverer proposes, as plain data (it is cached and written to results.json).
+
+    ``intervention`` is a JSON-able spec that the discoverer's :meth:`DiscovererPlugin.intervention`
+    turns into a transform; ``target_class`` is the class the cue is tied to (its predictions should
+    leave that class when the cue is removed), or None when the cue is tied to no class.
+    """
+
+    name: str
+    description: str
+    cue: str
+    members: list[str]
+    intervention: dict[str, Any]
+    target_class: int | None = None
+    #: numbers that support the proposal (e.g. the share of attribution in the place, a property's AUC)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    #: figures described as data (xai_audit.contract.figures) and the arrays they refer to
+    figures: list[dict[str, Any]] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cue not in CUES:
+            raise ValueError(f"candidate {self.name!r}: cue must be one of {', '.join(CUES)}, not {self.cue!r}")
+        if not self.description:
+            raise ValueError(f"candidate {self.name!r} has no description")
+
+
+@dataclass
+class DiscoveryContext:
+    """What a discoverer sees: the discovery split with the model's clean predictions.
+
+    ``probs`` (N, C) align with ``samples``; ``explanations`` are what the plan's explainers
+    returned (their ``sample_ids`` say which images they cover, often only a few); ``predict``
+    batches display-space images (N, 3, H, W) through the model.
+    """
+
+    model: ModelAdapter
+    samples: Sequence[Sample]
+    probs: np.ndarray
+    classes: list[str]
+    seed: int
+    predict: Callable[[np.ndarray], np.ndarray]
+    explanations: Mapping[str, Explanation] = field(default_factory=dict)
+    #: class name -> the regions that define it (when the data set says), e.g. {"happy": ["mouth"]}
+    class_regions: Mapping[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        labels = [s.label for s in self.samples]
+        if any(label is None for label in labels):
+            return None
+        return np.asarray(labels, dtype=np.int64)
+
+    @property
+    def preds(self) -> np.ndarray:
+        return np.asarray(self.probs).argmax(axis=1)
+
+
+class DiscovererPlugin(Plugin):
+    """Base of a discoverer: ``discover`` proposes candidates, ``intervention`` builds their transforms."""
+
+    kind = "discoverer"
+    #: True when the method needs gradients (a torch ``module``)
+    needs_gradients: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def discover(self, context: DiscoveryContext) -> list[Candidate]:
+        """Candidates found on ``context.samples`` (the discovery split), most convincing first."""
+
+    @abc.abstractmethod
+    def intervention(self, spec: Mapping[str, Any]) -> Callable[[np.ndarray, Sequence[Sample]], np.ndarray]:
+        """The transform a candidate's ``intervention`` spec stands for: images (N, 3, H, W) in [0, 1] and
+        their samples -> the images with the cue removed, same shape."""
+
+    def augmentation(self, spec: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The training augmentation that removes the cue from fine-tuning data; by default the intervention
+        itself, applied to a share of the training images of every class."""
+        return {"transform": f"discovered:{self.name}", **dict(spec)}
