@@ -72,7 +72,7 @@ def _registry(strict: bool = False):
 
 
 def _cache(cache_dir: Optional[Path], no_cache: bool):
-    """The step cache, its folder created and checked now (a file, or read-only, stops the run before any work)."""
+    """The step cache, its folder checked now (a file, or read-only, stops the run before any work)."""
     import os
 
     from xai_audit.run.cache import Cache, default_cache_dir
@@ -332,8 +332,8 @@ def demo(
     start = time.perf_counter()
     if data not in ("faces", "digits"):
         raise XaiAuditError(f"--data must be 'faces' or 'digits', not {data!r}")
-    if not 0 <= seed < 2**32:  # numpy and torch seed from it: refused here, before any training
-        raise XaiAuditError(f"--seed must be a whole number from 0 to {2**32 - 1}, not {seed}")
+    if not 0 <= seed <= 2**63 - 1:  # the plan's seed range (numpy and torch both take it): refused before training
+        raise XaiAuditError(f"--seed must be a whole number from 0 to 2**63 - 1 ({2**63 - 1}), not {seed}")
     _check_out(out)
     registry = _registry()
     cache = _cache(cache_dir, False)

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from xai_audit.files import make_folder, path_error
+from xai_audit.files import check_folder, make_folder, path_error
 
 #: 2: the checksum covers the plain data too (format 1 entries are ignored and recomputed)
 CACHE_FORMAT = 2
@@ -54,17 +54,10 @@ class Cache:
         self.errors: list[str] = []
 
     def check(self, what: str = "cache folder", hint: str = "") -> None:
-        """Create the cache folder now and check it can be written, so a cache that is a file, lies under
-        one or is read-only stops the run before any work (a :class:`~xai_audit.files.PathError` naming it)."""
-        if self.root is None:
-            return
-        make_folder(self.root, what, hint)
-        try:
-            probe, probe_name = tempfile.mkstemp(prefix=".write-check-", dir=self.root)
-            os.close(probe)
-            os.unlink(probe_name)
-        except OSError as exc:
-            raise path_error(exc, what, self.root, hint) from None
+        """Refuse now, before any work, a cache folder that is a file, lies under one or cannot be written
+        (a :class:`~xai_audit.files.PathError` naming it). Creates nothing: the first entry does."""
+        if self.root is not None:
+            check_folder(self.root, what, hint)
 
     def _dir(self, key: str) -> Path:
         assert self.root is not None
