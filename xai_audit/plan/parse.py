@@ -271,7 +271,7 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
     if schema is not None and schema.runtime.executor == "ray" and not ray_installed():
         problems.add(("runtime", "executor"), RAY_MISSING)
     lists = {}
-    for section, kind in (("explainers", "explainer"), ("hypotheses", "hypothesis")):
+    for section, kind in (("explainers", "explainer"), ("hypotheses", "hypothesis"), ("discoverers", "discoverer")):
         entries = data.get(section) or []
         lists[section] = _plugin_list(problems, registry, kind, section, entries) if isinstance(entries, list) else []
     for model_name, step in models if len(models) > 1 else [("", model)] if model is not None else []:
@@ -310,6 +310,8 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
         raw=data,
         models=models,
         checks=checks,
+        discoverers=lists["discoverers"],
+        discover=schema.discover,
     )
 
 

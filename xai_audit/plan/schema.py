@@ -72,6 +72,11 @@ class ExplainSpec(_Strict):
     test_suggestions: bool = False
 
 
+class DiscoverSpec(_Strict):
+    #: share of the audited images held back to confirm what the discoverers find on the rest
+    held_out: float = Field(0.5, ge=0.2, le=0.8)
+
+
 class RaySpec(_Strict):
     """Where and how wide ``executor: ray`` runs (see xai_audit.run.executors)."""
 
@@ -103,6 +108,8 @@ class PlanSchema(_Strict):
     regions: dict[str, Any] | None = None
     explainers: list[Any] = Field(default_factory=list)
     hypotheses: list[Any] = Field(default_factory=list)
+    discoverers: list[Any] = Field(default_factory=list)
+    discover: DiscoverSpec = Field(default_factory=DiscoverSpec)
     explain: ExplainSpec = Field(default_factory=ExplainSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
@@ -156,6 +163,9 @@ class Plan:
     models: list[tuple[str, Step]] = field(default_factory=list)
     #: the plan's checks, evaluated against the results; a failing one makes `run` exit 1
     checks: list[Check] = field(default_factory=list)
+    #: discoverers (issue 16): they propose cues on one part of the images, confirmed on the rest
+    discoverers: list[Step] = field(default_factory=list)
+    discover: DiscoverSpec = field(default_factory=DiscoverSpec)
 
     def for_model(self, name: str) -> Plan:
         """This plan with only the named model (for running a several-model plan one model at a time)."""
@@ -172,6 +182,9 @@ class Plan:
             "regions": {"source": self.regions.name, **self.regions.options_dict()} if self.regions else None,
             "explainers": [{s.name: s.options_dict() | ({"timeout": s.timeout} if s.timeout else {})} for s in self.explainers],
             "hypotheses": [{s.name: s.options_dict() | ({"timeout": s.timeout} if s.timeout else {})} for s in self.hypotheses],
+            "discoverers": [{s.name: s.options_dict() | ({"timeout": s.timeout} if s.timeout else {})}
+                            for s in self.discoverers],
+            "discover": self.discover.model_dump(),
             "explain": self.explain.model_dump(),
             "report": self.report.model_dump(),
             "runtime": self.runtime.model_dump(),

@@ -1,0 +1,228 @@
+"""Stage 3b, discovery: discoverers propose cues on one half of the images; each is confirmed on the other.
+
+The audited images are split once, seeded: discoverers see the *discovery*
+half; every candidate they propose is tested on the *held-back* half, which no
+discoverer saw, with its own intervention and a paired test. A candidate tied
+to a class is confirmed when removing the cue takes that class's predictions
+away (exact McNemar test on "predicted as the class" before/after, paired
+bootstrap interval of the share lost); one tied to no class, when it changes
+the predictions (the intervention engine's paired test). Each confirmation is
+an ordinary hypothesis entry, so the audit's Holm correction, findings,
+recommendations, checks and report all apply to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from xai_audit.contract.discovery import Candidate, DiscoveryContext
+from xai_audit.contract.interventions import InterventionOptions, apply_and_predict, compare
+from xai_audit.contract.stats import ALPHA, bootstrap_paired_diff_ci, mcnemar_exact
+from xai_audit.contract.types import HypothesisContext, HypothesisResult
+from xai_audit.errors import ModelError
+from xai_audit.limits import run_with_limit
+from xai_audit.load.loading import AuditInputs, seed_everything
+from xai_audit.plan import Plan, Step
+from xai_audit.run.cache import Cache
+from xai_audit.run.serialize import hypothesis_from_cache, hypothesis_to_cache, to_jsonable
+from xai_audit.run.steps import Explained, StepBar, failure, result_dict, step_limit, step_key
+
+#: fewest images on each side of the split for discovery to run at all
+MIN_IMAGES = 20
+
+
+@dataclass
+class Discovered:
+    """What the discovery stage produced: candidates, their confirmations as hypothesis entries, the split."""
+
+    #: results.json's ``discovery``: the split and every candidate, confirmed or not
+    summary: dict[str, Any]
+    #: confirmation results and their entries, keyed by entry name (``discovered: <discoverer>/<candidate>``)
+    results: dict[str, HypothesisResult] = field(default_factory=dict)
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: entry name -> (the discoverer's step, the candidate), for recommendations
+    origins: dict[str, tuple[Step, Candidate]] = field(default_factory=dict)
+
+
+def split(n: int, seed: int, held_out: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the discovery and held-back halves: a seeded permutation, each part in index order."""
+    order = np.random.default_rng([seed, 16]).permutation(n)
+    n_held = int(round(n * held_out))
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
+
+
+def run_discovery(plan: Plan, inputs: AuditInputs, probs: np.ndarray, explained: Explained, cache: Cache,
+                  executor: Any, bar: StepBar, failures: list[dict[str, str]],
+                  class_regions: dict[str, list[str]] | None = None) -> Discovered:
+    """Every discoverer of the plan on the discovery half; every candidate confirmed on the held-back half."""
+    samples = inputs.samples
+    classes = list(inputs.model.classes)
+    found, held = split(len(samples), plan.seed, plan.discover.held_out)
+    summary: dict[str, Any] = {
+        "held_out": plan.discover.held_out,
+        "discovery_ids": [samples[i].id for i in found],
+        "held_back_ids": [samples[i].id for i in held],
+        "candidates": [],
+        "note": "",
+    }
+    out = Discovered(summary)
+    if not plan.discoverers:
+        return out
+    if min(len(found), len(held)) < MIN_IMAGES:
+        summary["note"] = (f"not run: {len(found)} discovery and {len(held)} held-back images; each half needs at "
+                           f"least {MIN_IMAGES} for a candidate to be found and then confirmed")
+        return out
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return executor.predict(images, "discovery's predictions")
+
+    context = DiscoveryContext(
+        model=inputs.model, samples=[samples[i] for i in found], probs=np.asarray(probs)[found], classes=classes,
+        seed=plan.seed, predict=predict, explanations=explained.explanations, class_regions=dict(class_regions or {}),
+    )
+    held_context = HypothesisContext(
+        model=inputs.model, samples=[samples[i] for i in held], probs=np.asarray(probs)[held], classes=classes,
+        seed=plan.seed, predict=predict,
+    )
+    for step in plan.discoverers:
+        with bar(f"discoverer {step.name}"):
+            try:
+                candidates = _discover(step, context, inputs, cache, summary["discovery_ids"], plan)
+            except Exception as exc:  # a failing plugin is recorded, not fatal
+                failures.append(failure(f"discoverer {step.name}", step, exc))
+                continue
+            plugin = step.instantiate()
+            for candidate in candidates:
+                name = f"discovered: {step.name}/{candidate.name}"
+                row = _candidate_row(step, candidate, classes, name)
+                try:
+                    result = _confirm(step, plugin, candidate, held_context, cache, inputs.base_key, plan)
+                except Exception as exc:
+                    failures.append(failure(f"confirmation of {name}", step, exc))
+                    row["tested_as"] = None
+                    summary["candidates"].append(row)
+                    continue
+                entry = {"status": "ok", "plugin": step.plugin.name, "options": step.options_dict(),
+                         "discovered": {"discoverer": step.name, "candidate": candidate.name,
+                                        "description": candidate.description, "cue": candidate.cue}}
+                entry.update(result_dict(result))
+                out.results[name], out.entries[name] = result, entry
+                out.origins[name] = (step, candidate)
+                summary["candidates"].append(row)
+    return out
+
+
+def _discover(step: Step, context: DiscoveryContext, inputs: AuditInputs, cache: Cache, ids: list[str],
+              plan: Plan) -> list[Candidate]:
+    """One discoverer on the discovery half (cached: candidates are plain data)."""
+    plugin = step.instantiate()
+    if getattr(plugin, "needs_gradients", False) and inputs.model.module is None:
+        raise ModelError(f"'{step.name}' needs gradients, and this model is a black box")
+    key = step_key("discoverer", step, inputs.base_key, ids)
+    with cache.claim(key):
+        hit = cache.get(key)
+        if hit is not None:
+            return [_candidate_from_cache(data, hit[1], k) for k, data in enumerate(hit[0]["candidates"])]
+        seed_everything(plan.seed)
+        candidates = run_with_limit(lambda: plugin.discover(context), step_limit(step, plan),
+                                    f"discoverer {step.name}")
+        for c in candidates:
+            if not isinstance(c, Candidate):
+                raise TypeError(f"discoverer {step.name} returned {type(c).__name__}, not a Candidate")
+        data = {"candidates": [to_jsonable({f.name: getattr(c, f.name) for f in dataclasses.fields(c)
+                                            if f.name != "arrays"}) for c in candidates]}
+        arrays = {f"{k}/{name}": np.asarray(a) for k, c in enumerate(candidates) for name, a in c.arrays.items()}
+        cache.put(key, data, arrays)
+        return candidates
+
+
+def _candidate_from_cache(data: dict[str, Any], arrays: dict[str, np.ndarray], k: int) -> Candidate:
+    prefix = f"{k}/"
+    own = {name[len(prefix):]: a for name, a in arrays.items() if name.startswith(prefix)}
+    return Candidate(**{**data, "arrays": own})
+
+
+def _candidate_row(step: Step, candidate: Candidate, classes: Sequence[str], name: str) -> dict[str, Any]:
+    target = candidate.target_class
+    return to_jsonable({
+        "discoverer": step.name,
+        "name": candidate.name,
+        "description": candidate.description,
+        "cue": candidate.cue,
+        "class": classes[target] if target is not None and 0 <= target < len(classes) else None,
+        "members": list(candidate.members),
+        "intervention": candidate.intervention,
+        "evidence": candidate.evidence,
+        "tested_as": name,
+    })
+
+
+def _confirm(step: Step, plugin: Any, candidate: Candidate, context: HypothesisContext, cache: Cache,
+             base_key: dict, plan: Plan) -> HypothesisResult:
+    """The candidate's intervention on the held-back images, and the paired test (cached)."""
+    key = step_key("confirmation", step, base_key,
+                   [candidate.name, candidate.intervention, candidate.target_class, [s.id for s in context.samples]])
+    with cache.claim(key):
+        hit = cache.get(key)
+        if hit is not None:
+            return hypothesis_from_cache(*hit)
+        seed_everything(plan.seed)
+        transform = plugin.intervention(candidate.intervention)
+        what = f"the cue is removed ({candidate.description})"
+        run = run_with_limit(lambda: apply_and_predict(context, transform, what=what), step_limit(step, plan),
+                             f"confirmation of {candidate.name}")
+        result = compare(context, run, what=what, options=InterventionOptions())
+        if candidate.target_class is not None:
+            result = _class_loss(result, run, candidate, list(context.classes), context.seed)
+        result.kind = "shortcut" if candidate.target_class is not None else "fragility"
+        result.details["candidate"] = {"description": candidate.description, "cue": candidate.cue,
+                                       "members_in_discovery": len(candidate.members)}
+        cache.put(key, *hypothesis_to_cache(result))
+        return result
+
+
+def _class_loss(engine: HypothesisResult, run: Any, candidate: Candidate, classes: list[str],
+                seed: int) -> HypothesisResult:
+    """The primary claim of a cue tied to a class: removing it takes that class's predictions away.
+
+    The engine's accuracy (or flip-rate) test stays in ``details``; it is not a further test of
+    the Holm family, so each candidate counts once.
+    """
+    k = int(candidate.target_class)
+    name = classes[k]
+    before = run.before.argmax(axis=1) == k
+    after = run.after.argmax(axis=1) == k
+    n = len(before)
+    p_value, lost, gained = mcnemar_exact(before, after)
+    drop = float(before.mean() - after.mean()) if n else 0.0
+    ci = bootstrap_paired_diff_ci(before, after, seed=seed) if n else None
+    supported = n > 0 and p_value < ALPHA and drop > 0 and ci is not None and ci[0] > 0
+    details = dict(engine.details)
+    details.update({
+        "engine_test": {"claim": engine.claim, "metric": engine.metric, "before": engine.before,
+                        "after": engine.after, "effect": engine.effect, "ci": engine.ci, "p_value": engine.p_value,
+                        "verdict": engine.verdict, "test": engine.test},
+        "predicted_then_not": lost,
+        "not_then_predicted": gained,
+        "share_of_class_kept": float(after[before].mean()) if before.any() else None,
+    })
+    return dataclasses.replace(
+        engine,
+        claim=f"The model predicts '{name}' because of a cue nobody named: {candidate.description}.",
+        metric=f"share of held-back images predicted '{name}'",
+        before=float(before.mean()) if n else None,
+        after=float(after.mean()) if n else None,
+        effect=drop,
+        ci=ci,
+        p_value=p_value,
+        verdict="supported" if supported else "not supported",
+        n=n,
+        test=(f"held-back images only (never seen by the discoverer): exact McNemar test on paired 'predicted "
+              f"{name}' before/after removing the cue; 95 % paired bootstrap interval of the share lost"),
+        details=details,
+        tests=[],
+    )
