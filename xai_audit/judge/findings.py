@@ -78,7 +78,11 @@ def derive_findings(results: dict[str, Any]) -> list[dict[str, Any]]:
     for name, entry in (results.get("hypotheses") or {}).items():
         if entry.get("status") != "ok":
             continue
-        findings += _findings_of(name, entry, labelled)
+        found = _findings_of(name, entry, labelled)
+        if entry.get("discovered"):  # proposed by a discoverer, confirmed on held-back images: the reader is told
+            for finding in found:
+                finding["discovered"] = dict(entry["discovered"])
+        findings += found
     findings.sort(key=_rank_key)
     # the same claim with the same effect from two steps (a suggested hypothesis repeating a region the
     # plan tests) is one finding; the others that found it are named on it

@@ -58,6 +58,10 @@ def findings(results: Mapping[str, Any]) -> dict[str, Any]:
             "reading": reading,
             "source": str(f.get("source") or "") + (
                 "; also " + ", ".join(str(x) for x in f["also_found_by"]) if f.get("also_found_by") else ""),
+            "discovered": (
+                f"Found by discovery, not named in the plan: the {f['discovered'].get('discoverer')} discoverer "
+                "proposed it on half of the images and it was confirmed on the other half."
+                if isinstance(f.get("discovered"), Mapping) else ""),
         })
     counts = {}
     for item in items:
