@@ -538,3 +538,13 @@ def test_the_suite_imports_only_the_public_api():
             for name in names:
                 assert any(name == a or name.startswith(a + ".") for a in allowed), f"{path.name} imports {name}"
                 assert not name.startswith("xai_audit.") or name.startswith(("xai_audit.api", "xai_audit.testing"))
+
+
+def test_the_checks_raise_without_assert_statements():
+    """A check must fail under `python -O` too, and read the same when pytest rewrites the asserts of the
+    installed plugin's distribution: the suite raises AssertionError itself."""
+    import ast
+
+    for path in sorted((Path(__file__).parents[1] / "xai_audit" / "testing").glob("*.py")):
+        asserts = [n.lineno for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Assert)]
+        assert not asserts, f"{path.name}:{asserts[0]} uses an assert statement"

@@ -376,22 +376,24 @@ class _Common:
     def check_kind(self) -> None:
         cls = self.s.cls
         kind = getattr(cls, "kind", "")
-        assert kind in _BASES, f"kind is {kind!r}; a plugin's kind is one of {', '.join(_BASES)}"
-        assert isinstance(cls, type) and issubclass(cls, _BASES[kind]), (
-            f"a {kind} plugin must subclass xai_audit.api.{_BASES[kind].__name__}")
+        if kind not in _BASES:
+            raise AssertionError(f"kind is {kind!r}; a plugin's kind is one of {', '.join(_BASES)}")
+        if not (isinstance(cls, type) and issubclass(cls, _BASES[kind])):
+            raise AssertionError(f"a {kind} plugin must subclass xai_audit.api.{_BASES[kind].__name__}")
 
     def check_name_and_description(self) -> None:
         for attr in ("name", "description"):
             value = getattr(self.s.cls, attr, None)
-            assert isinstance(value, str) and value.strip(), f"{attr} must be a non-empty string, got {value!r}"
+            if not (isinstance(value, str) and value.strip()):
+                raise AssertionError(f"{attr} must be a non-empty string, got {value!r}")
         name = self.s.cls.name
-        assert name == name.strip() and not any(c.isspace() for c in name), (
-            f"name {name!r} holds white space; plans name plugins by it")
+        if not (name == name.strip() and not any(c.isspace() for c in name)):
+            raise AssertionError(f"name {name!r} holds white space; plans name plugins by it")
 
     def check_options_class(self) -> None:
         options_cls = getattr(self.s.cls, "Options", None)
-        assert isinstance(options_cls, type) and issubclass(options_cls, Options), (
-            f"Options is {options_cls!r}, not a subclass of xai_audit.api.Options")
+        if not (isinstance(options_cls, type) and issubclass(options_cls, Options)):
+            raise AssertionError(f"Options is {options_cls!r}, not a subclass of xai_audit.api.Options")
 
     def check_options_round_trip(self) -> None:
         opts = self.s.validated()
@@ -403,8 +405,9 @@ class _Common:
                 raise AssertionError(
                     f"model_dump(mode={mode!r}) of the options does not validate again: {_first_line(exc)} "
                     f"(the host records options this way and re-reads them)") from None
-            assert again == opts, (
-                f"model_dump(mode={mode!r}) validates to {again!r}, not to the options it came from ({opts!r})")
+            if again != opts:
+                raise AssertionError(
+                    f"model_dump(mode={mode!r}) validates to {again!r}, not to the options it came from ({opts!r})")
 
     def check_unknown_option_refused(self) -> None:
         self.s.validated()
@@ -457,9 +460,8 @@ class _ExplainerChecks(_Common):
 
     def explain(self, plugin: Any, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray,
                 rng: int) -> Explanation:
-        with _global_rng(rng):
-            with _in_plugin():
-                return plugin.explain(model, list(samples), targets.copy(), SEED)
+        with _global_rng(rng), _in_plugin():
+            return plugin.explain(model, list(samples), targets.copy(), SEED)
 
     def first(self, name: str) -> Explanation:
         """The explanation every other check compares with: the tiny samples on model ``name``."""
@@ -471,26 +473,36 @@ class _ExplainerChecks(_Common):
         return exp
 
     def validate(self, exp: Any, samples: Sequence[Sample], targets: np.ndarray) -> None:
-        assert isinstance(exp, Explanation), f"explain() returned {type(exp).__name__}, not an Explanation"
+        if not isinstance(exp, Explanation):
+            raise AssertionError(f"explain() returned {type(exp).__name__}, not an Explanation")
         ids = [s.id for s in samples]
         height, width = samples[0].image.shape[1:]
-        assert isinstance(exp.maps, np.ndarray), f"maps is a {type(exp.maps).__name__}, not a numpy array"
+        if not isinstance(exp.maps, np.ndarray):
+            raise AssertionError(f"maps is a {type(exp.maps).__name__}, not a numpy array")
         got_ids = list(exp.sample_ids)
-        assert exp.maps.shape == (len(got_ids), height, width), (
-            f"maps have shape {exp.maps.shape}; expected (N, H, W) = ({len(got_ids)}, {height}, {width}): "
-            "one map per sample id, in display space")
-        assert np.all(np.isfinite(exp.maps)), f"{int((~np.isfinite(exp.maps)).sum())} map values are NaN or infinite"
+        if exp.maps.shape != (len(got_ids), height, width):
+            raise AssertionError(
+                f"maps have shape {exp.maps.shape}; expected (N, H, W) = ({len(got_ids)}, {height}, {width}): "
+                "one map per sample id, in display space")
+        if not np.all(np.isfinite(exp.maps)):
+            raise AssertionError(f"{int((~np.isfinite(exp.maps)).sum())} map values are NaN or infinite")
         got_targets = np.asarray(exp.targets).reshape(-1)
-        assert len(got_targets) == len(got_ids), f"{len(got_targets)} targets for {len(got_ids)} sample ids"
-        assert isinstance(exp.signed, (bool, np.bool_)), f"signed is {exp.signed!r}, not a bool"
+        if len(got_targets) != len(got_ids):
+            raise AssertionError(f"{len(got_targets)} targets for {len(got_ids)} sample ids")
+        if not isinstance(exp.signed, (bool, np.bool_)):
+            raise AssertionError(f"signed is {exp.signed!r}, not a bool")
         if self.joint:
             unknown = [i for i in got_ids if i not in ids]
-            assert not unknown, f"sample_ids names {unknown[0]!r}, which it was not given"
-            assert len(set(got_ids)) == len(got_ids), "sample_ids repeats an id"
+            if unknown:
+                raise AssertionError(f"sample_ids names {unknown[0]!r}, which it was not given")
+            if len(set(got_ids)) != len(got_ids):
+                raise AssertionError("sample_ids repeats an id")
         else:
-            assert got_ids == ids, f"sample_ids are {got_ids}; expected the samples' ids in order, {ids}"
-            assert np.array_equal(got_targets, targets), (
-                f"targets are {got_targets.tolist()}; expected the targets given, {targets.tolist()}")
+            if got_ids != ids:
+                raise AssertionError(f"sample_ids are {got_ids}; expected the samples' ids in order, {ids}")
+            if not np.array_equal(got_targets, targets):
+                raise AssertionError(
+                    f"targets are {got_targets.tolist()}; expected the targets given, {targets.tolist()}")
 
     def check_explanation(self, name: str) -> None:
         self.validate(self.first(name), self.samples(), _EXPLAIN_TARGETS)
@@ -498,13 +510,15 @@ class _ExplainerChecks(_Common):
     def check_deterministic(self, name: str) -> None:
         first = self.first(name)
         again = self.explain(self.instance(name), self.model(name), self.samples(), _EXPLAIN_TARGETS, rng=2)
-        assert list(again.sample_ids) == list(first.sample_ids), (
-            f"two runs with seed {SEED} explain different samples: {list(first.sample_ids)} and "
+        if list(again.sample_ids) != list(first.sample_ids):
+            raise AssertionError(f"two runs with seed {SEED} explain different samples: {list(first.sample_ids)} and "
             f"{list(again.sample_ids)}")
-        assert _close(again.maps, first.maps, rtol=1e-5, atol=1e-6 * _scale(first.maps)), (
-            f"two runs with seed {SEED} gave different maps (max |difference| {_max_diff(again.maps, first.maps):.3g}, "
-            f"max |map| {_scale(first.maps):.3g}): draw random numbers from the seed given to explain() "
-            "(np.random.default_rng(seed), torch.Generator().manual_seed(seed)), not from the global random state")
+        if not _close(again.maps, first.maps, rtol=1e-5, atol=1e-6 * _scale(first.maps)):
+            raise AssertionError(
+                f"two runs with seed {SEED} gave different maps "
+                f"(max |difference| {_max_diff(again.maps, first.maps):.3g}, "
+                f"max |map| {_scale(first.maps):.3g}): draw random numbers from the seed given to explain() "
+                "(np.random.default_rng(seed), torch.Generator().manual_seed(seed)), not from the global random state")
 
     def check_explain_maps(self, name: str) -> None:
         first = self.first(name)
@@ -512,10 +526,11 @@ class _ExplainerChecks(_Common):
             maps = self.instance(name).explain_maps(self.model(name), self.samples(), _EXPLAIN_TARGETS.copy(), SEED)
         maps = np.asarray(maps)
         diff = _max_diff(maps, first.maps) if maps.shape == first.maps.shape else float("nan")
-        assert _close(maps, first.maps, rtol=1e-5, atol=1e-6 * _scale(first.maps)), (
-            f"explain_maps() returned maps of shape {maps.shape} that differ from explain()'s {first.maps.shape} "
-            f"(max |difference| {diff:.3g}); "
-            "the trust metrics re-run explain_maps() and compare it with explain()")
+        if not _close(maps, first.maps, rtol=1e-5, atol=1e-6 * _scale(first.maps)):
+            raise AssertionError(
+                f"explain_maps() returned maps of shape {maps.shape} that differ from explain()'s {first.maps.shape} "
+                f"(max |difference| {diff:.3g}); "
+                "the trust metrics re-run explain_maps() and compare it with explain()")
 
     def check_batch_independent(self, name: str) -> None:
         if self.joint:
@@ -526,13 +541,14 @@ class _ExplainerChecks(_Common):
         alone_plugin = self.s.plugin()
         for i, sample in enumerate(samples):
             alone = self.explain(alone_plugin, self.model(name), [sample], _EXPLAIN_TARGETS[i : i + 1], rng=10 + i)
-            assert np.asarray(alone.maps).shape == (1,) + first.maps.shape[1:], (
-                f"sample {i} explained alone gave maps of shape {np.asarray(alone.maps).shape}")
-            assert _close(alone.maps[0], first.maps[i], rtol=1e-4, atol=1e-5 * _scale(first.maps)), (
-                f"sample {i} explained alone differs from its map in a batch of {len(samples)} (max |difference| "
-                f"{_max_diff(alone.maps[0], first.maps[i]):.3g}, max |map| {_scale(first.maps):.3g}): a map must not "
-                "depend on the other images of the batch (no normalising by the batch's maximum, no statistics "
-                "across the batch, no random draws shared by the batch)")
+            if np.asarray(alone.maps).shape != (1,) + first.maps.shape[1:]:
+                raise AssertionError(f"sample {i} explained alone gave maps of shape {np.asarray(alone.maps).shape}")
+            if not _close(alone.maps[0], first.maps[i], rtol=1e-4, atol=1e-5 * _scale(first.maps)):
+                raise AssertionError(
+                    f"sample {i} explained alone differs from its map in a batch of {len(samples)} (max |difference| "
+                    f"{_max_diff(alone.maps[0], first.maps[i]):.3g}, max |map| {_scale(first.maps):.3g}): "
+                    "a map must not depend on the other images of the batch (no normalising by the batch's maximum, "
+                    "no statistics across the batch, no random draws shared by the batch)")
 
     def check_figures(self, name: str) -> None:
         _check_figures(self.first(name))
@@ -552,9 +568,11 @@ class _ExplainerChecks(_Common):
 
 def _check_figures(step: Any) -> None:
     figures = getattr(step, "figures", [])
-    assert isinstance(figures, list), f"figures is a {type(figures).__name__}, not a list"
+    if not isinstance(figures, list):
+        raise AssertionError(f"figures is a {type(figures).__name__}, not a list")
     for k, spec in enumerate(figures):
-        assert isinstance(spec, Mapping), f"figure {k} is a {type(spec).__name__}, not a dict"
+        if not isinstance(spec, Mapping):
+            raise AssertionError(f"figure {k} is a {type(spec).__name__}, not a dict")
         try:
             check_figure(spec, step.arrays)
         except ValueError as exc:
@@ -615,26 +633,30 @@ class _HypothesisChecks(_Common):
         fields = [f.name for f in dataclasses.fields(HypothesisResult)]
         for name in fields:
             found = _first_difference(getattr(first, name), getattr(again, name), name)
-            assert found is None, (
-                f"two runs with seed {SEED} differ: {found}; draw random numbers from context.seed, "
-                "not from the global random state")
+            if found is not None:
+                raise AssertionError(
+                    f"two runs with seed {SEED} differ: {found}; draw random numbers from context.seed, "
+                    "not from the global random state")
 
     def check_figures(self) -> None:
         _check_figures(self.first()[0])
 
     def check_leaves_samples_unchanged(self) -> None:
         _, changed = self.first()
-        assert not changed, (
-            f"test() changed the images or region masks of {len(changed)} samples in place (first: {changed[0]!r}); "
-            "intervene on copies: the same samples go on to the next hypothesis")
+        if changed:
+            raise AssertionError(
+                f"test() changed the images or region masks of {len(changed)} samples in place "
+                f"(first: {changed[0]!r}); "
+                "intervene on copies: the same samples go on to the next hypothesis")
 
     def check_unlabelled(self) -> None:
         context = self.context(labelled=False)
-        assert context.labels is None
         try:
             result = self.run(context, rng=1)
         except XaiAuditError as exc:
-            assert str(exc).strip(), f"without labels it raised {type(exc).__name__} with no message saying why"
+            if not str(exc).strip():
+                raise AssertionError(
+                    f"without labels it raised {type(exc).__name__} with no message saying why") from exc
             return
         except Exception as exc:
             raise AssertionError(
@@ -647,38 +669,52 @@ class _HypothesisChecks(_Common):
 
 
 def _validate_result(result: Any) -> None:
-    assert isinstance(result, HypothesisResult), f"test() returned {type(result).__name__}, not a HypothesisResult"
-    assert isinstance(result.claim, str) and result.claim.strip(), f"claim is {result.claim!r}, not a sentence"
-    assert isinstance(result.metric, str), f"metric is {result.metric!r}, not a string"
+    if not isinstance(result, HypothesisResult):
+        raise AssertionError(f"test() returned {type(result).__name__}, not a HypothesisResult")
+    if not (isinstance(result.claim, str) and result.claim.strip()):
+        raise AssertionError(f"claim is {result.claim!r}, not a sentence")
+    if not isinstance(result.metric, str):
+        raise AssertionError(f"metric is {result.metric!r}, not a string")
     _validate_test({k: getattr(result, k) for k in ("verdict", "p_value", "ci", "n", "effect")}, "the result")
-    assert result.kind in CLAIM_KINDS, f"kind is {result.kind!r}; one of {CLAIM_KINDS}"
+    if result.kind not in CLAIM_KINDS:
+        raise AssertionError(f"kind is {result.kind!r}; one of {CLAIM_KINDS}")
     for name in ("before", "after"):
         value = getattr(result, name)
-        assert value is None or _is_number(value), f"{name} is {value!r}, not a number or None"
-    assert isinstance(result.warnings, list) and all(isinstance(w, str) for w in result.warnings), (
-        "warnings must be a list of strings")
-    assert isinstance(result.tests, list), f"tests is a {type(result.tests).__name__}, not a list"
+        if not (value is None or _is_number(value)):
+            raise AssertionError(f"{name} is {value!r}, not a number or None")
+    if not (isinstance(result.warnings, list) and all(isinstance(w, str) for w in result.warnings)):
+        raise AssertionError("warnings must be a list of strings")
+    if not isinstance(result.tests, list):
+        raise AssertionError(f"tests is a {type(result.tests).__name__}, not a list")
     required = ("name", "kind", "claim", "effect", "ci", "p_value", "verdict", "n")
     for k, test in enumerate(result.tests):
-        assert isinstance(test, Mapping), f"tests[{k}] is a {type(test).__name__}, not a dict"
+        if not isinstance(test, Mapping):
+            raise AssertionError(f"tests[{k}] is a {type(test).__name__}, not a dict")
         missing = [f for f in required if f not in test]
-        assert not missing, f"tests[{k}] has no {', '.join(missing)} (each further test needs {', '.join(required)})"
+        if missing:
+            raise AssertionError(
+                f"tests[{k}] has no {', '.join(missing)} (each further test needs {', '.join(required)})")
         _validate_test(test, f"tests[{k}] ({test.get('name')!r})")
 
 
 def _validate_test(test: Mapping[str, Any], where: str) -> None:
     verdict, p, ci, n, effect = (test.get(k) for k in ("verdict", "p_value", "ci", "n", "effect"))
-    assert verdict in VERDICTS, f"{where}: verdict is {verdict!r}; one of {', '.join(map(repr, VERDICTS))}"
-    assert p is None or (_is_number(p) and 0.0 <= float(p) <= 1.0), f"{where}: p_value is {p!r}, not None or in [0, 1]"
+    if verdict not in VERDICTS:
+        raise AssertionError(f"{where}: verdict is {verdict!r}; one of {', '.join(map(repr, VERDICTS))}")
+    if not (p is None or (_is_number(p) and 0.0 <= float(p) <= 1.0)):
+        raise AssertionError(f"{where}: p_value is {p!r}, not None or in [0, 1]")
     if ci is not None:
-        assert isinstance(ci, (tuple, list)) and len(ci) == 2, f"{where}: ci is {ci!r}, not None or (low, high)"
+        if not (isinstance(ci, (tuple, list)) and len(ci) == 2):
+            raise AssertionError(f"{where}: ci is {ci!r}, not None or (low, high)")
         low, high = ci
-        assert all(v is None or _is_number(v) for v in ci), f"{where}: ci is {ci!r}; its ends are numbers or None"
-        if low is not None and high is not None:
-            assert float(low) <= float(high), f"{where}: ci is {ci!r}: low > high (or NaN)"
-    assert isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0, (
-        f"{where}: n is {n!r}, not a count >= 0")
-    assert effect is None or _is_number(effect), f"{where}: effect is {effect!r}, not a number or None"
+        if not all(v is None or _is_number(v) for v in ci):
+            raise AssertionError(f"{where}: ci is {ci!r}; its ends are numbers or None")
+        if low is not None and high is not None and not float(low) <= float(high):
+            raise AssertionError(f"{where}: ci is {ci!r}: low > high (or NaN)")
+    if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0):
+        raise AssertionError(f"{where}: n is {n!r}, not a count >= 0")
+    if not (effect is None or _is_number(effect)):
+        raise AssertionError(f"{where}: effect is {effect!r}, not a number or None")
 
 
 # --------------------------------------------------------------------------- data sets
@@ -710,7 +746,8 @@ class _DatasetChecks(_Common):
             for i in indices:
                 with _in_plugin():
                     sample = ds[int(i)]
-                assert isinstance(sample, Sample), f"dataset[{i}] is a {type(sample).__name__}, not a Sample"
+                if not isinstance(sample, Sample):
+                    raise AssertionError(f"dataset[{i}] is a {type(sample).__name__}, not a Sample")
                 found["ids"].append((int(i), sample.id))
                 found["digests"].append(_digest(sample))
                 _sample_problems(ds, int(i), sample, found)
@@ -720,25 +757,31 @@ class _DatasetChecks(_Common):
 
     def problems(self, what: str) -> None:
         found = self.scan()[what]
-        assert not found, f"{len(found)} problem(s) in the samples read; first: {found[0]}"
+        if found:
+            raise AssertionError(f"{len(found)} problem(s) in the samples read; first: {found[0]}")
 
     def check_loads(self) -> None:
         ds = self.load()
-        assert isinstance(ds, Dataset), f"load() returned {type(ds).__name__}, not an xai_audit.api.Dataset"
-        assert len(ds) > 0, "the data set is empty"
+        if not isinstance(ds, Dataset):
+            raise AssertionError(f"load() returned {type(ds).__name__}, not an xai_audit.api.Dataset")
+        if len(ds) == 0:
+            raise AssertionError("the data set is empty")
         classes = ds.classes
         named = isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
-        assert classes is None or named, (
-            f"classes is {classes!r}; a non-empty list of names, or None when unlabelled")
+        if not (classes is None or named):
+            raise AssertionError(f"classes is {classes!r}; a non-empty list of names, or None when unlabelled")
         for attr in ("group_names", "region_names"):
             value = getattr(ds, attr)
-            assert isinstance(value, list) and all(isinstance(v, str) for v in value), f"{attr} is {value!r}"
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise AssertionError(f"{attr} is {value!r}")
 
     def check_unique_ids(self) -> None:
         where: dict[str, int] = {}
         for i, sample_id in self.scan()["ids"]:
-            assert isinstance(sample_id, str) and sample_id, f"sample {i} has id {sample_id!r}, not a non-empty string"
-            assert sample_id not in where, f"samples {where[sample_id]} and {i} have the same id {sample_id!r}"
+            if not (isinstance(sample_id, str) and sample_id):
+                raise AssertionError(f"sample {i} has id {sample_id!r}, not a non-empty string")
+            if sample_id in where:
+                raise AssertionError(f"samples {where[sample_id]} and {i} have the same id {sample_id!r}")
             where[sample_id] = i
 
     def check_images(self) -> None:
@@ -757,16 +800,19 @@ class _DatasetChecks(_Common):
         ds, again = self.load(), self.load(1)
         with _in_plugin():
             fp, fp_again = ds.fingerprint(), again.fingerprint()
-        assert isinstance(fp, str) and fp, f"fingerprint() is {fp!r}, not a non-empty string"
-        assert fp_again == fp, (
-            "two loads with the same options give different fingerprints; the cache and the report's provenance "
-            "rely on a stable one")
-        assert len(again) == len(ds), f"two loads give {len(ds)} and {len(again)} samples"
+        if not (isinstance(fp, str) and fp):
+            raise AssertionError(f"fingerprint() is {fp!r}, not a non-empty string")
+        if fp_again != fp:
+            raise AssertionError(
+                "two loads with the same options give different fingerprints; the cache and the report's provenance "
+                "rely on a stable one")
+        if len(again) != len(ds):
+            raise AssertionError(f"two loads give {len(ds)} and {len(again)} samples")
         for k, (i, sample_id) in enumerate(self.scan()["ids"][:8]):
             with _in_plugin():
                 other = again[i]
-            assert other.id == sample_id and _digest(other) == self.scan()["digests"][k], (
-                f"sample {i} ({sample_id!r}) differs between two loads with the same options")
+            if not (other.id == sample_id and _digest(other) == self.scan()["digests"][k]):
+                raise AssertionError(f"sample {i} ({sample_id!r}) differs between two loads with the same options")
 
 
 def _digest(sample: Sample) -> str:
@@ -838,10 +884,11 @@ class _AdapterChecks(_Common):
 
     def check_loads(self) -> None:
         model = self.load()
-        assert isinstance(model, ModelAdapter), f"load() returned {type(model).__name__}, not a ModelAdapter"
+        if not isinstance(model, ModelAdapter):
+            raise AssertionError(f"load() returned {type(model).__name__}, not a ModelAdapter")
         classes = model.classes
-        assert isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes), (
-            f"classes is {classes!r}, not a non-empty list of names")
+        if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+            raise AssertionError(f"classes is {classes!r}, not a non-empty list of names")
 
     def logits(self, model: ModelAdapter, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), _in_plugin():
@@ -850,11 +897,14 @@ class _AdapterChecks(_Common):
     def check_forward(self) -> None:
         model = self.load()
         logits = self.logits(model, self.images(model))
-        assert isinstance(logits, torch.Tensor), f"forward() returned {type(logits).__name__}, not a torch tensor"
-        assert tuple(logits.shape) == (3, len(model.classes)), (
-            f"forward() of 3 images returned shape {tuple(logits.shape)}; expected (3, {len(model.classes)}): "
-            "one score per class")
-        assert bool(torch.isfinite(logits).all()), "forward() returned NaN or infinite scores"
+        if not isinstance(logits, torch.Tensor):
+            raise AssertionError(f"forward() returned {type(logits).__name__}, not a torch tensor")
+        if tuple(logits.shape) != (3, len(model.classes)):
+            raise AssertionError(
+                f"forward() of 3 images returned shape {tuple(logits.shape)}; expected (3, {len(model.classes)}): "
+                "one score per class")
+        if not bool(torch.isfinite(logits).all()):
+            raise AssertionError("forward() returned NaN or infinite scores")
 
     def check_check(self) -> None:
         size = self.s.image_size
@@ -868,34 +918,42 @@ class _AdapterChecks(_Common):
         batch = self.logits(model, images).detach().cpu().numpy()
         for i in range(len(images)):
             alone = self.logits(model, images[i : i + 1]).detach().cpu().numpy()
-            assert _close(alone[0], batch[i], rtol=1e-4, atol=1e-5 * _scale(batch)), (
-                f"image {i} alone gets other scores than in a batch of {len(images)} (max |difference| "
-                f"{_max_diff(alone[0], batch[i]):.3g}): is the module in eval mode?")
+            if not _close(alone[0], batch[i], rtol=1e-4, atol=1e-5 * _scale(batch)):
+                raise AssertionError(
+                    f"image {i} alone gets other scores than in a batch of {len(images)} (max |difference| "
+                    f"{_max_diff(alone[0], batch[i]):.3g}): is the module in eval mode?")
 
     def check_fingerprint_stable(self) -> None:
         model, again = self.load(), self.load(1)
         with _in_plugin():
             fps = model.fingerprint(), model.fingerprint(), again.fingerprint()
         fp = fps[0]
-        assert isinstance(fp, str) and fp, f"fingerprint() is {fp!r}, not a non-empty string"
-        assert fps[1] == fp, "two calls of fingerprint() disagree"
-        assert fps[2] == fp, "two loads with the same options give different fingerprints"
+        if not (isinstance(fp, str) and fp):
+            raise AssertionError(f"fingerprint() is {fp!r}, not a non-empty string")
+        if fps[1] != fp:
+            raise AssertionError("two calls of fingerprint() disagree")
+        if fps[2] != fp:
+            raise AssertionError("two loads with the same options give different fingerprints")
 
     def check_gradients(self) -> None:
         model = self.load()
         if model.module is None:
-            assert not getattr(self.s.cls, "provides_gradients", True), (
-                "the adapter's module is None (a black box), but the plugin declares provides_gradients=True: the "
-                "host would let gradient explainers through validation and they would fail at run time")
+            if getattr(self.s.cls, "provides_gradients", True):
+                raise AssertionError(
+                    "the adapter's module is None (a black box), but the plugin declares provides_gradients=True: the "
+                    "host would let gradient explainers through validation and they would fail at run time")
             raise SkipCheck("module is None: a black box has no gradients to check")
         images = self.images(model).clone().requires_grad_(True)
         with _in_plugin():
             logits = model.forward(images)
         logits[:, 0].sum().backward()
         grad = images.grad
-        assert grad is not None, "no gradient reaches the input images: forward() must stay differentiable"
-        assert bool(torch.isfinite(grad).all()), "the input gradient holds NaN or infinite values"
-        assert bool((grad != 0).any()), "the input gradient is zero everywhere"
+        if grad is None:
+            raise AssertionError("no gradient reaches the input images: forward() must stay differentiable")
+        if not bool(torch.isfinite(grad).all()):
+            raise AssertionError("the input gradient holds NaN or infinite values")
+        if not bool((grad != 0).any()):
+            raise AssertionError("the input gradient is zero everywhere")
 
     def check_layers(self) -> None:
         model = self.load()
@@ -903,10 +961,12 @@ class _AdapterChecks(_Common):
             raise SkipCheck("module is None: a black box has no layers")
         with _in_plugin():
             layers = model.layers()
-        assert isinstance(layers, dict) and layers, "layers() is empty; Grad-CAM and the activation methods need them"
+        if not (isinstance(layers, dict) and layers):
+            raise AssertionError("layers() is empty; Grad-CAM and the activation methods need them")
         if model.default_layer is None:
             return
-        assert model.default_layer in layers, f"default_layer {model.default_layer!r} is not among layers()"
+        if model.default_layer not in layers:
+            raise AssertionError(f"default_layer {model.default_layer!r} is not among layers()")
         why = getattr(self.s.cls, "no_hooks_reason", None)
         if callable(why) and why(self.s.validated()) is not None:
             return  # the host refuses the methods that hook a layer for this model
@@ -916,9 +976,10 @@ class _AdapterChecks(_Common):
             self.logits(model, self.images(model))
         finally:
             handle.remove()
-        assert seen, (
-            f"a forward hook on default_layer {model.default_layer!r} never fires during forward(); if the model's "
-            "layers cannot be hooked (TorchScript, torch.export), say so in the plugin's no_hooks_reason()")
+        if not seen:
+            raise AssertionError(
+                f"a forward hook on default_layer {model.default_layer!r} never fires during forward(); if the model's "
+                "layers cannot be hooked (TorchScript, torch.export), say so in the plugin's no_hooks_reason()")
 
 
 # --------------------------------------------------------------------------- region sources
@@ -949,21 +1010,25 @@ class _RegionChecks(_Common):
 
     def check_loads(self) -> None:
         source = self.load()
-        assert isinstance(source, RegionSource), f"load() returned {type(source).__name__}, not a RegionSource"
+        if not isinstance(source, RegionSource):
+            raise AssertionError(f"load() returned {type(source).__name__}, not a RegionSource")
 
     def check_masks(self) -> None:
         images = self.images()
         masks = self.masks()
-        assert isinstance(masks, list) and len(masks) == len(images), (
-            f"regions() of {len(images)} images returned {len(masks) if hasattr(masks, '__len__') else masks!r} "
-            "entries; expected a list with one dict per image")
+        if not (isinstance(masks, list) and len(masks) == len(images)):
+            raise AssertionError(
+                f"regions() of {len(images)} images returned {len(masks) if hasattr(masks, '__len__') else masks!r} "
+                "entries; expected a list with one dict per image")
         size = tuple(images.shape[-2:])
         for i, regions in enumerate(masks):
-            assert isinstance(regions, Mapping), f"entry {i} is a {type(regions).__name__}, not a dict"
+            if not isinstance(regions, Mapping):
+                raise AssertionError(f"entry {i} is a {type(regions).__name__}, not a dict")
             for name, mask in regions.items():
-                assert isinstance(name, str), f"image {i}: region name {name!r} is not a string"
-                assert isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == size, (
-                    f"image {i}: region {name!r} is {getattr(mask, 'dtype', type(mask).__name__)} "
+                if not isinstance(name, str):
+                    raise AssertionError(f"image {i}: region name {name!r} is not a string")
+                if not (isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == size):
+                    raise AssertionError(f"image {i}: region {name!r} is {getattr(mask, 'dtype', type(mask).__name__)} "
                     f"{getattr(mask, 'shape', '')}; expected a bool numpy array of the image's size {size}")
 
     def check_deterministic(self) -> None:
@@ -972,14 +1037,17 @@ class _RegionChecks(_Common):
         with _in_plugin():
             again = source.regions(self.images())
         found = _first_difference(first, again, "regions")
-        assert found is None, f"two calls on the same images differ: {found}"
+        if found is not None:
+            raise AssertionError(f"two calls on the same images differ: {found}")
 
     def check_fingerprint_stable(self) -> None:
         first, again = self.load(), self.load(1)
         with _in_plugin():
             fp, fp_again = first.fingerprint(), again.fingerprint()
-        assert isinstance(fp, str) and fp, f"fingerprint() is {fp!r}, not a non-empty string"
-        assert fp_again == fp, "two loads with the same options give different fingerprints"
+        if not (isinstance(fp, str) and fp):
+            raise AssertionError(f"fingerprint() is {fp!r}, not a non-empty string")
+        if fp_again != fp:
+            raise AssertionError("two loads with the same options give different fingerprints")
 
 
 _CHECKERS: dict[str, type[_Common]] = {
