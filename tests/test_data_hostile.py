@@ -134,6 +134,16 @@ def test_an_output_folder_under_a_file_is_refused(tmp_path):
     assert (tmp_path / "afile").read_text() == "x"
 
 
+@pytest.mark.parametrize("command", ["compare", "demo"])
+def test_compare_and_demo_refuse_an_output_folder_that_is_a_file_before_any_work(tmp_path, command):
+    out = tmp_path / "afile"
+    out.write_text("x")
+    args = {"compare": ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)],
+            "demo": ["demo", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "-q"]}[command]
+    _one_error_line(runner.invoke(app, args), str(out), "is a file, not a folder")
+    assert out.read_text() == "x" and not (tmp_path / "cache").exists()
+
+
 @READ_ONLY
 def test_an_output_folder_that_cannot_be_written_even_by_root(tmp_path):
     plan = _folder_plan(tmp_path)
