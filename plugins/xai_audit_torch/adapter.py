@@ -145,14 +145,26 @@ class TorchModelAdapter(ModelAdapter):
         self.provides_hooks = TorchModelPlugin.no_hooks_reason(opts) is None
         #: a torch.export program exported with a fixed batch size takes batches of exactly this many images
         self._static_batch = _static_batch(module)
+        self._default: tuple[str | None, str] | None = None  # (layer, why), chosen on first use
         if opts.default_layer is not None:
-            self.default_layer = opts.default_layer
-            self.default_layer_reason = f"'{opts.default_layer}', the plan's model.default_layer"
-            if self.default_layer not in dict(module.named_modules()):
-                raise ModelError(f"model has no layer named '{self.default_layer}' (default_layer)")
-        else:
-            self.default_layer, self.default_layer_reason = default_feature_layer(self, len(self.classes))
+            self._default = (opts.default_layer, f"'{opts.default_layer}', the plan's model.default_layer")
+            if opts.default_layer not in dict(module.named_modules()):
+                raise ModelError(f"model has no layer named '{opts.default_layer}' (default_layer)")
         self._fingerprint: str | None = None
+
+    @property
+    def default_layer(self) -> str | None:  # type: ignore[override]
+        """Chosen on first use, not when loading: telling a conv head from a feature conv may take one forward
+        pass, which must not run before the host has checked (within a time limit) that the model returns."""
+        if self._default is None:
+            self._default = default_feature_layer(self, len(self.classes))
+        return self._default[0]
+
+    @property
+    def default_layer_reason(self) -> str:  # type: ignore[override]
+        _ = self.default_layer  # chooses it
+        assert self._default is not None
+        return self._default[1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(images)
