@@ -64,6 +64,12 @@ _BASES: dict[str, type] = {
     "model-adapter": ModelAdapterPlugin,
     "region-source": RegionSourcePlugin,
 }
+try:  # a newer kind: only the checks every kind shares, so far
+    from xai_audit.api import DiscovererPlugin
+
+    _BASES["discoverer"] = DiscovererPlugin
+except ImportError:  # pragma: no cover - an older host
+    pass
 _EXPLAIN_SAMPLES = 3
 _EXPLAIN_TARGETS = np.array([1, 4, 6], dtype=np.int64)
 _EXPLAIN_SIZE = 32
