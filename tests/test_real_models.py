@@ -318,3 +318,20 @@ def test_a_linear_head_keeps_the_last_conv_as_default_layer(folder):
             + "dataset: {loader: image-folder, path: photos, metadata: photos/metadata.csv}\n")
     model, _ = load_model_and_data(parse_plan(text, make_plugin_manager(), base_dir=folder))
     assert model.default_layer == "conv" and "last conv layer" in model.default_layer_reason
+
+
+def test_skin_tone_cannot_be_estimated_from_grey_photos():
+    """group-accuracy's skin-tone estimate reads colour: on grey photos it is not applicable, not a group 'unknown'."""
+    from xai_audit.api import HypothesisContext, Sample
+    from xai_audit.registry import make_plugin_manager
+
+    rng = np.random.default_rng(0)
+    samples = [Sample(id=f"g{i}", image=np.repeat(rng.random((1, SIZE, SIZE), dtype=np.float32), 3, axis=0))
+               for i in range(12)]
+    probs = np.full((12, len(CLASSES)), 1 / len(CLASSES), dtype=np.float32)
+    context = HypothesisContext(model=None, samples=samples, probs=probs, classes=CLASSES, seed=0,
+                                predict=lambda images: probs[: len(images)])
+    plugin = make_plugin_manager().get("hypothesis", "group-accuracy").cls
+    result = plugin(plugin.Options()).test(context)
+    assert result.verdict == "not applicable" and result.p_value is None
+    assert "no colour" in result.details["reason"] and "accura" not in result.claim

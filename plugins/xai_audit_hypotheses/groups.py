@@ -45,6 +45,8 @@ from xai_audit_hypotheses import skin_tone
 
 #: the value of ``by`` that asks for the skin-tone estimate
 ESTIMATE = "skin_tone_estimate"
+NO_COLOUR = ("the {n} audited images have no colour (every pixel is grey), so skin tone cannot be estimated from "
+             "them; give the groups as a column of the data's metadata (by: [column])")
 JOIN = " × "
 
 
@@ -80,6 +82,14 @@ class GroupAccuracyHypothesis(HypothesisPlugin):
     def test(self, context: HypothesisContext) -> HypothesisResult:
         opts: GroupAccuracyOptions = self.options
         columns, values, notes = _group_columns(context, opts)
+        if not columns:  # only the skin-tone estimate was asked for, and the images have no colour
+            why = NO_COLOUR.format(n=len(context.samples))
+            return HypothesisResult(
+                claim=f"The model's predictions differ between {skin_tone.COLUMN} groups.",
+                metric="groups", before=None, after=None, effect=None, ci=None, p_value=None,
+                verdict="not applicable", n=len(context.samples), test=f"not tested: {why}",
+                details={"reason": f"Not applicable: {why}."}, kind="bias",
+            )
         labels = context.labels
         preds = context.probs.argmax(axis=1)
         analyses = {c: _analyse(c, values[c], preds, labels, context, opts) for c in columns}
@@ -142,6 +152,9 @@ def _group_columns(context: HypothesisContext, opts: GroupAccuracyOptions):
     columns: list[str] = []
     for column in wanted:
         if column == ESTIMATE:
+            if all(_grey(s.image) for s in context.samples):
+                notes.append(f"'{skin_tone.COLUMN}' left out: " + NO_COLOUR.format(n=len(context.samples)) + ".")
+                continue
             estimated, sources = skin_tone.estimate(context.samples)
             values[skin_tone.COLUMN] = np.array(estimated)
             columns.append(skin_tone.COLUMN)
@@ -158,6 +171,12 @@ def _group_columns(context: HypothesisContext, opts: GroupAccuracyOptions):
         values[joined] = np.array(["; ".join(parts) for parts in zip(*(values[c] for c in columns))])
         columns.append(joined)
     return columns, values, notes
+
+
+def _grey(image: np.ndarray) -> bool:
+    """True when every pixel of a display image (3, H, W) has R = G = B (to 8-bit rounding)."""
+    image = np.asarray(image, np.float32)
+    return bool(np.abs(image[0] - image[1]).max() < 1e-3 and np.abs(image[1] - image[2]).max() < 1e-3)
 
 
 def _analyse(column, values, preds, labels, context, opts) -> dict[str, Any]:
