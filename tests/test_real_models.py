@@ -335,3 +335,30 @@ def test_skin_tone_cannot_be_estimated_from_grey_photos():
     result = plugin(plugin.Options()).test(context)
     assert result.verdict == "not applicable" and result.p_value is None
     assert "no colour" in result.details["reason"] and "accura" not in result.claim
+
+
+def test_only_a_change_the_model_cannot_receive_is_not_applicable():
+    """The engine compares what the model receives (ModelAdapter.model_input), not what it predicts."""
+    from xai_audit.api import InputSpec, ModelAdapter, Preprocess, to_grayscale
+    from xai_audit.contract.interventions import same_model_input
+
+    class Spec(ModelAdapter):
+        classes = CLASSES
+
+        def __init__(self, preprocess):
+            self.preprocess = preprocess
+
+        def forward(self, images):
+            raise AssertionError("not called")
+
+        def fingerprint(self):
+            return "spec"
+
+    images = np.random.default_rng(0).random((4, 3, SIZE, SIZE), dtype=np.float32)
+    gray, rgb = Spec(Preprocess(InputSpec(channels=1))), Spec(Preprocess(InputSpec(channels=3)))
+    assert gray.input_channels == 1 and rgb.input_channels == 3
+    assert same_model_input(gray, images, to_grayscale(images)) is True
+    assert same_model_input(rgb, images, to_grayscale(images)) is False
+    assert same_model_input(gray, images, images * 0.5) is False
+    assert same_model_input(Spec(lambda x: np.asarray(x)), images, images) is True
+    assert same_model_input(Spec(None), images, images) is None

@@ -154,7 +154,8 @@ def same_model_input(model: Any, images: np.ndarray, changed: np.ndarray) -> boo
             if clean is None:
                 return None
             after = model.model_input(torch.as_tensor(changed, device=model.device))
-    except Exception:
+        clean, after = torch.as_tensor(clean).float(), torch.as_tensor(after).float()
+    except Exception:  # an adapter whose preprocess is not a torch step: it cannot say
         return None
     if clean.shape != after.shape:
         return False
