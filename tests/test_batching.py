@@ -54,6 +54,10 @@ def test_chunks_cover_everything_once():
     assert [(c.start, c.stop) for c in batching.chunks(7, 3)] == [(0, 3), (3, 5), (5, 7)]
     assert [c.stop - c.start for c in batching.chunks(13, 12)] == [7, 6]
     assert [c.stop - c.start for c in batching.chunks(5, 1)] == [1] * 5
+    assert [c.stop - c.start for c in batching.chunks(5, 2)] == [3, 2]
+    for n in range(2, 40):
+        for size in range(2, 12):
+            assert min(c.stop - c.start for c in batching.chunks(n, size)) >= 2, (n, size)
     assert batching.chunks(0, 4) == []
 
 

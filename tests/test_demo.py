@@ -55,4 +55,4 @@ def test_demo_trains_audits_and_finds_the_planted_skin_tone_gap(tmp_path, demo_c
     # a second demo reuses the trained model and every cached step
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--cache-dir", str(cache), "--quiet"])
     assert again.exit_code == 0 and "reused from the cache" in again.output
-    assert json.loads((out / "results.json").read_text())["cache"]["misses"] == 0
+    assert json.loads((out / "results.json").read_text())["run"]["cache"]["misses"] == 0

@@ -132,16 +132,18 @@ def test_integrated_gradients_internal_batch_size_does_not_change_the_maps(regis
         np.testing.assert_allclose(other, maps[0], rtol=1e-4, atol=1e-7)
 
 
-def test_integrated_gradients_plans_the_fewest_full_passes():
-    from xai_audit_captum.integrated_gradients import pass_plan
-
-    for n_images, steps, per_pass in [(4, 50, 16), (1, 6, 2), (12, 32, 64), (3, 8, 256), (5, 16, 4), (7, 3, 1)]:
-        group, points = pass_plan(n_images, steps, per_pass)
-        assert 1 <= group * points <= per_pass  # a pass never holds more than the best batch
-        passes = -(-n_images // group) * -(-steps // points)
-        fewest = min(-(-n_images // g) * -(-steps // min(steps, per_pass // g)) for g in range(1, min(n_images, per_pass) + 1))
-        assert passes == fewest, (n_images, steps, per_pass)
-    assert pass_plan(4, 50, 16) == (4, 4)  # 13 passes for four images together, not 16 one at a time
+def test_integrated_gradients_and_occlusion_give_the_same_bits_at_any_batch_size(registry, tmp_path, faces):
+    """The batch size only groups passes (never one point alone): maps and scalars are identical, not close."""
+    cnn = tiny_cnn(registry, tmp_path)
+    targets = np.array([0, 1, 2])
+    for name, key, options in (("integrated-gradients", "internal_batch_size", {"steps": 8}),
+                               ("occlusion", "perturbations_per_eval", {"window": 8, "stride": 4})):
+        info = registry.get("explainer", name)
+        runs = [info.cls(info.cls.Options(**options, **{key: b})).explain(cnn, faces, targets, 0) for b in (2, 3, 7, 64)]
+        for other in runs[1:]:
+            np.testing.assert_array_equal(other.maps, runs[0].maps)
+            assert other.scalars == runs[0].scalars
+        assert runs[0].run["passes"] > runs[-1].run["passes"]  # the batch said how fast, and nothing else
 
 
 def test_occlusion_equals_captum_occluding_the_image_itself(registry, tmp_path, faces):

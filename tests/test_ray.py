@@ -24,8 +24,8 @@ HYPOTHESES = "  - grayscale\n  - luminance\n"
 RAY = "runtime: {batch_size: 8, executor: ray, ray: {workers: 2}}\n"
 LOCAL = "runtime: {batch_size: 8}\n"
 #: fields that differ between any two runs (time, provenance) or name the executor (the plan)
-IGNORED = {"started", "finished", "provenance", "plan", "cache"}
-#: explainer scalars that say how a call was batched: they follow the shard size, not the results
+IGNORED = {"run", "provenance", "plan"}
+#: explainer scalars that said how a call was batched (now under run.steps, where they belong)
 BATCHING = {"perturbations_per_eval", "images_per_pass", "internal_batch_size", "batch_size"}
 
 

@@ -45,7 +45,7 @@ def test_schema_rejects_what_a_reader_would_misread(write_plan, tmp_path):
     out = tmp_path / "out"
     assert CliRunner().invoke(app, ["run", str(plan), "--out", str(out), "--no-cache", "-q"]).exit_code == 0
     results = json.loads((out / "results.json").read_text())
-    broken = dict(results, schema_version="2.0")
+    broken = dict(results, schema_version="3.0")
     with pytest.raises(jsonschema.ValidationError):
         validate(broken)
     broken = dict(results, accuracy={**results["accuracy"], "value": 1.5})

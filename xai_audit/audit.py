@@ -14,12 +14,12 @@ import functools
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Iterator
 
 import numpy as np
 
 from xai_audit import __version__
+from xai_audit.contract.batching import batch_decisions, track_decisions
 from xai_audit.contract.stats import ALPHA
 from xai_audit.contract.types import Explanation, HypothesisContext, HypothesisResult
 from xai_audit.judge.accuracy import accuracy_tables
@@ -35,6 +35,7 @@ from xai_audit.registry import Registry
 from xai_audit.run.cache import Cache
 from xai_audit.run.examples import Selection, choose_examples, describe_chosen
 from xai_audit.run.executors import make_executor
+from xai_audit.run.facts import RunFacts
 from xai_audit.run.regions import with_regions
 from xai_audit.run.serialize import to_jsonable
 from xai_audit.run.steps import (
@@ -47,7 +48,9 @@ from xai_audit.run.steps import (
     run_hypotheses,
 )
 
-SCHEMA_VERSION = "1.0"
+#: 2.0: what depends on the machine, the load or the cache (started, finished, cache, batch sizes, times)
+#: moved under one key, ``run``; nothing outside it may depend on them
+SCHEMA_VERSION = "2.0"
 log = logging.getLogger("xai_audit")
 
 
@@ -107,13 +110,16 @@ def run_audit(
 ) -> AuditOutcome:
     """Audit ``plan.model``. ``explain_ids`` fixes which samples the explainers explain
     (a several-model plan explains the same images with every model)."""
-    started = _now()
-    inputs = load_inputs(plan)
+    facts = RunFacts()  # how the run goes: results.json's ``run``, kept apart from what it finds
+    track_decisions()
+    with facts.step("load"):
+        inputs = load_inputs(plan)
     failures: list[dict[str, str]] = []
     n_steps = 1 + len(plan.explainers) + len(plan.hypotheses)
     with _Progress(progress, n_steps) as bar, make_executor(plan, inputs.model) as executor:
-        inputs = with_regions(inputs, plan, cache)
-        with bar.step("baseline predictions"):
+        with facts.step("regions", cache):
+            inputs = with_regions(inputs, plan, cache)
+        with bar.step("baseline predictions"), facts.step("baseline", cache):
             baseline = predict_baseline(inputs, plan, cache, executor)
         selection = _select(inputs, baseline, plan, explain_ids)
         chosen = [inputs.samples[i].materialise() for i in selection.indices]  # few: held, not re-read
@@ -122,6 +128,7 @@ def run_audit(
         explained = run_explainers(
             plan, inputs, baseline, chosen, targets, cache, executor, bar.step, failures,
             then=lambda step, exp, entry: trust_one(step, exp, entry, session, cache, inputs.base_key, failures),
+            facts=facts,
         )
         agreement(explained.entries, explained.explanations, [s.id for s in chosen])
         context = HypothesisContext(
@@ -129,11 +136,16 @@ def run_audit(
             seed=plan.seed, predict=lambda images: executor.predict(images, "a hypothesis' predictions"),
             load_dataset=functools.partial(load_other_dataset, registry, plan),
         )
-        tested = run_hypotheses(plan, registry, context, inputs, explained, cache, bar.step, failures, executor)
+        tested = run_hypotheses(plan, registry, context, inputs, explained, cache, bar.step, failures, executor,
+                                facts=facts)
     failures += [{"step": "load plugins", "plugin": "", "error": error, "traceback": ""}
                  for error in registry.load_errors]
     run_log = [f"{f['step']} ({f['plugin']}):\n{f.pop(FULL_TRACEBACK, '') or f['error']}" for f in failures]
-    results = _judge(plan, registry, inputs, baseline, selection, explained, tested, failures, cache, started)
+    with facts.step("judge"):
+        results = _judge(plan, registry, inputs, baseline, selection, explained, tested, failures)
+    results["run"] = to_jsonable(facts.summary(cache=cache, device=plan.runtime.device, executor=executor,
+                                               batching=batch_decisions(inputs.model),
+                                               executor_kind=plan.runtime.executor))
     outcome = _outcome(results, inputs, baseline, selection, explained, tested)
     outcome.log = run_log
     return outcome
@@ -151,9 +163,9 @@ def _select(inputs: AuditInputs, baseline: Baseline, plan: Plan, explain_ids: li
 
 
 def _judge(plan: Plan, registry: Registry, inputs: AuditInputs, baseline: Baseline, selection: Selection,
-           explained: Explained, tested: Tested, failures: list[dict[str, str]], cache: Cache,
-           started: str) -> dict[str, Any]:
-    """results.json: the run's numbers, then the Holm correction, findings, recommendations and checks."""
+           explained: Explained, tested: Tested, failures: list[dict[str, str]]) -> dict[str, Any]:
+    """results.json: the run's numbers, then the Holm correction, findings, recommendations and checks;
+    none of it may depend on the machine, the load or the cache (those facts go to ``run``, added after)."""
     model, samples = inputs.model, inputs.samples
     n_tests = correct_for_multiple_tests(tested.entries)
     preds, probs = baseline.preds, baseline.probs
@@ -162,8 +174,6 @@ def _judge(plan: Plan, registry: Registry, inputs: AuditInputs, baseline: Baseli
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "xai-audit", "version": __version__},
         "title": plan.report.title,
-        "started": started,
-        "finished": None,
         "seed": plan.seed,
         "plan": plan.as_run(),
         "provenance": build_provenance(plan, registry, model, inputs.dataset, inputs.region_source),
@@ -185,14 +195,12 @@ def _judge(plan: Plan, registry: Registry, inputs: AuditInputs, baseline: Baseli
         "findings": [],
         "failures": failures,
         "skipped_samples": inputs.skipped,
-        "cache": {"hits": cache.hits, "misses": cache.misses},
     }
     results["findings"] = derive_findings(results)
     results["multiple_testing"] = {"method": "holm", "alpha": ALPHA, "n_tests": n_tests,
                                    "not_applicable": not_applicable(tested.entries)}
     plugins = {name: step.instantiate() for name, step in tested.steps.items()}
     results["recommendations"] = recommend(results, samples, plugins, failures)
-    results["finished"] = _now()
     results = to_jsonable(results)
     results["checks"] = to_jsonable(evaluate_checks(plan.checks, results))
     return results
@@ -217,6 +225,3 @@ def _outcome(results: dict[str, Any], inputs: AuditInputs, baseline: Baseline, s
         explained_ids=[samples[i].id for i in selection.indices],
     )
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

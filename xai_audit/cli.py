@@ -124,6 +124,7 @@ Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 @app.command()
 @handles_errors
 def run(
+    ctx: typer.Context,
     plan: Path = typer.Argument(..., help="The audit plan (YAML)."),
     out: Path = typer.Option(Path("xai-audit-report"), "--out", "-o", help="Folder for the report."),
     cache_dir: Optional[Path] = CacheDir,
@@ -131,8 +132,16 @@ def run(
     templates: Optional[Path] = Templates,
     strict_plugins: bool = Strict,
     quiet: bool = Quiet,
+    batch_sizes_from: Optional[Path] = typer.Option(
+        None, "--batch-sizes-from", help="An earlier report folder: batch the model's passes as its run did "
+        "(run.batching). The results do not depend on it; it makes the run compute exactly what that one did."),
 ) -> None:
     """Run the audit PLAN and write report.html, report.pdf and results.json."""
+    if batch_sizes_from is not None:
+        from xai_audit.verify.rerun import batch_sizes_from as recorded, read_results
+
+        sizes = ctx.with_resource(recorded(read_results(batch_sizes_from)[1]))  # until the command ends
+        typer.echo(f"batch sizes from {batch_sizes_from}: {sizes or 'none recorded (probed as usual)'}")
     from xai_audit.audit import run_audit
     from xai_audit.plan import load_plan
 
@@ -248,6 +257,11 @@ def _summarise(results: dict, written: dict[str, Path]) -> None:
         typer.echo(f"accuracy: {100 * acc['value']:.1f} % (95 % CI {100 * lo:.1f}-{100 * hi:.1f} %, n = {acc['n']})")
     for finding in results.get("findings", [])[:5]:
         typer.echo(f"finding [{finding['severity']}]: {finding['title']}")
+    run = results.get("run") or {}
+    if run:  # how the audit ran: the run facts, never a result
+        cache = run.get("cache") or {}
+        typer.echo(f"ran in {run.get('seconds', 0):.0f} s; {cache.get('hits', 0)} step(s) reused from the cache, "
+                   f"{cache.get('misses', 0)} computed")
     if results.get("failures"):
         typer.echo(f"{len(results['failures'])} step(s) could not run; see the report's last section "
                    "(run.log beside it has their tracebacks; --debug prints them)")
@@ -293,8 +307,18 @@ def plugins(strict_plugins: bool = Strict) -> None:
 def verify(
     folder: Path = typer.Argument(..., help="A report folder (or its results.json)."),
     load: bool = typer.Option(True, help="Also reload the model and data and compare content fingerprints."),
+    rerun: bool = typer.Option(False, "--rerun", help="Run the plan the report recorded again and compare every "
+                               "field outside `run` with it (byte for byte on the same machine)."),
+    cache_dir: Optional[Path] = CacheDir,
+    no_cache: bool = typer.Option(False, "--no-cache", help="With --rerun: compute every step afresh."),
+    tolerance: bool = typer.Option(False, "--tolerance", help="With --rerun: compare floats within a tolerance "
+                                   "even on the same machine (another machine always does)."),
 ) -> None:
-    """Recompute the hashes: do the model and data still match the report? Exit 1 when not."""
+    """Recompute the hashes: do the model and data still match the report? Exit 1 when not.
+    With --rerun: run the report's plan again; "reproduced", or every field that differs (exit 1)."""
+    if rerun:
+        _rerun(folder, _cache(cache_dir, no_cache), tolerance)
+        return
     from xai_audit.verify import verify_report
 
     rows = verify_report(folder, _registry(), load=load)
@@ -306,6 +330,26 @@ def verify(
         typer.echo(f"{len(bad)} of {len(rows)} no longer match the report.")
         raise typer.Exit(1)
     typer.echo(f"all {len(rows)} match the report.")
+
+
+#: differing fields ``verify --rerun`` prints before it only counts the rest
+_SHOWN_DIFFERENCES = 40
+
+
+def _rerun(folder: Path, cache, tolerance: bool) -> None:
+    from xai_audit.audit import run_audit
+    from xai_audit.verify.rerun import rerun_report, shown
+
+    found = rerun_report(folder, _registry(), run_audit, cache=cache, tolerance=tolerance)
+    typer.echo(f"compared: {found.how}")
+    if not found.differences:
+        typer.echo("reproduced" + (": byte for byte" if found.mode == "bytes" else ": within the tolerance"))
+        return
+    for d in found.differences[:_SHOWN_DIFFERENCES]:
+        typer.echo(f"differs  {d.path}: report {shown(d.report)}, rerun {shown(d.rerun)}")
+    more = len(found.differences) - _SHOWN_DIFFERENCES
+    typer.echo((f"... and {more} more; " if more > 0 else "") + f"{len(found.differences)} field(s) differ from the report.")
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -379,6 +423,7 @@ def _verify(outcome, trained, registry, cache, out: Path, plan_data: dict, *, se
     after = run_audit(validated, registry, cache=cache, progress=not quiet and sys.stderr.isatty())
     _write(after, registry, after_dir, validated.report.formats, None)
     outcome.results["verification"] = verification_summary(outcome.results, after.results, tuned, "after/report.html")
+    outcome.results["run"]["fine_tune"] = {"seconds": round(tuned.seconds, 3), "cached": tuned.cached}
     for row in outcome.results["verification"]["comparisons"]:
         change = "" if row.get("shrunk_by") is None else f" ({100 * row['shrunk_by']:.0f} % smaller)"
         b, a = row["before"].get("effect"), row["after"].get("effect")

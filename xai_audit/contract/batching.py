@@ -63,6 +63,8 @@ ENV_BATCH = "XAI_AUDIT_BATCH_SIZE"
 _probed: dict[tuple, int] = {}
 #: what :func:`best_batch_size` decided in this process, by architecture, shape, mode, device and cap
 _decisions: dict[tuple, dict[str, Any]] = {}
+#: the decisions asked for since :func:`track_decisions` (the current audit's)
+_used: set[tuple] = set()
 #: the memory layout :func:`prefers_channels_last` decided, by architecture, shape, mode and device
 _decided_layout: dict[tuple, bool] = {}
 #: channels-last must beat the standard layout by this much to be used (the probe's own comparison)
@@ -194,6 +196,7 @@ def best_batch_size(model: Any, image_shape: tuple[int, ...], *, backward: bool,
         _decide(key, max_batch, batch, source, invariant, channels_last)
         log.debug("batch size %d%s (%s, %s, %s)", batch, " channels-last" if channels_last else "",
                   "backward" if backward else "forward", image_shape, source)
+    _used.add((*key, max_batch))
     return _probed[(*key, max_batch)]
 
 
@@ -234,15 +237,22 @@ def batch_invariant(model: Any, image_shape: tuple[int, ...], backward: bool, ba
         return False
 
 
+def track_decisions() -> None:
+    """Start a new record of the batch sizes asked for (an audit calls it as it starts)."""
+    _used.clear()
+
+
 def batch_decisions(model: Any | None = None) -> list[dict[str, Any]]:
-    """What :func:`best_batch_size` decided in this process (for ``model``'s architecture, or all), each
-    ``{mode, image_shape, max_batch, size, source, layout, batch_invariant}``: the run's facts, not results."""
+    """What :func:`best_batch_size` answered since :func:`track_decisions` (for ``model``'s architecture, or
+    all), each ``{mode, image_shape, device, max_batch, size, source, layout, batch_invariant}``, in the
+    order first asked: how the run went, not a result."""
     wanted = None if model is None else _architecture_key(model)
-    return [dict(d) for (arch, *_), d in _decisions.items() if wanted is None or arch == wanted]
+    return [dict(_decisions[key]) for key in _decisions if key in _used and (wanted is None or key[0] == wanted)]
 
 
 def _decide(key: tuple, max_batch: int, size: int, source: str, invariant: bool | None, channels_last: bool) -> None:
     _arch, shape, backward, device = key
+    _used.add((*key, max_batch))
     _decisions[(*key, max_batch)] = {
         "mode": "backward" if backward else "forward", "image_shape": list(shape), "device": device,
         "max_batch": max_batch, "size": int(size), "source": source, "batch_invariant": invariant,
@@ -471,11 +481,13 @@ def chunks(n: int, size: int) -> list[slice]:
     """``range(n)`` cut into as few consecutive slices of at most ``size`` as there can be, of sizes that
     differ by at most one: with ``size`` of 2 or more no slice holds a single item unless ``n`` is 1 (a pass
     of one image takes other kernels, and its numbers differ in the last bits from the same image's in a
-    pass of several)."""
+    pass of several). So ``size`` 2 and an odd ``n`` give one slice of three."""
     size = max(1, int(size))
     if n <= 0:
         return []
     passes = -(-n // size)
+    if size == 2 and n % 2:
+        passes = max(1, n // 2)
     base, extra = divmod(n, passes)
     bounds = [0]
     for k in range(passes):

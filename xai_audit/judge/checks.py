@@ -10,8 +10,9 @@ from xai_audit.plan.checks import OPS, Check
 
 
 def check_view(results: dict[str, Any]) -> dict[str, Any]:
-    """The results with the reviewer-friendly names added (see the module doc)."""
-    view = dict(results)
+    """The results with the reviewer-friendly names added (see the module doc), without ``run``: how the
+    audit ran (times, batch sizes, the cache) differs between runs, and a check's verdict must not."""
+    view = {k: v for k, v in results.items() if k != "run"}
     hypotheses = {}
     groups: dict[str, Any] = {}
     for name, entry in (results.get("hypotheses") or {}).items():

@@ -20,6 +20,9 @@ from xai_audit.errors import DataError
 from xai_audit.run.serialize import to_jsonable
 
 COMPARISON_SCHEMA_VERSION = "1.0"
+#: results.json MAJOR versions a comparison reads: 2.0 only moved run facts (times, cache, batch sizes) under
+#: ``run``, and a comparison reads none of them
+READABLE_MAJORS = ("1", "2")
 
 
 def compare_results(named: Sequence[tuple[str, dict[str, Any]]], *, seed: int = 0) -> dict[str, Any]:
@@ -28,7 +31,7 @@ def compare_results(named: Sequence[tuple[str, dict[str, Any]]], *, seed: int = 
         raise DataError("a comparison needs at least two audits")
     for name, results in named:
         major = str(results.get("schema_version", "0")).split(".")[0]
-        if major != COMPARISON_SCHEMA_VERSION.split(".")[0]:
+        if major not in READABLE_MAJORS:
             raise DataError(f"{name}: results.json schema {results.get('schema_version')} is not readable by this version")
     models = [_model_row(name, r) for name, r in named]
     pairs = [_paired(a, ra, b, rb, seed) for (a, ra), (b, rb) in combinations(named, 2)]

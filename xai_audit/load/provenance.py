@@ -9,7 +9,6 @@ commit where it runs from a checkout. Nothing is sent anywhere.
 from __future__ import annotations
 
 import hashlib
-import platform
 import subprocess
 import sys
 from importlib import metadata
@@ -94,8 +93,7 @@ def environment(device: str) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             continue
     return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
+        "python": sys.version.split()[0],  # the platform and the host are run facts (results.json's run.machine)
         "torch": libraries.get("torch"),
         "numpy": libraries.get("numpy"),
         "device": device,

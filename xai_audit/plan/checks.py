@@ -11,7 +11,8 @@ Besides the raw results, a few names read the way a reviewer writes them:
 ``groups.<column>.accuracy_gap`` / ``.worst`` / ``.p_value`` (from group-accuracy),
 ``explainers.<name>.sanity`` (``"pass"``, ``"partly"``, ``"fail"`` or ``"not run"``, from the
 parameter-randomisation test) and ``.trust_level`` (``"trusted"``, ``"weak"``,
-``"not trusted"``), and ``accuracy`` (the overall accuracy as a number).
+``"not trusted"``), and ``accuracy`` (the overall accuracy as a number). A check may not read ``run``
+(how the audit ran: it differs between runs of one plan, and a check's verdict must not).
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def parse_check(text: str, severity: str = "fail") -> Check:
         raise ValueError(
             f"cannot read check {text!r}: write PATH OP VALUE, e.g. 'hypotheses.luminance.accuracy_drop < 0.10' "
             "(OP is one of < <= > >= == !=; VALUE a number, a quoted string, true, false or null)"
+        )
+    if match["path"].split(".")[0].split("[")[0] == "run":
+        raise ValueError(
+            f"cannot check {match['path']!r}: `run` says how the audit ran (times, batch sizes, the cache, the "
+            "machine), which differs between runs of the same plan; a check reads what the audit found"
         )
     raw = match["value"]
     if raw in ("true", "false"):

@@ -85,7 +85,7 @@ class RaySpec(_Strict):
     #: Ray actors, each holding the model once; predictions and explainers are split across them
     workers: int = Field(2, ge=1, le=4096)
     #: GPUs each worker reserves (0: CPU only); set ``runtime.device: cuda`` with it
-    num_gpus_per_worker: float = Field(0, ge=0, le=64)
+    num_gpus_per_worker: float = Field(0.0, ge=0, le=64)  # a float default: the plan as run reads back the same
 
 
 class RuntimeSpec(_Strict):

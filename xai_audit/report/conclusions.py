@@ -188,8 +188,7 @@ def verification(data: Any) -> dict[str, Any] | None:
             if acc else ""
         ),
         "fine_tune_line": (
-            f"Fine-tuned for {fine_tune.get('epochs')} epochs on {fine_tune.get('n_images')} images "
-            f"({fine_tune.get('seconds', 0):.0f} s)." if fine_tune else ""
+            f"Fine-tuned for {fine_tune.get('epochs')} epochs on {fine_tune.get('n_images')} images." if fine_tune else ""
         ),
         "used": used,
         "skipped": skipped,

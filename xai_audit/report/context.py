@@ -37,6 +37,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("hypotheses", "Hypotheses"),
     ("recommendations", "Recommended fine-tuning data"),
     ("failures", "What could not be run"),
+    ("run", "How this audit ran"),
 )
 
 #: The titles that change when the data have no labels: what is measured is the model's own predictions.
@@ -73,8 +74,8 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
         "title": display.clip(str(results.get("title") or "Model audit"), display.TITLE_LIMIT),
         "tool": " ".join(str(p) for p in (tool.get("name", "xai-audit"), tool.get("version")) if p),
         "schema_version": str(results.get("schema_version", "")),
-        "date": _date(results.get("finished") or results.get("started")),
-        "run_time": _run_time(results.get("started"), results.get("finished")),
+        "date": _date((results.get("run") or {}).get("finished") or (results.get("run") or {}).get("started")),
+        "run_time": _run_time((results.get("run") or {}).get("started"), (results.get("run") or {}).get("finished")),
         "toc": sections,
         "section": {s["id"]: s for s in sections},
         "summary": _summary(results, failures),
@@ -87,6 +88,7 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
         "hypotheses": _hypotheses(other_steps, errors, artifacts),
         "recommendations": conclusions.recommendations(results),
         "failures": _failures(failures, results.get("skipped_samples") or []),
+        "run": _run(results),
         "checks": _checks(results.get("checks") or []),
         "verdict": _verdict(results),
         "paper": "letter" if ((results.get("plan") or {}).get("report") or {}).get("paper") == "letter" else "A4",
@@ -204,7 +206,6 @@ def _provenance(results: Mapping[str, Any]) -> dict[str, Any]:
     model = provenance.get("model") or {}
     dataset = provenance.get("dataset") or {}
     samples = results.get("samples") or {}
-    cache = results.get("cache") or {}
     model_description = model.get("description")
     data_description = dataset.get("description")
     return {
@@ -247,16 +248,51 @@ def _provenance(results: Mapping[str, Any]) -> dict[str, Any]:
             for p in provenance.get("plugins") or []
         ],
         "environment": _key_values(provenance.get("environment") or {}),
-        "cache_line": (
-            f"{_int(cache.get('hits', 0))} step(s) reused from the cache, "
-            f"{_int(cache.get('misses', 0))} computed."
-        ),
-        "run": [
-            {"key": "started", "value": str(results.get("started") or _DASH)},
-            {"key": "finished", "value": str(results.get("finished") or _DASH)},
-            {"key": "schema version", "value": str(results.get("schema_version") or _DASH)},
-        ],
+        "schema_version": str(results.get("schema_version") or _DASH),
     }
+
+
+def _run(results: Mapping[str, Any]) -> dict[str, Any]:
+    """How the audit ran (results.json's ``run``): times, the machine, the cache, batch sizes. None of it is a
+    result, and no number of the report depends on it."""
+    run = results.get("run") or {}
+    machine = run.get("machine") or {}
+    cache = run.get("cache") or {}
+    executor = run.get("executor") or {}
+    seconds = run.get("seconds")
+    facts = [
+        {"key": "started", "value": str(run.get("started") or _DASH)},
+        {"key": "finished", "value": str(run.get("finished") or _DASH)},
+        {"key": "wall time", "value": f"{float(seconds):.1f} s" if isinstance(seconds, (int, float)) else _DASH},
+        {"key": "executor", "value": f"{executor.get('kind', 'local')}, {_int(executor.get('workers', 1))} worker(s)"},
+        {"key": "cache", "value": (
+            f"{_int(cache.get('hits', 0))} step(s) reused from the cache, {_int(cache.get('misses', 0))} computed"
+            + (f" ({cache['dir']})" if cache.get("dir") else " (no cache)"))},
+    ]
+    facts += [{"key": key.replace("_", " "), "value": str(machine[key])}
+              for key in ("host", "platform", "cpu", "cpu_count", "torch", "torch_threads", "numpy", "device", "numerics")
+              if machine.get(key) is not None]
+    fine_tune = run.get("fine_tune") or {}
+    if fine_tune:
+        facts.append({"key": "fine-tune (demo --verify)",
+                      "value": "reused from the cache" if fine_tune.get("cached") else f"{float(fine_tune.get('seconds') or 0):.0f} s"})
+    steps = []
+    for name, step in (run.get("steps") or {}).items():
+        step = step if isinstance(step, Mapping) else {}
+        batching = step.get("batching") or {}
+        steps.append({
+            "step": str(name),
+            "seconds": f"{float(step.get('seconds') or 0):.2f}",
+            "cached": {True: "yes", False: "no"}.get(step.get("cached"), _DASH),
+            "batching": ", ".join(f"{str(k).replace('_', ' ')} {v}" for k, v in batching.items()) or _DASH,
+        })
+    batches = [
+        {"mode": str(b.get("mode", "")), "shape": "×".join(str(d) for d in b.get("image_shape") or []),
+         "size": _int(b.get("size")), "source": str(b.get("source", "")), "layout": str(b.get("layout", "")),
+         "invariant": {True: "yes", False: "no"}.get(b.get("batch_invariant"), _DASH)}
+        for b in run.get("batching") or [] if isinstance(b, Mapping)
+    ]
+    return {"facts": facts, "steps": steps, "batching": batches, "schema_version": str(results.get("schema_version") or _DASH)}
 
 
 def _accuracy(results: Mapping[str, Any], classes: list[str]) -> dict[str, Any]:

@@ -317,13 +317,12 @@ def merge_explanations(parts: Sequence[Explanation]) -> Explanation:
       figure shows the first shard's samples, as its titles say).
     * ``scalars``: ``*_mean`` is the mean weighted by the shards' sizes, ``*_max`` the largest,
       ``*_min`` the smallest, ``*_sum`` / ``n_*`` the sum; any other scalar is the first shard's.
-      Settings such as a window are the same in every shard; a scalar that says how a shard was
-      batched (occlusion's ``perturbations_per_eval``, IG's ``images_per_pass``) is the first
-      worker's and can differ from a local run's, as it can on another machine.
+      Settings such as a window are the same in every shard.
     * ``tables``: a table with one row per sample in every shard is concatenated; any other is
       the first shard's.
     * ``notes`` and ``suggested_hypotheses``: every distinct one, in shard order.
     * ``method``, ``signed``, ``maps_caption`` and ``figures``: the first shard's.
+    * ``run`` (how the shards were batched and timed): the first shard's, with ``shards`` their number.
     """
     if len(parts) == 1:
         return parts[0]
@@ -386,6 +385,7 @@ def merge_explanations(parts: Sequence[Explanation]) -> Explanation:
         figures=first.figures,
         maps_caption=first.maps_caption,
         suggested_hypotheses=suggestions,
+        run={**first.run, "shards": len(parts)},
     )
 
 

@@ -21,6 +21,7 @@ def explanation_to_cache(exp: Explanation) -> tuple[dict[str, Any], dict[str, np
         "figures": to_jsonable(exp.figures),
         "maps_caption": exp.maps_caption,
         "suggested_hypotheses": to_jsonable(exp.suggested_hypotheses),
+        "run": to_jsonable(exp.run),  # how the cached computation ran: a re-run that reads it reports the same
         "array_names": sorted(exp.arrays),
     }
     arrays = {"maps": np.asarray(exp.maps), "targets": np.asarray(exp.targets)}
@@ -42,6 +43,7 @@ def explanation_from_cache(data: dict[str, Any], arrays: dict[str, np.ndarray]) 
         figures=list(data.get("figures", [])),
         maps_caption=str(data.get("maps_caption", "")),
         suggested_hypotheses=list(data.get("suggested_hypotheses", [])),
+        run=dict(data.get("run") or {}),
     )
 
 

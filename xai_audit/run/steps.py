@@ -34,6 +34,7 @@ from xai_audit.load.loading import AuditInputs, load_step, seed_everything
 from xai_audit.plan import Plan, Step
 from xai_audit.registry import Registry
 from xai_audit.run.cache import Cache, content_key
+from xai_audit.run.facts import RunFacts
 from xai_audit.limits import StepAbandoned, run_with_limit, with_halving_batch
 from xai_audit.run.serialize import (
     explanation_from_cache,
@@ -134,12 +135,16 @@ def stream_chunk(plan: Plan) -> int:
 
 def run_explainers(plan: Plan, inputs: AuditInputs, baseline: Baseline, chosen: list[Sample], targets: np.ndarray,
                    cache: Cache, executor: Any, bar: StepBar, failures: list[dict[str, str]],
-                   then: Callable[[Step, Explanation, dict[str, Any]], None] | None = None) -> Explained:
+                   then: Callable[[Step, Explanation, dict[str, Any]], None] | None = None,
+                   facts: RunFacts | None = None) -> Explained:
     """Every explainer of the plan: on the chosen samples, or on all of them for ``wants_all_samples``.
 
     ``then(step, explanation, entry)`` runs right after each explainer of the chosen samples, inside its
     step (the audit judges each explainer's maps there, so a run killed later keeps those scores cached).
+    ``facts`` records each explainer's and each ``then``'s wall time, and how the explainer batched its passes
+    (``Explanation.run``): how the run went, never in the results.
     """
+    facts = facts or RunFacts()
     explanations: dict[str, Explanation] = {}
     entries: dict[str, dict[str, Any]] = {}
     for step in plan.explainers:
@@ -148,11 +153,16 @@ def run_explainers(plan: Plan, inputs: AuditInputs, baseline: Baseline, chosen: 
             try:
                 limit = step_limit(step, plan)
                 if getattr(step.plugin.cls, "wants_all_samples", False):
-                    exp = explain(step, inputs, inputs.samples, baseline.preds, plan.seed, cache, limit=limit)
+                    with facts.step(f"explainer {step.name}", cache) as fact:
+                        exp = explain(step, inputs, inputs.samples, baseline.preds, plan.seed, cache, limit=limit)
                 else:
-                    exp = explain(step, inputs, chosen, targets, plan.seed, cache, executor, limit=limit)
+                    with facts.step(f"explainer {step.name}", cache) as fact:
+                        exp = explain(step, inputs, chosen, targets, plan.seed, cache, executor, limit=limit)
                     if then is not None:
-                        then(step, exp, entry)
+                        with facts.step(f"trust {step.name}", cache):
+                            then(step, exp, entry)
+                if exp.run:
+                    fact["batching"] = to_jsonable(exp.run)
                 explanations[step.name] = exp
                 entry.update(
                     n_samples=len(exp.sample_ids), sample_ids=exp.sample_ids, targets=exp.targets.tolist(),
@@ -204,8 +214,10 @@ def explain(step: Step, inputs: AuditInputs, samples: list[Sample], targets: np.
 
 def run_hypotheses(plan: Plan, registry: Registry, context: HypothesisContext, inputs: AuditInputs,
                    explained: Explained, cache: Cache, bar: StepBar, failures: list[dict[str, str]],
-                   executor: Any = None) -> Tested:
-    """The plan's hypotheses, and (with ``explain: {test_suggestions: true}``) what the explainers suggest."""
+                   executor: Any = None, facts: RunFacts | None = None) -> Tested:
+    """The plan's hypotheses, and (with ``explain: {test_suggestions: true}``) what the explainers suggest;
+    ``facts`` records each one's wall time."""
+    facts = facts or RunFacts()
     results: dict[str, HypothesisResult] = {}
     entries: dict[str, dict[str, Any]] = {}
     suggested: dict[str, dict[str, str]] = {}
@@ -217,7 +229,8 @@ def run_hypotheses(plan: Plan, registry: Registry, context: HypothesisContext, i
             entry = {"status": "ok", "plugin": step.plugin.name, "options": step.options_dict(),
                      **suggested.get(step.name, {})}
             try:
-                result = test_hypothesis(step, context, cache, inputs.base_key, limit=step_limit(step, plan))
+                with facts.step(f"hypothesis {step.name}", cache):
+                    result = test_hypothesis(step, context, cache, inputs.base_key, limit=step_limit(step, plan))
                 results[step.name] = result
                 entry.update(result_dict(result))
             except Exception as exc:
