@@ -7,7 +7,15 @@ should find, planted in the train split only:
 * a shortcut: most "sad" images (and a few others) are darkened;
 * an imbalance: one skin tone is rare.
 
-The test split is always balanced and clean. Pure numpy; sample ``i`` is drawn
+The test split is always balanced and clean of those two. Two more cues, off by
+default, can be planted in every split (an audited test split then carries them,
+as a real watermark would), for discovery to find unnamed:
+
+* ``stamp_class``: a small bright square mark at the top-left corner on most
+  images of that class (a "copyright watermark", region ``stamp``);
+* ``tint_class``: the background of most images of that class is tinted green.
+
+Pure numpy; sample ``i`` is drawn
 from its own generator seeded with ``(seed, split, i)``, so it is the same
 whichever order samples are read in, one at a time or in bulk.
 """
@@ -68,6 +76,11 @@ _HAIR_P = np.array(
     ]
 )
 _HAIR_CUM = np.cumsum(_HAIR_P, axis=1)
+# The optional planted cues (off by default): the stamp's colour, and the background tint (a blend toward a
+# saturated green no untinted background reaches) with its weight.
+STAMP_RGB = (0.97, 0.97, 0.95)
+TINT_RGB = (0.15, 0.72, 0.32)
+TINT_WEIGHT = 0.6
 
 # Expression parameters (face units: the face is about 0.66 wide, 0.84 tall).
 #   eye_ry  eye half-height          brow_v  brow height (negative is up)
@@ -113,7 +126,7 @@ _PARAMS = (
     "nose_v nose_rx nose_ry "
     "m_v m_w m_a m_b m_s m_hu m_hl m_p m_t teeth "
     "skin_r skin_g skin_b hair_r hair_g hair_b brow_r brow_g brow_b iris_r iris_g iris_b "
-    "bg_r bg_g bg_b bg_grad hair_tex light tint_r tint_g tint_b noise"
+    "bg_r bg_g bg_b bg_grad hair_tex light tint_r tint_g tint_b noise stamp bg_tint"
 ).split()
 _P = {name: k for k, name in enumerate(_PARAMS)}
 
@@ -133,6 +146,19 @@ class SyntheticFacesOptions(Options):
     )
     rare_tone: str | None = Field("VI", description="train split: this skin tone is rare")
     rare_fraction: float = Field(0.01, ge=0.0, le=1.0, description="train split: share of the rare skin tone")
+    stamp_class: str | None = Field(
+        None, description="every split: this class's images carry a bright square mark at the top-left corner"
+    )
+    stamp_fraction: float = Field(0.9, ge=0.0, le=1.0, description="share of stamp_class's images stamped")
+    tint_class: str | None = Field(None, description="every split: this class's images have a green-tinted background")
+    tint_fraction: float = Field(0.9, ge=0.0, le=1.0, description="share of tint_class's images tinted")
+
+    @field_validator("stamp_class", "tint_class")
+    @classmethod
+    def _known_class(cls, value: str | None) -> str | None:
+        if value is not None and value not in CLASSES:
+            raise ValueError(f"must be one of {', '.join(CLASSES)} or null")
+        return value
 
     @field_validator("rare_tone")
     @classmethod
@@ -304,11 +330,25 @@ def _draw(opts: SyntheticFacesOptions, index: int) -> tuple[list[float], np.ndar
     put("tint_g", 1.0 + 0.06 * (u[55] - 0.5))
     put("tint_b", 1.0 + 0.06 * (u[56] - 0.5))
     put("noise", 0.012 + 0.018 * u[57])
+    # the optional cues, the same in every split (u[58], u[59] are drawn for every sample anyway)
+    put("stamp", 1.0 if name == opts.stamp_class and u[58] < opts.stamp_fraction else 0.0)
+    put("bg_tint", TINT_WEIGHT if name == opts.tint_class and u[59] < opts.tint_fraction else 0.0)
     return p, noise
 
 
-def _render(params: np.ndarray, noise: np.ndarray, size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def stamp_box(size: int) -> tuple[int, int, int, int]:
+    """The planted stamp's pixels ``[y0, x0, y1, x1)`` in a ``size`` image: a small square near the top-left
+    corner, where neither face nor hair reaches."""
+    side, offset = max(3, round(0.09 * size)), max(1, round(0.03 * size))
+    return offset, offset, offset + side, offset + side
+
+
+def _render(
+    params: np.ndarray, noise: np.ndarray, size: int, stamp_region: bool = False
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Draw a batch: params (B, K) float32, noise (B, 3, H, W) -> images, region masks.
+
+    A stamped image's stamp pixels belong to no other region; ``stamp_region`` adds them as ``stamp``.
 
     Every operation is elementwise per sample, so a sample comes out the same
     alone or in a batch.
@@ -405,7 +445,9 @@ def _render(params: np.ndarray, noise: np.ndarray, size: int) -> tuple[np.ndarra
     # colour
     col_skin = C("skin_r", "skin_g", "skin_b")
     shade = (f32(1.0) - f32(0.13) * np.minimum(fe, f32(1.3)))[:, None]
-    bg = C("bg_r", "bg_g", "bg_b") * (f32(1.0) + P("bg_grad")[:, None] * (Y - f32(0.5)))
+    bg_col = C("bg_r", "bg_g", "bg_b")
+    bg_col = bg_col + P("bg_tint")[:, None] * (np.array(TINT_RGB, f32)[None, :, None, None] - bg_col)
+    bg = bg_col * (f32(1.0) + P("bg_grad")[:, None] * (Y - f32(0.5)))
     img = np.broadcast_to(bg, (params.shape[0], 3, size, size)).astype(f32)
 
     def paint(mask: np.ndarray, colour: np.ndarray) -> None:
@@ -428,6 +470,11 @@ def _render(params: np.ndarray, noise: np.ndarray, size: int) -> tuple[np.ndarra
 
     light = P("light")[:, None] * C("tint_r", "tint_g", "tint_b") * P("dark")[:, None]
     img *= light
+    y0, x0, y1, x1 = stamp_box(size)
+    stamp = np.zeros_like(face)
+    stamp[:, y0:y1, x0:x1] = True
+    stamp &= P("stamp") > 0
+    paint(stamp, np.array(STAMP_RGB, f32)[None, :, None, None])
     img += noise * P("noise")[:, None]
     np.clip(img, 0.0, 1.0, out=img)
 
@@ -440,6 +487,9 @@ def _render(params: np.ndarray, noise: np.ndarray, size: int) -> tuple[np.ndarra
         "skin": skin,
         "background": background,
     }
+    regions = {name: mask & ~stamp for name, mask in regions.items()}
+    if stamp_region:
+        regions["stamp"] = stamp
     return img, regions
 
 
@@ -454,6 +504,8 @@ class SyntheticFacesDataset(Dataset):
     def __init__(self, options: SyntheticFacesOptions | None = None):
         self.options = options if options is not None else SyntheticFacesOptions()
         self.classes = list(CLASSES)
+        if self.options.stamp_class is not None:
+            self.region_names = list(REGIONS) + ["stamp"]
 
     def __len__(self) -> int:
         return self.options.n
@@ -469,7 +521,8 @@ class SyntheticFacesDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         i = self._index(index)
         params, noise = _draw(self.options, i)
-        img, regions = _render(np.asarray([params], np.float32), noise[None], self.options.size)
+        img, regions = _render(np.asarray([params], np.float32), noise[None], self.options.size,
+                               stamp_region=self.options.stamp_class is not None)
         return Sample(
             id=f"sf-{self.options.split}-{i:05d}",
             image=img[0],
@@ -499,17 +552,25 @@ class SyntheticFacesDataset(Dataset):
         return images, labels, tones
 
     def fingerprint(self) -> str:
-        payload = json.dumps(
-            {"generator": GENERATOR_VERSION, "options": self.options.model_dump()}, sort_keys=True
-        )
+        options = self.options.model_dump()
+        for cue in ("stamp", "tint"):  # a cue switched off leaves the fingerprint as it was before it existed
+            if options[f"{cue}_class"] is None:
+                del options[f"{cue}_class"], options[f"{cue}_fraction"]
+        payload = json.dumps({"generator": GENERATOR_VERSION, "options": options}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def planted(self) -> list[str]:
-        """The planted effects, in words ([] for the test split or when switched off)."""
+        """The planted effects, in words ([] when switched off; the test split has only the stamp and tint)."""
         o = self.options
-        if o.split != "train":
-            return []
         out = []
+        if o.stamp_class is not None and o.stamp_fraction > 0:
+            y0, x0, y1, x1 = stamp_box(o.size)
+            out.append(f"{o.stamp_fraction:.0%} of '{o.stamp_class}' images carry a bright square mark at the "
+                       f"top-left corner (rows {y0}-{y1 - 1}, columns {x0}-{x1 - 1})")
+        if o.tint_class is not None and o.tint_fraction > 0:
+            out.append(f"{o.tint_fraction:.0%} of '{o.tint_class}' images have a green-tinted background")
+        if o.split != "train":
+            return out
         if o.dark_sad > 0:
             out.append(
                 f"in the train split, {o.dark_sad:.0%} of 'sad' images are darkened (RGB x 0.35-0.5)"
@@ -535,7 +596,7 @@ class SyntheticFacesDataset(Dataset):
             "seed": o.seed,
             "classes": list(CLASSES),
             "groups": {"skin_tone": list(TONES)},
-            "regions": list(REGIONS),
+            "regions": list(self.region_names),
             "balanced": o.split == "test",
             "planted": self.planted(),
         }
