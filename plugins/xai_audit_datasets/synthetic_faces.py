@@ -80,7 +80,7 @@ _HAIR_CUM = np.cumsum(_HAIR_P, axis=1)
 # saturated green no untinted background reaches) with its weight.
 STAMP_RGB = (0.97, 0.97, 0.95)
 TINT_RGB = (0.15, 0.72, 0.32)
-TINT_WEIGHT = 0.6
+TINT_WEIGHT = 0.75
 
 # Expression parameters (face units: the face is about 0.66 wide, 0.84 tall).
 #   eye_ry  eye half-height          brow_v  brow height (negative is up)
