@@ -73,13 +73,13 @@ class SmoothGradExplainer(ExplainerPlugin):
             noisy = image[None] + rng.normal(0.0, opts.noise, size=(opts.n, *image.shape)).astype(np.float32)
             copies = torch.as_tensor(noisy, device=model.device)
             size = opts.batch_size or best_batch_size(model, tuple(image.shape), backward=True)
-            total = torch.zeros(image.shape[-2:])
+            per_copy = []  # summed once at the end: the batch size groups passes, and changes no number
             for part in batch_slices(opts.n, size):
                 x = copies[part].clone().requires_grad_(True)
                 score = model.forward(x)[:, int(target)].sum()
                 (grad,) = torch.autograd.grad(score, x)
-                total += grad.abs().amax(dim=1).sum(dim=0).cpu()
-            maps.append((total / opts.n).numpy())
+                per_copy.append(grad.abs().amax(dim=1).cpu())
+            maps.append((torch.cat(per_copy).sum(dim=0) / opts.n).numpy())
         return np.stack(maps).astype(np.float32)
 
 
