@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from xai_audit.contract.batching import chunks
 from xai_audit.contract.types import ModelAdapter
 
 
@@ -82,8 +83,8 @@ def layer_activations(model: ModelAdapter, images: np.ndarray | Any, layer: str 
     handle = module.register_forward_hook(lambda _m, _i, o: seen.append(as_feature_map(o, height, width).detach().cpu()))
     try:
         with torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                model.forward(images[start : start + batch_size].to(model.device))
+            for part in chunks(len(images), batch_size):  # even passes, never one image alone: the batch changes no bit
+                model.forward(images[part].to(model.device))
     finally:
         handle.remove()
     return torch.cat(seen).numpy().astype(np.float32)
