@@ -22,7 +22,8 @@ from the others afterwards. The strongest candidates across classes come first, 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -107,9 +108,7 @@ class PropertySlicesDiscoverer(DiscovererPlugin):
         found: list[tuple[float, float, int, int, Candidate]] = []
         for c in tried:
             in_class = preds == c
-            # the border's colour, read along the direction from the others' mean to this class's
-            direction = rgb[in_class].mean(axis=0) - rgb[~in_class].mean(axis=0)
-            direction = direction / max(float(np.linalg.norm(direction)), 1e-12)
+            direction = _fisher(rgb, in_class)  # the border's colour, read along what tells this class apart
             x_of = {name: (rgb @ direction if name == "border_colour" else values[name]) for name in names}
             rows = []
             for k, name in enumerate(names):
@@ -211,6 +210,18 @@ def _auc(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         return 0.5, 1.0
     test = stats.mannwhitneyu(a, b, alternative="two-sided")
     return float(test.statistic) / (len(a) * len(b)), float(test.pvalue)
+
+
+def _fisher(x: np.ndarray, in_class: np.ndarray) -> np.ndarray:
+    """Fisher's discriminant direction (unit length) of the rows of ``x`` between ``in_class`` and the rest:
+    the pooled within-group covariance (a little ridge keeps it invertible) solved against the mean difference."""
+    a, b = x[in_class], x[~in_class]
+    difference = a.mean(axis=0) - b.mean(axis=0)
+    within = ((a - a.mean(axis=0)).T @ (a - a.mean(axis=0)) + (b - b.mean(axis=0)).T @ (b - b.mean(axis=0)))
+    within = within / max(1, len(x) - 2)
+    within += (1e-3 * np.trace(within) / len(within) + 1e-12) * np.eye(len(within))
+    direction = np.linalg.solve(within, difference)
+    return direction / max(float(np.linalg.norm(direction)), 1e-12)
 
 
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:

@@ -26,7 +26,8 @@ predictors and assessing what machines really learn"), as CoRelAy / ViRelAy do i
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -210,7 +211,7 @@ class AttributionClustersDiscoverer(DiscovererPlugin):
         cells = (r1 - r0) * (c1 - c0)
         evidence = {
             "box": box, "box_share": f["share"], "box_share_q25": f["q25"], "chance_share": cells / o.grid**2,
-            "cluster_size": int(len(members)), "class_images": int(len(f["class_rows"])),
+            "cluster_size": len(members), "class_images": len(f["class_rows"]),
             "clusters_in_class": int(f["k"]), "clusters_merged": int(f["clusters"]), "eigengap": f["gap"],
             "inside_class_regions": f["inside"], "class_regions": f["regions"], "grid": o.grid,
             "images_used": len(used),
