@@ -11,13 +11,21 @@ predictors and assessing what machines really learn"), as CoRelAy / ViRelAy do i
    normalised Laplacian, and the number of clusters (at most ``max_clusters``) where the gap between
    consecutive eigenvalues is largest (the eigengap); then spectral clustering of the graph into that many
    clusters (deterministic ``cluster_qr`` labels).
-3. A cluster of at least ``min_cluster_size`` images looks at one fixed place when at most ``max_cells`` cells of
-   its mean map hold ``min_share`` of the attribution, the bounding box of those cells covers at most
-   ``max_box_fraction`` of the image, the box holds ``min_share`` of the members' attribution on average and at
-   least half that for three members in four (the 25th percentile), and, where the data set names the regions
-   that define the class (``class_regions``) and the samples carry their masks, at most ``max_inside_share`` of
-   the attribution in the box falls on grid cells those regions touch (a place inside the class's own regions
-   is what the class should look at, not a cue).
+3. A cluster of at least ``min_cluster_size`` images looks at one fixed place, a box of grid cells covering at
+   most ``max_box_fraction`` of the image, in one of two ways:
+
+   * *concentrated*: at most ``max_cells`` cells of its mean map hold ``min_share`` of the attribution, and their
+     bounding box holds ``min_share`` of the members' attribution on average and at least half that for three
+     members in four (the 25th percentile); or
+   * *lifted* (a model that looks at the face and at a mark too): cells that hold more than a uniform share of
+     the cluster's mean map and at least ``min_lift`` times the share that the images predicted other classes
+     give them (the reference), grown from the cell of largest excess to at most ``max_cells`` adjacent cells;
+     the box holds ``min_lift`` times the reference's share, and at least half the members put more attribution
+     there than nine reference images in ten do.
+
+   Either way, where the data set names the regions that define the class (``class_regions``) and the samples
+   carry their masks, at most ``max_inside_share`` of the attribution in the box may fall on grid cells those
+   regions touch (a place inside the class's own regions is what the class should look at, not a cue).
 4. Such a cluster is a candidate: the box, in words and pixels, tied to the class; its intervention paints the
    box in the mean colour that the discovery images outside the cluster have there (the data's own
    statistics). Clusters of one class in the same place are merged; the most concentrated come first.
@@ -61,7 +69,9 @@ class AttributionClustersOptions(Options):
     neighbors: int = Field(10, ge=2, le=100, description="neighbours of each map in the affinity graph")
     min_cluster_size: int = Field(8, ge=2, description="fewest images in a cluster that can be a candidate")
     min_share: float = Field(0.5, gt=0.0, le=1.0, description="share of the attribution the place must hold")
-    max_cells: int = Field(4, ge=1, description="the place's min_share must lie in at most this many grid cells")
+    max_cells: int = Field(4, ge=1, description="a place is at most this many grid cells (their bounding box)")
+    min_lift: float = Field(4.0, ge=1.0, description="a place that is not concentrated: how many times the "
+                                                     "reference's share of attribution the cluster gives it")
     max_box_fraction: float = Field(0.125, gt=0.0, le=1.0, description="largest share of the image the place's "
                                                                        "box may cover")
     max_inside_share: float = Field(0.5, ge=0.0, le=1.0, description="largest share of the box's attribution on "
@@ -99,13 +109,16 @@ class AttributionClustersDiscoverer(DiscovererPlugin):
             rows = np.flatnonzero((preds == c) & valid)
             if len(rows) < o.min_cluster_size:
                 continue
+            reference = np.flatnonzero((preds != c) & valid)  # what the images predicted otherwise look at
+            reference = reference if len(reference) >= o.min_cluster_size else None
+            ref_map = maps[reference].mean(axis=0) if reference is not None else None
             labels, k, gap = _cluster(maps[rows].reshape(len(rows), -1), o.max_clusters, o.neighbors, context.seed)
             places: list[dict[str, Any]] = []
             for label in _by_size(labels):
                 members = rows[labels == label]
                 if len(members) < o.min_cluster_size:
                     continue
-                box = self._place(maps[members].mean(axis=0))
+                box, how = self._place(maps[members].mean(axis=0), ref_map)
                 if box is None:
                     continue
                 same = next((p for p in places if _iou(p["cells"], box) >= 0.5), None)
@@ -113,8 +126,8 @@ class AttributionClustersDiscoverer(DiscovererPlugin):
                     same["members"] = np.sort(np.concatenate([same["members"], members]))
                     same["clusters"] += 1
                     continue
-                places.append({"class": c, "cells": box, "members": members, "class_rows": rows, "k": k,
-                               "gap": gap, "clusters": 1})
+                places.append({"class": c, "cells": box, "how": how, "members": members, "class_rows": rows,
+                               "reference": reference, "k": k, "gap": gap, "clusters": 1})
             for place in places:
                 judged = self._judge(context, used, maps, place, height, width)
                 if judged is not None:
@@ -146,29 +159,51 @@ class AttributionClustersDiscoverer(DiscovererPlugin):
                 out.append(F.adaptive_avg_pool2d(attribution[:, None].float(), self.options.grid)[:, 0].cpu().numpy())
         return np.concatenate(out).astype(np.float64)
 
-    def _place(self, mean_map: np.ndarray) -> tuple[int, int, int, int] | None:
-        """The cells ``(r0, c0, r1, c1)`` holding ``min_share`` of ``mean_map`` in one small box, or None."""
+    def _place(self, mean_map: np.ndarray, ref_map: np.ndarray | None) -> tuple[tuple[int, int, int, int] | None, str]:
+        """The cells ``(r0, c0, r1, c1)`` of the place the map looks at, and how ("concentrated", "lifted"); or
+        ``(None, "")``."""
         o = self.options
+        g = o.grid
+
+        def small(box: tuple[int, int, int, int]) -> bool:
+            return (box[2] - box[0]) * (box[3] - box[1]) <= o.max_box_fraction * g**2 + 1e-9
+
         flat = mean_map.ravel()
         order = np.argsort(-flat, kind="stable")
         needed = int(np.searchsorted(np.cumsum(flat[order]), o.min_share * flat.sum() - 1e-12)) + 1
-        if needed > o.max_cells:
-            return None
-        r, c = np.divmod(order[:needed], o.grid)
-        box = (int(r.min()), int(c.min()), int(r.max()) + 1, int(c.max()) + 1)
-        if (box[2] - box[0]) * (box[3] - box[1]) > o.max_box_fraction * o.grid**2 + 1e-9:
-            return None
-        return box
+        if needed <= o.max_cells and small(_bounding(order[:needed], g)):
+            return _bounding(order[:needed], g), "concentrated"
+        if ref_map is None:
+            return None, ""
+        lift = mean_map / np.maximum(ref_map, 0.1 / g**2)
+        eligible = (lift >= o.min_lift) & (mean_map >= 1.0 / g**2)
+        if not eligible.any():
+            return None, ""
+        excess = np.where(eligible, mean_map - ref_map, -np.inf)
+        cells = [int(np.argmax(excess))]
+        while len(cells) < o.max_cells:  # grow to the adjacent eligible cell of largest excess
+            around = {n for cell in cells for n in _neighbours(cell, g) if eligible.flat[n]} - set(cells)
+            if not around:
+                break
+            cells.append(max(sorted(around), key=lambda n: excess.flat[n]))
+        box = _bounding(np.asarray(cells), g)
+        return (box, "lifted") if small(box) else (None, "")
 
     def _judge(self, context: DiscoveryContext, used: Sequence[Sample], maps: np.ndarray, place: dict[str, Any],
                height: int, width: int) -> dict[str, Any] | None:
         """The place's numbers; None when it is not consistent across members or lies in the class's regions."""
         o = self.options
         r0, c0, r1, c1 = place["cells"]
-        members = place["members"]
+        members, reference = place["members"], place["reference"]
         shares = maps[members][:, r0:r1, c0:c1].reshape(len(members), -1).sum(axis=1)
         share, q25 = float(shares.mean()), float(np.quantile(shares, 0.25))
-        if share < o.min_share or q25 < o.min_share / 2:
+        ref_shares = maps[reference][:, r0:r1, c0:c1].reshape(len(reference), -1).sum(axis=1) \
+            if reference is not None else None
+        ref_share = float(ref_shares.mean()) if ref_shares is not None else None
+        above = float((shares > np.quantile(ref_shares, 0.9)).mean()) if ref_shares is not None else None
+        if place["how"] == "concentrated" and (share < o.min_share or q25 < o.min_share / 2):
+            return None
+        if place["how"] == "lifted" and (share < o.min_lift * ref_share or above < 0.5):
             return None
         label = context.classes[place["class"]]
         names = list(context.class_regions.get(label, []))
@@ -186,7 +221,8 @@ class AttributionClustersDiscoverer(DiscovererPlugin):
             inside = float(np.mean(fractions))
             if inside > o.max_inside_share:
                 return None
-        return {**place, "share": share, "q25": q25, "inside": inside, "regions": names if inside is not None else []}
+        return {**place, "share": share, "q25": q25, "inside": inside, "regions": names if inside is not None else [],
+                "ref_share": ref_share, "above": above}
 
     def _candidate(self, context: DiscoveryContext, used: Sequence[Sample], maps: np.ndarray, f: dict[str, Any],
                    height: int, width: int, taken: set[str]) -> Candidate:
@@ -208,9 +244,13 @@ class AttributionClustersDiscoverer(DiscovererPlugin):
         description = (f"for '{label}', the model looks at {place} (rows {box[0]}-{box[2] - 1}, columns "
                        f"{box[1]}-{box[3] - 1} of {size}): {f['share']:.0%} of the attribution of {len(members)} of "
                        f"the {len(f['class_rows'])} images predicted '{label}' lies there")
+        if f["ref_share"] is not None and f["ref_share"] > 0:
+            description += f", {f['share'] / f['ref_share']:.1f} times the share the other images give it"
         cells = (r1 - r0) * (c1 - c0)
         evidence = {
-            "box": box, "box_share": f["share"], "box_share_q25": f["q25"], "chance_share": cells / o.grid**2,
+            "box": box, "place": f["how"], "box_share": f["share"], "box_share_q25": f["q25"],
+            "chance_share": cells / o.grid**2, "reference_share": f["ref_share"],
+            "members_above_reference_q90": f["above"],
             "cluster_size": len(members), "class_images": len(f["class_rows"]),
             "clusters_in_class": int(f["k"]), "clusters_merged": int(f["clusters"]), "eigengap": f["gap"],
             "inside_class_regions": f["inside"], "class_regions": f["regions"], "grid": o.grid,
@@ -246,6 +286,17 @@ class AttributionClustersDiscoverer(DiscovererPlugin):
 def _bins(n: int, grid: int) -> list[tuple[int, int]]:
     """The pixel ranges ``[start, end)`` adaptive average pooling gives each of ``grid`` cells of ``n`` pixels."""
     return [((i * n) // grid, -(-((i + 1) * n) // grid)) for i in range(grid)]
+
+
+def _bounding(cells: np.ndarray, grid: int) -> tuple[int, int, int, int]:
+    r, c = np.divmod(np.asarray(cells), grid)
+    return int(r.min()), int(c.min()), int(r.max()) + 1, int(c.max()) + 1
+
+
+def _neighbours(cell: int, grid: int) -> list[int]:
+    r, c = divmod(cell, grid)
+    return [rr * grid + cc for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1))
+            if 0 <= rr < grid and 0 <= cc < grid]
 
 
 def _pooled(mask: np.ndarray, grid: int) -> np.ndarray:
