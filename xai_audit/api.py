@@ -12,6 +12,7 @@ from __future__ import annotations
 from xai_audit import __version__, hookimpl
 from xai_audit.contract.batching import (
     best_batch_size,
+    fixed_batch_size,
     forward_in_best_layout,
     in_best_layout,
     prefers_channels_last,
@@ -122,6 +123,7 @@ __all__ = [
     "as_feature_map",
     "token_grid",
     "best_batch_size",
+    "fixed_batch_size",
     "batch_slices",
     "forward_in_best_layout",
     "in_best_layout",

@@ -4,7 +4,10 @@
   seeded noise and climb the gradient of one channel's mean activation (the
   layer's most active channels over the explained images) or of one class's
   logit, with jitter, a total-variation penalty and pixels kept in [0, 1]
-  through a sigmoid. All objectives are optimised together, one batch.
+  through a sigmoid. All objectives are optimised together, one batch (the
+  total-variation weight follows the batch's mean objective, so the batch is
+  :func:`fixed_batch_size`, from the model's memory, never a timing: the
+  images are the same on every run).
 * Rubbish images (Nguyen et al., 2015, "fooling images"; the MNIST attribution
   study's "rubbish" class examples): from uniform noise, projected gradient
   ascent on each class's log-probability while every pixel stays within
@@ -36,6 +39,7 @@ from xai_audit.api import (
     as_feature_map,
     best_batch_size,
     first_tensor,
+    fixed_batch_size,
     layer_activations,
     resolve_layer,
 )
@@ -73,7 +77,7 @@ class FeatureVisualisationExplainer(ExplainerPlugin):
         shape = images.shape[1:]
         chosen = _chosen_classes(targets, len(model.classes), opts.max_classes)
         classes = [model.classes[k] for k in chosen]
-        batch = best_batch_size(model, shape, backward=True)
+        batch = fixed_batch_size(model, shape, backward=True)  # shapes the optimisation: never from a timing
         arrays: dict[str, np.ndarray] = {}
         figures: list[dict] = []
         tables: dict[str, list[dict]] = {}
@@ -129,6 +133,7 @@ class FeatureVisualisationExplainer(ExplainerPlugin):
         return Explanation(
             method=self.name, sample_ids=[s.id for s in samples], targets=np.asarray(targets), maps=maps,
             signed=False, scalars=scalars, arrays=arrays, tables=tables, notes=notes, figures=figures,
+            run={"objectives_per_batch": int(batch)},
         )
 
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:
