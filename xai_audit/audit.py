@@ -34,6 +34,7 @@ from xai_audit.plan import Plan
 from xai_audit.registry import Registry
 from xai_audit.run.cache import Cache
 from xai_audit.run.examples import Selection, choose_examples, describe_chosen
+from xai_audit.run.discovery import Discovered, DiscoveredRecommender, run_discovery
 from xai_audit.run.executors import make_executor
 from xai_audit.run.facts import RunFacts
 from xai_audit.run.regions import with_regions
@@ -115,7 +116,7 @@ def run_audit(
     with facts.step("load"):
         inputs = load_inputs(plan)
     failures: list[dict[str, str]] = []
-    n_steps = 1 + len(plan.explainers) + len(plan.hypotheses)
+    n_steps = 1 + len(plan.explainers) + len(plan.discoverers) + len(plan.hypotheses)
     with _Progress(progress, n_steps) as bar, make_executor(plan, inputs.model) as executor:
         with facts.step("regions", cache):
             inputs = with_regions(inputs, plan, cache)
@@ -136,13 +137,17 @@ def run_audit(
             seed=plan.seed, predict=lambda images: executor.predict(images, "a hypothesis' predictions"),
             load_dataset=functools.partial(load_other_dataset, registry, plan),
         )
+        discovered = run_discovery(plan, inputs, baseline.probs, explained, cache, executor, bar.step, failures,
+                                   class_regions=dict(getattr(inputs.dataset, "class_regions", None) or {}))
         tested = run_hypotheses(plan, registry, context, inputs, explained, cache, bar.step, failures, executor,
                                 facts=facts)
+    tested.entries.update(discovered.entries)  # confirmed cues are tested claims like the plan's own
+    tested.results.update(discovered.results)
     failures += [{"step": "load plugins", "plugin": "", "error": error, "traceback": ""}
                  for error in registry.load_errors]
     run_log = [f"{f['step']} ({f['plugin']}):\n{f.pop(FULL_TRACEBACK, '') or f['error']}" for f in failures]
     with facts.step("judge"):
-        results = _judge(plan, registry, inputs, baseline, selection, explained, tested, failures)
+        results = _judge(plan, registry, inputs, baseline, selection, explained, tested, failures, discovered)
     results["run"] = to_jsonable(facts.summary(cache=cache, device=plan.runtime.device, executor=executor,
                                                batching=batch_decisions(inputs.model),
                                                executor_kind=plan.runtime.executor))
@@ -163,7 +168,8 @@ def _select(inputs: AuditInputs, baseline: Baseline, plan: Plan, explain_ids: li
 
 
 def _judge(plan: Plan, registry: Registry, inputs: AuditInputs, baseline: Baseline, selection: Selection,
-           explained: Explained, tested: Tested, failures: list[dict[str, str]]) -> dict[str, Any]:
+           explained: Explained, tested: Tested, failures: list[dict[str, str]],
+           discovered: Discovered) -> dict[str, Any]:
     """results.json: the run's numbers, then the Holm correction, findings, recommendations and checks;
     none of it may depend on the machine, the load or the cache (those facts go to ``run``, added after)."""
     model, samples = inputs.model, inputs.samples
@@ -196,10 +202,14 @@ def _judge(plan: Plan, registry: Registry, inputs: AuditInputs, baseline: Baseli
         "failures": failures,
         "skipped_samples": inputs.skipped,
     }
+    if plan.discoverers:
+        results["discovery"] = discovered.summary
     results["findings"] = derive_findings(results)
     results["multiple_testing"] = {"method": "holm", "alpha": ALPHA, "n_tests": n_tests,
                                    "not_applicable": not_applicable(tested.entries)}
-    plugins = {name: step.instantiate() for name, step in tested.steps.items()}
+    plugins: dict[str, Any] = {name: step.instantiate() for name, step in tested.steps.items()}
+    plugins.update({name: DiscoveredRecommender(step, candidate)
+                    for name, (step, candidate) in discovered.origins.items()})
     results["recommendations"] = recommend(results, samples, plugins, failures)
     results = to_jsonable(results)
     results["checks"] = to_jsonable(evaluate_checks(plan.checks, results))

@@ -70,12 +70,6 @@ def load_model_and_data(plan: Plan) -> tuple[ModelAdapter, Dataset]:
     dataset = load_step(plan.dataset, context, DataError, "data set")
     if dataset_length(dataset, plan.dataset.name) == 0:
         raise DataError("the data set has no samples")
-    unknown = [c for c in dataset.classes or [] if c not in list(model.classes)]
-    if unknown:
-        raise DataError(
-            f"data set class {unknown[0]!r} is not among the model's classes {list(model.classes)} "
-            f"(dataset loader '{plan.dataset.name}')"
-        )
     first = _first_readable(dataset, plan.on_bad_sample)
     height, width = first.image.shape[-2:]
     limit = min(plan.runtime.step_timeout, FIRST_PASS_LIMIT_S)
@@ -84,6 +78,12 @@ def load_model_and_data(plan: Plan) -> tuple[ModelAdapter, Dataset]:
     except StepTimeout:
         raise ModelError(f"one {height}x{width} image did not go through the model within {limit:g} s "
                          "(its forward pass never returned)") from None
+    unknown = [c for c in dataset.classes or [] if c not in list(model.classes)]
+    if unknown:
+        raise DataError(
+            f"data set class {unknown[0]!r} is not among the model's classes {list(model.classes)} "
+            f"(dataset loader '{plan.dataset.name}')"
+        )
     return model, dataset
 
 

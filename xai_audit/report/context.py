@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from xai_audit.report import conclusions, display, explain_context, figures, specs
+from xai_audit.report import conclusions, discovery, display, explain_context, figures, specs
 from xai_audit.report.artifacts import ReportArtifacts
 
 #: The report's sections, in order: (anchor id, heading).
@@ -34,6 +34,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("accuracy", "Accuracy and confusion matrix"),
     ("groups", "Per-group accuracy"),
     ("explanations", "Explanations"),
+    ("discovery", "Discovery: cues nobody named"),
     ("hypotheses", "Hypotheses"),
     ("recommendations", "Recommended fine-tuning data"),
     ("failures", "What could not be run"),
@@ -61,9 +62,11 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
     failures = list(results.get("failures") or [])
     errors = {str(f.get("step")): str(f.get("error", "")) for f in failures}
     labelled = _labelled(results)
+    found = discovery.discovery(results)
+    shown = [(anchor, title) for anchor, title in SECTIONS if anchor != "discovery" or found is not None]
     sections = [
         {"id": anchor, "number": str(number), "title": title if labelled else UNLABELLED_TITLES.get(anchor, title)}
-        for number, (anchor, title) in enumerate(SECTIONS, start=1)
+        for number, (anchor, title) in enumerate(shown, start=1)
     ]
     hypotheses = results.get("hypotheses") or {}
     group_steps = {k: v for k, v in hypotheses.items() if v.get("plugin") == GROUP_PLUGIN}
@@ -85,6 +88,7 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
         "explainers": _explainers(results.get("explainers") or {}, artifacts, classes, errors,
                                   set(overview["grid_names"])),
         "explanation_overview": overview,
+        "discovery": found,
         "hypotheses": _hypotheses(other_steps, errors, artifacts),
         "recommendations": conclusions.recommendations(results),
         "failures": _failures(failures, results.get("skipped_samples") or []),

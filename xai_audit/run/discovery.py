@@ -181,6 +181,9 @@ def _confirm(step: Step, plugin: Any, candidate: Candidate, context: HypothesisC
         result.kind = "shortcut" if candidate.target_class is not None else "fragility"
         result.details["candidate"] = {"description": candidate.description, "cue": candidate.cue,
                                        "members_in_discovery": len(candidate.members)}
+        # what the discoverer saw (e.g. a cluster's mean attribution over its members) before what was confirmed
+        result.figures = [_renamed(f, "cue/") for f in candidate.figures] + list(result.figures)
+        result.arrays = {**{f"cue/{n}": a for n, a in candidate.arrays.items()}, **result.arrays}
         cache.put(key, *hypothesis_to_cache(result))
         return result
 
@@ -226,3 +229,30 @@ def _class_loss(engine: HypothesisResult, run: Any, candidate: Candidate, classe
         details=details,
         tests=[],
     )
+
+
+def _renamed(value: Any, prefix: str) -> Any:
+    """A figure spec whose array references point to ``prefix + name``."""
+    if isinstance(value, dict) and set(value) == {"array"}:
+        return {"array": prefix + str(value["array"])}
+    if isinstance(value, dict):
+        return {k: _renamed(v, prefix) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_renamed(v, prefix) for v in value]
+    return value
+
+
+class DiscoveredRecommender:
+    """The recommendation hook of a confirmed candidate: train on images with the cue removed."""
+
+    def __init__(self, step: Step, candidate: Candidate):
+        self.name = step.plugin.name
+        self._plugin, self._candidate = step.instantiate(), candidate
+
+    def recommend(self, finding: dict[str, Any] | None, result: dict[str, Any]) -> list[dict[str, Any]]:
+        from xai_audit.contract.recommendations import augment_row
+
+        if finding is None:
+            return []
+        spec = self._plugin.augmentation(self._candidate.intervention)
+        return [augment_row(finding, spec)] if spec is not None else []

@@ -1,0 +1,45 @@
+"""Template data for the discovery section: every candidate a discoverer proposed, confirmed or not."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from xai_audit.report import display
+
+
+def discovery(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The split, and one row per candidate with how its confirmation on the held-back images went."""
+    data = results.get("discovery")
+    if not isinstance(data, Mapping) or not (data.get("candidates") or data.get("note")
+                                            or ((results.get("plan") or {}).get("discoverers"))):
+        return None
+    hypotheses = results.get("hypotheses") or {}
+    rows = []
+    for c in data.get("candidates") or []:
+        entry = hypotheses.get(str(c.get("tested_as"))) or {}
+        p_adj, effect, ci = entry.get("p_value_adjusted"), entry.get("effect"), entry.get("ci")
+        status = ("confirmed" if entry.get("verdict") == "supported" else
+                  "not confirmed" if entry.get("status") == "ok" else "could not be tested")
+        rows.append({
+            "discoverer": display.clip(str(c.get("discoverer", "")), 80),
+            "description": display.clip(str(c.get("description", "")), 400),
+            "cue": str(c.get("cue", "")),
+            "class": display.clip(str(c.get("class") or "—"), 80),
+            "members": str(len(c.get("members") or [])),
+            "status": status,
+            "effect": "" if effect is None else (
+                f"{100 * float(effect):+.1f} pp" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")),
+            "p": "" if p_adj is None else (f"{float(p_adj):.2g}" if p_adj >= 0.001 else "< 0.001"),
+            "anchor": str(c.get("tested_as") or ""),
+        })
+    return {
+        "intro": (
+            f"Discoverers looked for cues nobody named on {len(data.get('discovery_ids') or [])} of the audited "
+            f"images; each candidate was then tested on the other {len(data.get('held_back_ids') or [])}, which "
+            "no discoverer saw, by removing the cue and comparing the model's predictions (paired test, in the "
+            "audit's Holm correction). Only a confirmed candidate is a finding; its figures and numbers are "
+            "under Hypotheses."),
+        "note": str(data.get("note") or ""),
+        "rows": rows,
+        "none": "No discoverer proposed a candidate." if not rows and not data.get("note") else "",
+    }
