@@ -81,6 +81,7 @@ from xai_audit.contract.types import (
     Sample,
 )
 from xai_audit.errors import DataError, ModelError, PlanError, XaiAuditError
+from xai_audit.files import shown as shown_path
 
 __all__ = [
     "__version__",
@@ -113,6 +114,7 @@ __all__ = [
     "DataError",
     "ModelError",
     "PlanError",
+    "shown_path",
     # model input mapping
     "InputSpec",
     "Preprocess",

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 from pydantic import Field
 
-from xai_audit.api import DataError, Dataset, DatasetPlugin, LoadContext, Options, Sample
+from xai_audit.api import DataError, Dataset, DatasetPlugin, LoadContext, Options, Sample, shown_path
 
 DEFAULT_EXTENSIONS = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
 
@@ -63,19 +63,6 @@ class ImageFolderOptions(Options):
     )
 
 
-def _shown(path: Any) -> str:
-    """``path`` as printable UTF-8 text: bytes of a name that is not UTF-8 shown escaped (``bad\\xff.png``)."""
-    text = str(path)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        try:
-            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:
-            return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def _real(path: Path) -> Path:
     """``path`` with every symbolic link followed (never raises: a loop is left as it is)."""
     return Path(os.path.realpath(path))
@@ -88,14 +75,14 @@ def _broken_link(path: Path) -> str | None:
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return f"{_shown(path)}: a symbolic link loop (following it never reaches a file)"
+            return f"{shown_path(path)}: a symbolic link loop (following it never reaches a file)"
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             try:
                 target = os.readlink(path)
             except OSError:
                 target = "?"
-            return f"{_shown(path)}: a dangling symbolic link (its target {_shown(target)} does not exist)"
-        return f"{_shown(path)}: cannot follow the symbolic link: {exc.strerror or exc}"
+            return f"{shown_path(path)}: a dangling symbolic link (its target {shown_path(target)} does not exist)"
+        return f"{shown_path(path)}: cannot follow the symbolic link: {exc.strerror or exc}"
 
 
 def _sha256(path: Path) -> str:
@@ -164,8 +151,8 @@ class ImageFolderDataset(Dataset):
             if given_root.is_symlink() and _broken_link(given_root):
                 raise DataError(f"image folder {_broken_link(given_root)}")
             if self.root.exists():
-                raise DataError(f"image folder {_shown(self.root)}: it is a file, not a folder of images")
-            raise DataError(f"image folder not found: {_shown(self.root)}")
+                raise DataError(f"image folder {shown_path(self.root)}: it is a file, not a folder of images")
+            raise DataError(f"image folder not found: {shown_path(self.root)}")
         self.metadata_path: Path | None = None
         self._extensions = {e.lower() if e.startswith(".") else "." + e.lower() for e in options.extensions}
         #: (id, file, label, groups) per sample
@@ -180,8 +167,8 @@ class ImageFolderDataset(Dataset):
                 if given_meta.is_symlink() and _broken_link(given_meta):
                     raise DataError(f"metadata file {_broken_link(given_meta)}")
                 if self.metadata_path.is_dir():
-                    raise DataError(f"metadata file {_shown(self.metadata_path)}: it is a folder, not a CSV file")
-                raise DataError(f"metadata file not found: {_shown(self.metadata_path)}")
+                    raise DataError(f"metadata file {shown_path(self.metadata_path)}: it is a folder, not a CSV file")
+                raise DataError(f"metadata file not found: {shown_path(self.metadata_path)}")
             self.layout = "metadata-csv"
             self._read_csv()
         else:
@@ -189,7 +176,7 @@ class ImageFolderDataset(Dataset):
             self._scan_folders()
         if not self._items:
             raise DataError(
-                f"no images found in {_shown(self.metadata_path or self.root)}"
+                f"no images found in {shown_path(self.metadata_path or self.root)}"
                 + ("" if self.metadata_path else f" (extensions: {', '.join(sorted(self._extensions))})")
             )
         #: without ``size``: the first sample that reads, and its (width, height); every image must match it
@@ -217,7 +204,7 @@ class ImageFolderDataset(Dataset):
             with os.scandir(folder) as entries:
                 return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
         except OSError as exc:
-            raise DataError(f"{_shown(folder)}: cannot list the folder: {exc.strerror or exc}") from None
+            raise DataError(f"{shown_path(folder)}: cannot list the folder: {exc.strerror or exc}") from None
 
     def _link_problem(self, path: Path, ancestors: frozenset[Path]) -> str | None:
         """Why the symbolic link ``path`` may not be followed: broken, out of the folder, or back up to a parent."""
@@ -226,10 +213,10 @@ class ImageFolderDataset(Dataset):
             return broken
         real = _real(path)
         if self._outside(real):
-            return (f"{_shown(path)}: a symbolic link to {_shown(real)}, outside the data folder {_shown(self.root)} "
+            return (f"{shown_path(path)}: a symbolic link to {shown_path(real)}, outside the data folder {shown_path(self.root)} "
                     "(set the data set's allow_outside: true to read it)")
         if real.is_dir() and real in ancestors:
-            return f"{_shown(path)}: a symbolic link loop (it leads back to {_shown(real)}, a folder it is in)"
+            return f"{shown_path(path)}: a symbolic link loop (it leads back to {shown_path(real)}, a folder it is in)"
         return None
 
     def _walk(self, folder: Path, ancestors: frozenset[Path]) -> Iterator[tuple[Path, str | None]]:
@@ -266,21 +253,21 @@ class ImageFolderDataset(Dataset):
             loose = [self.root / e.name for e in self._listing(self.root) if self._is_image(self.root / e.name)]
             if loose:
                 raise DataError(
-                    f"{_shown(self.root)}: images but no class sub-folders; "
+                    f"{shown_path(self.root)}: images but no class sub-folders; "
                     "for a flat folder give a metadata CSV (columns path,label)"
                 )
             if broken:
-                raise DataError(f"no images found in {_shown(self.root)}; {broken[0][1]}")
+                raise DataError(f"no images found in {shown_path(self.root)}; {broken[0][1]}")
             raise DataError(
-                f"no images found in {_shown(self.root)} (extensions: {', '.join(sorted(self._extensions))})"
+                f"no images found in {shown_path(self.root)} (extensions: {', '.join(sorted(self._extensions))})"
             )
-        names = [_shown(p.name) for p in folders]
+        names = [shown_path(p.name) for p in folders]
         if self.options.classes is not None:
             self.classes = list(self.options.classes)
             for folder, name in zip(folders, names):
                 if name not in self.classes:
                     raise DataError(
-                        f"{_shown(folder)}: folder '{name}' is not one of the classes "
+                        f"{shown_path(folder)}: folder '{name}' is not one of the classes "
                         f"({', '.join(self.classes)})"
                     )
         else:
@@ -291,11 +278,11 @@ class ImageFolderDataset(Dataset):
             for file, problem in self._walk(folder, root_only | {_real(folder)}):
                 if problem is not None:
                     self._problems[len(self._items)] = problem
-                rel = _shown(file.relative_to(self.root).as_posix())
+                rel = shown_path(file.relative_to(self.root).as_posix())
                 self._items.append((rel, file, label, {}))
         for path, problem in broken:  # a broken link where a class folder would be: no label
             self._problems[len(self._items)] = problem
-            self._items.append((_shown(path.name), path, None, {}))
+            self._items.append((shown_path(path.name), path, None, {}))
 
     def _read_csv(self) -> None:
         csv_path = self.metadata_path
@@ -370,7 +357,7 @@ class ImageFolderDataset(Dataset):
                 sid = file.relative_to(csv_dir).as_posix()
             else:
                 sid = rel.replace("\\", "/")
-            raw.append((_shown(sid), file, label, {c: values[c] for c in group_cols}))
+            raw.append((shown_path(sid), file, label, {c: values[c] for c in group_cols}))
         labels_found = sorted({r[2] for r in raw if r[2]})
         if given is not None:
             self.classes = given
@@ -396,11 +383,11 @@ class ImageFolderDataset(Dataset):
             width, height = im.size
             if width * height > self.options.max_pixels:  # a decompression bomb is refused unread
                 raise DataError(
-                    f"{_shown(file)}: image is {width}x{height} pixels, over the limit of {self.options.max_pixels:,} "
+                    f"{shown_path(file)}: image is {width}x{height} pixels, over the limit of {self.options.max_pixels:,} "
                     "(max_pixels); refused before decoding"
                 )
             if width < 2 or height < 2:
-                raise DataError(f"{_shown(file)}: image is {width}x{height} pixels, too small to audit")
+                raise DataError(f"{shown_path(file)}: image is {width}x{height} pixels, too small to audit")
             # strict even when another library (WeasyPrint does, on import) let PIL accept truncated files
             strict, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
             try:
@@ -415,9 +402,9 @@ class ImageFolderDataset(Dataset):
             raise DataError(f"{file}: refused as a decompression bomb: {exc}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataError(_shown(f"cannot read image {file}: {first}")) from None
+            raise DataError(shown_path(f"cannot read image {file}: {first}")) from None
         except Exception as exc:  # any other decoder failure names the file too
-            raise DataError(_shown(f"cannot read image {file}: {type(exc).__name__}: {exc}")) from None
+            raise DataError(shown_path(f"cannot read image {file}: {type(exc).__name__}: {exc}")) from None
 
     def _reference_size(self, index: int, size: tuple[int, int]) -> tuple[str, tuple[int, int]]:
         """The id and (width, height) of the first sample, in listing order, that reads (``index``, of
@@ -454,7 +441,7 @@ class ImageFolderDataset(Dataset):
             first, (w, h) = self._reference_size(index, (arr.shape[1], arr.shape[0]))
             if arr.shape[:2] != (h, w):
                 raise DataError(
-                    f"{_shown(file)}: image is {arr.shape[1]}x{arr.shape[0]} but {first} "
+                    f"{shown_path(file)}: image is {arr.shape[1]}x{arr.shape[0]} but {first} "
                     f"is {w}x{h}; set the 'size' option to resize every image"
                 )
         image = np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
@@ -490,8 +477,8 @@ class ImageFolderDataset(Dataset):
     def describe(self) -> dict[str, Any]:
         modes = self.source_modes()
         return {
-            "source": _shown(self.root),
-            "metadata": _shown(self.metadata_path) if self.metadata_path is not None else None,
+            "source": shown_path(self.root),
+            "metadata": shown_path(self.metadata_path) if self.metadata_path is not None else None,
             "layout": self.layout,
             "n": len(self),
             "n_samples": len(self),

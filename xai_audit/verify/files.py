@@ -17,8 +17,8 @@ from xai_audit.errors import DataError
 from xai_audit.load.provenance import file_sha256
 
 
-def verify_report(folder: Path, registry: Any, *, load: bool = True) -> list[dict[str, Any]]:
-    """One row per thing checked: ``{what, path, status: match|changed|missing, expected, found}``."""
+def read_results(folder: Path) -> tuple[Path, dict[str, Any]]:
+    """(the path of the report's results.json, its data); DataError naming the file when it is not one."""
     path = Path(folder) / "results.json" if Path(folder).is_dir() else Path(folder)
     try:
         results = json.loads(path.read_text())
@@ -26,7 +26,15 @@ def verify_report(folder: Path, registry: Any, *, load: bool = True) -> list[dic
         raise DataError(f"{path}: no results.json here") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable results.json: {exc}") from None
-    provenance = results.get("provenance") if isinstance(results, dict) else None
+    if not isinstance(results, dict) or not isinstance(results.get("plan"), dict) or "provenance" not in results:
+        raise DataError(f"{path}: not an xai-audit results.json (no plan or provenance)")
+    return path, results
+
+
+def verify_report(folder: Path, registry: Any, *, load: bool = True) -> list[dict[str, Any]]:
+    """One row per thing checked: ``{what, path, status: match|changed|missing, expected, found}``."""
+    path, results = read_results(folder)
+    provenance = results.get("provenance")
     if not isinstance(provenance, dict) or "model" not in provenance:
         raise DataError(f"{path}: not an xai-audit results.json (no provenance)")
 

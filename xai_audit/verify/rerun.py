@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from xai_audit.errors import DataError
+from xai_audit.verify.files import read_results
 
 #: floats on another machine: |a - b| <= ATOL + RTOL * |b|
 RTOL = 1e-5
@@ -58,20 +58,6 @@ class Rerun:
     #: one sentence: how the fields were compared, and why
     how: str
     results: dict[str, Any] = field(default_factory=dict)
-
-
-def read_results(folder: Path) -> tuple[Path, dict[str, Any]]:
-    """(the path of the report's results.json, its data); DataError naming the file when it is not one."""
-    path = Path(folder) / "results.json" if Path(folder).is_dir() else Path(folder)
-    try:
-        results = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no results.json here") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable results.json: {exc}") from None
-    if not isinstance(results, dict) or not isinstance(results.get("plan"), dict) or "provenance" not in results:
-        raise DataError(f"{path}: not an xai-audit results.json (no plan or provenance)")
-    return path, results
 
 
 def recorded_batch_sizes(results: dict[str, Any]) -> str | None:
