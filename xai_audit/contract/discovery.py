@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from xai_audit.contract.types import Explanation, ModelAdapter, Plugin, Sample
+from xai_audit.contract.types import Explanation, ModelAdapter, Plugin, Sample, labels_of
 
 #: what a candidate's cue is: a place in the image, a colour, an image property, a metadata value, a cluster
 #: of the model's embedding
@@ -75,10 +75,7 @@ class DiscoveryContext:
 
     @property
     def labels(self) -> np.ndarray | None:
-        labels = [s.label for s in self.samples]
-        if any(label is None for label in labels):
-            return None
-        return np.asarray(labels, dtype=np.int64)
+        return labels_of(self.samples)
 
     @property
     def preds(self) -> np.ndarray:

@@ -265,6 +265,14 @@ class HypothesisResult:
     per_sample: dict[str, list[Any]] = field(default_factory=dict)
 
 
+def labels_of(samples: Sequence[Sample]) -> np.ndarray | None:
+    """The samples' labels as int64, or None when any sample is unlabelled."""
+    labels = [s.label for s in samples]
+    if any(label is None for label in labels):
+        return None
+    return np.asarray(labels, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class LoadContext:
     """What a model adapter or data set plugin needs to resolve its options."""
@@ -295,10 +303,7 @@ class HypothesisContext:
 
     @property
     def labels(self) -> np.ndarray | None:
-        labels = [s.label for s in self.samples]
-        if any(label is None for label in labels):
-            return None
-        return np.asarray(labels, dtype=np.int64)
+        return labels_of(self.samples)
 
     def images(self) -> np.ndarray:
         """Every audited image in one array (N, 3, H, W). Holds them all: for a large audit

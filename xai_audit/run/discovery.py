@@ -21,6 +21,7 @@ import numpy as np
 
 from xai_audit.contract.discovery import Candidate, DiscoveryContext
 from xai_audit.contract.interventions import InterventionOptions, apply_and_predict, compare
+from xai_audit.contract.recommendations import augment_row
 from xai_audit.contract.stats import ALPHA, bootstrap_paired_diff_ci, mcnemar_exact
 from xai_audit.contract.types import HypothesisContext, HypothesisResult
 from xai_audit.errors import ModelError
@@ -29,7 +30,7 @@ from xai_audit.load.loading import AuditInputs, seed_everything
 from xai_audit.plan import Plan, Step
 from xai_audit.run.cache import Cache
 from xai_audit.run.serialize import hypothesis_from_cache, hypothesis_to_cache, to_jsonable
-from xai_audit.run.steps import Explained, StepBar, failure, result_dict, step_limit, step_key
+from xai_audit.run.steps import Explained, StepBar, failure, result_dict, step_key, step_limit
 
 #: fewest images on each side of the split for discovery to run at all
 MIN_IMAGES = 20
@@ -250,8 +251,6 @@ class DiscoveredRecommender:
         self._plugin, self._candidate = step.instantiate(), candidate
 
     def recommend(self, finding: dict[str, Any] | None, result: dict[str, Any]) -> list[dict[str, Any]]:
-        from xai_audit.contract.recommendations import augment_row
-
         if finding is None:
             return []
         spec = self._plugin.augmentation(self._candidate.intervention)
