@@ -262,3 +262,24 @@ def test_agreement_survives_constant_maps():
     assert rho.shape == (3,) and rho[1] == 0.0 and np.all(np.isfinite(rho))
     assert spearman(a[1:2], b[1:2]).tolist() == [0.0]
     assert spearman(a, a)[0] == pytest.approx(1.0)
+
+
+def test_deletion_reads_an_all_negative_map_in_its_own_order():
+    """Quantus refuses a map with nothing above zero; the deletion curve depends on the order alone."""
+    from xai_audit.judge.trust import _quantus_deletion
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(7)).eval()
+    module(torch.zeros(1, 3, 8, 8))
+
+    class Adapter:
+        device = "cpu"
+
+    adapter = Adapter()
+    adapter.module = module
+    adapter.forward = module
+    images = np.random.default_rng(0).random((2, 3, 8, 8)).astype(np.float32)
+    maps = np.random.default_rng(1).random((2, 8, 8)).astype(np.float32)
+    positive = _quantus_deletion(adapter, images, np.array([0, 1]), maps, k=12, batch=2)
+    negative = _quantus_deletion(adapter, images, np.array([0, 1]), maps - 2.0, k=12, batch=2)
+    np.testing.assert_allclose(negative, positive)

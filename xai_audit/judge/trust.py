@@ -230,6 +230,14 @@ def _quantus_deletion(model: ModelAdapter, images: np.ndarray, targets: np.ndarr
         features_in_step=channels * height * width // k, perturb_baseline=0.0, normalise=False, abs=False,
         disable_warnings=True, display_progressbar=False,
     )
+    # PixelFlipping reads the map's order only, but refuses a map with no value above zero (an untrained
+    # model's occlusion map can be all negative): such a map is lifted above zero, its order kept
+    flat = maps.reshape(n, -1)
+    refused = ~(flat > 0).any(axis=1)
+    if refused.any():
+        maps = maps.astype(np.float64, copy=True)
+        low = flat[refused].min(axis=1).astype(np.float64)
+        maps[refused] += (1.0 - low)[:, None, None]
     curves = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
