@@ -49,10 +49,17 @@ def check_view(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _lookup(view: Any, path: str) -> Any:
+    """The value at a dotted ``path``; a key with dots in it (a step named ``gradcam@layer1.0``) is read whole,
+    the longest key that fits first."""
     current = view
-    for part in path.split("."):
-        name, *indices = re.split(r"\[", part)
-        if not isinstance(current, dict) or name not in current:
+    parts = path.split(".")
+    i = 0
+    while i < len(parts):
+        for j in range(len(parts), i, -1):
+            name, *indices = re.split(r"\[", ".".join(parts[i:j]))
+            if isinstance(current, dict) and name in current and (j == i + 1 or "[" not in ".".join(parts[i:j - 1])):
+                break
+        else:
             raise KeyError(path)
         current = current[name]
         for index in indices:
@@ -60,6 +67,7 @@ def _lookup(view: Any, path: str) -> Any:
             if not isinstance(current, list) or k >= len(current):
                 raise KeyError(path)
             current = current[k]
+        i = j
     return current
 
 

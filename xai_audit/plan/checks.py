@@ -1,7 +1,8 @@
 """Checks that gate: small comparisons evaluated against results.json, no ``eval``.
 
 A check is ``PATH OP VALUE``: PATH is a dotted path into the results
-(names may contain ``-``; ``[0]`` indexes a list), OP one of
+(names may contain ``-``, ``@``, ``:`` and ``/``, and a step's name its dots: ``explainers.gradcam@layer1.0.status``
+reads the step ``gradcam@layer1.0``; ``[0]`` indexes a list), OP one of
 ``< <= > >= == !=``, VALUE a number, a quoted string, ``true``, ``false``
 or ``null``. In the plan a check is a string (a violation FAILs) or
 ``{check: "...", severity: warn}`` (a violation WARNs).
@@ -24,7 +25,7 @@ from typing import Any
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 _CHECK = re.compile(
-    r"""^\s*(?P<path>[A-Za-z_][\w\-]*(?:\[\d+\])*(?:\.[\w\-]+(?:\[\d+\])*)*)\s*
+    r"""^\s*(?P<path>[A-Za-z_][\w\-@:/]*(?:\[\d+\])*(?:\.[\w\-@:/]+(?:\[\d+\])*)*)\s*
         (?P<op><=|>=|==|!=|<|>)\s*
         (?P<value>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|"[^"]*"|'[^']*'|true|false|null)\s*$""",
     re.VERBOSE,

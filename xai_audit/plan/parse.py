@@ -277,9 +277,10 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
     for model_name, step in models if len(models) > 1 else [("", model)] if model is not None else []:
         if step.plugin.cls.provides_gradients:
             continue
-        need = [s.name for s in lists["explainers"] if getattr(s.plugin.cls, "needs_gradients", True)]
+        need = list(dict.fromkeys(s.plugin.name for s in lists["explainers"]
+                                  if getattr(s.plugin.cls, "needs_gradients", True)))
         for i, entry in enumerate(data.get("explainers") or []):
-            name = entry if isinstance(entry, str) else next(iter(entry), None) if isinstance(entry, dict) else None
+            name = entry_plugin(entry)
             if name in need:
                 problems.add(
                     ("explainers", i),
@@ -325,10 +326,10 @@ def _refuse_layer_hooks(problems: _Problems, data: dict, explainers: list[Step],
         if reason is None:
             continue
         black_box = not step.plugin.cls.provides_gradients
-        need = [s.name for s in explainers if getattr(s.plugin.cls, "needs_layer_hooks", False)
-                and not (black_box and getattr(s.plugin.cls, "needs_gradients", True))]
+        need = list(dict.fromkeys(s.plugin.name for s in explainers if getattr(s.plugin.cls, "needs_layer_hooks", False)
+                                  and not (black_box and getattr(s.plugin.cls, "needs_gradients", True))))
         for i, entry in enumerate(data.get("explainers") or []):
-            name = entry if isinstance(entry, str) else next(iter(entry), None) if isinstance(entry, dict) else None
+            name = entry_plugin(entry)
             if name in need:
                 problems.add(
                     ("explainers", i),
@@ -377,33 +378,95 @@ def _model_list(problems: _Problems, registry: Registry, entries: list) -> list[
     return models
 
 
+#: an ``as:`` name: it names the step in results.json, the report, the cache and the checks
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:/-]{0,199}")
+
+
+def _entry_parts(entry: Any) -> tuple[Any, Any] | None:
+    """(plugin name, options) of one list entry: ``name``, ``name: {options}``, or the flat mapping
+    ``{name: plugin, as: ..., option: ...}``; None when the entry is none of these."""
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and _is_flat(entry):
+        options = dict(entry)
+        return options.pop("name"), options
+    if isinstance(entry, dict) and len(entry) == 1:
+        name, options = next(iter(entry.items()))
+        return name, {} if options is None else options
+    return None
+
+
+def _is_flat(entry: dict) -> bool:
+    """``{name: <plugin>, as: ..., <option>: ...}``: the plugin under a 'name' key, its options beside it."""
+    return isinstance(entry.get("name"), str)
+
+
+def entry_plugin(entry: Any) -> Any:
+    """The plugin name a plan list entry uses (None when the entry is malformed)."""
+    parts = _entry_parts(entry)
+    return parts[0] if parts else None
+
+
 def _plugin_list(problems: _Problems, registry: Registry, kind: str, section: str, entries: list) -> list[Step]:
+    """The steps of one plan list. A plugin may be listed several times, each under its own name:
+    ``as: <name>``, or ``layers: [a, b]`` (an explainer with a ``layer`` option), one step per layer
+    named ``<as or plugin>@<layer>``; a name given twice is an error that names both entries."""
     steps: list[Step] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
         path = (section, i)
-        if isinstance(entry, str):
-            name, options = entry, {}
-        elif isinstance(entry, dict) and len(entry) == 1:
-            name, options = next(iter(entry.items()))
-            options = {} if options is None else options
-        else:
-            problems.add(path, f"each entry is a {kind} name, or one '{kind}-name: {{options}}' mapping")
+        parts = _entry_parts(entry)
+        if parts is None:
+            problems.add(path, f"each entry is a {kind} name, one '{kind}-name: {{options}}' mapping, "
+                               f"or a mapping with 'name: <{kind}>' and its options")
             continue
+        name, options = parts
+        if not isinstance(name, str):
+            problems.add(path, f"the {kind} name must be a string, got {_short_repr(name)}")
+            continue
+        flat = isinstance(entry, dict) and _is_flat(entry)
+        opath = path if flat else path + (name,)  # where the options live
         if not isinstance(options, dict):
-            problems.add(path + (name,), "options must be a mapping")
+            problems.add(opath, "options must be a mapping")
             continue
-        if name in seen:
-            problems.add(path + (name,), f'"{name}" is listed twice')
-            continue
-        seen.add(name)
         options = dict(options)
         timeout = options.pop("timeout", None)  # reserved for every step: its time limit in seconds
+        alias = options.pop("as", None)  # reserved: the step's own name, for a plugin listed several times
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            problems.add(path + (name, "timeout"), f"must be a positive number of seconds, got {_short_repr(timeout)}")
+            problems.add(opath + ("timeout",), f"must be a positive number of seconds, got {_short_repr(timeout)}")
             continue
-        step = _validate_step(problems, registry, kind, path + (name,), str(name), options, name_path=path)
-        if step is not None:
+        if alias is not None and (not isinstance(alias, str) or not _INSTANCE_NAME.fullmatch(alias)):
+            problems.add(opath + ("as",), "must be a name of letters, digits and '.', '_', '@', ':', '/' or '-' "
+                                          f"(at most 200, starting with a letter or digit), got {_short_repr(alias)}")
+            continue
+        named = [(alias or name, options, opath + ("as",) if alias else path)]
+        layers = options.get("layers")
+        if layers is not None and name in registry.names(kind):
+            fields = registry.get(kind, name).cls.Options.model_fields
+            if "layer" in fields and "layers" not in fields:  # a plugin with its own 'layers' keeps it
+                if (not isinstance(layers, list) or not layers
+                        or not all(isinstance(x, str) and _INSTANCE_NAME.fullmatch(f"{alias or name}@{x}") for x in layers)):
+                    problems.add(opath + ("layers",), f"must be a list of layer names, got {_short_repr(layers)}")
+                    continue
+                if "layer" in options:
+                    problems.add(opath + ("layers",), "give 'layer' (one step) or 'layers' (one step per layer), not both")
+                    continue
+                base = {k: v for k, v in options.items() if k != "layers"}
+                named = [(f"{alias or name}@{layer}", base | {"layer": layer}, opath + ("layers", k))
+                         for k, layer in enumerate(layers)]
+        for step_name, step_options, where in named:
+            if step_name in seen:
+                hint = ("" if alias or len(named) > 1 else
+                        f"; to list {kind} \"{name}\" again, give the second its own name with 'as:' "
+                        "(or list its layers under 'layers:')")
+                problems.add(where, f'"{step_name}" is listed twice (first as {section}[{seen[step_name]}]){hint}')
+                continue
+            seen[step_name] = i
+            step = _validate_step(problems, registry, kind, opath, name, dict(step_options),
+                                  name_path=path + ("name",) if flat else path)
+            if step is None:
+                break  # the entry's problem is the same for each of its layers: said once
+            step.name = step_name
             step.timeout = float(timeout) if timeout is not None else None
             steps.append(step)
     return steps

@@ -126,7 +126,11 @@ class PlanSchema(_Strict):
 
 @dataclass
 class Step:
-    """One plugin use in the plan: its kind, plan name, plugin and validated options."""
+    """One plugin use in the plan: its kind, plan name, plugin and validated options.
+
+    ``name`` names the step everywhere (results.json, the report, the cache key, checks); it is the plugin's
+    name unless the plan gave the step its own (``as:``, or ``<plugin>@<layer>`` from ``layers:``), so one
+    plugin may be listed several times. ``plugin.name`` is the plugin it runs."""
 
     kind: str
     name: str
@@ -140,6 +144,11 @@ class Step:
 
     def options_dict(self) -> dict[str, Any]:
         return self.options.model_dump(mode="json")
+
+    def as_entry(self) -> dict[str, Any]:
+        """The step as a plan list entry that parses back to it: ``{plugin: {as: name, timeout: s, ...options}}``."""
+        named = {"as": self.name} if self.name != self.plugin.name else {}
+        return {self.plugin.name: named | self.options_dict() | ({"timeout": self.timeout} if self.timeout else {})}
 
 
 @dataclass
@@ -180,10 +189,9 @@ class Plan:
             "dataset": {"loader": self.dataset.name, "sample": self.sample, "on_bad_sample": self.on_bad_sample,
                         **self.dataset.options_dict()},
             "regions": {"source": self.regions.name, **self.regions.options_dict()} if self.regions else None,
-            "explainers": [{s.name: s.options_dict() | ({"timeout": s.timeout} if s.timeout else {})} for s in self.explainers],
-            "hypotheses": [{s.name: s.options_dict() | ({"timeout": s.timeout} if s.timeout else {})} for s in self.hypotheses],
-            "discoverers": [{s.name: s.options_dict() | ({"timeout": s.timeout} if s.timeout else {})}
-                            for s in self.discoverers],
+            "explainers": [s.as_entry() for s in self.explainers],
+            "hypotheses": [s.as_entry() for s in self.hypotheses],
+            "discoverers": [s.as_entry() for s in self.discoverers],
             "discover": self.discover.model_dump(),
             "explain": self.explain.model_dump(),
             "report": self.report.model_dump(),
