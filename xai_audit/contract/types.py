@@ -22,15 +22,16 @@ from xai_audit.contract.recommendations import augment_row
 FACE_REGIONS = ("eyes", "brows", "nose", "mouth", "hair", "skin", "background")
 
 #: Options the host reads from a plan entry itself, by plugin kind (the plugin never sees them): the plugin's
-#: name, the rows to audit, what to do with an unreadable image, a step's time limit. A plugin's ``Options``
+#: name, the rows to audit, what to do with an unreadable image, a step's time limit and its own name (``as``,
+#: for a plugin listed several times). A plugin's ``Options``
 #: may not declare these names; the plugin manager refuses one that does.
 HOST_OPTIONS: dict[str, tuple[str, ...]] = {
     "model-adapter": ("adapter", "name"),
     "dataset": ("loader", "sample", "on_bad_sample"),
     "region-source": ("source",),
-    "explainer": ("timeout",),
-    "hypothesis": ("timeout",),
-    "discoverer": ("timeout",),
+    "explainer": ("timeout", "as"),
+    "hypothesis": ("timeout", "as"),
+    "discoverer": ("timeout", "as"),
 }
 
 
