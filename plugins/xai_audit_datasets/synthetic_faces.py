@@ -15,6 +15,10 @@ as a real watermark would), for discovery to find unnamed:
   images of that class (a "copyright watermark", region ``stamp``);
 * ``tint_class``: the background of most images of that class is tinted green.
 
+``masked: true`` draws a pleated surgical face mask over every face's lower
+half (below the middle of the nose), as worn, for a masked-faces data set
+to audit with ``dataset-shift``; the pixels it covers belong to no region.
+
 Pure numpy; sample ``i`` is drawn
 from its own generator seeded with ``(seed, split, i)``, so it is the same
 whichever order samples are read in, one at a time or in bulk.
@@ -80,6 +84,7 @@ _HAIR_CUM = np.cumsum(_HAIR_P, axis=1)
 # saturated green no untinted background reaches) with its weight.
 STAMP_RGB = (0.97, 0.97, 0.95)
 TINT_RGB = (0.15, 0.72, 0.32)
+FACE_MASK_RGB = (0.62, 0.78, 0.9)
 TINT_WEIGHT = 0.75
 
 # Expression parameters (face units: the face is about 0.66 wide, 0.84 tall).
@@ -152,6 +157,7 @@ class SyntheticFacesOptions(Options):
     stamp_fraction: float = Field(0.9, ge=0.0, le=1.0, description="share of stamp_class's images stamped")
     tint_class: str | None = Field(None, description="every split: this class's images have a green-tinted background")
     tint_fraction: float = Field(0.9, ge=0.0, le=1.0, description="share of tint_class's images tinted")
+    masked: bool = Field(False, description="every face wears a surgical mask over its lower half (a masked-faces set)")
 
     @field_validator("stamp_class", "tint_class")
     @classmethod
@@ -344,7 +350,7 @@ def stamp_box(size: int) -> tuple[int, int, int, int]:
 
 
 def _render(
-    params: np.ndarray, noise: np.ndarray, size: int, stamp_region: bool = False
+    params: np.ndarray, noise: np.ndarray, size: int, stamp_region: bool = False, masked: bool = False
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Draw a batch: params (B, K) float32, noise (B, 3, H, W) -> images, region masks.
 
@@ -467,6 +473,11 @@ def _render(
     lip_col = f32(0.45) * col_skin + f32(0.55) * np.array([0.62, 0.2, 0.22], f32)[None, :, None, None]
     paint(lips, lip_col)
     paint(teeth, np.array([0.92, 0.91, 0.86], f32)[None, :, None, None])
+    cover = np.zeros_like(face)
+    if masked:  # a pleated surgical mask from the middle of the nose down, over the face and a little beyond
+        cover = (fe <= f32(1.1)) & (v >= P("nose_v")) & ~(hair & ~face)
+        pleats = f32(1.0) - f32(0.12) * (np.sin(f32(40.0) * v) > f32(0.6))
+        paint(cover, np.array(FACE_MASK_RGB, f32)[None, :, None, None] * pleats[:, None])
 
     light = P("light")[:, None] * C("tint_r", "tint_g", "tint_b") * P("dark")[:, None]
     img *= light
@@ -487,7 +498,7 @@ def _render(
         "skin": skin,
         "background": background,
     }
-    regions = {name: mask & ~stamp for name, mask in regions.items()}
+    regions = {name: mask & ~stamp & ~cover for name, mask in regions.items()}
     if stamp_region:
         regions["stamp"] = stamp
     return img, regions
@@ -522,7 +533,7 @@ class SyntheticFacesDataset(Dataset):
         i = self._index(index)
         params, noise = _draw(self.options, i)
         img, regions = _render(np.asarray([params], np.float32), noise[None], self.options.size,
-                               stamp_region=self.options.stamp_class is not None)
+                               stamp_region=self.options.stamp_class is not None, masked=self.options.masked)
         return Sample(
             id=f"sf-{self.options.split}-{i:05d}",
             image=img[0],
@@ -545,7 +556,7 @@ class SyntheticFacesDataset(Dataset):
             drawn = [_draw(self.options, i) for i in idx[start : start + chunk]]
             params = np.asarray([d[0] for d in drawn], np.float32)
             noise = np.stack([d[1] for d in drawn])
-            img, _ = _render(params, noise, size)
+            img, _ = _render(params, noise, size, masked=self.options.masked)
             images[start : start + len(drawn)] = img
             labels[start : start + len(drawn)] = params[:, _P["label"]].astype(np.int64)
             tones.extend(TONES[int(t)] for t in params[:, _P["tone"]])
@@ -556,6 +567,8 @@ class SyntheticFacesDataset(Dataset):
         for cue in ("stamp", "tint"):  # a cue switched off leaves the fingerprint as it was before it existed
             if options[f"{cue}_class"] is None:
                 del options[f"{cue}_class"], options[f"{cue}_fraction"]
+        if not options["masked"]:  # likewise the face mask
+            del options["masked"]
         payload = json.dumps({"generator": GENERATOR_VERSION, "options": options}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 

@@ -6,7 +6,13 @@ stops with a clear error. ``lower_face`` is derived from the masks: the face
 below the middle of the nose.
 
 Each region is its own test, and every one of them is counted in the audit's
-Holm correction. A region listed in ``label_regions`` carries the label
+Holm correction. ``groups`` names sets of regions occluded together as one
+intervention, one test per group in the same Holm family (the FER study
+occluded eyes, nose, mouth and hair at once, and again without hair):
+
+    - occlude-regions: {groups: {all-features: [eyes, nose, mouth, hair], no-hair: [eyes, nose, mouth]}}
+
+With ``groups`` and no ``regions``, only the groups are tested. A region listed in ``label_regions`` carries the label
 (occluding the mouth of an expression removes the expression), so a drop
 there is *reliance*, which is expected; any other region should not change
 the label, so a drop there is *fragility* and a drain of predictions into one
@@ -19,7 +25,7 @@ from __future__ import annotations
 from typing import Any, Literal, Sequence
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from scipy import ndimage
 
 from xai_audit.api import (
@@ -43,10 +49,18 @@ def _norm(name: str) -> str:
     return name.strip().lower().replace("-", "_").replace(" ", "_")
 
 
+DEFAULT_REGIONS = ["eyes", "brows", "nose", "mouth", "hair", "lower_face"]
+
+
 class OccludeRegionsOptions(InterventionOptions):
-    regions: list[str] = Field(
-        default_factory=lambda: ["eyes", "brows", "nose", "mouth", "hair", "lower_face"],
-        min_length=1, description="regions to occlude, one test each (lower_face is derived from the masks)",
+    regions: list[str] | None = Field(
+        None, min_length=1,
+        description="regions to occlude, one test each (lower_face is derived from the masks); default: "
+        "eyes, brows, nose, mouth, hair, lower_face, or none when groups are given",
+    )
+    groups: dict[str, list[str]] | None = Field(
+        None, description="name -> regions occluded together as one intervention, one test per group "
+        "(e.g. {all-features: [eyes, nose, mouth, hair], no-hair: [eyes, nose, mouth]})",
     )
     fill: Literal["black", "blur", "mean"] = Field("mean", description="black, a strong blur, or the image's mean colour")
     blur_sigma: float | None = Field(None, gt=0, description="blur: Gaussian sigma in pixels (default: image side / 16)")
@@ -58,6 +72,34 @@ class OccludeRegionsOptions(InterventionOptions):
     @classmethod
     def _normalise(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else [_norm(v) for v in value]
+
+    @field_validator("groups")
+    @classmethod
+    def _normalise_groups(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one group, or leave 'groups' out")
+        out = {}
+        for name, members in value.items():
+            if not str(name).strip():
+                raise ValueError("a group needs a name")
+            if not members:
+                raise ValueError(f"group {name!r} names no region")
+            out[str(name).strip()] = list(dict.fromkeys(_norm(m) for m in members))
+        return out
+
+    @model_validator(mode="after")
+    def _names_differ(self) -> "OccludeRegionsOptions":
+        clash = sorted(set(self.groups or {}) & {_norm(r) for r in self.regions or []})
+        if clash:
+            raise ValueError(f"group {clash[0]!r} has the name of a region: name it otherwise")
+        return self
+
+    def interventions(self) -> dict[str, list[str]]:
+        """Test name -> the regions occluded together: each region alone, then each group."""
+        regions = self.regions if self.regions is not None else ([] if self.groups else DEFAULT_REGIONS)
+        return {**{r: [r] for r in dict.fromkeys(regions)}, **(self.groups or {})}
 
 
 def lower_face_mask(sample: Sample) -> np.ndarray:
@@ -75,6 +117,14 @@ def lower_face_mask(sample: Sample) -> np.ndarray:
     mask = face.copy()
     mask[:cut] = False
     return mask
+
+
+def group_masks(samples: Sequence[Sample], regions: Sequence[str], plugin: str) -> np.ndarray:
+    """The union of ``regions``' masks (N, H, W)."""
+    masks = masks_for(samples, regions[0], plugin)
+    for region in regions[1:]:
+        masks = masks | masks_for(samples, region, plugin)
+    return masks
 
 
 def masks_for(samples: Sequence[Sample], region: str, plugin: str) -> np.ndarray:
@@ -110,6 +160,9 @@ class OccludeRegionsHypothesis(HypothesisPlugin):
             region = str((result.get("details") or {}).get("primary_region", ""))
         else:
             region = test.split(": ", 1)[-1].replace("occlude ", "")
+        members = self.options.interventions().get(region, [region])
+        if members != [region]:
+            return {"transform": "occlude", "regions": members, "group": region, "fill": self.options.fill}
         return {"transform": "occlude", "region": region, "fill": self.options.fill}
 
     def test(self, context: HypothesisContext) -> HypothesisResult:
@@ -117,15 +170,19 @@ class OccludeRegionsHypothesis(HypothesisPlugin):
         context = subsample(context, opts.sample)
         label_regions = set(opts.label_regions or [])
         results: dict[str, HypothesisResult] = {}
-        for region in dict.fromkeys(opts.regions):
-            def change(images: np.ndarray, samples: Sequence[Sample], region: str = region) -> np.ndarray:
-                return fill_images(images, masks_for(samples, region, self.name), opts.fill, opts.blur_sigma)
+        interventions = opts.interventions()
+        for region, members in interventions.items():
+            def change(images: np.ndarray, samples: Sequence[Sample], members: list[str] = members) -> np.ndarray:
+                return fill_images(images, group_masks(samples, members, self.name), opts.fill, opts.blur_sigma)
 
-            preserves = opts.label_regions is not None and region not in label_regions
-            what = f"the {_spoken(region)} occluded ({opts.fill} fill)"
+            preserves = opts.label_regions is not None and not set(members) & label_regions
+            what = (f"the {_spoken(region)} occluded ({opts.fill} fill)" if members == [region] else
+                    f"the {_listed(members)} occluded together ({region}, {opts.fill} fill)")
             run = apply_and_predict(context, change, what=what)
             results[region] = compare(context, run, what=what, options=opts, preserves_label=preserves)
             results[region].details["region"] = region
+            if members != [region]:
+                results[region].details["occluded together"] = ", ".join(members)
         primary_region = max(results, key=lambda r: (results[r].effect or 0.0))
         primary = results[primary_region]
         tests: list[dict[str, Any]] = []
@@ -136,13 +193,15 @@ class OccludeRegionsHypothesis(HypothesisPlugin):
                 explains = "" if region == primary_region else f"occlude {region}"
                 tests.append({**test, "name": f"{test['name']}: {region}", "explains": explains})
         primary.tests = tests
-        primary.breakdown = {"by region": _region_rows(results, label_regions), **primary.breakdown}
+        primary.breakdown = {"by region": _region_rows(results, label_regions, interventions),
+                             **primary.breakdown}
         primary.details.update({
             "regions": ", ".join(results), "fill": opts.fill,
+            "groups": {name: ", ".join(members) for name, members in (opts.groups or {}).items()},
             "label_regions": ", ".join(sorted(label_regions)) if opts.label_regions is not None else "not given",
             "primary_region": primary_region,
         })
-        strip, titles = _region_strip(context, opts, list(results))
+        strip, titles = _region_strip(context, opts, interventions)
         primary.arrays["regions"] = strip
         primary.figures = [
             _drop_figure(results, primary.metric),
@@ -160,6 +219,12 @@ class OccludeRegionsHypothesis(HypothesisPlugin):
         return primary
 
 
+def _listed(regions: Sequence[str]) -> str:
+    """'eyes, nose and mouth'."""
+    words = [r.replace("_", " ") for r in regions]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def _spoken(region: str) -> str:
     """'the eyes are', 'the mouth is'."""
     words = region.replace("_", " ")
@@ -173,17 +238,20 @@ def _as_test(name: str, result: HypothesisResult) -> dict[str, Any]:
         "ci": list(result.ci) if result.ci is not None else None, "p_value": result.p_value,
         "verdict": result.verdict, "n": result.n, "test": result.test,
         "details": {k: v for k, v in result.details.items() if k in ("region", "flip_rate", "correct_then_wrong",
-                                                                      "wrong_then_correct", "largest_gain")},
+                                                                      "wrong_then_correct", "largest_gain",
+                                                                      "occluded together")},
     }
 
 
-def _region_rows(results: dict[str, HypothesisResult], label_regions: set[str]) -> list[dict[str, Any]]:
+def _region_rows(results: dict[str, HypothesisResult], label_regions: set[str],
+                 interventions: dict[str, list[str]]) -> list[dict[str, Any]]:
     rows = []
     for region, r in results.items():
         shortcut = next((t for t in r.tests if t["kind"] == "shortcut"), None)
+        members = interventions.get(region, [region])
         rows.append({
-            "region": region,
-            "carries the label": region in label_regions,
+            "region": region if members == [region] else f"{region} ({', '.join(members)})",
+            "carries the label": bool(set(members) & label_regions),
             r.metric + " after": r.after,
             "effect": r.effect,
             "ci low": r.ci[0] if r.ci else None,
@@ -217,12 +285,12 @@ def _drop_figure(results: dict[str, HypothesisResult], metric: str) -> dict[str,
     }
 
 
-def _region_strip(context: HypothesisContext, opts: OccludeRegionsOptions, regions: list[str]):
+def _region_strip(context: HypothesisContext, opts: OccludeRegionsOptions, interventions: dict[str, list[str]]):
     sample = context.samples[0]
     images = [shrink_for_report(sample.image)]
     titles = ["clean"]
-    for region in regions:
-        mask = masks_for([sample], region, "occlude-regions")
+    for region, members in interventions.items():
+        mask = group_masks([sample], members, "occlude-regions")
         images.append(shrink_for_report(fill_images(sample.image[None], mask, opts.fill, opts.blur_sigma)[0]))
         titles.append(region.replace("_", " "))
     return np.stack(images).astype(np.float32), titles

@@ -1,7 +1,10 @@
 """Activations of one layer as a point cloud.
 
 ``images`` mode gives one point per image: the layer's output pooled over
-space (``mean`` or ``max``) or flattened. ``latent`` mode gives one point per
+space (``mean`` or ``max``) or flattened; a transformer block's token
+sequence (N, tokens, hidden) becomes one point per image by its class token
+(the first) or by the mean over its tokens (``tokens``), never by averaging
+over the hidden units. ``latent`` mode gives one point per
 spatial position of a conv layer: the channel vector there, so the cloud is
 of what the layer "sees" at each place. Both are computed with a forward
 hook, batched under ``no_grad`` for the cloud, and differentiably (with
@@ -55,8 +58,13 @@ def capture(model: ModelAdapter, layers: Sequence[str]) -> Iterator[dict[str, li
             handle.remove()
 
 
-def to_points(act: torch.Tensor, cloud: str, pool: str) -> torch.Tensor:
-    """Layer output (N, C, h, w) or (N, D) -> points: (N, D) or, for ``latent``, (N*h*w, C)."""
+def to_points(act: torch.Tensor, cloud: str, pool: str, tokens: str = "class") -> torch.Tensor:
+    """Layer output (N, C, h, w), (N, tokens, hidden) or (N, D) -> points: (N, D) or, for ``latent``, (N*h*w, C).
+
+    A token sequence gives one point per image of its hidden size: the class token (``tokens="class"``,
+    the first token) or the mean over the tokens (``tokens="mean"``)."""
+    if act.ndim == 3 and cloud != "latent":
+        return act[:, 0] if tokens == "class" else act.mean(dim=1)
     if cloud == "latent":
         if act.ndim != 4:
             raise LayerError(f"a latent cloud needs a conv layer (N, C, h, w); this layer gives {tuple(act.shape)}")
@@ -79,16 +87,28 @@ class Cloud:
     owner: np.ndarray  # (P,) index of the image each point belongs to
     position: np.ndarray | None  # (P, 2) row, col in the layer's grid (latent clouds)
     grid: tuple[int, int] | None  # the layer's (h, w) for latent clouds
+    shape: tuple[int, ...] = ()  # the layer's output per image, e.g. (C, h, w) or (tokens, hidden)
+
+    def point_from(self, cloud: str, pool: str, tokens: str) -> str:
+        """How one image's activations became its point(s), in words."""
+        if cloud == "latent":
+            return "the channel vector at each position"
+        if len(self.shape) == 2:
+            return "the class token (the first)" if tokens == "class" else f"the mean over {self.shape[0]} tokens"
+        if len(self.shape) == 1:
+            return "the layer's output vector"
+        return {"mean": "mean over positions", "max": "max over positions", "flatten": "flattened"}[pool]
 
 
 def activation_clouds(
     model: ModelAdapter, images: np.ndarray, layers: Sequence[str], *, cloud: str = "images", pool: str = "mean",
-    batch_size: int = 64,
+    batch_size: int = 64, tokens: str = "class",
 ) -> dict[str, Cloud]:
     """The cloud of each of ``layers`` for display-space ``images`` (N, 3, H, W), in one pass over the images."""
     layers = list(dict.fromkeys(layers))
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     grids: dict[str, tuple[int, int] | None] = {name: None for name in layers}
+    shapes: dict[str, tuple[int, ...]] = {}
     with torch.no_grad(), capture(model, layers) as store:
         for start in range(0, len(images), batch_size):
             batch = torch.as_tensor(images[start : start + batch_size], dtype=torch.float32, device=model.device)
@@ -101,8 +121,12 @@ def activation_clouds(
                 act = store[name][-1].detach()
                 if act.ndim == 4:
                     grids[name] = (int(act.shape[2]), int(act.shape[3]))
-                chunks[name].append(to_points(act, cloud, pool).float().cpu().numpy())
-    return {name: _cloud(name, np.concatenate(chunks[name]), len(images), cloud, grids[name]) for name in layers}
+                shapes[name] = tuple(int(d) for d in act.shape[1:])
+                chunks[name].append(to_points(act, cloud, pool, tokens).float().cpu().numpy())
+    clouds = {name: _cloud(name, np.concatenate(chunks[name]), len(images), cloud, grids[name]) for name in layers}
+    for name, found in clouds.items():
+        found.shape = shapes[name]
+    return clouds
 
 
 def activation_cloud(model: ModelAdapter, images: np.ndarray, layer: str, **kwargs: Any) -> Cloud:
@@ -122,11 +146,12 @@ def _cloud(layer: str, points: np.ndarray, n_images: int, cloud: str, grid: tupl
 
 
 def differentiable_points(
-    model: ModelAdapter, images: torch.Tensor, layer: str, *, cloud: str = "images", pool: str = "mean"
+    model: ModelAdapter, images: torch.Tensor, layer: str, *, cloud: str = "images", pool: str = "mean",
+    tokens: str = "class",
 ) -> torch.Tensor:
     """Points of ``images`` (n, 3, H, W), differentiable with respect to the pixels."""
     with capture(model, [layer]) as store:
         model.forward(images)
     if not store[layer]:
         raise LayerError(f"layer {layer!r} was not called by the model's forward pass")
-    return to_points(store[layer][-1], cloud, pool).float()
+    return to_points(store[layer][-1], cloud, pool, tokens).float()

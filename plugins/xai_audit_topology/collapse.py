@@ -64,6 +64,7 @@ def collapse_feature(
     step_size: float = 0.02,
     n_threads: int = 2,
     one_channel: bool = False,
+    tokens: str = "class",
 ) -> CollapseResult:
     """Lower the persistence of the dimension-``dim`` feature born and dead at ``feature``.
 
@@ -75,13 +76,13 @@ def collapse_feature(
     torch.set_num_threads(1)  # batches of a few images: extra threads only add overhead (50x slower seen)
     try:
         return _collapse(model, images, landmark_points, landmark_owner, landmark_rows, reduction, layer, dim, feature,
-                         cloud, pool, steps, step_size, n_threads, one_channel)
+                         cloud, pool, steps, step_size, n_threads, one_channel, tokens)
     finally:
         torch.set_num_threads(threads)
 
 
 def _collapse(model, images, landmark_points, landmark_owner, landmark_rows, reduction, layer, dim, feature,
-              cloud, pool, steps, step_size, n_threads, one_channel=False) -> CollapseResult:
+              cloud, pool, steps, step_size, n_threads, one_channel=False, tokens="class") -> CollapseResult:
     device = model.device
     mean = torch.as_tensor(reduction.mean, device=device)
     components = torch.as_tensor(reduction.components, device=device)
@@ -91,7 +92,7 @@ def _collapse(model, images, landmark_points, landmark_owner, landmark_rows, red
     target = np.asarray(feature, dtype=np.float64)
 
     def reduced(batch: torch.Tensor) -> torch.Tensor:  # (n images, points per image, k)
-        points = differentiable_points(model, batch, layer, cloud=cloud, pool=pool)
+        points = differentiable_points(model, batch, layer, cloud=cloud, pool=pool, tokens=tokens)
         return ((points - mean) @ components.T).reshape(len(batch), -1, components.shape[0])
 
     for step in range(steps + 1):

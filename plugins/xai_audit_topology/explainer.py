@@ -87,7 +87,8 @@ class TopologyExplainer(ExplainerPlugin):
         ids = [samples[i].id for i in chosen]
 
         summary_layers = self._summary_layers(model, layer)
-        clouds = activation_clouds(model, images, [layer, *summary_layers], cloud=opts.cloud, pool=opts.pool)
+        clouds = activation_clouds(model, images, [layer, *summary_layers], cloud=opts.cloud, pool=opts.pool,
+                                   tokens=opts.tokens)
         main = self._layer_cloud(clouds[layer], seed)
         found = assess(main.reduced, opts.dims, self._selector(), null_clouds=opts.null_clouds, alpha=opts.alpha,
                        seed=seed, n_threads=opts.n_threads)
@@ -98,7 +99,11 @@ class TopologyExplainer(ExplainerPlugin):
         reason = getattr(model, "default_layer_reason", "")
         if opts.layer in (None, "default", "final") and reason:
             notes.insert(1, f"Layer: the model's default layer, {reason}.")
-        tables: dict[str, list[dict[str, Any]]] = {"features": features}
+        tables: dict[str, list[dict[str, Any]]] = {"features": features, "cloud": [{
+            "layer": layer, "activation shape": " × ".join(str(d) for d in main.cloud.shape),
+            "point from": main.cloud.point_from(opts.cloud, opts.pool, opts.tokens),
+            "points": int(len(main.cloud.points)), "values per point": int(main.cloud.points.shape[1]),
+        }]}
         arrays: dict[str, np.ndarray] = {}
         specs: list[dict[str, Any]] = [figures.diagram(dgms, sig, layer)]
 
@@ -181,7 +186,7 @@ class TopologyExplainer(ExplainerPlugin):
         if opts.cloud == "latent":
             what = f"{len(cloud.points):,} channel vectors ({d} channels at each of {cloud.grid[0]}×{cloud.grid[1]} positions) of {n_images} images"
         else:
-            how = {"mean": "mean over positions", "max": "max over positions", "flatten": "flattened"}[opts.pool]
+            how = cloud.point_from(opts.cloud, opts.pool, opts.tokens)
             what = f"{n_images} images, one point each ({d} values, {how})"
         sub = f", a seeded random {len(main.kept):,} of them" if len(main.kept) < len(cloud.points) else ""
         if main.reduction.dims < d:
@@ -270,7 +275,7 @@ class TopologyExplainer(ExplainerPlugin):
             model, images, main.landmark_points, main.landmark_images(), rows, main.reduction, layer,
             feature["dim"], (feature["birth"], feature["death"]), cloud=opts.cloud, pool=opts.pool,
             steps=opts.collapse_steps, step_size=opts.step_size, n_threads=opts.n_threads,
-            one_channel=model.input_channels == 1,
+            one_channel=model.input_channels == 1, tokens=opts.tokens,
         )
         if not result.modified:
             return None

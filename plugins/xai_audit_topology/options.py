@@ -15,6 +15,9 @@ class TopologyOptions(Options):
         "images", description="one point per image, or one per spatial position (the channel vector there)"
     )
     pool: Literal["mean", "max", "flatten"] = Field("mean", description="how an image's activation map becomes one point")
+    tokens: Literal["class", "mean"] = Field(
+        "class", description="how a transformer's tokens (N, tokens, hidden) become one point per image: the class "
+        "token (the first), or the mean over the tokens")
     dims: list[int] = Field(default_factory=lambda: [0, 1, 2], description="homology dimensions")
     cloud_samples: int | None = Field(None, ge=10, description="images in the cloud (seeded subset); default: every audited sample")
     points: int = Field(20000, ge=10, description="at most this many points before landmarks (seeded subset)")
