@@ -313,23 +313,52 @@ def verify(
     no_cache: bool = typer.Option(False, "--no-cache", help="With --rerun: compute every step afresh."),
     tolerance: bool = typer.Option(False, "--tolerance", help="With --rerun: compare floats within a tolerance "
                                    "even on the same machine (another machine always does)."),
+    trusted_keys: Optional[Path] = typer.Option(
+        None, "--trusted-keys", help="Public keys (a file of OpenSSH lines or PEM, or a folder of *.pub / *.pem) "
+        "the report's signatures must be made with; without it any valid signature passes, its key shown."),
 ) -> None:
     """Recompute the hashes: do the model and data still match the report? Exit 1 when not.
+    Every sign-off under signatures/ is checked too: its signature, and every byte of every file it signed.
     With --rerun: run the report's plan again; "reproduced", or every field that differs (exit 1)."""
     if rerun:
         _rerun(folder, _cache(cache_dir, no_cache), tolerance)
         return
     from xai_audit.verify import verify_report
+    from xai_audit.verify.files import OK
 
-    rows = verify_report(folder, _registry(), load=load)
+    rows = verify_report(folder, _registry(), load=load, trusted_keys=trusted_keys)
     for row in rows:
         where = f" {row['path']}" if row["path"] else ""
-        typer.echo(f"{row['status']:>8}  {row['what']}{where}")
-    bad = [r for r in rows if r["status"] != "match"]
+        typer.echo(f"{row['status']:>9}  {row['what']}{where}")
+    bad = [r for r in rows if r["status"] not in OK]
     if bad:
         typer.echo(f"{len(bad)} of {len(rows)} no longer match the report.")
         raise typer.Exit(1)
     typer.echo(f"all {len(rows)} match the report.")
+
+
+@app.command()
+@handles_errors
+def sign(
+    folder: Path = typer.Argument(..., help="A report folder (the one results.json, report.html and report.pdf are in)."),
+    name: str = typer.Option(..., "--name", help="Who signs (shown by verify)."),
+    role: str = typer.Option(..., "--role", help="As what, e.g. 'model risk reviewer'."),
+    key: Path = typer.Option(..., "--key", help="Your private key: Ed25519 in PEM, or an OpenSSH key (ssh-keygen signs)."),
+    statement: Optional[str] = typer.Option(None, "--statement", help="A sentence the signature covers, e.g. "
+                                            "'Approved for the pilot only'."),
+) -> None:
+    """Sign the report in FOLDER: an in-toto statement over the SHA-256 of its results.json, HTML, PDF, manifest,
+    model card and plan, in a DSSE envelope under FOLDER/signatures/ (one file per signer). verify checks it."""
+    from xai_audit.verify.signing import sign_report
+
+    signed = sign_report(folder, name=name, role=role, key=key, text=statement)
+    predicate = signed.statement["predicate"]
+    typer.echo(f"signed by {predicate['name']} ({predicate['role']}) at {predicate['signed_at']}, "
+               f"key {signed.keyid[:16]}:")
+    for subject in signed.statement["subject"]:
+        typer.echo(f"  {subject['digest']['sha256'][:16]}  {subject['name']}")
+    typer.echo(f"signature: {signed.envelope}")
+    typer.echo(f"public key: {signed.public_key}")
 
 
 #: differing fields ``verify --rerun`` prints before it only counts the rest

@@ -31,12 +31,32 @@ def read_results(folder: Path) -> tuple[Path, dict[str, Any]]:
     return path, results
 
 
-def verify_report(folder: Path, registry: Any, *, load: bool = True) -> list[dict[str, Any]]:
-    """One row per thing checked: ``{what, path, status: match|changed|missing, expected, found}``."""
-    path, results = read_results(folder)
-    provenance = results.get("provenance")
-    if not isinstance(provenance, dict) or "model" not in provenance:
-        raise DataError(f"{path}: not an xai-audit results.json (no provenance)")
+#: the statuses of a row that holds: a file or fingerprint that matches, a signature that is valid
+OK = ("match", "valid")
+
+
+def verify_report(folder: Path, registry: Any, *, load: bool = True,
+                  trusted_keys: Path | None = None) -> list[dict[str, Any]]:
+    """One row per thing checked: ``{what, path, status, expected, found}``; a row holds when its status is in
+    :data:`OK` (files and fingerprints: match|changed|missing; signatures: valid|invalid|untrusted|unchecked).
+
+    Every signature under the report's ``signatures/`` is checked, with every file it signed; with
+    ``trusted_keys`` (a file or folder of public keys) a signature by any other key fails."""
+    from xai_audit.verify.signing import read_trusted_keys, verify_signatures
+
+    trusted = read_trusted_keys(trusted_keys) if trusted_keys is not None else None
+    signatures = verify_signatures(Path(folder) if Path(folder).is_dir() else Path(folder).parent, trusted)
+    try:
+        path, results = read_results(folder)
+        provenance = results.get("provenance")
+        if not isinstance(provenance, dict) or "model" not in provenance:
+            raise DataError(f"{path}: not an xai-audit results.json (no provenance)")
+    except DataError as exc:
+        if not signatures:
+            raise
+        # a signed report whose results.json no longer reads: the signatures say which bytes changed
+        return [*signatures, {"what": f"report ({exc})", "path": "", "status": "unreadable", "expected": None,
+                              "found": None}]
 
     rows: list[dict[str, Any]] = []
     for entry in provenance["model"].get("files") or []:
@@ -49,7 +69,7 @@ def verify_report(folder: Path, registry: Any, *, load: bool = True) -> list[dic
         rows.append(_file_row("plan file", provenance["plan_file"]["path"], provenance["plan_file"]["sha256"]))
     if load:
         rows.extend(_fingerprints(results, registry))
-    return rows
+    return rows + signatures
 
 
 def _file_row(what: str, file_path: str, expected: str) -> dict[str, Any]:
