@@ -51,7 +51,8 @@ from xai_audit.run.steps import (
 
 #: 2.0: what depends on the machine, the load or the cache (started, finished, cache, batch sizes, times)
 #: moved under one key, ``run``; nothing outside it may depend on them
-SCHEMA_VERSION = "2.0"
+#: 2.1: ``system`` (the plan's system: section), ``limitations`` and ``completeness`` (issue 19)
+SCHEMA_VERSION = "2.1"
 log = logging.getLogger("xai_audit")
 
 
@@ -182,6 +183,8 @@ def _judge(plan: Plan, registry: Registry, inputs: AuditInputs, baseline: Baseli
         "title": plan.report.title,
         "seed": plan.seed,
         "plan": plan.as_run(),
+        # what the system is for and who answers for it, as the plan states it (null: the plan says nothing)
+        "system": plan.system.model_dump() if plan.system is not None else None,
         "provenance": build_provenance(plan, registry, model, inputs.dataset, inputs.region_source),
         "classes": list(model.classes),
         "samples": {"n": len(samples), "ids_sha256": inputs.ids_sha, "labelled": baseline.labelled},

@@ -416,7 +416,8 @@ def demo(
     )
     out.mkdir(parents=True, exist_ok=True)
     plan_path = out / "plan.yaml"
-    plan_data = digits_plan(trained.weights, seed=seed) if data == "digits" else demo_plan(trained.weights, seed=seed)
+    plan_data = (digits_plan(trained.weights, seed=seed) if data == "digits"
+                 else demo_plan(trained.weights, seed=seed, shortcuts=shortcuts))
     write_demo_plan(plan_path, plan_data)
     validated = load_plan(plan_path, registry)
     outcome = run_audit(validated, registry, cache=cache, progress=not quiet and sys.stderr.isatty())
@@ -447,6 +448,10 @@ def _verify(outcome, trained, registry, cache, out: Path, plan_data: dict, *, se
     after_dir.mkdir(parents=True, exist_ok=True)
     plan_after = {**plan_data, "model": {**plan_data["model"], "weights": str(tuned.weights.resolve())},
                   "report": {**plan_data["report"], "title": plan_data["report"]["title"] + " (after fine-tuning)"}}
+    if plan_data.get("system"):
+        system = plan_data["system"]
+        plan_after["system"] = {**system, "model_version": f"{system.get('model_version')}, fine-tuned on the audit's "
+                                                           "recommended data"}
     write_demo_plan(after_dir / "plan.yaml", plan_after)
     validated = load_plan(after_dir / "plan.yaml", registry)
     after = run_audit(validated, registry, cache=cache, progress=not quiet and sys.stderr.isatty())

@@ -9,7 +9,7 @@ import yaml
 from xai_audit.demo.model import EMOTIONS
 
 
-def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 700) -> dict:
+def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 700, shortcuts: bool = True) -> dict:
     return {
         "seed": seed,
         "model": {
@@ -43,6 +43,39 @@ def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 700) -> dict:
             {"mask-lower-face": {}},
         ],
         "report": {"title": "Demo audit: emotion CNN on synthetic faces"},
+        "system": demo_system(seed=seed, shortcuts=shortcuts),
+    }
+
+
+def demo_system(*, seed: int, shortcuts: bool) -> dict:
+    """The demo model's ``system:`` section: what it is, stated as plainly as a provider should.
+
+    No responsible person is named: nobody answers for a model drawn on the user's machine, and the report
+    shows that field as not stated."""
+    planted = ("Trained on synthetic faces with two faults planted on purpose: most 'sad' training images (and "
+               "a few others) are darkened, and skin tone VI is about 1 % of the training images."
+               if shortcuts else "Trained on synthetic faces without the planted faults (--no-shortcuts).")
+    return {
+        "intended_purpose": ("A demonstration of xai-audit: tell which of seven expressions a synthetic cartoon "
+                             "face shows, so the audit has a model whose faults are known. It is not a model of "
+                             "real faces or of emotion."),
+        "intended_users": "People trying xai-audit, and reviewers learning to read its report.",
+        "deployment_context": ("None: trained on the CPU by `xai-audit demo` and audited on synthetic faces drawn "
+                               "the same way; never deployed."),
+        "out_of_scope_uses": [
+            "Any photograph or video of a real person.",
+            ("Any decision about a person; inferring emotions in a workplace or a school is prohibited in the EU "
+             "(AI Act, Art. 5(1)(f))."),
+            "Measuring or comparing emotion-recognition methods: the faces are drawn from mouth and brow shapes.",
+        ],
+        "provider": "xai-audit (the demo command trains the model on the user's machine)",
+        "model_version": f"demo CNN (xai_audit.demo.model:DemoCNN), training seed {seed}",
+        "known_limitations": [
+            planted,
+            ("Skin tone is a drawn attribute of the synthetic faces (six Fitzpatrick-style colours), not a "
+             "person's skin type."),
+            "Seven expressions only, each drawn from the shapes of the mouth, brows and eyes.",
+        ],
     }
 
 

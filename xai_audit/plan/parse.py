@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import reprlib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +314,7 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
         checks=checks,
         discoverers=lists["discoverers"],
         discover=schema.discover,
+        system=schema.system,
     )
 
 
@@ -506,6 +508,17 @@ def _add_pydantic_errors(problems: _Problems, base: tuple, exc: ValidationError,
         problems.add(base + loc, message)
 
 
+def _section_model(annotation: Any) -> Any:
+    """The model inside an optional section or a list of them (``SystemSpec | None``, ``list[Person] | None``)."""
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+        inner = _section_model(arg)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return inner
+    return annotation
+
+
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     current: Any = model
     for part in loc:
@@ -514,5 +527,5 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
         field_info = getattr(current, "model_fields", {}).get(part)
         if field_info is None:
             return None
-        current = field_info.annotation
+        current = _section_model(field_info.annotation)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None

@@ -100,6 +100,38 @@ class RuntimeSpec(_Strict):
     step_timeout: float = Field(3600.0, gt=0)
 
 
+class ResponsiblePerson(_Strict):
+    """Someone who answers for the system: a name and the role they hold (e.g. "model owner")."""
+
+    name: str = Field(min_length=1)
+    role: str | None = Field(None, min_length=1)
+
+
+class SystemSpec(_Strict):
+    """What the audited system is for and who answers for it, as the provider states it (issue 19).
+
+    Every field is optional: one the plan leaves out is shown as "not stated" in the report, never filled in.
+    The EU AI Act's Annex IV 1(a) and Art. 13(3)(b) ask for these; the audit does not check them, it carries them.
+    """
+
+    #: what the model is meant to do, in the provider's words
+    intended_purpose: str | None = Field(None, min_length=1)
+    #: who is meant to use its outputs
+    intended_users: str | None = Field(None, min_length=1)
+    #: where and how it runs (the setting its inputs come from)
+    deployment_context: str | None = Field(None, min_length=1)
+    #: uses the provider rules out
+    out_of_scope_uses: list[str] | None = None
+    #: who places the model on the market or puts it into service
+    provider: str | None = Field(None, min_length=1)
+    #: the version of the model audited, as the provider names it
+    model_version: str | None = Field(None, min_length=1)
+    #: the people who answer for the system, each with their role
+    responsible_persons: list[ResponsiblePerson] | None = None
+    #: limitations the provider declares (the audit's own are derived from its results)
+    known_limitations: list[str] | None = None
+
+
 class PlanSchema(_Strict):
     seed: int = 0
     model: dict[str, Any] | None = None
@@ -114,6 +146,8 @@ class PlanSchema(_Strict):
     report: ReportSpec = Field(default_factory=ReportSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     checks: list[Any] = Field(default_factory=list)
+    #: what the system is for and who answers for it (optional; absent fields are reported as not stated)
+    system: SystemSpec | None = None
 
     @field_validator("seed")
     @classmethod
@@ -175,6 +209,8 @@ class Plan:
     #: discoverers (issue 16): they propose cues on one part of the images, confirmed on the rest
     discoverers: list[Step] = field(default_factory=list)
     discover: DiscoverSpec = field(default_factory=DiscoverSpec)
+    #: the plan's ``system:`` section (None: the plan states nothing about the system)
+    system: SystemSpec | None = None
 
     def for_model(self, name: str) -> Plan:
         """This plan with only the named model (for running a several-model plan one model at a time)."""
@@ -197,6 +233,7 @@ class Plan:
             "report": self.report.model_dump(),
             "runtime": self.runtime.model_dump(),
             "checks": [{"check": c.text, "severity": c.severity} for c in self.checks],
+            "system": self.system.model_dump() if self.system is not None else None,
         }
 
 

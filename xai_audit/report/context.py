@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from xai_audit.report import conclusions, discovery, display, explain_context, figures, specs
+from xai_audit.report import conclusions, discovery, display, explain_context, figures, scope, specs
 from xai_audit.report.artifacts import ReportArtifacts
 
 #: The report's sections, in order: (anchor id, heading).
@@ -82,6 +82,7 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
         "toc": sections,
         "section": {s["id"]: s for s in sections},
         "summary": _summary(results, failures),
+        "system": scope.system(results),
         "provenance": _provenance(results),
         "accuracy": _accuracy(results, classes),
         "groups": _groups(group_steps, results, errors),
