@@ -135,6 +135,9 @@ def run(
     batch_sizes_from: Optional[Path] = typer.Option(
         None, "--batch-sizes-from", help="An earlier report folder: batch the model's passes as its run did "
         "(run.batching). The results do not depend on it; it makes the run compute exactly what that one did."),
+    formats: Optional[str] = typer.Option(
+        None, "--formats", help="What to write, comma-separated, instead of the plan's report.formats: html, pdf, "
+        "json, card (a Hugging Face model card, README.md)."),
 ) -> None:
     """Run the audit PLAN and write report.html, report.pdf and results.json."""
     if batch_sizes_from is not None:
@@ -147,6 +150,8 @@ def run(
 
     registry = _registry(strict_plugins)
     validated = load_plan(plan, registry)
+    if formats is not None:
+        validated.report.formats = _formats(formats)
     _check_out(out)
     cache = _cache(cache_dir, no_cache)
     show = not quiet and sys.stderr.isatty()
@@ -159,6 +164,18 @@ def run(
     _cache_warnings(cache)
     if failed:
         raise typer.Exit(1)
+
+
+def _formats(text: str) -> list[str]:
+    """``--formats html,pdf,card`` as a list; an unknown or empty one is bad input."""
+    from xai_audit.report.render import FILENAMES
+
+    chosen = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in chosen if f not in FILENAMES]
+    if unknown or not chosen:
+        raise XaiAuditError(f"--formats: {'unknown format ' + repr(unknown[0]) if unknown else 'nothing chosen'}; "
+                            f"choose from {', '.join(sorted(FILENAMES))}, comma-separated")
+    return list(dict.fromkeys(chosen))
 
 
 def _cache_warnings(cache) -> None:

@@ -45,7 +45,8 @@ class _Strict(StrictNumbers):
 
 class ReportSpec(_Strict):
     title: str = "xai-audit report"
-    formats: list[Literal["html", "pdf", "json"]] = Field(default_factory=lambda: list(FORMATS))
+    #: card: a Hugging Face model card (README.md) beside the report; not written unless listed
+    formats: list[Literal["html", "pdf", "json", "card"]] = Field(default_factory=lambda: list(FORMATS))
     paper: Literal["A4", "letter"] = "A4"
 
 

@@ -144,7 +144,7 @@ def write_comparison(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
-    for fmt in formats:
+    for fmt in [f for f in formats if f in payloads]:  # a model card is one model's (each report folder's)
         atomic_write(out_dir / FILENAMES[fmt], payloads[fmt])
         written[fmt] = out_dir / FILENAMES[fmt]
     return written

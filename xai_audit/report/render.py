@@ -31,7 +31,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema" / "results.schema.j
 PAGE_TEMPLATE = "report.html"
 CSS_TEMPLATE = "report.css"
 #: Output formats and the file each writes.
-FILENAMES = {"html": "report.html", "pdf": "report.pdf", "json": "results.json"}
+FILENAMES = {"html": "report.html", "pdf": "report.pdf", "json": "results.json", "card": "README.md"}
 
 
 class ReportError(XaiAuditError):
@@ -109,6 +109,10 @@ def write_report(
         payloads["json"] = (text + "\n").encode("utf-8", "backslashreplace")
         payloads["schema"] = SCHEMA_PATH.read_bytes()
         payloads.update({f"tables/{name}": shown(text).encode("utf-8") for name, text in csv_tables(results).items()})
+    if "card" in formats:  # a Hugging Face model card (README.md) from the results alone
+        from xai_audit.report.card import model_card
+
+        payloads["card"] = model_card(results, template_dirs).encode("utf-8")
     if "html" in formats or "pdf" in formats:
         from xai_audit.report.context import build_context
 
