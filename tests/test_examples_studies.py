@@ -36,11 +36,11 @@ runner = CliRunner()
 # --------------------------------------------------------------------------- every shipped plan parses
 
 
-@pytest.mark.parametrize("study", ["fer-vit-topology"])
+@pytest.mark.parametrize("study", ["fer-vit-topology", "fer2013-mini-xception-lime"])
 def test_the_shipped_example_plan_parses(registry, study):
     path = EXAMPLES / study / "plan.yaml"
     plan = parse_plan(path.read_text(), registry, filename=str(path), base_dir=path.parent)
-    assert plan.explainers and plan.hypotheses
+    assert plan.explainers
     readme = (EXAMPLES / study / "README.md").read_text()
     assert "differs" in readme.lower() and "plan.yaml" in readme
 
@@ -155,6 +155,94 @@ def test_masked_faces_cover_the_lower_face_and_only_it():
     assert np.array_equal(images[1], masked[1].image)
 
 
+# --------------------------------------------------------------------------- mini-Xception, LIME, the error sink
+
+
+def test_the_mini_xception_is_the_published_architecture():
+    from xai_audit_torch.mini_xception import FER_CLASSES, mini_xception
+
+    model = mini_xception().eval()
+    assert model.classes == FER_CLASSES
+    assert 50_000 < sum(p.numel() for p in model.parameters()) < 65_000  # "about 60 000 parameters"
+    separable = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert len(separable) == 8  # two separable convolutions in each of four residual modules
+    assert model(torch.rand(3, 1, 48, 48)).shape == (3, 7)
+    assert model.head.out_channels == 7  # a conv head, one channel per class, globally pooled
+    with pytest.raises(ValueError):
+        mini_xception(n_classes=3, classes=["a", "b"])
+
+
+def _tiny_xception_adapter(registry, tmp_path):
+    from xai_audit.api import LoadContext
+
+    info = registry.get("model-adapter", "torch")
+    torch.manual_seed(0)
+    return info.cls(info.cls.Options(
+        module="xai_audit_torch.mini_xception:mini_xception", factory_kwargs={"base": 4, "channels": [4, 8]},
+        input={"size": 48, "channels": 1, "mean": [0.5], "std": [0.5]})).load(LoadContext(tmp_path))
+
+
+def test_lime_explains_every_class_on_the_same_neighbourhood_and_shows_positive_evidence(registry, tmp_path):
+    from xai_audit.api import check_figure
+    from xai_audit_datasets import SyntheticFacesDataset, SyntheticFacesOptions
+    from xai_audit_lime.explainer import positive_evidence
+
+    model = _tiny_xception_adapter(registry, tmp_path)
+    faces = [SyntheticFacesDataset(SyntheticFacesOptions(n=2, size=48))[i] for i in range(2)]
+    info = registry.get("explainer", "lime")
+    targets = np.array([3, 0])
+    plain = info.cls(info.cls.Options(samples=60)).explain(model, faces, targets, 0)
+    every = info.cls(info.cls.Options(samples=60, classes="all", positive_only=True, num_features=3,
+                                      class_images=2)).explain(model, faces, targets, 0)
+    np.testing.assert_array_equal(plain.maps, every.maps)  # the explained class's map does not change
+    assert "classes" not in plain.tables and "positive_evidence" not in plain.arrays
+    rows = every.tables["classes"]
+    assert len(rows) == 2 * 7 and {r["class"] for r in rows} == set(FER)
+    assert sum(r["explained class"] for r in rows) == 2
+    for i, sample in enumerate(faces):
+        class_maps = every.arrays[f"class_maps_{i}"]
+        assert class_maps.shape == (7, 48, 48)
+        np.testing.assert_array_equal(class_maps[0], every.maps[i])  # the explained class first
+        assert not np.array_equal(class_maps[0], class_maps[1])
+        mine = [r for r in rows if r["sample"] == sample.id]
+        assert sum(r["probability"] for r in mine) == pytest.approx(1.0, abs=1e-4)
+    assert every.arrays["positive_evidence"].shape == (2 * 7, 3, 48, 48)
+    for spec in every.figures:
+        check_figure(spec, every.arrays)
+    # the view keeps the (at most) num_features most positive superpixels and greys out the rest
+    seg = every.arrays["segments"][0]
+    weights = np.array([every.maps[0][seg == k][0] for k in range(seg.max() + 1)])
+    shown = positive_evidence(faces[0].image, seg, weights, 3)
+    np.testing.assert_array_equal(shown, every.arrays["positive_evidence"][0])
+    kept = [k for k in np.argsort(-weights, kind="stable")[:3] if weights[k] > 0]
+    inside = np.isin(seg, kept)
+    assert np.array_equal(shown[:, inside], faces[0].image[:, inside]) and np.all(shown[:, ~inside] == 0.5)
+
+
+def test_the_class_that_collects_the_errors_is_found_and_its_images_explained():
+    from xai_audit.api import Sample
+    from xai_audit.run.examples import choose_examples, error_sink_of
+
+    classes = ["a", "b", "c"]
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 1, 0])
+    preds = np.array([2, 2, 0, 2, 1, 2, 2, 1, 2, 1])  # errors: 0->2 twice, 1->2 twice, 2->1, 0->1
+    sink = error_sink_of(preds, labels, classes)
+    assert sink["class"] == "c" and sink["collected"] == 4 and sink["errors"] == 6
+    assert sink["from"] == [{"class": "a", "n": 2, "share": 0.5}, {"class": "b", "n": 2, "share": 0.5}]
+    probs = np.full((10, 3), 0.05)
+    probs[np.arange(10), preds] = 0.9
+    samples = [Sample(id=f"s{i}", image=np.zeros((3, 4, 4), np.float32), label=int(labels[i])) for i in range(10)]
+    none = choose_examples(samples, probs, labels, 2, classes)
+    assert "error-sink" not in none.summary["cases"] and none.summary["error_sink"]["class"] == "c"
+    chosen = choose_examples(samples, probs, labels, 2, classes, error_sink=3)
+    case = chosen.summary["cases"]["error-sink"]
+    assert case["n_audited"] == 4 and len(case["shown"]) == 3
+    assert all(preds[int(sid[1:])] == 2 and labels[int(sid[1:])] != 2 for sid in case["shown"])
+    assert {labels[int(sid[1:])] for sid in case["shown"]} == {0, 1}  # round-robin over the true classes
+    assert set(int(s[1:]) for s in case["shown"]) <= set(chosen.indices.tolist())
+    assert len(chosen.indices) <= 2 + 3
+
+
 # --------------------------------------------------------------------------- end to end (slow)
 
 
@@ -250,6 +338,56 @@ def test_the_fer_vit_topology_example_runs_end_to_end(tmp_path):
     assert results["hypotheses"]["dataset-shift"]["n"] or results["hypotheses"]["dataset-shift"]["details"]
     assert results["provenance"]["regions"]["description"]["regions"]
     assert "recommendations" in results
+
+
+def _write_fer_csv(path: Path, n: int) -> None:
+    """A FER2013-format CSV: drawn faces, 48x48 grayscale, emotion codes by FER2013's order."""
+    from xai_audit_datasets import CLASSES, SyntheticFacesDataset, SyntheticFacesOptions
+
+    path.parent.mkdir(parents=True)
+    data = SyntheticFacesDataset(SyntheticFacesOptions(n=n, size=48))
+    rows = ["emotion,pixels,Usage"]
+    for i in range(n):
+        sample = data[i]
+        gray = (sample.image.mean(axis=0) * 255).round().astype(int)
+        usage = "PrivateTest" if i % 6 else "Training"
+        rows.append(f"{FER.index(CLASSES[sample.label])},{' '.join(map(str, gray.ravel()))},{usage}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.slow
+def test_the_fer2013_lime_example_runs_end_to_end(tmp_path):
+    from safetensors.torch import save_file
+
+    from xai_audit_torch.mini_xception import mini_xception
+
+    _write_fer_csv(tmp_path / "data" / "fer2013.csv", 72)
+    (tmp_path / "models").mkdir()
+    torch.manual_seed(0)
+    save_file(mini_xception(base=4, channels=[4, 8]).state_dict(), str(tmp_path / "models" / "mini_xception.safetensors"))
+    plan = yaml.safe_load((EXAMPLES / "fer2013-mini-xception-lime" / "plan.yaml").read_text())
+    results = _run_example(
+        "fer2013-mini-xception-lime", tmp_path, {"lime": {"samples": 80}},
+        {"model": {**plan["model"], "factory_kwargs": {"base": 4, "channels": [4, 8]}},
+         "explain": {**plan["explain"], "samples": 4, "trust": {"steps": 4, "sanity_samples": 2, "sanity_stages": 2}}},
+    )
+    assert not results["failures"], results["failures"]
+    assert results["samples"]["n"] == 60  # the PrivateTest rows only
+    examples = results["examples"]
+    assert {"confident-correct", "confident-wrong", "borderline-correct", "borderline-wrong"} <= set(examples["cases"])
+    sink = examples["error_sink"]
+    assert sink["class"] in FER and sink["collected"] >= 1
+    collected = examples["cases"]["error-sink"]
+    assert 1 <= len(collected["shown"]) <= 4
+    lime = results["explainers"]["lime"]
+    assert lime["status"] == "ok"
+    assert set(collected["shown"]) <= set(lime["sample_ids"])  # the collected images are explained
+    assert lime["options"]["classes"] == "all" and lime["options"]["positive_only"] is True
+    rows = lime["tables"]["classes"]
+    assert len(rows) == 7 * len(lime["sample_ids"]) and {r["class"] for r in rows} == set(FER)
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "One LIME map per class" in report and "hidden but for the (at most) 5 superpixels" in report
+    assert "collects the errors" in report
 
 
 _TINY_CNN = """

@@ -165,7 +165,8 @@ def _select(inputs: AuditInputs, baseline: Baseline, plan: Plan, explain_ids: li
         index_of = {s.id: i for i, s in enumerate(inputs.samples)}
         chosen = np.array(sorted(index_of[i] for i in explain_ids if i in index_of), dtype=np.int64)
         return describe_chosen(inputs.samples, chosen, baseline.probs, labels, classes)
-    return choose_examples(inputs.samples, baseline.probs, labels, plan.explain.samples, classes)
+    return choose_examples(inputs.samples, baseline.probs, labels, plan.explain.samples, classes,
+                           error_sink=plan.explain.error_sink)
 
 
 def _judge(plan: Plan, registry: Registry, inputs: AuditInputs, baseline: Baseline, selection: Selection,

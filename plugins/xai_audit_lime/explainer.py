@@ -23,6 +23,13 @@ What is ours rather than lime's defaults, and why:
 * seeding: each image's random stream comes from the seed and its sample id,
   so an image gets the same explanation alone or in a batch.
 
+Every class of an image (``classes: all``): the same perturbed images and
+model passes, one more regression per class (lime's ``top_labels``), so the
+map of the explained class is the same as without it. ``positive_only``
+shows lime's "positive evidence only" view (``get_image_and_mask`` with
+``positive_only=True, hide_rest=True``): the image with everything hidden
+but the ``num_features`` superpixels that most support the class.
+
 The random stream, distances, kernel, feature selection and regression are lime's own
 (``LimeBase``); a test checks the explanation equals lime's ``explain_instance``.
 Grayscale models need nothing special: LIME perturbs the display-space RGB
@@ -32,7 +39,8 @@ image, and the model adapter maps it to one channel.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -71,6 +79,14 @@ class LimeOptions(Options):
     kernel_width: float = Field(0.25, gt=0, description="lime's similarity kernel width")
     batch_size: int | None = Field(
         None, ge=1, description="images per model call (speed only: the maps do not change); default: automatic")
+    classes: Literal["target", "all"] = Field(
+        "target", description="explain the explained class only, or every class of each image (same model passes, "
+        "one regression per class)")
+    class_images: int = Field(1, ge=1, le=24, description="with classes: all, the images shown with a map per class")
+    positive_only: bool = Field(
+        False, description="also show lime's positive-evidence-only view: the image hidden but for the superpixels "
+        "that most support the class")
+    num_features: int = Field(5, ge=1, le=100, description="superpixels shown in the positive-evidence view")
 
 
 class LimeExplainer(ExplainerPlugin):
@@ -80,10 +96,13 @@ class LimeExplainer(ExplainerPlugin):
     needs_gradients = False
 
     def explain(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> Explanation:
-        maps, segments, scores = self._explain(model, samples, targets, seed)
+        opts: LimeOptions = self.options
+        maps, segments, scores, per_class = self._explain(model, samples, targets, seed)
         n_segments = np.array([len(np.unique(s)) for s in segments], dtype=np.float32)
         shown = min(len(samples), _SHOWN_SAMPLES)
         boundaries = np.stack([_draw_segments(samples[i].image, segments[i], maps[i]) for i in range(shown)])
+        targets = np.asarray(targets).reshape(-1)
+        views = _ClassViews(samples, targets, segments, per_class, list(model.classes), opts)
         return Explanation(
             method=self.name,
             sample_ids=[s.id for s in samples],
@@ -94,9 +113,11 @@ class LimeExplainer(ExplainerPlugin):
                 "superpixels_mean": float(n_segments.mean()),
                 "superpixels_min": float(n_segments.min()),
                 "local_fit_r2_mean": float(np.mean(scores)),
+                **views.scalars(),
             },
             arrays={"segments": np.stack(segments).astype(np.int32), "local_fit_r2": np.asarray(scores, np.float32),
-                    "boundaries": boundaries.astype(np.float32)},
+                    "boundaries": boundaries.astype(np.float32), **views.arrays},
+            tables=views.tables(),
             figures=[{
                 "kind": "images",
                 "title": "LIME superpixels: green = supports the class, red = against",
@@ -108,41 +129,50 @@ class LimeExplainer(ExplainerPlugin):
                     f"the {_SHOWN_SEGMENTS} most negative in red; other superpixel boundaries in grey."
                 ),
                 "alt": "Images with LIME's most positive superpixels outlined in green and most negative in red.",
-            }],
+            }, *views.figures],
             notes=[
                 f"{self.options.samples} perturbed images per explanation; superpixels replaced by their mean colour. "
-                "local_fit_r2 is the weighted R² of lime's linear model: low means the map is a poor local summary."
+                "local_fit_r2 is the weighted R² of lime's linear model: low means the map is a poor local summary.",
+                *views.notes(),
             ],
             run={"batch_size": int(self._batch(model, samples)), "layout": "channels-last" if prefers_channels_last(
                 model, tuple(samples[0].image.shape), backward=False) else "standard"},
         )
 
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:
-        return self._explain(model, samples, targets, seed)[0]
+        return self._explain(model, samples, targets, seed, every_class=False)[0]
 
     def _batch(self, model: ModelAdapter, samples: Sequence[Sample]) -> int:
         return self.options.batch_size or best_batch_size(model, tuple(samples[0].image.shape), backward=False)
 
     def _explain(
-        self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int
-    ) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
+        self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int, every_class: bool = True,
+    ) -> tuple[np.ndarray, list[np.ndarray], list[float], list[_PerClass]]:
+        """Maps of the targets, superpixels, fit R², and (``classes: all``) every class's weights per image."""
         opts: LimeOptions = self.options
         batch = self._batch(model, samples)
         classify = _classifier(model, tuple(samples[0].image.shape))
-        maps, segments, scores = [], [], []
+        all_classes = every_class and opts.classes == "all"
+        maps, segments, scores, per_class = [], [], [], []
         for sample, target in zip(samples, np.asarray(targets).reshape(-1)):
             sample_seed = _sample_seed(seed, sample.id)
             image = np.ascontiguousarray(sample.image.transpose(1, 2, 0), dtype=np.float32)
             seg = segment(image, opts, sample_seed)
             explainer = _BatchedLimeImageExplainer(kernel_width=opts.kernel_width, random_state=sample_seed)
-            result = explainer.explain_segments(image, seg, classify, int(target), opts.samples, batch)
-            weights = np.zeros(int(seg.max()) + 1, dtype=np.float32)
-            for index, weight in result.local_exp[int(target)]:
-                weights[index] = weight
+            result = explainer.explain_segments(image, seg, classify, int(target), opts.samples, batch,
+                                                every_class=all_classes)
+            n = int(seg.max()) + 1
+            weights = _weights(result.local_exp[int(target)], n)
             maps.append(weights[seg])
             segments.append(seg)
             scores.append(float(result.score))
-        return np.stack(maps).astype(np.float32), segments, scores
+            per_class.append(_PerClass(
+                probabilities=np.asarray(result.probabilities, np.float32),
+                weights=np.stack([_weights(result.local_exp[k], n) for k in result.local_exp]),
+                labels=list(result.local_exp),  # the explained class first, then the others in class order
+                scores=[float(result.scores[k]) for k in result.local_exp],
+            ))
+        return np.stack(maps).astype(np.float32), segments, scores, per_class
 
 
 def segment(image: np.ndarray, opts: LimeOptions, seed: int) -> np.ndarray:
@@ -219,10 +249,11 @@ class _BatchedLimeImageExplainer(_lime_base()):  # type: ignore[misc]
     """lime's image explainer with its neighbourhood built a batch at a time, in torch."""
 
     def explain_segments(self, image: np.ndarray, segments: np.ndarray, classifier_fn: Callable[[Any], np.ndarray],
-                         label: int, num_samples: int, batch_size: int) -> Any:
-        """lime's ``explain_instance`` for one label over given superpixels, with its random stream,
-        distances, kernel, feature selection and regression (``LimeBase``), minus its per-superpixel
-        Python loop for the mean-colour image (one ``bincount`` here)."""
+                         label: int, num_samples: int, batch_size: int, every_class: bool = False) -> Any:
+        """lime's ``explain_instance`` for one label (or, ``every_class``, for ``label`` and every other
+        class on the same perturbed images, as lime's ``top_labels`` does) over given superpixels, with its
+        random stream, distances, kernel, feature selection and regression (``LimeBase``), minus its
+        per-superpixel Python loop for the mean-colour image (one ``bincount`` here)."""
         import sklearn.metrics
         from lime.lime_image import ImageExplanation
 
@@ -235,9 +266,14 @@ class _BatchedLimeImageExplainer(_lime_base()):  # type: ignore[misc]
         data, labels = self.data_labels(image, fudged, segments, classifier_fn, num_samples, batch_size=batch_size)
         distances = sklearn.metrics.pairwise_distances(data, data[0].reshape(1, -1), metric="cosine").ravel()
         result = ImageExplanation(image, segments)
-        (result.intercept[label], result.local_exp[label], result.score, result.local_pred) = (
-            self.base.explain_instance_with_data(data, labels, distances, label, n,
-                                                 feature_selection=self.feature_selection))
+        result.probabilities = labels[0]  # data[0] keeps every superpixel: the image itself
+        result.scores = {}
+        for k in [label] + ([j for j in range(labels.shape[1]) if j != label] if every_class else []):
+            (result.intercept[k], result.local_exp[k], result.scores[k], local_pred) = (
+                self.base.explain_instance_with_data(data, labels, distances, k, n,
+                                                     feature_selection=self.feature_selection))
+            if k == label:
+                result.score, result.local_pred = result.scores[k], local_pred
         return result
 
     def data_labels(self, image: np.ndarray, fudged_image: np.ndarray, segments: np.ndarray,
@@ -286,3 +322,118 @@ def _draw_segments(image: np.ndarray, seg: np.ndarray, weights_map: np.ndarray) 
         edge = find_boundaries(np.where(mask, seg, -1), mode="inner") & mask
         rgb[edge] = tint
     return rgb.transpose(2, 0, 1)
+
+
+def _weights(local_exp: Sequence[tuple[int, float]], n: int) -> np.ndarray:
+    """lime's ``(superpixel, weight)`` pairs as a weight per superpixel (n,)."""
+    weights = np.zeros(n, dtype=np.float32)
+    for index, weight in local_exp:
+        weights[index] = weight
+    return weights
+
+
+@dataclass
+class _PerClass:
+    """One image's lime fit for each class it was explained for."""
+
+    probabilities: np.ndarray  # (K,) the model's probabilities of the image
+    weights: np.ndarray  # (len(labels), n superpixels)
+    labels: list[int]
+    scores: list[float]  # lime's weighted R² per class
+
+
+def positive_evidence(image: np.ndarray, seg: np.ndarray, weights: np.ndarray, num_features: int) -> np.ndarray:
+    """lime's ``get_image_and_mask(label, positive_only=True, hide_rest=True, num_features)``: the image (3, H, W)
+    with every pixel hidden (grey) but those of the ``num_features`` largest positively weighted superpixels."""
+    order = np.argsort(-weights, kind="stable")[:num_features]
+    keep = [int(k) for k in order if weights[k] > 0]
+    mask = np.isin(seg, keep)
+    return np.where(mask[None], image, np.float32(0.5)).astype(np.float32)
+
+
+class _ClassViews:
+    """What ``classes: all`` and ``positive_only`` add to the explanation: a table, arrays, figures."""
+
+    def __init__(self, samples: Sequence[Sample], targets: np.ndarray, segments: list[np.ndarray],
+                 per_class: list[_PerClass], classes: list[str], opts: LimeOptions):
+        self.samples, self.targets, self.segments, self.per_class = samples, targets, segments, per_class
+        self.classes, self.opts = classes, opts
+        self.arrays: dict[str, np.ndarray] = {}
+        self.figures: list[dict[str, Any]] = []
+        if opts.classes == "all":
+            self._every_class()
+        if opts.positive_only:
+            self._positive()
+
+    def _name(self, k: int) -> str:
+        return self.classes[k] if 0 <= k < len(self.classes) else f"class {k}"
+
+    def _every_class(self) -> None:
+        for i in range(min(self.opts.class_images, len(self.samples))):
+            found, seg = self.per_class[i], self.segments[i]
+            self.arrays[f"class_maps_{i}"] = found.weights[:, seg].astype(np.float32)  # (K, H, W)
+            self.arrays[f"class_image_{i}"] = np.asarray(self.samples[i].image, np.float32)
+            self.figures.append({
+                "kind": "heatmaps",
+                "title": f"{self.samples[i].id}: LIME for every class",
+                "maps": {"array": f"class_maps_{i}"}, "image": {"array": f"class_image_{i}"},
+                "titles": [f"{self._name(k)} (p = {found.probabilities[k]:.2f})" for k in found.labels],
+                "signed": True, "columns": min(len(found.labels), 7), "colorbar": "LIME weight",
+                "caption": ("One LIME map per class on the same perturbed images, on one colour scale: what supports "
+                            "(positive) and what speaks against (negative) each class. The first map is the "
+                            "explained class."),
+                "alt": f"LIME maps of image {self.samples[i].id} for each class.",
+            })
+
+    def _positive(self) -> None:
+        tiles, titles = [], []
+        if self.opts.classes == "all":
+            which = [(i, j) for i in range(min(self.opts.class_images, len(self.samples)))
+                     for j in range(len(self.per_class[i].labels))]
+        else:
+            which = [(i, 0) for i in range(min(len(self.samples), _SHOWN_SAMPLES))]
+        for i, j in which:
+            found = self.per_class[i]
+            tiles.append(positive_evidence(np.asarray(self.samples[i].image, np.float32), self.segments[i],
+                                           found.weights[j], self.opts.num_features))
+            titles.append(f"{self.samples[i].id}: {self._name(found.labels[j])}")
+        self.arrays["positive_evidence"] = np.stack(tiles)
+        self.figures.append({
+            "kind": "images", "title": "LIME, positive evidence only",
+            "images": {"array": "positive_evidence"}, "titles": titles,
+            "columns": min(len(tiles), 7),
+            "caption": (f"Each image hidden but for the (at most) {self.opts.num_features} superpixels that most "
+                        "support the class named (lime's positive_only view); grey: hidden."),
+            "alt": "Images with only the superpixels that support a class left visible.",
+        })
+
+    def scalars(self) -> dict[str, float]:
+        if self.opts.classes != "all":
+            return {}
+        return {"classes explained per image": float(len(self.per_class[0].labels)) if self.per_class else 0.0}
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        if self.opts.classes != "all":
+            return {}
+        rows = []
+        for sample, target, found in zip(self.samples, self.targets, self.per_class):
+            for j, k in enumerate(found.labels):
+                w = found.weights[j]
+                rows.append({
+                    "sample": sample.id, "class": self._name(k), "explained class": bool(k == int(target)),
+                    "probability": float(found.probabilities[k]),
+                    "positive weight": float(w[w > 0].sum()), "negative weight": float(w[w < 0].sum()),
+                    "superpixels for": int((w > 0).sum()), "local_fit_r2": float(found.scores[j]),
+                })
+        return {"classes": rows}
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.opts.classes == "all":
+            out.append("classes: all: every class of each image explained on the same perturbed images (one "
+                       "regression per class); the table 'classes' lists each class's total positive and negative "
+                       "weight and fit.")
+        if self.opts.positive_only:
+            out.append(f"positive_only: the positive-evidence view keeps the {self.opts.num_features} superpixels "
+                       "with the largest positive weight (fewer where fewer are positive).")
+        return out

@@ -71,6 +71,8 @@ class ExplainSpec(_Strict):
     trust: TrustSpec = Field(default_factory=TrustSpec)
     #: test the hypotheses an explainer suggests (e.g. topology's) in the same audit, Holm-corrected with the rest
     test_suggestions: bool = False
+    #: also explain up to this many images wrongly predicted as the class that collects the errors (case error-sink)
+    error_sink: int = Field(0, ge=0, le=10_000)
 
 
 class DiscoverSpec(_Strict):

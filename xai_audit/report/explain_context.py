@@ -47,6 +47,7 @@ def overview(results: Mapping[str, Any], artifacts: ReportArtifacts, classes: li
             "and the share of its mass in the regions that define the class, where they are known."
         ),
         "flow": _flow(examples.get("confusion_flow")),
+        "sink": _sink(examples.get("error_sink")),
         "trust_rows": [r for r in (_trust_row(name, step) for name, step in steps.items()) if r],
         "agreement": _agreement_figure(steps),
     }
@@ -167,6 +168,19 @@ def _flow(flow: Mapping[str, Any] | None) -> dict[str, Any] | None:
     )
     rows = [{"class": str(row["class"]), "n": _int(row["n"]), "share": _pct(row["share"], 0)} for row in to]
     return {"text": text, "class": str(flow["class"]), "rows": rows}
+
+
+def _sink(sink: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The class that collects the errors, in one sentence."""
+    if not sink:
+        return None
+    sources = sink.get("from") or []
+    text = (
+        f"The class that collects the errors is {sink['class']}: {_int(sink.get('collected'))} of the "
+        f"{_int(sink.get('errors'))} wrong predictions ({_pct(sink.get('share'), 0)}) name it"
+        + (", from " + ", ".join(f"{row['class']} {_int(row['n'])}" for row in sources) if sources else "") + "."
+    )
+    return {"text": text, "class": str(sink["class"])}
 
 
 def _trust_row(name: str, step: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -14,7 +14,12 @@ margin for borderline, highest probability for confident). A budget a case
 cannot use goes to the others, and last to "other" samples.
 
 The confusion matrix is in ``results.json``; here also the flow of errors of
-the worst-recalled class: which classes it is mistaken for.
+the worst-recalled class: which classes it is mistaken for, and the class
+that *collects* the errors (the one most wrong predictions go to; a FER2013
+study found one class drawing the errors of all the others). With
+``explain: {error_sink: N}`` up to N of the images wrongly predicted as that
+class are explained too (case ``error-sink``, beyond the budget), the most
+confident first, round-robin over their true classes.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ CASE_TITLES = {
     "borderline": "Borderline",
     "confident": "Confident",
     "other": "Other",
+    "error-sink": "Wrongly predicted as the class that collects the errors",
 }
 
 
@@ -75,8 +81,10 @@ def case_names(probs: np.ndarray, labels: np.ndarray | None) -> list[str]:
 
 def choose_examples(
     samples: Sequence[Sample], probs: np.ndarray, labels: np.ndarray | None, budget: int, classes: Sequence[str],
+    error_sink: int = 0,
 ) -> Selection:
-    """Up to ``budget`` samples spread over the cases (see the module docstring)."""
+    """Up to ``budget`` samples spread over the cases, and up to ``error_sink`` more wrongly predicted as the
+    class that collects the errors (see the module docstring)."""
     probs = np.asarray(probs, dtype=np.float64)
     n = len(samples)
     budget = min(budget, n)
@@ -95,8 +103,13 @@ def choose_examples(
                 chosen.append(queues[case].pop(0))
     while len(chosen) < budget and queues["other"]:
         chosen.append(queues["other"].pop(0))
-    indices = np.array(sorted(chosen), dtype=np.int64)
-    case_of = {int(i): names[i] for i in indices}
+    sink = error_sink_of(preds, labels, classes) if labels is not None else None
+    collected: list[int] = []
+    if sink is not None and error_sink > 0:
+        collected = _collected(preds, labels, probs, classes.index(sink["class"]), error_sink)
+    case_of = {int(i): names[i] for i in chosen}
+    case_of.update({int(i): "error-sink" for i in collected if i not in case_of})
+    indices = np.array(sorted(case_of), dtype=np.int64)
     summary = {
         "rule": (
             f"borderline: the top two probabilities within {BORDERLINE_MARGIN:g}; confident: top probability above "
@@ -114,7 +127,14 @@ def choose_examples(
             for case in order_cases
         },
         "confusion_flow": confusion_flow(preds, labels, classes) if labels is not None else None,
+        "error_sink": sink,
     }
+    if collected:
+        summary["cases"]["error-sink"] = {
+            "title": f"{CASE_TITLES['error-sink']} ({sink['class']})",  # type: ignore[index]
+            "n_audited": int(sink["collected"]),  # type: ignore[index]
+            "shown": [samples[i].id for i in sorted(collected)],
+        }
     return Selection(indices=indices, case_of=case_of, summary=summary)
 
 
@@ -135,6 +155,7 @@ def describe_chosen(samples: Sequence[Sample], indices: np.ndarray, probs: np.nd
             for case in order_cases
         },
         "confusion_flow": confusion_flow(preds, labels, classes) if labels is not None else None,
+        "error_sink": error_sink_of(preds, labels, classes) if labels is not None else None,
     }
     return Selection(indices=np.asarray(indices, dtype=np.int64), case_of={int(i): names[i] for i in indices},
                      summary=summary)
@@ -159,6 +180,41 @@ def confusion_flow(preds: np.ndarray, labels: np.ndarray, classes: Sequence[str]
     ]
     flows.sort(key=lambda row: -row["n"])
     return {"class": classes[worst], "recall": recall, "n": n_k, "errors": errors, "to": flows}
+
+
+def error_sink_of(preds: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any] | None:
+    """The class most wrong predictions go to: ``{class, collected, errors, share, precision, from: [{class, n,
+    share}]}`` (``collected``: wrong predictions of it; ``share``: of all errors), or None without errors."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    wrong = preds != labels
+    errors = int(wrong.sum())
+    if not errors:
+        return None
+    into = np.bincount(preds[wrong], minlength=len(classes))
+    sink = int(np.argmax(into))  # ties: the first class
+    sources = labels[wrong & (preds == sink)]
+    rows = [{"class": classes[j], "n": int((sources == j).sum()), "share": float((sources == j).mean())}
+            for j in range(len(classes)) if (sources == j).any()]
+    rows.sort(key=lambda row: -row["n"])
+    predicted = int((preds == sink).sum())
+    return {"class": classes[sink], "collected": int(into[sink]), "errors": errors,
+            "share": float(into[sink] / errors), "precision": float((labels[preds == sink] == sink).mean()) if predicted
+            else None, "from": rows}
+
+
+def _collected(preds: np.ndarray, labels: np.ndarray, probs: np.ndarray, sink: int, n: int) -> list[int]:
+    """Up to ``n`` images wrongly predicted as ``sink``: round-robin over their true classes, the most confident
+    first within each."""
+    by_class: dict[int, list[int]] = {}
+    wrong = [i for i in range(len(preds)) if preds[i] == sink and labels[i] != sink]
+    for i in sorted(wrong, key=lambda i: (-probs[i, sink], i)):
+        by_class.setdefault(int(labels[i]), []).append(i)
+    out: list[int] = []
+    while len(out) < n and any(by_class.values()):
+        for k in sorted(by_class):
+            if by_class[k] and len(out) < n:
+                out.append(by_class[k].pop(0))
+    return out
 
 
 def _spread_over_classes(indices: list[int], preds: np.ndarray, margin: np.ndarray, case: str) -> list[int]:
