@@ -92,8 +92,15 @@ def digits_plan(weights: Path, *, seed: int = 0) -> dict:
             "input": {"channels": 1},
         },
         "dataset": {"loader": "digits", "split": "test", "seed": seed},
-        "explain": {"samples": 10},
-        "explainers": [{"integrated-gradients": {"steps": 32}}],
+        # the digits study: occlusion beside Integrated Gradients on the same digits, how far their maps agree
+        # (the trust section's agreement matrix), and rubbish images: noise the CNN calls a digit with certainty
+        "explain": {"samples": 10, "trust": {"steps": 12, "sanity_samples": 4, "sanity_stages": 3}},
+        "explainers": [
+            {"integrated-gradients": {"steps": 32}},
+            # a digit is 8x8 pixels drawn at 32: an 8-px window hides a quarter of a stroke's width twice over
+            {"occlusion": {"window": 8, "stride": 4}},
+            {"feature-visualisation": {"steps": 32, "rubbish_steps": 40, "channels": 4}},
+        ],
         "hypotheses": [],
         "report": {"title": "Demo audit: digit CNN on scikit-learn's handwritten digits"},
     }

@@ -17,7 +17,16 @@ what it lacks is written here, and each such place says so.
   explainer re-run on the randomised copy; the Spearman rank correlation of
   the absolute maps (Quantus's ``correlation_spearman``) says how much the
   map survived. A map that barely changes once every layer is random does not
-  explain the model. The cascade is by hand: Quantus ``MPRT`` re-explains
+  explain the model. The correlation is taken over the pixels where either
+  map is non-zero: a pixel both maps leave at exactly zero is a tie that the
+  rank correlation counts as agreement, though it says nothing about the
+  ordering the test asks after. On a black background explained against a
+  black baseline (Integrated Gradients on digits: attribution is zero wherever
+  the input equals the baseline, whatever the weights) those ties are a third
+  of the image and lift a 0.44 to 0.82 (issue 18); the all-pixel value is kept
+  beside it (``final_similarity_all_pixels``), with the share of such pixels.
+  Maps without exact zeros (most maps of natural images) get the same number
+  as before. The cascade is by hand: Quantus ``MPRT`` re-explains
   once per parameterised layer (over a hundred for a ViT-base) and re-explains
   the unchanged model even when given its maps; here the cascade is cut into
   a few stages on a few images.
@@ -49,7 +58,7 @@ from xai_audit.contract.batching import best_batch_size, chunks
 from xai_audit.contract.types import FACE_REGIONS, ExplainerPlugin, ModelAdapter, Sample
 
 #: bump when a metric's definition changes, so cached trust results are recomputed
-TRUST_VERSION = 1
+TRUST_VERSION = 2  # 2: sanity's similarity leaves out the pixels both maps leave at zero
 #: Spearman similarity of |map| between the trained and the fully randomised model at or above which
 #: the maps "barely change" (sanity fails) ...
 SANITY_THRESHOLD = 0.7
@@ -135,12 +144,14 @@ def verdict(trust: Mapping[str, Any]) -> dict[str, str]:
     """``{level, text}``: 'trusted', 'weak' or 'not trusted', with the reason in words."""
     sanity_result = trust.get("sanity")
     faith = trust.get("faithfulness") or {}
+    note = ties_note(sanity_result) if sanity_result else ""  # where ties at zero would have changed the verdict
     if sanity_result and sanity_result.get("verdict") == "fails":
         return {
             "level": "not trusted",
             "text": (
                 f"fails the sanity check: with every layer's weights randomised its maps still correlate "
                 f"{sanity_result['final_similarity']:.2f} with the trained model's, so they show the image more than the model"
+                + note
             ),
         }
     gain, random_gain = faith.get("score"), faith.get("random_score")
@@ -150,19 +161,20 @@ def verdict(trust: Mapping[str, Any]) -> dict[str, str]:
             "text": (
                 f"passes the sanity check only partly: with every layer's weights randomised its maps still correlate "
                 f"{sanity_result['final_similarity']:.2f} with the trained model's, so part of what they show is the "
-                "image itself (its edges, say) rather than what the model learned"
+                "image itself (its edges, say) rather than what the model learned" + note
             ),
         }
     if gain is None or random_gain is None or gain <= random_gain + FAITHFUL_MARGIN:
         return {
             "level": "weak",
             "text": "not more faithful than a random map: removing or revealing its top pixels moves the score "
-            "no more than random pixels do",
+            "no more than random pixels do" + note,
         }
     text = (
         f"faithful (insertion - deletion {gain:.2f} against {random_gain:.2f} for a random order)"
         + (", and its maps change when the weights are randomised"
            if sanity_result and sanity_result.get("verdict") == "passes" else "; sanity not checked")
+        + note
     )
     return {"level": "trusted", "text": text}
 
@@ -322,30 +334,52 @@ def sanity(session: TrustSession, plugin: ExplainerPlugin, maps: np.ndarray) -> 
             randomise_layer(module, session.seed + index)
         done = cut
         last_maps = np.asarray(plugin.explain_maps(wrapper.adapter, subset, targets, session.seed))
-        similarity = spearman(np.abs(original), np.abs(last_maps))
+        similarity, zero_in_both = spearman_where_either(np.abs(original), np.abs(last_maps))
         stages.append({
             "layers_randomised": cut,
             "of": len(layers),
             "down_to": layers[len(layers) - cut][0],
             "similarity": float(np.mean(similarity)),
+            "similarity_all_pixels": float(np.mean(spearman(np.abs(original), np.abs(last_maps)))),
+            "zero_in_both": float(np.mean(zero_in_both)),
         })
     final = stages[-1]["similarity"]
     data = {
         "test": "cascading model-parameter randomisation (Adebayo et al., 2018)",
-        "similarity": "Spearman rank correlation of |map|, trained vs randomised model",
+        "similarity": ("Spearman rank correlation of |map|, trained vs randomised model, over the pixels where "
+                       "either map is non-zero (a pixel both leave at zero is a tie, not agreement)"),
         "n_samples": int(len(subset)),
         "sample_ids": [s.id for s in subset],
         "stages": stages,
         "final_similarity": final,
+        "final_similarity_all_pixels": stages[-1]["similarity_all_pixels"],
+        "zero_in_both": stages[-1]["zero_in_both"],
         "threshold": SANITY_THRESHOLD,
         "partly_above": SANITY_PARTLY,
-        "verdict": "fails" if final >= SANITY_THRESHOLD else ("partly" if final >= SANITY_PARTLY else "passes"),
+        "verdict": sanity_verdict(final),
+        "verdict_all_pixels": sanity_verdict(stages[-1]["similarity_all_pixels"]),
     }
     return data, {
         "sanity_randomised_maps": last_maps.astype(np.float32),
         "sanity_original_maps": original.astype(np.float32),
         "sanity_images": np.stack([s.image for s in subset]).astype(np.float32),
     }
+
+
+def sanity_verdict(similarity: float) -> str:
+    """'fails' at or above SANITY_THRESHOLD, 'partly' at or above SANITY_PARTLY, else 'passes'."""
+    return "fails" if similarity >= SANITY_THRESHOLD else ("partly" if similarity >= SANITY_PARTLY else "passes")
+
+
+def ties_note(sanity_result: Mapping[str, Any]) -> str:
+    """Where leaving out the pixels both maps leave at zero changed the verdict: the metric's part, in words."""
+    everywhere, share = sanity_result.get("verdict_all_pixels"), sanity_result.get("zero_in_both")
+    if everywhere is None or share is None or everywhere == sanity_result.get("verdict"):
+        return ""
+    return (f"; over every pixel it would be {sanity_result['final_similarity_all_pixels']:.2f} ({everywhere}), "
+            f"because {share:.0%} of the pixels are exactly zero in both maps (a background the method cannot "
+            "attribute to, whatever the weights), ties that a rank correlation counts as agreement: that part is "
+            "the metric's, not the method's, and those pixels are left out")
 
 
 def parameterised_layers(module: Any) -> list[tuple[str, Any]]:
@@ -524,6 +558,19 @@ def _pool(maps: np.ndarray) -> np.ndarray:
     n, height, width = maps.shape
     size = (min(height, AGREEMENT_GRID), min(width, AGREEMENT_GRID))
     return torch.nn.functional.adaptive_avg_pool2d(torch.as_tensor(maps)[:, None], size)[:, 0].numpy()
+
+
+def spearman_where_either(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample Spearman rank correlation over the pixels where ``a`` or ``b`` is non-zero, and the share of
+    pixels where both are zero; 0 where fewer than three pixels are left or a map is constant on them."""
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    keep = (a != 0) | (b != 0)
+    rho = np.zeros(len(a), dtype=np.float64)
+    for i in range(len(a)):
+        if keep[i].sum() >= 3:
+            rho[i] = spearman(a[i : i + 1, keep[i]], b[i : i + 1, keep[i]])[0]
+    return rho, 1.0 - keep.mean(axis=1)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
