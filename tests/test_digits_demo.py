@@ -72,3 +72,16 @@ def test_digits_demo_end_to_end(tmp_path: Path, demo_cache: Path):
     assert sanity["zero_in_both"] > 0.1 and sanity["final_similarity_all_pixels"] > sanity["final_similarity"]
     html = (out / "report.html").read_text()
     assert "Agreement between explainers" in html and "Rubbish images" in html
+
+
+def test_the_report_shows_the_all_pixel_similarity_and_the_tied_share():
+    from xai_audit.report.explain_context import trust_summary
+
+    sanity = {"verdict": "partly", "threshold": 0.7, "final_similarity": 0.51, "final_similarity_all_pixels": 0.8,
+              "verdict_all_pixels": "fails", "zero_in_both": 0.27,
+              "stages": [{"layers_randomised": 8, "of": 8, "similarity": 0.51}]}
+    rows = {r["key"]: r["value"] for r in trust_summary({"trust": {"sanity": sanity, "verdict": {}}})["rows"]}
+    assert rows["sanity over every pixel, with the pixels zero in both maps (their share)"] == "0.80 → fails (27 %)"
+    sanity["zero_in_both"] = 0.0  # nothing tied: one row, as before
+    rows = trust_summary({"trust": {"sanity": sanity, "verdict": {}}})["rows"]
+    assert not any("every pixel" in r["key"] for r in rows)

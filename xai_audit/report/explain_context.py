@@ -74,6 +74,10 @@ def trust_summary(step: Mapping[str, Any]) -> dict[str, Any] | None:
         stages = ", ".join(f"{s['layers_randomised']} of {s['of']} layers: {_fix(s['similarity'])}" for s in sanity["stages"])
         rows.append({"key": "sanity: similarity to the map after randomising layers (top down)",
                      "value": f"{stages} → {sanity.get('verdict', _DASH)} (fails at ≥ {_fix(sanity.get('threshold'), 1)})"})
+        if sanity.get("zero_in_both"):  # pixels both maps leave at zero are left out of the similarity above
+            rows.append({"key": "sanity over every pixel, with the pixels zero in both maps (their share)",
+                         "value": f"{_fix(sanity.get('final_similarity_all_pixels'))} → "
+                                  f"{sanity.get('verdict_all_pixels', _DASH)} ({_pct(sanity.get('zero_in_both'), 0)})"})
     loc = trust.get("localisation")
     if loc:
         rows.append({"key": f"mass in {', '.join(loc.get('regions', []))}, ±{loc.get('tolerance_px', 0)} px (their area)",
