@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,12 +30,15 @@ from xai_audit_topology.bottleneck import bottleneck
 from xai_audit_topology.change import change_size, summarise
 from xai_audit_topology.cloud import Reduction, fit_reduction, landmarks
 from xai_audit_topology.collapse import CollapseResult, collapse_feature
+from xai_audit_topology.landscapes import LandscapeStudy
+from xai_audit_topology.landscapes import study as landscape_study
 from xai_audit_topology.mapper import mapper_graph
 from xai_audit_topology.options import TopologyOptions
 from xai_audit_topology.persistence import Diagrams, Significance, assess, rips, statistic
 from xai_audit_topology.representatives import carriers
 from xai_audit_topology.suggest import suggest
 from xai_audit_topology.summaries import betti_curve, entropy, landscape, total_persistence
+from xai_audit_topology.topoact import node_views
 
 KINDS = {0: "component", 1: "loop", 2: "void", 3: "3-cavity"}
 #: features listed per dimension in the features table (significant ones always are)
@@ -124,14 +128,21 @@ class TopologyExplainer(ExplainerPlugin):
         tables["summary per layer"] = layer_rows
         specs.extend(layer_specs)
         if opts.mapper:
-            specs.extend(self._views(main, predicted, labels, list(model.classes), seed))
+            specs.extend(self._views(main, predicted, labels, list(model.classes), seed, images, ids, tables, arrays))
+        scalars = self._scalars(main, dgms, sig, significant, collapsed)
+        if opts.landscapes:
+            found_landscapes = self._landscapes(model, images, predicted, labels, layer, seed)
+            tables.update(found_landscapes.tables)
+            specs.extend(found_landscapes.figures)
+            notes.extend(found_landscapes.notes)
+            scalars.update(found_landscapes.scalars)
         return Explanation(
             method=self.name,
             sample_ids=sample_ids,
             targets=explained,
             maps=maps,
             signed=False,
-            scalars=self._scalars(main, dgms, sig, significant, collapsed),
+            scalars=scalars,
             maps_caption=("the size of the change the collapse made in the model's one channel (|Δluminance|)"
                           if model.input_channels == 1 else
                           "the size of the pixel change the collapse made (|ΔR| + |ΔG| + |ΔB|)"),
@@ -405,21 +416,53 @@ class TopologyExplainer(ExplainerPlugin):
             out[name] = entropy(dgm)
         return out
 
-    def _views(self, main: LayerCloud, predicted, labels, classes, seed) -> list[dict[str, Any]]:
+    def _views(self, main: LayerCloud, predicted, labels, classes, seed, images, ids, tables, arrays) -> list[dict[str, Any]]:
         opts: TopologyOptions = self.options
         rows = np.arange(len(main.reduced))
         if len(rows) > VIEW_POINTS:
             rows = np.sort(np.random.default_rng(seed).choice(len(rows), VIEW_POINTS, replace=False))
         points = main.reduced[rows]
-        lens = points[:, :2] if points.shape[1] >= 2 else np.c_[points[:, 0], np.zeros(len(points))]
+        # the first two principal components of the points themselves: ``reduced`` is no rotation when the layer
+        # has no more than pca_dims values (then its first two columns are just two units of the layer)
+        plane = fit_reduction(points, 2, seed)
+        lens = plane.project(points) if points.shape[1] >= 2 else np.c_[points[:, 0], np.zeros(len(points))]
         owner = main.cloud.owner[main.kept[rows]]
         pred = np.asarray(predicted)[owner]
         label = np.array([-1 if labels[i] is None else labels[i] for i in owner])
         graph = mapper_graph(points, lens, intervals=opts.mapper_intervals, overlap=opts.mapper_overlap)
-        return [
-            figures.pca_scatter(lens, [classes[int(c)] for c in pred], main.reduction, main.cloud.layer),
-            *figures.mapper(graph, pred, label, classes, main.cloud.layer),
+        views = node_views(graph, points, owner, images, predicted, classes, ids, shown=opts.mapper_nodes,
+                           examples=opts.mapper_examples)
+        tables["mapper nodes"] = views.rows
+        specs = [
+            figures.pca_scatter(lens, [classes[int(c)] for c in pred], plane, main.cloud.layer),
+            *figures.mapper(graph, pred, label, classes, main.cloud.layer, labelled=views.shown),
         ]
+        if views.shown:
+            arrays["mapper nodes"] = views.tiles
+            specs.append(figures.mapper_node_images("mapper nodes", views.titles, 1 + opts.mapper_examples,
+                                                    main.cloud.layer, len(views.shown), opts.mapper_examples))
+        return specs
+
+    def _landscapes(self, model: ModelAdapter, images, predicted, labels, layer: str, seed: int) -> LandscapeStudy:
+        """Activation landscapes per layer and class over the model and the plan's other networks (Wheeler et al.)."""
+        opts: TopologyOptions = self.options
+        if opts.layers is not None:
+            layers = [resolve_layer(model, name) for name in opts.layers]
+        else:
+            import torch
+
+            layers = [n for n, m in model.layers().items() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+            if len(layers) > 6:
+                layers = [layers[int(round(i))] for i in np.linspace(0, len(layers) - 1, 6)]
+            layers = layers or [layer]
+        labelled = all(label is not None for label in labels)
+        by = np.asarray(labels if labelled else predicted, dtype=np.int64)
+        return landscape_study(
+            model, images, layers, by, list(model.classes), "by label" if labelled else "by predicted class",
+            opts.dims, networks=[Path(p) for p in opts.networks], checkpoints=[Path(p) for p in opts.checkpoints],
+            pool=opts.pool, latent=opts.latent_landscapes, n_landmarks=opts.landmarks, method=opts.landmark_method,
+            pca_dims=opts.pca_dims, points=opts.points, seed=seed, n_threads=opts.n_threads,
+        )
 
     def _scalars(self, main: LayerCloud, dgms: Diagrams, sig, significant, collapsed) -> dict[str, float]:
         out: dict[str, float] = {"points in the cloud": float(len(main.reduced)), "landmarks": float(len(main.landmarks))}

@@ -145,21 +145,25 @@ def pca_scatter(lens: np.ndarray, groups: list[str], reduction: Reduction, layer
         "groups": groups,
         "xlabel": "PC 1",
         "ylabel": "PC 2",
-        "caption": f"The first two principal components of layer {layer}'s activations, one point per cloud point, "
-                   "coloured by the predicted class. The Mapper graphs below sit over the same plane.",
+        "caption": f"The first two principal components of layer {layer}'s activations (together "
+                   f"{100 * reduction.variance_kept:.0f} % of their variance), one point per cloud point, coloured by "
+                   "the predicted class. The Mapper graphs below sit over the same plane.",
         "alt": f"Scatter plot of the first two principal components of layer {layer}.",
     }
 
 
-def mapper(graph: MapperGraph, predicted: np.ndarray, labels: np.ndarray, classes: list[str], layer: str) -> list[dict[str, Any]]:
+def mapper(graph: MapperGraph, predicted: np.ndarray, labels: np.ndarray, classes: list[str], layer: str,
+           labelled: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """The Mapper graph by majority class and by error; the nodes in ``labelled`` carry their number."""
     nodes_class, nodes_error = [], []
     has_labels = bool(np.all(labels >= 0))
-    for members, (x, y) in zip(graph.nodes, graph.position):
+    for i, (members, (x, y)) in enumerate(zip(graph.nodes, graph.position)):
         size = float(np.log2(1 + len(members)))
         majority = int(np.bincount(predicted[members], minlength=len(classes)).argmax())
-        nodes_class.append({"x": float(x), "y": float(y), "size": size, "group": classes[majority]})
+        named = {"label": str(i)} if i in labelled else {}
+        nodes_class.append({"x": float(x), "y": float(y), "size": size, "group": classes[majority], **named})
         error = float(np.mean(predicted[members] != labels[members])) if has_labels else 0.0
-        nodes_error.append({"x": float(x), "y": float(y), "size": size, "color": error})
+        nodes_error.append({"x": float(x), "y": float(y), "size": size, "color": error, **named})
     edges = [list(e) for e in graph.edges]
     common = (
         f"Mapper graph of layer {layer} ({len(graph.nodes)} nodes, {len(edges)} edges): the lens is the first two "
@@ -180,3 +184,108 @@ def mapper(graph: MapperGraph, predicted: np.ndarray, labels: np.ndarray, classe
             "alt": f"Mapper graph of layer {layer} coloured by error rate.",
         })
     return specs
+
+
+# -- activation and latent landscapes (Wheeler et al.) --------------------------------------------------------------
+
+
+def landscape_levels(sampled: tuple[np.ndarray, np.ndarray], layer: str, k: int, networks: int, images: str,
+                     kind: str) -> dict[str, Any]:
+    grid, levels = sampled
+    what = ("activation vectors of " + images if kind == "activation"
+            else "channel vectors (one point per position of each image)")
+    mean = f"the mean of {networks} networks' landscapes" if networks > 1 else "the model's landscape"
+    return {
+        "kind": "lines",
+        "title": f"{'Activation' if kind == 'activation' else 'Latent'} landscape, every level, H{k}, layer {layer}",
+        "x": grid.tolist(),
+        "series": [{"label": f"λ{i + 1}" if i < 3 else "", "y": level.tolist()} for i, level in enumerate(levels)],
+        "xlabel": "filtration value (distance between activation vectors)",
+        "ylabel": f"λk (H{k})",
+        "caption": (
+            f"Persistence landscape of the {what} at layer {layer}, H{k}: all {len(levels)} levels, {mean}. "
+            "λ1 is the highest tent alive at each scale, λ2 the second, and so on; unlabelled lines are the levels "
+            "below λ3."
+        ),
+        "alt": f"{len(levels)} landscape levels of H{k} at layer {layer}.",
+        "height": 2.6,
+    }
+
+
+def landscape_norms_per_class(rows: list[dict[str, Any]], layers: list[str], groups: list[str], k: int) -> dict[str, Any]:
+    norm = {(r["layer"], r["images"]): r["norm of the mean landscape"] for r in rows if r["dim"] == f"H{k}"}
+    return {
+        "kind": "matrix",
+        "title": f"Norm of the mean activation landscape, H{k}, per layer and class",
+        "values": [[float(norm.get((layer, g), float("nan"))) for g in groups] for layer in layers],
+        "rows": layers, "cols": groups, "row_label": "layer", "col_label": "images", "format": "{:.3g}",
+        "caption": (
+            f"L² norm of the H{k} activation landscape (every level) per layer, for all images and for the images "
+            "of each class: how much topological structure the class's activations have at that layer."
+        ),
+        "alt": f"Table of H{k} landscape norms per layer and class.",
+    }
+
+
+def landscape_norms_across_networks(rows: list[dict[str, Any]], layers: list[str], dims, networks: int) -> dict[str, Any]:
+    series = []
+    for k in dims:
+        chosen = {r["layer"]: r for r in rows if r["dim"] == f"H{k}" and r["images"] == "all images"}
+        series.append({"label": f"H{k}", "values": [chosen[layer]["norm per network: mean"] for layer in layers],
+                       "low": [chosen[layer]["norm per network: min"] for layer in layers],
+                       "high": [chosen[layer]["norm per network: max"] for layer in layers]})
+    return {
+        "kind": "bars",
+        "title": "Activation landscape norm per layer" + (f", over {networks} networks" if networks > 1 else ""),
+        "labels": layers,
+        "series": series,
+        "ylabel": "‖λ‖₂ (all images)",
+        "caption": (
+            "L² norm of each layer's activation landscape (all images, every level): "
+            + (f"the mean over {networks} networks trained from different seeds, the whiskers their smallest and "
+               "largest." if networks > 1 else "the model alone.")
+        ),
+        "alt": "Bar chart of activation landscape norms per layer.",
+    }
+
+
+def landscape_norm_along_training(rows: list[dict[str, Any]], layers: list[str], dims, files: list[str]) -> list[dict[str, Any]]:
+    specs = []
+    x = list(range(1, len(files) + 1))
+    for k in dims:
+        norm = {(r["checkpoint"], r["layer"]): r["norm"] for r in rows if r["dim"] == f"H{k}"}
+        specs.append({
+            "kind": "lines",
+            "title": f"Activation landscape norm per layer along training, H{k}",
+            "x": x,
+            "series": [{"label": layer, "y": [norm[(i, layer)] for i in x]} for layer in layers],
+            "xlabel": "checkpoint (in the order listed)",
+            "ylabel": f"‖λ‖₂ (H{k}, all images)",
+            "caption": (
+                f"L² norm of each layer's H{k} activation landscape (all images, every level) at each training "
+                f"checkpoint: {', '.join(files)}."
+            ),
+            "alt": f"Line chart of H{k} landscape norms per layer over {len(files)} checkpoints.",
+            "height": 2.6,
+        })
+    return specs
+
+
+# -- what activates each Mapper node (TopoAct) -------------------------------------------------------------------
+
+
+def mapper_node_images(tiles_array: str, titles: list[str], columns: int, layer: str, shown: int,
+                       examples: int) -> dict[str, Any]:
+    return {
+        "kind": "images",
+        "title": f"What activates the largest Mapper nodes of layer {layer}",
+        "images": {"array": tiles_array},
+        "titles": titles,
+        "columns": columns,
+        "caption": (
+            f"The {shown} largest nodes of the Mapper graph of layer {layer}, one per row, numbered as in the graph: "
+            f"first the mean of the node's images (their number in brackets), then the {examples} images whose activations lie nearest the "
+            "node's centre (TopoAct shows a node by what activates it)."
+        ),
+        "alt": f"Mean and example images of {shown} Mapper nodes of layer {layer}.",
+    }

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from xai_audit.api import Options
 
@@ -36,6 +37,43 @@ class TopologyOptions(Options):
     mapper_overlap: float = Field(0.3, ge=0, lt=1)
     n_threads: int = Field(2, ge=1, description="threads for persistence")
     show: int = Field(6, ge=1, le=24, description="modified images shown before and after")
+    mapper_nodes: int = Field(8, ge=0, le=24, description=(
+        "the largest Mapper nodes shown by what activates them (TopoAct): the mean of their images and the images "
+        "nearest their centre; 0: none"))
+    mapper_examples: int = Field(3, ge=1, le=8, description="images shown beside each such node's mean")
+    landscapes: bool = Field(False, description=(
+        "activation landscapes (Wheeler et al.): every level of the persistence landscape of each layer's "
+        "activations, for all images and per class; 'layers' (default: the conv and linear layers, at most 6)"))
+    latent_landscapes: bool = Field(True, description="with landscapes: the channel-vector landscape of each conv layer too")
+    networks: list[str] = Field(default_factory=list, description=(
+        "with landscapes: weight files of the model's architecture trained from other seeds; the landscapes are "
+        "averaged over the model and these (paths relative to the plan)"))
+    checkpoints: list[str] = Field(default_factory=list, description=(
+        "with landscapes: weight files saved along one training run, oldest first; each layer's landscape norm "
+        "is followed along them (paths relative to the plan)"))
+
+    @field_validator("networks", "checkpoints")
+    @classmethod
+    def _weight_files(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """Relative paths are read from the plan's folder when the plan says where that is, and must exist."""
+        base = (info.context or {}).get("base_dir")
+        if base is None:
+            return value
+        out = []
+        for entry in value:
+            path = Path(entry).expanduser()
+            path = path if path.is_absolute() else Path(base) / path
+            if not path.is_file():
+                raise ValueError(f"weight file {entry!r} not found (looked for {path})")
+            out.append(str(path))
+        return out
+
+    @model_validator(mode="after")
+    def _with_landscapes(self) -> "TopologyOptions":
+        given = [name for name in ("networks", "checkpoints") if getattr(self, name)]
+        if given and not self.landscapes:
+            raise ValueError(f"'{given[0]}' is read for the activation landscapes: set 'landscapes: true' with it")
+        return self
 
     @field_validator("dims")
     @classmethod

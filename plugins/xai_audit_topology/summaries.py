@@ -25,10 +25,15 @@ def betti_curve(dgm: np.ndarray, sampling: np.ndarray) -> np.ndarray:
     return ((t >= dgm[:, 0]) & (t < dgm[:, 1])).sum(axis=1)
 
 
-def landscape(dgm: np.ndarray, sampling: np.ndarray, n_layers: int = 3) -> np.ndarray:
-    """(n_layers, len(sampling)): the k-th largest tent function at each filtration value."""
+def landscape(dgm: np.ndarray, sampling: np.ndarray, n_layers: int | None = 3) -> np.ndarray:
+    """(n_layers, len(sampling)): the k-th largest tent function at each filtration value.
+
+    ``n_layers=None`` gives every level: as many as the diagram has finite features (at least one), so no
+    part of the diagram is left out (Bubenik's λ_k for k = 1 … n)."""
     dgm = _finite(dgm)
     t = np.asarray(sampling, dtype=np.float64)[:, None]
+    if n_layers is None:
+        n_layers = max(1, len(dgm))
     if len(dgm) == 0:
         return np.zeros((n_layers, len(sampling)))
     mid = (dgm[:, 0] + dgm[:, 1]) / 2.0
@@ -38,6 +43,55 @@ def landscape(dgm: np.ndarray, sampling: np.ndarray, n_layers: int = 3) -> np.nd
     if tents.shape[1] < n_layers:
         tents = np.pad(tents, ((0, 0), (0, n_layers - tents.shape[1])))
     return tents.T
+
+
+def landscape_breakpoints(dgm: np.ndarray) -> np.ndarray:
+    """Every filtration value where some level of the landscape may bend, sorted.
+
+    Each tent rises from b_i and falls to d_i; a rising edge t − b_i meets a falling edge d_j − t at
+    (b_i + d_j)/2 (the tent's own peak when i = j), and two rising (or two falling) edges are parallel.
+    Between consecutive breakpoints the order of the tents is fixed, so every level is linear there."""
+    dgm = _finite(dgm)
+    if len(dgm) == 0:
+        return np.zeros(0)
+    b, d = dgm[:, 0], dgm[:, 1]
+    overlap = (b[:, None] < d[None, :]) & (b[None, :] < d[:, None])  # two tents that never overlap never cross
+    cross = ((b[:, None] + d[None, :]) / 2.0)[overlap]
+    return np.unique(np.concatenate([b, d, cross]))
+
+
+def landscape_norms(dgm: np.ndarray, p: float = 2.0) -> np.ndarray:
+    """The L^p norm of every level of the landscape (one value per finite feature), exactly.
+
+    The levels are piecewise linear with knots among :func:`landscape_breakpoints`; on each linear piece
+    from value a to value b over length h, ∫|f|^p is h·(a + b)/2 for p = 1 and h·(a² + ab + b²)/3 for p = 2.
+    ``p=inf`` gives each level's height. The norm of the whole landscape is the p-norm of these
+    (``np.linalg.norm(levels, p)``)."""
+    knots = landscape_breakpoints(dgm)
+    if len(knots) == 0:
+        return np.zeros(1)
+    values = landscape(dgm, knots, None)  # (levels, knots)
+    if p == np.inf:
+        return values.max(axis=1)
+    return piecewise_norms(values, knots, p)
+
+
+def piecewise_norms(values: np.ndarray, knots: np.ndarray, p: float = 2.0) -> np.ndarray:
+    """The L^p norm of each row of ``values`` (levels, knots), each row non-negative and linear between consecutive
+    ``knots`` (a landscape sampled at its breakpoints)."""
+    if len(knots) < 2:
+        return np.zeros(len(values))
+    a, b, h = values[:, :-1], values[:, 1:], np.diff(knots)[None, :]
+    if p == 1:
+        return (h * (a + b) / 2.0).sum(axis=1)
+    if p == 2:
+        return np.sqrt((h * (a * a + a * b + b * b) / 3.0).sum(axis=1))
+    raise ValueError("landscape norms are exact for p = 1, 2 or inf")
+
+
+def landscape_norm(dgm: np.ndarray, p: float = 2.0) -> float:
+    """‖λ‖_p = (Σ_k ‖λ_k‖_p^p)^{1/p} over every level (the maximum for p = inf)."""
+    return float(np.linalg.norm(landscape_norms(dgm, p), ord=p))
 
 
 def entropy(dgm: np.ndarray) -> float:

@@ -24,7 +24,7 @@ FIGURE_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "scatter": (("x", "y"), ("groups", "xlabel", "ylabel", "diagonal"),
                 "points; groups = one label per point; diagonal draws y = x"),
     "graph": (("nodes", "edges"), ("color_label",),
-              "nodes = [{x, y, size, color or group}], edges = [[i, j]] (e.g. a Mapper graph)"),
+              "nodes = [{x, y, size, color or group, optional label}], edges = [[i, j]] (e.g. a Mapper graph)"),
     "diagram": (("dims",), ("xlabel", "ylabel"),
                 "a persistence diagram; dims = [{dim, birth, death (inf or None: never dies), optional "
                 "significant (a flag per point), ratio (line death = ratio x birth) or level (line death = level)}]"),

@@ -181,9 +181,11 @@ def _short_repr(value: Any) -> str:
 
 
 class _Problems:
-    def __init__(self, filename: str, lines: dict[tuple, int]):
+    def __init__(self, filename: str, lines: dict[tuple, int], base_dir: Path | None = None):
         self.filename = filename
         self.lines = lines
+        #: the plan's folder, handed to every plugin's options validator as ``info.context["base_dir"]``
+        self.base_dir = base_dir or Path.cwd()
         self.items: list[str] = []
 
     def add(self, path: tuple, message: str, line: int | None = None) -> None:
@@ -228,7 +230,7 @@ def load_plan(path: str | Path, registry: Registry) -> Plan:
 
 def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_dir: Path | None = None) -> Plan:
     data, lines, twice = _read_yaml(text, filename)
-    problems = _Problems(filename, lines)
+    problems = _Problems(filename, lines, base_dir)
     for path, message, line in twice:
         problems.add(path, message, line)
     if not isinstance(data, dict):
@@ -486,7 +488,7 @@ def _validate_step(
         return None
     info = registry.get(kind, name)
     try:
-        validated = info.cls.Options.model_validate(options)
+        validated = info.cls.Options.model_validate(options, context={"base_dir": problems.base_dir})
     except ValidationError as exc:
         _add_pydantic_errors(problems, path, exc, info.cls.Options)
         return None

@@ -159,6 +159,10 @@ def _graph(spec: Mapping[str, Any]) -> str:
             c=[float(n.get("color", 0)) for n in nodes], cmap="viridis", zorder=2, edgecolors="white", linewidths=0.5,
         )
         fig.colorbar(points, ax=ax, shrink=0.8, label=f._plain(spec.get("color_label", ""), 40))
+    for n in nodes:
+        if n.get("label"):
+            ax.annotate(f._plain(n["label"], 12), (n["x"], n["y"]), fontsize=6, zorder=3, xytext=(3, 3),
+                        textcoords="offset points")
     ax.set_axis_off()
     return f._encode(fig)
 
