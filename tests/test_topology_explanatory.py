@@ -20,6 +20,7 @@ from xai_audit.api import ModelAdapter, Sample
 from xai_audit.errors import PlanError
 from xai_audit.plan import load_plan
 from xai_audit.registry import make_plugin_manager
+from xai_audit.testing import parametrize_with_checks
 from xai_audit_topology.activations import activation_clouds, to_points
 from xai_audit_topology.explainer import TopologyExplainer
 from xai_audit_topology.landscapes import (
@@ -224,6 +225,12 @@ def test_topology_with_landscapes_averages_networks_and_follows_checkpoints(tmp_
     assert any("along training" in t for t in titles)
     # the model's own weights are back
     assert torch.equal(model.module[0].weight, _net(0)[0].weight)
+
+
+@parametrize_with_checks([(TopologyExplainer, {"landscapes": True, "collapse_steps": 0, "null_clouds": 0,
+                                                "landmarks": 12, "dims": [0, 1]})])
+def test_topology_with_landscapes_conforms(check):
+    check()
 
 
 # -- the shipped example plan ------------------------------------------------------------------------------------
