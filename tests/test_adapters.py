@@ -247,3 +247,41 @@ def test_an_adapter_exposes_its_modules_layers_by_default():
     assert resolve_layer(Plain(net), "0")[1] is net[0]
     with pytest.raises(ValueError, match="exposes no layers"):
         resolve_layer(Plain(None), "0")
+
+
+@pytest.mark.parametrize("model_id", ["./models/fer-vit", "models/fer/vit", "~/no-such-folder/vit"])
+def test_a_model_id_that_is_a_path_names_the_missing_folder_and_asks_no_hub(model_id, registry, tmp_path, monkeypatch):
+    import transformers
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a path-like id must not reach from_pretrained")
+
+    monkeypatch.setattr(transformers.AutoModelForImageClassification, "from_pretrained", no_network)
+    plan = parse_plan(f"model: {{adapter: transformers, id: '{model_id}'}}\n" + DATASET, registry, base_dir=tmp_path)
+    with pytest.raises(ModelError, match="does not exist .*is a path, not a hub id"):
+        load_model_and_data(plan)
+
+
+def test_a_hub_id_in_the_local_cache_loads_from_it_without_asking_the_hub(vit_dir, registry, tmp_path, monkeypatch):
+    import shutil
+
+    import transformers
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny-vit" / "snapshots" / "0123abc"
+    shutil.copytree(vit_dir, snapshot)
+    (tmp_path / "hub" / "models--someone--tiny-vit" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny-vit" / "refs" / "main").write_text("0123abc")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    seen = []
+    original = transformers.AutoModelForImageClassification.from_pretrained.__func__
+
+    def spy(cls, model_id, *args, **kwargs):
+        seen.append(kwargs.get("local_files_only"))
+        return original(cls, model_id, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForImageClassification, "from_pretrained", classmethod(spy))
+    plan = parse_plan("model: {adapter: transformers, id: someone/tiny-vit}\n" + DATASET, registry, base_dir=tmp_path)
+    model, _ = load_model_and_data(plan)
+    assert seen == [True] and model.classes
