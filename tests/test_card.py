@@ -82,6 +82,7 @@ def test_every_metric_round_trips_from_results_json(report):
     [(dataset, other)] = [(d, m) for d, m in metrics if d not in [h for h, _ in here]]
     assert other["value"] == shift["after"] and other["args"]["n"] == shift["n"]
     assert [other["args"]["ci_low"], other["args"]["ci_high"]] == shift["details"]["accuracy_other_ci"]
+    assert dataset["revision"] == results["provenance"]["other_datasets"][0]["fingerprint"]
 
     # huggingface_hub reads the card back to the same numbers
     from huggingface_hub import ModelCard

@@ -10,7 +10,6 @@ The report (``xai_audit.report``) turns the outcome into HTML, PDF and JSON.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from xai_audit.judge.correction import correct_for_multiple_tests, not_applicabl
 from xai_audit.judge.findings import derive_findings
 from xai_audit.judge.recommend import recommend
 from xai_audit.judge.trusting import agreement, trust_one, trust_session
-from xai_audit.load.loading import AuditInputs, load_inputs, load_other_dataset
+from xai_audit.load.loading import AuditInputs, load_inputs, other_dataset_loader
 from xai_audit.load.provenance import build_provenance
 from xai_audit.plan import Plan
 from xai_audit.registry import Registry
@@ -115,7 +114,7 @@ def run_audit(
     facts = RunFacts()  # how the run goes: results.json's ``run``, kept apart from what it finds
     track_decisions()
     with facts.step("load"):
-        inputs = load_inputs(plan)
+        inputs = load_inputs(plan, registry)  # with the other data sets the steps name
     failures: list[dict[str, str]] = []
     n_steps = 1 + len(plan.explainers) + len(plan.discoverers) + len(plan.hypotheses)
     with _Progress(progress, n_steps) as bar, make_executor(plan, inputs.model) as executor:
@@ -136,7 +135,7 @@ def run_audit(
         context = HypothesisContext(
             model=inputs.model, samples=inputs.samples, probs=baseline.probs, classes=list(inputs.model.classes),
             seed=plan.seed, predict=lambda images: executor.predict(images, "a hypothesis' predictions"),
-            load_dataset=functools.partial(load_other_dataset, registry, plan),
+            load_dataset=other_dataset_loader(registry, plan, inputs.other_datasets),
         )
         discovered = run_discovery(plan, inputs, baseline.probs, explained, cache, executor, bar.step, failures,
                                    class_regions=dict(getattr(inputs.dataset, "class_regions", None) or {}))
@@ -186,7 +185,8 @@ def _judge(plan: Plan, registry: Registry, inputs: AuditInputs, baseline: Baseli
         "plan": plan.as_run(),
         # what the system is for and who answers for it, as the plan states it (null: the plan says nothing)
         "system": plan.system.model_dump() if plan.system is not None else None,
-        "provenance": build_provenance(plan, registry, model, inputs.dataset, inputs.region_source),
+        "provenance": build_provenance(plan, registry, model, inputs.dataset, inputs.region_source,
+                                       inputs.other_datasets),
         "classes": list(model.classes),
         "samples": {"n": len(samples), "ids_sha256": inputs.ids_sha, "labelled": baseline.labelled},
         "per_sample": {

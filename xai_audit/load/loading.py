@@ -8,8 +8,9 @@ what was skipped, and the content key every later step's cache entry starts from
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -39,14 +40,87 @@ class AuditInputs:
     ids_sha: str
     #: model and data fingerprints, the ids and the seed: the start of every step's cache key
     base_key: dict[str, Any]
+    #: the other data sets the plan's steps name (a dataset-shift's data, a reference set), loaded here
+    other_datasets: list["OtherDataset"] = field(default_factory=list)
 
     @property
     def ids(self) -> list[str]:
         return [s.id for s in self.samples]
 
 
-def load_inputs(plan: Plan) -> AuditInputs:
-    """Load the model, the data and the region source, and select and read the audited samples."""
+@dataclass
+class OtherDataset:
+    """A data set a step of the plan names besides the audited one, loaded once before any step runs: its
+    content is evidence like the audited data's (hashed in the provenance, checked by ``xai-audit verify``)
+    and part of the cache key of every step (a changed file is never answered from the cache)."""
+
+    #: the step's name in the plan, and where in its options the data set entry is (``dataset``, ``reference``)
+    step: str
+    option: str
+    #: the entry as the plan gives it: ``{loader: ..., path: ..., ...}``
+    options: dict[str, Any]
+    dataset: Dataset | None = None
+    fingerprint: str | None = None
+    #: why it could not be loaded (the step that reads it then fails, and is recorded, as it would alone)
+    error: str | None = None
+
+
+def dataset_entries(plan: Plan, loaders: list[str]) -> list[tuple[Step, str, dict[str, Any]]]:
+    """Every data set a step's options name besides the audited one: (step, where, entry) for each value, at
+    any depth, that is a plan-style data set entry, a mapping whose ``loader`` is a registered data set plugin."""
+    found = []
+    for step in [*plan.explainers, *plan.discoverers, *plan.hypotheses]:
+        for where, value in _mappings(step.options_dict(), ""):
+            if isinstance(value.get("loader"), str) and value["loader"] in loaders:
+                found.append((step, where, value))
+    return found
+
+
+def _mappings(value: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(value, dict):
+        if where and isinstance(value.get("loader"), str):
+            yield where, value
+            return  # an entry's own options are not searched for more
+        for key, item in value.items():
+            yield from _mappings(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _mappings(item, f"{where}[{i}]")
+
+
+def load_other_datasets(registry: Registry, plan: Plan) -> list[OtherDataset]:
+    """Load every other data set the plan's steps name, with its content fingerprint."""
+    out = []
+    for step, where, entry in dataset_entries(plan, registry.names("dataset")):
+        other = OtherDataset(step.name, where, entry)
+        try:
+            other.dataset = load_other_dataset(registry, plan, entry)
+            other.fingerprint = other.dataset.fingerprint()
+        except XaiAuditError as exc:
+            other.error = str(exc)
+        out.append(other)
+    return out
+
+
+def other_dataset_loader(registry: Registry, plan: Plan,
+                         loaded: list[OtherDataset]) -> Callable[[dict[str, Any]], Dataset]:
+    """The ``load_dataset`` a step is given: the data set loaded before the run (the one the provenance hashed)
+    when the step asks for an entry of the plan, else a fresh load."""
+    def key(entry: dict[str, Any]) -> str:
+        return json.dumps(entry, sort_keys=True, default=str)
+
+    ready = {key(o.options): o.dataset for o in loaded if o.dataset is not None}
+
+    def load(options: dict[str, Any]) -> Dataset:
+        found = ready.get(key(dict(options)))
+        return found if found is not None else load_other_dataset(registry, plan, options)
+
+    return load
+
+
+def load_inputs(plan: Plan, registry: Registry | None = None) -> AuditInputs:
+    """Load the model, the data, the other data sets the steps name (with ``registry``) and the region source,
+    and select and read the audited samples."""
     seed = plan.seed
     model, dataset = load_model_and_data(plan)
     skipped: list[dict[str, Any]] = []
@@ -59,7 +133,10 @@ def load_inputs(plan: Plan) -> AuditInputs:
         region_source = load_step(plan.regions, LoadContext(plan.base_dir, seed, plan.runtime.device), DataError,
                                   "region source")
     base_key = {"model": model.fingerprint(), "data": dataset.fingerprint(), "ids": ids_sha, "seed": seed}
-    return AuditInputs(model, dataset, samples, skipped, region_source, ids_sha, base_key)
+    others = load_other_datasets(registry, plan) if registry is not None else []
+    if others:  # only then: a plan without other data keeps its cache keys
+        base_key["other_data"] = [[o.step, o.option, o.fingerprint or f"not loaded: {o.error}"] for o in others]
+    return AuditInputs(model, dataset, samples, skipped, region_source, ids_sha, base_key, others)
 
 
 def load_model_and_data(plan: Plan) -> tuple[ModelAdapter, Dataset]:

@@ -1,7 +1,8 @@
 """Provenance: what exactly was audited, and with what, so a reviewer can check it later.
 
-Hashes of the model files and of every data file, the fingerprints the
-plugins compute from content, the plan file, the versions of Python, torch,
+Hashes of the model files and of every data file (the audited data's, and
+every other data set a step reads: a dataset-shift's data, a reference set),
+the fingerprints the plugins compute from content, the plan file, the versions of Python, torch,
 every plugin and library, the device, and xai-audit's own version and git
 commit where it runs from a checkout. Nothing is sent anywhere.
 """
@@ -46,9 +47,22 @@ def data_manifest(files: list[Path]) -> tuple[list[list[str]], str | None]:
     return rows, hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()  # a name's own bytes
 
 
-def build_provenance(plan, registry, model, dataset, region_source=None) -> dict[str, Any]:
+def other_dataset_entry(other) -> dict[str, Any]:
+    """One other data set (``xai_audit.load.loading.OtherDataset``) as provenance records it: where the plan
+    names it, its description, fingerprint and every file's sha256 (``error`` when it could not be loaded)."""
+    entry: dict[str, Any] = {"step": other.step, "option": other.option, "loader": other.options.get("loader"),
+                             "options": other.options}
+    if other.dataset is None:
+        return {**entry, "error": other.error}
+    manifest, manifest_sha = data_manifest(list(other.dataset.files()))
+    return {**entry, "description": other.dataset.describe(), "fingerprint": other.fingerprint,
+            "files_manifest_sha256": manifest_sha, "n_files": len(manifest), "files": manifest}
+
+
+def build_provenance(plan, registry, model, dataset, region_source=None, other_datasets=()) -> dict[str, Any]:
     manifest, manifest_sha = data_manifest(list(dataset.files()))
     used = {("model-adapter", plan.model.name), ("dataset", plan.dataset.name)}
+    used |= {("dataset", str(o.options.get("loader"))) for o in other_datasets}
     used |= {("explainer", s.name) for s in plan.explainers} | {("hypothesis", s.name) for s in plan.hypotheses}
     regions = None
     if plan.regions is not None and region_source is not None:
@@ -80,6 +94,8 @@ def build_provenance(plan, registry, model, dataset, region_source=None) -> dict
             "files": manifest,
         },
         "regions": regions,
+        # only with other data: a plan without any keeps the provenance it always had
+        **({"other_datasets": [other_dataset_entry(o) for o in other_datasets]} if other_datasets else {}),
         "plugins": [info.as_dict() for info in registry.all() if (info.kind, info.name) in used],
         "environment": environment(plan.runtime.device),
     }

@@ -1,8 +1,11 @@
 """`xai-audit verify DIR`: do the model and the data still match the report?
 
-Recomputes the sha256 of every model file and data file the report recorded,
-and, unless told not to, loads the model and data again from the plan as run
-and compares the content fingerprints (which also covers generated data).
+Recomputes the sha256 of every model file and data file the report recorded
+(the audited data's, every other data set's a step read: a dataset-shift's data,
+a reference set; the region source's model files), and, unless told not to,
+loads the model and data again from the plan as run and compares the content
+fingerprints (which also covers generated data), the other data sets' and the
+region source's included.
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ def verify_report(folder: Path, registry: Any, *, load: bool = True,
         rows.append(_file_row("data file", file_path, sha))
     for entry in (provenance.get("regions") or {}).get("files") or []:
         rows.append(_file_row("region model file", entry["path"], entry["sha256"]))
+    for other in _others(provenance):
+        for file_path, sha in other.get("files") or []:
+            rows.append(_file_row(f"{other['step']} data file", file_path, sha))
     if provenance.get("plan_file"):
         rows.append(_file_row("plan file", provenance["plan_file"]["path"], provenance["plan_file"]["sha256"]))
     if load:
@@ -82,7 +88,8 @@ def _file_row(what: str, file_path: str, expected: str) -> dict[str, Any]:
 
 
 def _fingerprints(results: dict[str, Any], registry: Any) -> list[dict[str, Any]]:
-    from xai_audit.load.loading import load_model_and_data
+    from xai_audit.contract.types import LoadContext
+    from xai_audit.load.loading import load_model_and_data, load_other_dataset, load_step
     from xai_audit.plan import parse_plan
 
     provenance = results["provenance"]
@@ -90,11 +97,26 @@ def _fingerprints(results: dict[str, Any], registry: Any) -> list[dict[str, Any]
     plan = parse_plan(yaml.safe_dump(plan_data), registry, filename="results.json plan",
                       base_dir=Path(provenance.get("base_dir") or "."))
     model, dataset = load_model_and_data(plan)
-    rows = []
-    for what, expected, found in (
+    checks = [
         ("model weights fingerprint", provenance["model"]["fingerprint"], model.fingerprint()),
         ("data fingerprint", provenance["dataset"]["fingerprint"], dataset.fingerprint()),
-    ):
+    ]
+    regions = provenance.get("regions") or {}
+    if plan.regions is not None and regions.get("fingerprint"):
+        source = load_step(plan.regions, LoadContext(plan.base_dir, plan.seed, plan.runtime.device), DataError,
+                           "region source")
+        checks.append(("region source fingerprint", regions["fingerprint"], source.fingerprint()))
+    for other in _others(provenance):
+        if other.get("fingerprint"):  # one the run could not load has none, and its step failed
+            found = load_other_dataset(registry, plan, dict(other["options"])).fingerprint()
+            checks.append((f"{other['step']} data fingerprint ({other['option']})", other["fingerprint"], found))
+    rows = []
+    for what, expected, found in checks:
         rows.append({"what": what, "path": "", "status": "match" if expected == found else "changed",
                      "expected": expected, "found": found})
     return rows
+
+
+def _others(provenance: dict[str, Any]) -> list[dict[str, Any]]:
+    """The other data sets the report's steps read (provenance.other_datasets; none in an older report)."""
+    return [o for o in provenance.get("other_datasets") or [] if isinstance(o, dict) and o.get("step")]
