@@ -46,12 +46,14 @@ from xai_audit.contract.recommendations import (
 )
 from xai_audit.contract.stats import (
     ALPHA,
+    EQUIVALENCE_METHOD,
     bootstrap_gap_ci,
     bootstrap_paired_diff_ci,
     bootstrap_two_sample_diff_ci,
     chi2_homogeneity,
     chi2_independence,
     class_gain_test,
+    equivalence_test,
     group_accuracies,
     holm,
     mcnemar_exact,
@@ -155,6 +157,8 @@ __all__ = [
     "chi2_homogeneity",
     "chi2_independence",
     "class_gain_test",
+    "equivalence_test",
+    "EQUIVALENCE_METHOD",
     "group_accuracies",
     "holm",
     "permutation_gap_test",

@@ -25,6 +25,7 @@ from xai_audit.judge.accuracy import accuracy_tables
 from xai_audit.judge.checks import evaluate_checks
 from xai_audit.judge.correction import correct_for_multiple_tests, not_applicable
 from xai_audit.judge.findings import derive_findings
+from xai_audit.judge.limitations import completeness, derive_limitations
 from xai_audit.judge.recommend import recommend
 from xai_audit.judge.trusting import agreement, trust_one, trust_session
 from xai_audit.load.loading import AuditInputs, load_inputs, other_dataset_loader
@@ -216,6 +217,9 @@ def _judge(plan: Plan, registry: Registry, inputs: AuditInputs, baseline: Baseli
                     for name, (step, candidate) in discovered.origins.items()})
     results["recommendations"] = recommend(results, samples, plugins, failures)
     results = to_jsonable(results)
+    # after the recommendations (a plugin's recommend() may fail too), before the checks (which may read them)
+    results["completeness"] = completeness(results, plan.on_step_failure)
+    results["limitations"] = derive_limitations(results)
     results["checks"] = to_jsonable(evaluate_checks(plan.checks, results))
     return results
 

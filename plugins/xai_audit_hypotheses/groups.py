@@ -13,6 +13,17 @@ is not a finding however certain it is. Fairness gaps (equalized odds and
 demographic parity differences, one-vs-rest per class, the largest reported)
 come from fairlearn.
 
+"No difference between groups" is never read from a gap that is not
+significant: for each column, every group large enough to judge is tested
+against the other judged groups together by two one-sided tests (TOST) of the
+accuracy difference against ±``equivalence_margin`` (default 5 points), with
+the power of that test at the observed sizes. Only when every group passes
+may the report say the groups are equivalent within the margin; otherwise it
+says the data cannot tell (``details.equivalence``, and a
+``"<column>: equivalence"`` table of the per-group tests). An equivalence claim
+over several groups holds when each of its tests does (an intersection-union
+test), so no multiplicity correction is needed.
+
 Without labels, the test is whether the predicted classes are distributed
 alike in every group (demographic parity): a chi-square test, with the
 largest per-class difference in prediction share as the effect.
@@ -28,6 +39,7 @@ from pydantic import Field
 from xai_audit.api import (
     ALPHA,
     DEFAULT_TARGET_WIDTH,
+    EQUIVALENCE_METHOD,
     DataError,
     HypothesisContext,
     HypothesisPlugin,
@@ -35,6 +47,7 @@ from xai_audit.api import (
     Options,
     bootstrap_gap_ci,
     chi2_independence,
+    equivalence_test,
     permutation_gap_test,
     recommendation,
     samples_for_ci_width,
@@ -60,6 +73,11 @@ class GroupAccuracyOptions(Options):
     min_group_size: int = Field(30, ge=1, description="groups smaller than this are shown but not judged")
     fairness: bool = Field(True, description="also report equalized odds and demographic parity differences")
     min_gap: float = Field(0.03, ge=0, le=1, description="smallest accuracy gap worth reporting: the interval must clear it")
+    equivalence_margin: float = Field(
+        0.05, gt=0, lt=1,
+        description="groups are called equivalent only when two one-sided tests put each group's accuracy within "
+        "± this of the other groups' (TOST); otherwise the report says the data cannot tell",
+    )
     target_ci_width: float = Field(
         0.06, gt=0, le=1,
         description="for recommendations: the 95 % interval width a group's accuracy should reach "
@@ -101,6 +119,8 @@ class GroupAccuracyHypothesis(HypothesisPlugin):
             breakdown[column] = a["rows"]
             if a.get("recall_rows"):
                 breakdown[f"{column}: recall per class"] = a["recall_rows"]
+            if a.get("equivalence_rows"):
+                breakdown[f"{column}: equivalence"] = a["equivalence_rows"]
         breakdown["fairness gaps"] = [a["fairness"] for a in analyses.values() if a.get("fairness")]
         if not breakdown["fairness gaps"]:
             del breakdown["fairness gaps"]
@@ -119,6 +139,8 @@ class GroupAccuracyHypothesis(HypothesisPlugin):
             "min_group_size": opts.min_group_size,
             "min_gap": opts.min_gap,
             "target_ci_width": opts.target_ci_width,
+            # group columns that are an estimate from the images, not the data's own (the report says so)
+            "estimated_columns": [c for c in columns if c == skin_tone.COLUMN],
             **primary["details"],
         }
         return HypothesisResult(
@@ -210,6 +232,7 @@ def _analyse(column, values, preds, labels, context, opts) -> dict[str, Any]:
     base = {"rows": rows, "recall_rows": recall_rows, "too_small": too_small, "fairness": fairness}
     if len(judged) < 2:
         return {**base, **_inconclusive(column, judged, "fewer than two groups large enough to judge", True)}
+    equivalence, base["equivalence_rows"] = _equivalence(column, values, correct, judged, opts.equivalence_margin)
     acc = {r["group"]: r["accuracy"] for r in rows}
     best = max(judged, key=lambda g: acc[g])
     worst = min(judged, key=lambda g: acc[g])
@@ -236,8 +259,45 @@ def _analyse(column, values, preds, labels, context, opts) -> dict[str, Any]:
             "accuracy_best": acc[best], "accuracy_worst": acc[worst],
             "n_best": sizes[best], "n_worst": sizes[worst],
             "judged_groups": len(judged),
+            "equivalence": equivalence,
         },
     }
+
+
+def _equivalence(column, values, correct, judged, margin) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """TOST of each judged group's accuracy against the other judged groups' together, within ±margin.
+
+    The column's groups are equivalent when every group's test is (an intersection-union test: no correction);
+    ``power`` is the smallest of the groups' powers, ``p_value`` the largest TOST p-value."""
+    rows = []
+    for g in judged:
+        mine, rest = values == g, np.isin(values, judged) & (values != g)
+        k1, n1, k2, n2 = int(correct[mine].sum()), int(mine.sum()), int(correct[rest].sum()), int(rest.sum())
+        tost = equivalence_test(k1, n1, k2, n2, margin)
+        rows.append({"group": g, "n": n1, "n rest": n2, "accuracy": k1 / n1, "accuracy rest": k2 / n2,
+                     "difference": tost["difference"], "90 % ci": tost["ci"], "tost p": tost["p_value"],
+                     "power": tost["power"], "equivalent": tost["equivalent"]})
+    equivalent = all(r["equivalent"] for r in rows)
+    p_value, power = max(r["tost p"] for r in rows), min(r["power"] for r in rows)
+    points = f"{100 * margin:g} points"
+    stats = f"TOST p = {_p(p_value)}, power {power:.2f}"
+    if equivalent:
+        reading = (f"The {column} groups are equivalent in accuracy within ±{points} ({stats}): each group against "
+                   "the others.")
+    else:
+        weakest = max(rows, key=lambda r: r["tost p"])
+        reading = (f"The data cannot tell whether the {column} groups are equally accurate: equivalence within "
+                   f"±{points} is not shown ({stats}; weakest: {weakest['group']}, n = {weakest['n']})"
+                   + ("; the test has too little power at these group sizes." if power < 0.8 else "."))
+    return {
+        "margin": margin, "comparison": "each judged group against the other judged groups together",
+        "equivalent": equivalent, "p_value": p_value, "power": power, "method": EQUIVALENCE_METHOD,
+        "reading": reading,
+    }, rows
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _inconclusive(column, judged, why, labelled: bool) -> dict[str, Any]:

@@ -104,6 +104,50 @@ def two_proportion_test(k1: int, n1: int, k2: int, n2: int) -> float:
     return float(2 * stats.norm.sf(abs(z)))
 
 
+#: how :func:`equivalence_test` computes: named in every result, so a reader knows it is an approximation
+EQUIVALENCE_METHOD = (
+    "two one-sided tests (TOST) of the accuracy difference against ±margin, each at the 5 % level: normal "
+    "approximation with the Agresti-Caffo adjustment (one success and one failure added to each side); power: "
+    "the chance the same test declares equivalence at these sample sizes when the true difference is zero"
+)
+
+
+def equivalence_test(k1: int, n1: int, k2: int, n2: int, margin: float, alpha: float = ALPHA) -> dict[str, float | bool]:
+    """Two one-sided tests (TOST) that the proportions k1/n1 and k2/n2 differ by less than ``margin``.
+
+    Equivalence is declared when both one-sided nulls (difference <= -margin, difference >= +margin) are
+    rejected at ``alpha``: the TOST p-value (the larger of the two) is below ``alpha``, equivalently the
+    ``1 - 2 alpha`` interval of the difference lies inside ±margin. The difference and its standard error use
+    the Agresti-Caffo adjustment (k + 1) / (n + 2), which keeps a group at 100 % from getting an interval of
+    zero width. ``power`` is the chance of declaring equivalence at these n when the true difference is zero
+    (the pooled adjusted proportion on both sides): below 0.8, a failure to show equivalence says little.
+
+    Returns ``{difference, ci, p_value, power, equivalent, margin}``; ``difference`` is the plain k1/n1 - k2/n2.
+    """
+    if n1 <= 0 or n2 <= 0:
+        raise ValueError("both groups need at least one sample")
+    if not 0 < margin < 1:
+        raise ValueError("margin must be between 0 and 1")
+    p1, p2 = (k1 + 1) / (n1 + 2), (k2 + 1) / (n2 + 2)
+    diff = p1 - p2
+    se = float(np.sqrt(p1 * (1 - p1) / (n1 + 2) + p2 * (1 - p2) / (n2 + 2)))
+    p_lower = float(stats.norm.sf((diff + margin) / se))  # H0: diff <= -margin
+    p_upper = float(stats.norm.cdf((diff - margin) / se))  # H0: diff >= +margin
+    z = float(stats.norm.ppf(1 - alpha))
+    pooled = (k1 + k2 + 2) / (n1 + n2 + 4)
+    se0 = float(np.sqrt(pooled * (1 - pooled) * (1 / (n1 + 2) + 1 / (n2 + 2))))
+    power = max(0.0, 2 * float(stats.norm.cdf(margin / se0 - z)) - 1)
+    p_value = max(p_lower, p_upper)
+    return {
+        "difference": k1 / n1 - k2 / n2,
+        "ci": [diff - z * se, diff + z * se],
+        "p_value": p_value,
+        "power": power,
+        "equivalent": p_value < alpha,
+        "margin": margin,
+    }
+
+
 def samples_for_ci_width(p: float, width: float, confidence: float = 0.95) -> int:
     """How many samples give a proportion near ``p`` a two-sided interval no wider than ``width``.
 

@@ -317,6 +317,7 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
         discoverers=lists["discoverers"],
         discover=schema.discover,
         system=schema.system,
+        on_step_failure=schema.on_step_failure,
     )
 
 

@@ -151,6 +151,9 @@ class PlanSchema(_Strict):
     checks: list[Any] = Field(default_factory=list)
     #: what the system is for and who answers for it (optional; absent fields are reported as not stated)
     system: SystemSpec | None = None
+    #: a planned step that failed or did not run: "fail" makes `run` exit 1 (after writing the whole report),
+    #: "warn" exits 0; either way the report's verdict says INCOMPLETE
+    on_step_failure: Literal["fail", "warn"] = "fail"
 
     @field_validator("seed")
     @classmethod
@@ -214,6 +217,8 @@ class Plan:
     discover: DiscoverSpec = field(default_factory=DiscoverSpec)
     #: the plan's ``system:`` section (None: the plan states nothing about the system)
     system: SystemSpec | None = None
+    #: "fail": a planned step that did not run makes `run` exit 1; "warn": exit 0 (the report says INCOMPLETE)
+    on_step_failure: str = "fail"
 
     def for_model(self, name: str) -> Plan:
         """This plan with only the named model (for running a several-model plan one model at a time)."""
@@ -237,6 +242,7 @@ class Plan:
             "runtime": self.runtime.model_dump(),
             "checks": [{"check": c.text, "severity": c.severity} for c in self.checks],
             "system": self.system.model_dump() if self.system is not None else None,
+            "on_step_failure": self.on_step_failure,
         }
 
 

@@ -83,6 +83,7 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
         "section": {s["id"]: s for s in sections},
         "summary": _summary(results, failures),
         "system": scope.system(results),
+        "limitations": scope.limitations(results),
         "provenance": _provenance(results),
         "accuracy": _accuracy(results, classes),
         "groups": _groups(group_steps, results, errors),
