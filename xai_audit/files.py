@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
+import hashlib
 import os
+import socket
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
 from xai_audit.errors import XaiAuditError
 
@@ -97,23 +101,96 @@ def atomic_write(path: Path, data: bytes) -> None:
 
     A failure (the folder is a file or not writable, the disk is full, ``path`` is a folder)
     leaves ``path`` as it was and raises :class:`PathError` naming it."""
-    path = Path(path)
+    write_together({Path(path): data})
+
+
+def write_together(files: Mapping[Path, bytes], last: Path | None = None, folders: str = "") -> None:
+    """Write several files as one set (a report): each to a temporary file beside it first, and only when
+    every one is whole, each renamed into place; ``last``, the file that says the set is whole (a report's
+    results.json), is removed before the first rename and renamed into place after the others.
+
+    A failure while writing (a folder not writable, a full disk) leaves every file as it was and raises
+    :class:`PathError` naming the file; a process killed while writing leaves the files as they were (and
+    temporary files, removed by the next write beside them), one killed while renaming leaves ``last``
+    absent, so a set whose ``last`` is there is always whole, never a mix of two writes. ``folders``: what a
+    missing folder of a file is called (``"report folder"``), to create it just before its file is written."""
+    staged: list[tuple[Path, str]] = []
     try:
-        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        for path, data in files.items():
+            if folders:
+                make_folder(Path(path).parent, folders)
+            staged.append((Path(path), _stage(Path(path), data)))
+        if last is not None and any(path == Path(last) for path, _ in staged):
+            staged.sort(key=lambda item: item[0] == Path(last))
+            try:
+                os.unlink(last)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise path_error(exc, "cannot write", last) from None
+        while staged:
+            path, temp_name = staged[0]
+            try:
+                os.replace(temp_name, path)
+            except OSError as exc:
+                raise path_error(exc, "cannot write", path) from None
+            staged.pop(0)
+    finally:
+        for _, temp_name in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(temp_name)
+
+
+def _stage(path: Path, data: bytes) -> str:
+    """``data`` in a whole, synced temporary file beside ``path`` (named for this process: :func:`_tidy`)."""
+    _tidy(path)
+    try:
+        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{_temp_stem(path)}{_owner()}.", suffix=".tmp")
     except OSError as exc:
         raise path_error(exc, "cannot write", path) from None
-    replaced = False
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-        replaced = True
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
         raise path_error(exc, "cannot write", path) from None
-    finally:
-        if not replaced:
+    return temp_name
+
+
+def _temp_stem(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _owner() -> str:
+    """This process, as its temporary files name it: a tag of the host's name, then the process id."""
+    host = hashlib.sha256(socket.gethostname().encode("utf-8", "backslashreplace")).hexdigest()[:8]
+    return f"{host}-{os.getpid()}"
+
+
+def _tidy(path: Path) -> None:
+    """Remove the temporary files of ``path`` that a process of this host left when it was killed
+    (its id no longer runs). Those of a live process, or of another host sharing the folder, stay."""
+    host = _owner().split("-")[0]
+    try:
+        leftovers = list(path.parent.glob(glob.escape(_temp_stem(path)) + f"{host}-*.tmp"))
+    except OSError:
+        return
+    for leftover in leftovers:
+        pid = leftover.name[len(_temp_stem(path)) + len(host) + 1:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
             with contextlib.suppress(OSError):
-                os.unlink(temp_name)
+                leftover.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True

@@ -19,7 +19,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from xai_audit.errors import XaiAuditError
-from xai_audit.files import atomic_write, make_folder, shown
+from xai_audit.files import atomic_write, make_folder, shown, write_together
 from xai_audit.report.artifacts import ReportArtifacts
 from xai_audit.report.display import for_display
 from xai_audit.report.tables import csv_tables
@@ -123,16 +123,19 @@ def write_report(
             payloads["pdf"] = _pdf_bytes(html)
     make_folder(out_dir, "report folder")
     written = {}
+    files: dict[Path, bytes] = {}
     for name, data in payloads.items():  # beside results.json: its JSON Schema, and the tables as CSV
         if name in FILENAMES:
             continue
         path = out_dir / ("results.schema.json" if name == "schema" else name)
-        make_folder(path.parent, "report folder")
-        atomic_write(path, data)
+        files[path] = data
     for fmt in formats:
         path = out_dir / FILENAMES[fmt]
-        atomic_write(path, payloads[fmt])
+        files[path] = payloads[fmt]
         written[fmt] = path
+    # every file whole on disk before any is renamed into place, results.json last: a report folder
+    # whose results.json is there holds the whole report, even after a kill mid-write
+    write_together(files, last=out_dir / FILENAMES["json"], folders="report folder")
     return written
 
 

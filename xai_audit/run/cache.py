@@ -9,6 +9,11 @@ whose checksum does not match (a half-written or tampered entry) is ignored and
 recomputed. Two runs that share a cache compute each step once: a step holds an
 exclusive lock on its key (:meth:`Cache.claim`) while it looks up, computes and
 stores its output, so the second run waits and then reads the first one's entry.
+
+A run killed at any moment leaves nothing a later run reads as whole: an entry is
+visible only once renamed into place, the system frees a dead run's lock, and
+the next run that claims the key removes what the dead one left of it (its lock
+file, a temporary folder it was filling).
 """
 
 from __future__ import annotations
@@ -96,7 +101,7 @@ class Cache:
         tmp: Path | None = None
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=folder.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(key), dir=folder.parent))
             (tmp / "arrays.npz").write_bytes(blob)
             (tmp / "data.json").write_bytes(text)
             (tmp / "meta.json").write_text(json.dumps(meta))
@@ -112,26 +117,29 @@ class Cache:
     @contextlib.contextmanager
     def claim(self, key: str) -> Iterator[None]:
         """Hold the step ``key`` for this process: another run claiming it waits until this one is done
-        (an advisory lock on a file beside the entry; the system frees it if the process dies)."""
+        (an advisory lock on a file beside the entry; the system frees it if the process dies).
+
+        While it holds the key it removes what a run killed while holding it left behind (a temporary
+        folder half filled), and on release it removes the lock file too, so a cache holds no lock files
+        but those of steps running now or of a run killed mid-step (removed by the next claim)."""
         if self.root is None:
             yield
             return
         lock_path = self._dir(key).with_suffix(".lock")
         try:
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(lock_path, "a+b")
+            handle = _hold(lock_path)
         except OSError as exc:  # the step runs unlocked (a second run on this cache may compute it too)
             self.errors.append(str(path_error(exc, "cannot lock a step in the cache", lock_path)))
-            handle = None
-        if handle is None:
             yield
             return
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        try:
+            for leftover in lock_path.parent.glob(_temp_prefix(key) + "*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)  # while still held: a run waiting on this file sees it gone and locks anew
+            handle.close()  # frees the lock
 
     def file_path(self, name: str) -> Path:
         """A path for a named artefact (e.g. the demo model's weights)."""
@@ -147,3 +155,24 @@ def _digest(blob: bytes, text: bytes) -> str:
     h.update(b"\0data\0")
     h.update(text)
     return h.hexdigest()
+
+
+def _temp_prefix(key: str) -> str:
+    """The name a temporary entry folder of ``key`` starts with (the whole key: only its holder removes it)."""
+    return f".{key}-"
+
+
+def _hold(path: Path) -> Any:
+    """An open file ``path`` with an exclusive lock on it: the file at ``path`` now, not one a previous
+    holder removed on release while this process waited on it (then it tries again)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        with contextlib.ExitStack() as unless_held:
+            handle = unless_held.enter_context(open(path, "a+b"))
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            held = os.fstat(handle.fileno())
+            with contextlib.suppress(FileNotFoundError):
+                now = os.stat(path)
+                if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                    unless_held.pop_all()
+                    return handle
