@@ -199,7 +199,7 @@ def test_a_failed_step_keeps_its_whole_traceback_in_the_run_log(write_plan, tmp_
     plan = write_plan(plan_text("", "  - transform: {callable: 'json:loads', description: parsed as JSON}\n"))
     out = tmp_path / "report"
     result = CliRunner().invoke(app, ["run", str(plan), "--out", str(out), "--no-cache", "-q"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # a planned step did not run (on_step_failure: fail)
     log = (out / "run.log").read_text()
     assert log.startswith("hypothesis transform (transform") and "Traceback (most recent call last)" in log
     assert "json" in log and "TypeError" in log
@@ -207,4 +207,4 @@ def test_a_failed_step_keeps_its_whole_traceback_in_the_run_log(write_plan, tmp_
     (failure,) = results["failures"]
     assert "Traceback" not in failure["traceback"] and "_traceback_full" not in failure  # one line in results.json
     debug = CliRunner().invoke(app, ["--debug", "run", str(plan), "--out", str(tmp_path / "again"), "--no-cache", "-q"])
-    assert debug.exit_code == 0 and "Traceback (most recent call last)" in debug.stderr
+    assert debug.exit_code == 1 and "Traceback (most recent call last)" in debug.stderr

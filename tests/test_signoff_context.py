@@ -235,3 +235,69 @@ def test_an_unlabelled_data_set_and_an_estimated_group_are_limitations(tmp_path,
     for entry in results["limitations"]:
         _resolve(results, entry["source"])
 
+
+# -- 8. a failed step is never silent --------------------------------------------------------------------------
+
+BROKEN = "  - grayscale\n  - transform: {callable: 'json:loads', description: parsed as JSON}\n"  # raises TypeError
+
+
+def _html_only(text: str) -> str:
+    """A plan that writes no PDF (WeasyPrint takes seconds, and nothing here reads the PDF)."""
+    return text.replace("report: {title: Test audit}", "report: {title: Test audit, formats: [html, json]}")
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from xai_audit.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize("mode, status", [("", 1), ("on_step_failure: fail\n", 1), ("on_step_failure: warn\n", 0)])
+def test_a_planned_step_that_did_not_run_sets_the_exit_status_after_the_whole_report(write_plan, tmp_path, mode,
+                                                                                      status):
+    import json
+
+    plan = write_plan(_html_only(plan_text(hypotheses=BROKEN, extra=mode, n=20)))
+    out = tmp_path / "report"
+    result = _cli("run", str(plan), "--out", str(out), "--no-cache", "-q")
+    assert result.exit_code == status, result.output
+    assert "INCOMPLETE: 1 planned step(s) did not run: hypothesis transform" in result.stderr
+    assert "Traceback" not in result.output
+    results = json.loads((out / "results.json").read_text())  # nothing lost: the report is whole
+    assert results["completeness"]["on_step_failure"] == (mode.split(": ")[1].strip() if mode else "fail")
+    assert [r["step"] for r in results["completeness"]["not_run"]] == ["hypothesis transform"]
+    assert results["hypotheses"]["grayscale"]["status"] == "ok"
+    html = _text((out / "report.html").read_text())
+    assert "INCOMPLETE: 1 planned step did not run: hypothesis transform" in html
+    assert "No significant finding" not in html  # the verdict never reads as clean
+
+
+def test_a_clean_run_exits_0_with_no_banner(write_plan, tmp_path):
+    import json
+
+    out = tmp_path / "report"
+    plan = write_plan(_html_only(plan_text(hypotheses="  - grayscale\n", n=20)))
+    result = _cli("run", str(plan), "--out", str(out), "--no-cache", "-q")
+    assert result.exit_code == 0, result.output
+    assert "INCOMPLETE" not in result.output and "INCOMPLETE" not in (out / "report.html").read_text()
+    assert json.loads((out / "results.json").read_text())["completeness"]["not_run"] == []
+
+
+def test_the_verdict_is_never_clean_when_a_planned_step_is_missing():
+    results = make_results()
+    results.update(findings=[], checks=[], failures=[], completeness={"on_step_failure": "warn", "planned": 2,
+                                                                      "not_run": []})
+    assert build_context(results, make_artifacts())["verdict"]["level"] == "ok"
+    results["completeness"]["not_run"] = [{"step": "explainer lime", "reason": "ValueError: x", "source": "failures[0]"}]
+    verdict = build_context(results, make_artifacts())["verdict"]
+    assert verdict["level"] != "ok" and verdict["incomplete"]["label"] == "INCOMPLETE: 1 planned step did not run"
+    assert "on_step_failure: warn" in verdict["incomplete"]["text"]
+
+
+def test_on_step_failure_takes_fail_or_warn_only(registry):
+    with pytest.raises(PlanError) as info:
+        parse_plan(plan_text(extra="on_step_failure: ignore\n"), registry, filename="plan.yaml")
+    (problem,) = info.value.problems
+    assert " on_step_failure: " in problem and "'fail'" in problem and "'warn'" in problem

@@ -159,6 +159,7 @@ def run(
         outcome = run_audit(validated, registry, cache=cache, progress=show)
         _summarise(outcome.results, _write(outcome, registry, out, validated.report.formats, templates))
         failed = _gate([outcome.results], out)
+        failed = _incomplete(outcome.results) or failed
     else:
         failed = _run_several(validated, registry, cache, out, templates, show)
     _cache_warnings(cache)
@@ -202,6 +203,22 @@ def _gate(all_results: list[dict], out: Path) -> bool:
     return failed
 
 
+def _incomplete(results: dict, model: str = "") -> bool:
+    """Say so when a planned step did not run; True when that fails the run (``on_step_failure: fail``).
+
+    Called after the whole report is written: exit status 1 then means the audit ran and is complete on disk,
+    but a step the plan asked for is missing from it (2 stays for bad input)."""
+    completeness = results.get("completeness") or {}
+    not_run = completeness.get("not_run") or []
+    if not not_run:
+        return False
+    fail = completeness.get("on_step_failure", "fail") != "warn"
+    steps = ", ".join(str(r.get("step")) for r in not_run)
+    _err(f"INCOMPLETE{f' ({model})' if model else ''}: {len(not_run)} planned step(s) did not run: {steps}"
+         + ("; exit status 1 (on_step_failure: fail)" if fail else " (on_step_failure: warn)"))
+    return fail
+
+
 def _run_several(validated, registry, cache, out: Path, templates: Optional[Path], show: bool) -> bool:
     """A several-model plan: one report per model in out/<name>/, and the comparison in out/."""
     from xai_audit.audit import run_audit
@@ -230,6 +247,7 @@ def _run_several(validated, registry, cache, out: Path, templates: Optional[Path
     failed = False
     for name, outcome in outcomes.items():
         failed = _gate([outcome.results], out / name) or failed
+        failed = _incomplete(outcome.results, name) or failed
     return failed
 
 
@@ -448,6 +466,8 @@ def demo(
     _summarise({**outcome.results, "accuracy": None}, written)
     _cache_warnings(cache)
     typer.echo(f"done in {time.perf_counter() - start:.0f} s. Open {written.get('html', out)} in a browser.")
+    if _incomplete(outcome.results):  # the demo must run cleanly: a step of it that did not run is not hidden
+        raise typer.Exit(1)
 
 
 def _verify(outcome, trained, registry, cache, out: Path, plan_data: dict, *, seed: int, quiet: bool, data: str) -> None:

@@ -126,12 +126,23 @@ def _unlabelled_predictions(results: Mapping[str, Any], classes: list[str]) -> d
     return {"rows": rows, "mean_confidence": mean, "line": line or "no labels: the model's own predictions are measured"}
 
 
-def _verdict(results: Mapping[str, Any]) -> dict[str, str]:
-    """One line a reviewer can act on, from the checks, the findings and what did not run."""
+def _verdict(results: Mapping[str, Any]) -> dict[str, Any]:
+    """One line a reviewer can act on, from the checks, the findings and what did not run; ``incomplete`` is the
+    banner above it when a planned step did not run (None otherwise), and then the line is never "clean"."""
     checks = results.get("checks") or []
     failed = [c for c in checks if c.get("status") == "FAIL"]
     findings = results.get("findings") or []
     high = [f for f in findings if f.get("severity") == "high"]
+    verdict = _verdict_line(results, checks, failed, findings, high)
+    verdict["incomplete"] = scope.incomplete(results)
+    if verdict["incomplete"] is not None and verdict["level"] == "ok":  # never clean when a planned step is missing
+        verdict.update(level="attention", label="Incomplete",
+                       text="No hypothesis that ran reached significance after correction, but not every planned "
+                            "step ran: the audit cannot say what those would have found.")
+    return verdict
+
+
+def _verdict_line(results: Mapping[str, Any], checks: list, failed: list, findings: list, high: list) -> dict[str, Any]:
     not_run = len(results.get("failures") or [])
     tail = f" {not_run} step(s) could not run; see the last section." if not_run else ""
     if failed:
@@ -143,8 +154,9 @@ def _verdict(results: Mapping[str, Any]) -> dict[str, str]:
     if findings:
         return {"level": "attention", "label": "Review the findings",
                 "text": f"{len(findings)} finding(s) of lower severity; no check failed." + tail}
-    return {"level": "ok", "label": "No significant problem found",
-            "text": ("Every check passed; " if checks else "") + "no hypothesis reached significance after correction." + tail}
+    return {"level": "ok", "label": "No significant finding",
+            "text": ("Every check passed; " if checks else "") + "no hypothesis reached significance after correction. "
+            "That is not evidence of no effect: see what this audit could not establish." + tail}
 
 
 def _checks(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
