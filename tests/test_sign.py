@@ -16,23 +16,24 @@ from typer.testing import CliRunner
 
 from conftest import TINY_MODEL, plan_text
 from xai_audit.cli import app
-from xai_audit.verify.signing import PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, keyid, pae
+from xai_audit.verify.signing import PAYLOAD_TYPE, PREDICATE_TYPE, REPORT_FILES, STATEMENT_TYPE, keyid, pae
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    """A tiny report (12 images, no explainer): report.html, report.pdf, results.json, the manifest; the plan
-    lies beside the report folder, as with `xai-audit run plan.yaml --out out`."""
+    """A tiny report (12 images, no explainer, one check): report.html, report.pdf, results.json, the manifest,
+    checks.xml and the model card; the plan lies beside the report folder, as with `xai-audit run plan.yaml`."""
     root = tmp_path_factory.mktemp("signed")
     (root / "tiny_model.py").write_text(TINY_MODEL)
     namespace: dict = {}
     exec(TINY_MODEL, namespace)
     torch.manual_seed(0)
     torch.save(namespace["make"]().state_dict(), root / "weights.pt")
-    (root / "plan.yaml").write_text(plan_text(n=12))
-    result = runner.invoke(app, ["run", str(root / "plan.yaml"), "--out", str(root / "out"), "--no-cache", "-q"])
+    (root / "plan.yaml").write_text(plan_text(n=12, extra="checks:\n  - accuracy >= 0\n"))
+    result = runner.invoke(app, ["run", str(root / "plan.yaml"), "--out", str(root / "out"), "--no-cache", "-q",
+                                 "--formats", "html,pdf,json,card"])
     assert result.exit_code == 0, result.output
     return root
 
@@ -81,7 +82,8 @@ def test_sign_writes_an_in_toto_statement_in_dsse_over_every_report_file(report,
 
     names = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
     plan = str((built / "plan.yaml").resolve())
-    assert set(names) == {"results.json", "report.html", "report.pdf", "finetune_manifest.csv", plan}
+    assert set(names) == {n for n in REPORT_FILES if (report / n).is_file()} | {plan}
+    assert {"results.json", "report.html", "report.pdf", "finetune_manifest.csv", plan} <= set(names)
     for name, digest in names.items():
         path = Path(name) if Path(name).is_absolute() else report / name
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
@@ -116,7 +118,7 @@ def test_one_signer_twice_keeps_both_signatures(report, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen is not installed")
-def test_an_openssh_key_signs_through_ssh_keygen(report, tmp_path):
+def test_an_openssh_key_signs_through_ssh_keygen(report, tmp_path, monkeypatch):
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "grace", "-f", str(key)], check=True)
     assert _sign(report, _ed25519_key(tmp_path / "a.pem"), "Ada Lovelace", "reviewer").exit_code == 0
@@ -134,6 +136,12 @@ def test_an_openssh_key_signs_through_ssh_keygen(report, tmp_path):
     assert result.exit_code == 1
     assert "valid  signature by Grace Hopper (provider)" in result.output and "a trusted key" in result.output
     assert "untrusted  signature said to be by Ada Lovelace" in result.output
+    import xai_audit.verify.signing as signing
+
+    with monkeypatch.context() as m:  # no ssh-keygen to check it: never passed as valid
+        m.setattr(signing, "_ssh_keygen", lambda: None)
+        result = _verify(report)
+    assert result.exit_code == 1 and "unchecked  signature said to be by Grace Hopper" in result.output
     # a changed payload fails ssh-keygen's check
     envelope["payload"] = base64.b64encode(base64.b64decode(envelope["payload"]).replace(b"provider", b"approver")).decode()
     grace = next(p for p in _envelopes(report) if p.name.startswith("grace"))
@@ -164,8 +172,10 @@ def test_trusted_keys_pin_the_signer(report, tmp_path):
     assert result.exit_code == 2 and "trusted keys" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["results.json", "report.html", "report.pdf", "finetune_manifest.csv", "plan"])
+@pytest.mark.parametrize("name", [n for n in REPORT_FILES if n != "run.log"] + ["plan"])  # no step failed: no log
 def test_a_changed_byte_in_any_signed_file_fails_verify_naming_it(report, built, tmp_path, name):
+    if name == "plan-as-run.yaml" and not (report / name).is_file():
+        pytest.skip("this version writes no plan-as-run.yaml")
     assert _sign(report, _ed25519_key(tmp_path / "a.pem")).exit_code == 0
     assert _verify(report).exit_code == 0
     path = built / "plan.yaml" if name == "plan" else report / name
@@ -244,3 +254,35 @@ def test_bad_input_is_one_line_and_exit_2(report, tmp_path):
         assert result.exit_code == 2, (words, result.output)
         assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1, (words, result.stderr)
     assert not (report / "signatures").exists() or not list((report / "signatures").iterdir())
+
+
+def test_more_bad_input_is_exit_2(report, built, tmp_path, monkeypatch):
+    encrypted = tmp_path / "locked.pem"
+    encrypted.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    monkeypatch.delenv("XAI_AUDIT_KEY_PASSWORD", raising=False)
+    result = _sign(report, encrypted)
+    assert result.exit_code == 2 and "encrypted; give its password in $XAI_AUDIT_KEY_PASSWORD" in result.stderr
+    monkeypatch.setenv("XAI_AUDIT_KEY_PASSWORD", "secret")
+    assert _sign(report, encrypted).exit_code == 0  # the password from the environment
+    monkeypatch.setenv("XAI_AUDIT_KEY_PASSWORD", "wrong")
+    result = _sign(report, encrypted)
+    assert result.exit_code == 2 and "cannot be read" in result.stderr
+
+    plan = built / "plan.yaml"
+    before = plan.read_bytes()
+    plan.write_bytes(before + b"# edited after the run\n")
+    try:
+        result = _sign(report, _ed25519_key(tmp_path / "a.pem"))
+    finally:
+        plan.write_bytes(before)
+    assert result.exit_code == 2 and "has changed since the report was written" in result.stderr
+
+    import xai_audit.verify.signing as signing
+
+    ssh_key = tmp_path / "id_ed25519"
+    ssh_key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n")
+    monkeypatch.setattr(signing, "_ssh_keygen", lambda: None)
+    result = _sign(report, ssh_key)
+    assert result.exit_code == 2 and "ssh-keygen (which signs with it) is not installed" in result.stderr

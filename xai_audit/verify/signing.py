@@ -2,8 +2,9 @@
 
 ``xai-audit sign DIR --name NAME --role ROLE --key KEY`` writes one attestation per signer under
 ``DIR/signatures/``: an in-toto Statement v1 whose subjects are the SHA-256 of the report's files
-(``results.json``, ``report.html``, ``report.pdf``, ``finetune_manifest.csv``, the model card
-``README.md`` where one was written, and the plan file the run recorded), whose predicate says who signed,
+(``results.json``, ``report.html``, ``report.pdf``, the plan as run, ``finetune_manifest.csv``, and
+``checks.xml``, the model card ``README.md`` and ``run.log`` where the run wrote them, and the plan file the run
+recorded), whose predicate says who signed,
 in what role and when, wrapped in a DSSE envelope signed over DSSE's pre-authentication encoding (PAE):
 
     {"payloadType": "application/vnd.in-toto+json", "payload": <base64 statement>,
@@ -54,8 +55,11 @@ PREDICATE_TYPE = "urn:xai-audit:sign-off:v1"
 SSH_NAMESPACE = "xai-audit"
 SIGNATURES = "signatures"
 ENVELOPE_SUFFIX = ".dsse.json"
-#: the report's files a sign-off covers, when present (results.json always); the plan is added from provenance
-REPORT_FILES = ("results.json", "report.html", "report.pdf", "finetune_manifest.csv", "README.md")
+#: the report's files a sign-off covers, when present (results.json always); the plan file is added from
+#: provenance. plan-as-run.yaml is the plan as it ran (written beside the report), checks.xml the gate's
+#: JUnit file, README.md the model card, run.log the tracebacks of steps that failed
+REPORT_FILES = ("results.json", "report.html", "report.pdf", "plan-as-run.yaml", "finetune_manifest.csv",
+                "checks.xml", "README.md", "run.log")
 #: the environment variable a PEM key's password may come from (otherwise asked on a terminal)
 PASSWORD_ENV = "XAI_AUDIT_KEY_PASSWORD"
 
