@@ -632,7 +632,7 @@ def _explanation_figure(
 
 
 def _table(title: str, rows: Any) -> dict[str, Any]:
-    """Row dicts as {title, columns: [{label, num}], rows: [[{text, num}]]}; keys become columns."""
+    """Row dicts as {title, columns: [{label, num, short}], rows: [[{text, num}]]}; keys become columns."""
     rows = [r for r in rows or [] if isinstance(r, Mapping)]
     columns: list[str] = []
     for row in rows:
@@ -650,7 +650,8 @@ def _table(title: str, rows: Any) -> dict[str, Any]:
     ]
     return {
         "title": title,
-        "columns": [{"label": c, "num": n} for c, n in zip(columns, numeric)],
+        # a long name as a header (a class name) is cut short there and named whole below the table
+        "columns": [{"label": c, "num": n, "short": display.column_header(c)} for c, n in zip(columns, numeric)],
         "rows": body,
     }
 

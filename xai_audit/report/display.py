@@ -34,9 +34,13 @@ TITLE_LIMIT = 200
 PLAN_STRING_LIMIT = 200
 #: characters of a :class:`LongText` block (the plan as YAML)
 LONG_TEXT_LIMIT = 20_000
+#: characters of one unbroken run a table's column header shows: a longer name (a class name of 200
+#: characters) is cut there, so it cannot widen its table past the page, and the table names it whole below
+HEADER_RUN_LIMIT = 24
 
 
 _LONG_RUN = re.compile(rf"\S{{{RUN_LIMIT + 1},}}")
+_LONG_HEADER_RUN = re.compile(rf"\S{{{HEADER_RUN_LIMIT + 1},}}")
 
 
 class DataURI(str):
@@ -65,6 +69,17 @@ def clip(text: str, limit: int = DISPLAY_LIMIT) -> str:
     if shown == text:
         return text
     return f"{shown} [{len(text):,} characters in all; whole in results.json]"
+
+
+def column_header(label: str) -> str | None:
+    """``label`` cut short for a table's column header when it holds an unbroken run over
+    :data:`HEADER_RUN_LIMIT` characters (each such run keeps its start and its end, an ellipsis between, so
+    names that differ only at the end stay apart); ``None`` when it shows whole. A header wraps only between
+    words, so one long name would set its column's width."""
+    if not _LONG_HEADER_RUN.search(label):
+        return None
+    tail = HEADER_RUN_LIMIT // 3
+    return _LONG_HEADER_RUN.sub(lambda m: m.group()[: HEADER_RUN_LIMIT - tail - 1] + "…" + m.group()[-tail:], label)
 
 
 def long_text(text: str, limit: int = LONG_TEXT_LIMIT) -> LongText:
