@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_MODEL, plan_text
 from typer.testing import CliRunner
 
-from conftest import TINY_MODEL, plan_text
 from xai_audit.cli import app
 from xai_audit.report.card import NOT_STATED, model_card
 
@@ -143,3 +143,19 @@ def test_unknown_format_is_exit_2(report):
     result = runner.invoke(app, ["run", str(plan), "--out", str(report.parent / "x"), "--formats", "json,cards"])
     assert result.exit_code == 2 and "--formats: unknown format 'cards'" in result.stderr
     assert not (report.parent / "x").exists()
+
+
+def test_findings_are_listed_as_the_report_ranks_them(report):
+    results = json.loads((report / "results.json").read_text())
+    results["findings"] = [
+        {"kind": "bias", "kind_label": "Bias", "severity": "high", "title": "Accuracy differs by skin_tone",
+         "metric": "accuracy gap", "effect": 0.12, "ci": [0.05, 0.2], "p_value_adjusted": 0.0012},
+        {"kind": "shortcut", "kind_label": "Shortcut", "severity": "low", "title": "Looks at the corner",
+         "metric": "attribution mass", "effect": 0.41, "ci": None, "p_value_adjusted": None},
+    ]
+    text = model_card(results)
+    rows = [line for line in text.splitlines() if line.startswith(("| high", "| low"))]
+    assert rows == [r"| high | Bias | Accuracy differs by skin\_tone | +12.0 pp [+5.0, +20.0] | 0.0012 |",
+                    "| low | Shortcut | Looks at the corner | +0.41 |  |"]
+    results["findings"] = []
+    assert "No finding: no hypothesis the audit tested was supported" in model_card(results)

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL, plan_text
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import TINY_MODEL, plan_text
 from xai_audit.cli import app
 
 runner = CliRunner()

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL, plan_text
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from typer.testing import CliRunner
 
-from conftest import TINY_MODEL, plan_text
 from xai_audit.cli import app
 from xai_audit.verify.signing import PAYLOAD_TYPE, PREDICATE_TYPE, REPORT_FILES, STATEMENT_TYPE, keyid, pae
 
@@ -147,7 +147,7 @@ def test_an_openssh_key_signs_through_ssh_keygen(report, tmp_path, monkeypatch):
     grace = next(p for p in _envelopes(report) if p.name.startswith("grace"))
     grace.write_text(json.dumps(envelope))
     result = _verify(report)
-    assert result.exit_code == 1 and f"invalid  signature said to be by Grace Hopper (approver)" in result.output
+    assert result.exit_code == 1 and "invalid  signature said to be by Grace Hopper (approver)" in result.output
     assert grace.name in result.output
 
 
@@ -207,7 +207,7 @@ def test_a_tampered_envelope_fails_verify(report, tmp_path):
     env_path.write_text(json.dumps(envelope))
     result = _verify(report)
     assert result.exit_code == 1
-    assert f"invalid  signature said to be by Ada Lovelace (chief executive)" in result.output
+    assert "invalid  signature said to be by Ada Lovelace (chief executive)" in result.output
     assert env_path.name in result.output
 
     # a subject's digest rewritten to a changed file's: the signature no longer holds

@@ -88,6 +88,19 @@ def with_ci(value: float | None, ci: Sequence[float] | None, n: int | None = Non
     return text + (f" ({', '.join(extra)})" if extra else "")
 
 
+def effect_text(effect: float | None, ci: Sequence[float] | None, metric: str) -> str:
+    """A finding's effect as the report shows it: ``+12.0 pp [+5.0, +20.0]`` for a share or an accuracy,
+    ``+0.412 [+0.3, +0.52]`` for any other metric."""
+    if effect is None:
+        return ""
+    share = any(w in (metric or "") for w in ("accuracy", "share", "rate", "gap", "distance"))
+    scale, unit, fmt = (100, " pp", "+.1f") if share else (1, "", "+.3g")
+    text = f"{scale * float(effect):{fmt}}{unit}"
+    if ci and len(ci) == 2 and None not in ci:
+        text += f" [{scale * float(ci[0]):{fmt}}, {scale * float(ci[1]):{fmt}}]"
+    return text
+
+
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -242,7 +255,7 @@ def card_context(results: Mapping[str, Any]) -> dict[str, Any]:
                     "audited": percent(r["audited"])} for r in shift_rows(results)],
         "findings": [{"severity": md(f.get("severity", "")), "kind": md(f.get("kind_label") or f.get("kind") or ""),
                       "title": md(f.get("title", "")),
-                      "effect": "" if f.get("effect") is None else with_ci(f.get("effect"), f.get("ci")),
+                      "effect": effect_text(f.get("effect"), f.get("ci"), str(f.get("metric") or "")),
                       "p": "" if f.get("p_value_adjusted") is None else f"{f['p_value_adjusted']:.3g}"}
                      for f in findings],
         "hypotheses": [{"name": md(name), "claim": md(_dict(e).get("claim") or ""),

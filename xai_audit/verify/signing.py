@@ -179,6 +179,7 @@ def read_key(path: Path) -> SigningKey:
         what = "a public key, not a private key" if (b"PUBLIC KEY" in data or data.startswith(b"ssh-")) else \
             "not a PEM or OpenSSH private key"
         raise SigningError(f"key {shown(path)}: {what}; sign with your Ed25519 (PEM) or OpenSSH private key")
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -192,10 +193,8 @@ def read_key(path: Path) -> SigningKey:
                                "from a terminal")
     try:
         private = serialization.load_pem_private_key(data, password=password.encode() if password else None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SigningError(f"key {shown(path)}: cannot be read: {exc}") from None
-    except Exception as exc:  # an unsupported algorithm
-        raise SigningError(f"key {shown(path)}: cannot be read: {type(exc).__name__}: {exc}") from None
     if not isinstance(private, Ed25519PrivateKey):
         kind = type(private).__name__.replace("PrivateKey", "").lstrip("_") or "another kind"
         raise SigningError(f"key {shown(path)}: a {kind} key; a PEM key must be Ed25519 "
@@ -213,7 +212,7 @@ def _ssh_sign(path: Path, message: bytes) -> tuple[bytes, bytes]:
         raise SigningError("ssh-keygen is not installed")
     try:
         done = subprocess.run([keygen, "-Y", "sign", "-n", SSH_NAMESPACE, "-f", str(path)], input=message,
-                              capture_output=True, timeout=300)
+                              capture_output=True, timeout=300, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         raise SigningError(f"key {shown(path)}: ssh-keygen could not sign: {exc}") from None
     if done.returncode != 0:
@@ -398,14 +397,14 @@ def _keys_in(text: str, file: Path) -> list[bytes]:
     from cryptography.hazmat.primitives import serialization
 
     found = []
-    for block in re.findall(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", text, re.S):
+    for block in re.findall(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", text, re.DOTALL):
         try:
             public = serialization.load_pem_public_key(block.encode())
             line = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         except (ValueError, TypeError) as exc:
             raise SigningError(f"trusted keys {shown(file)}: a PEM public key cannot be read: {exc}") from None
         found.append(_wire_of_openssh(line.decode("ascii")))
-    text = re.sub(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", "", text, flags=re.S)
+    text = re.sub(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", "", text, flags=re.DOTALL)
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -551,7 +550,7 @@ def _ssh_check(sig: bytes, message: bytes, wire: bytes, kid: str, pinned: bool) 
         else:
             cmd = [keygen, "-Y", "check-novalidate", "-n", SSH_NAMESPACE, "-s", str(sig_file)]
         try:
-            done = subprocess.run(cmd, input=message, capture_output=True, timeout=60)
+            done = subprocess.run(cmd, input=message, capture_output=True, timeout=60, check=False)
         except (OSError, subprocess.SubprocessError) as exc:
             return "unchecked", kid, f"ssh-keygen could not run: {exc}"
     if done.returncode != 0:
