@@ -23,6 +23,7 @@ from xai_audit.contract.figures import COMMON_FIELDS, FIGURE_KINDS, array_ref, c
 from xai_audit.contract.images import ImageView
 from xai_audit.contract.images import chunks as sample_chunks
 from xai_audit.contract.images import stack as stack_images
+from xai_audit.contract.imports import ImportProblem, import_object, split_spec
 from xai_audit.contract.inputs import InputSpec, Preprocess
 from xai_audit.contract.interventions import (
     InterventionOptions,
@@ -117,6 +118,10 @@ __all__ = [
     "ModelError",
     "PlanError",
     "shown_path",
+    # the plan's own code (a model factory, a transform), imported from the plan's folder
+    "import_object",
+    "split_spec",
+    "ImportProblem",
     # model input mapping
     "InputSpec",
     "Preprocess",

@@ -1,58 +1,72 @@
 """transform: any image transform given by import path becomes a hypothesis, no plugin needed.
 
     hypotheses:
-      - transform: {callable: "mypkg.mod:fn", description: "a fog filter", kwargs: {density: 0.3}}
+      - transform: {callable: "fx.py:fog", description: "fog covers the image", kwargs: {density: 0.3}}
+      - transform: {as: blur, callable: "my_pkg.fx:blur", description: "the image is out of focus"}
 
-``fn(images, **kwargs)`` receives display-space images (N, 3, H, W) float32
-in [0, 1] and returns changed copies of the same shape.
+``callable`` is ``file.py:function`` (a file, relative to the plan's folder) or ``package.module:function``
+(looked for in the plan's folder first, then on the import path). ``fn(images, **kwargs)`` receives
+display-space images, a numpy float32 array (N, 3, H, W) with values in [0, 1] (RGB, also for a grayscale
+model: its one channel is made from these), and returns changed copies of the same shape and range; it must
+not change ``images`` in place (it gets a copy). ``validate`` imports it, so a callable that cannot be
+imported is refused before the run. Several transforms are listed with ``as:``, each a step of its own.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any, Callable
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from xai_audit.api import (
     HypothesisContext,
     HypothesisPlugin,
     HypothesisResult,
+    ImportProblem,
     InterventionOptions,
     PlanError,
+    import_object,
     intervention_result,
+    split_spec,
 )
 
 
 class TransformOptions(InterventionOptions):
-    callable: str = Field(..., description='import path "package.module:function"')
+    callable: str = Field(..., description='"file.py:function" (beside the plan) or "package.module:function"')
     description: str = Field("", description='what the transform does, read as "the model ... when <description>"')
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments passed to the function")
     preserves_label: bool = Field(True, description="false when the transform may change the true class")
+    #: the plan's folder, where ``callable`` is imported from (not an option: set from the plan when it is read)
+    _base_dir: str | None = PrivateAttr(None)
 
     @field_validator("callable")
     @classmethod
-    def _import_path(cls, value: str) -> str:
-        module, _, attr = value.partition(":")
-        if not module or not attr or not all(p.isidentifier() for p in module.split(".") + attr.split(".")):
-            raise ValueError('must be "package.module:function"')
+    def _import_path(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            split_spec(value)  # the shape, even where the plan's folder is unknown
+            base = (info.context or {}).get("base_dir")
+            if base is not None:  # a plan read from its folder: the callable must import from there, now
+                load_callable(value, base)
+        except ImportProblem as exc:
+            raise PydanticCustomError("import", "{why}", {"why": str(exc)}) from None
         return value
 
+    @model_validator(mode="after")
+    def _remember_folder(self, info: ValidationInfo) -> "TransformOptions":
+        base = (info.context or {}).get("base_dir")
+        if base is not None:
+            self._base_dir = str(base)
+        return self
 
-def load_callable(path: str) -> Callable[..., Any]:
-    module_name, _, attr = path.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise PlanError([f"transform: cannot import {module_name!r} for callable {path!r}: {exc}"]) from exc
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise PlanError([f"transform: {module_name!r} has no {attr!r} (callable {path!r})"])
-        target = getattr(target, part)
+
+def load_callable(path: str, base_dir: Any = None) -> Callable[..., Any]:
+    """The function ``path`` names, imported from the plan's folder; ValueError (one line) when it cannot be."""
+    target = import_object(path, base_dir)
     if not callable(target):
-        raise PlanError([f"transform: {path!r} is not callable"])
+        raise ImportProblem(f"{path!r} is {type(target).__name__}, not a function")
     return target
 
 
@@ -69,7 +83,10 @@ class TransformHypothesis(HypothesisPlugin):
 
     def test(self, context: HypothesisContext) -> HypothesisResult:
         opts: TransformOptions = self.options
-        fn = load_callable(opts.callable)
+        try:
+            fn = load_callable(opts.callable, opts._base_dir)
+        except ImportProblem as exc:
+            raise PlanError([f"transform.callable: {exc}"]) from exc
         what = opts.description or f"the images go through {opts.callable}"
 
         def change(images: np.ndarray, samples) -> np.ndarray:

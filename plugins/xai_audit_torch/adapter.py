@@ -21,9 +21,6 @@ class scores, as in mini-Xception): then it is the feature layer that feeds it.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ import torch
 from pydantic import Field, model_validator
 
 from xai_audit.api import (
+    ImportProblem,
     InputSpec,
     LoadContext,
     ModelAdapter,
@@ -38,6 +36,7 @@ from xai_audit.api import (
     ModelError,
     Options,
     Preprocess,
+    import_object,
 )
 
 
@@ -242,28 +241,12 @@ def _resolve(base_dir: Path, value: str) -> Path:
 
 
 def _import_factory(spec: str, base_dir: Path) -> Any:
-    if ":" not in spec:
-        raise ModelError(f"model.module '{spec}' must look like 'package.module:factory' or 'file.py:factory'")
-    mod_name, _, attr = spec.rpartition(":")
+    """The factory ``model.module`` names: ``file.py:factory`` or ``package.module:factory``, both from the plan's
+    folder first (xai_audit.api.import_object)."""
     try:
-        if mod_name.endswith(".py"):
-            path = _resolve(base_dir, mod_name)
-            unique = "xai_audit_user_model_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
-            module_spec = importlib.util.spec_from_file_location(unique, path)
-            assert module_spec is not None and module_spec.loader is not None
-            mod = importlib.util.module_from_spec(module_spec)
-            sys.modules[unique] = mod
-            module_spec.loader.exec_module(mod)
-        else:
-            mod = importlib.import_module(mod_name)
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"cannot import model module '{mod_name}': {type(exc).__name__}: {exc}") from None
-    try:
-        return getattr(mod, attr)
-    except AttributeError:
-        raise ModelError(f"model module '{mod_name}' has no attribute '{attr}'") from None
+        return import_object(spec, base_dir)
+    except ImportProblem as exc:
+        raise ModelError(f"model.module: {exc}") from None
 
 
 def _load_weights(module: torch.nn.Module, path: Path, device: str) -> None:
