@@ -324,10 +324,46 @@ def replace_model(plan: Plan, inputs: AuditInputs, executor: Any) -> Any:
 
 def step_key(kind: str, step: Step, base_key: dict, extra: Any = None) -> str:
     """The cache key of one step: its plugin's version and code, its options, the inputs, ``extra``."""
+    options = step.options_dict()
+    files = named_files(options)
     return content_key(
         kind, step.name, step.plugin.package, step.plugin.version, code_hash(step.plugin.cls),
-        step.options_dict(), base_key, extra,
+        options, base_key, extra, *([files] if files else []),
     )
+
+
+def named_files(options: Any) -> dict[str, str]:
+    """The SHA-256 of every file an option names by absolute path (weight files, masks, tables).
+
+    An option that names a file keeps naming it after the file is overwritten, so the file's
+    bytes, not its path, must decide whether a cached result still holds.
+    """
+    found: dict[str, str] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and len(value) < 4096 and Path(value).is_absolute():
+            path = Path(value)
+            if path.is_file():
+                stat = path.stat()
+                found[value] = _file_sha256(value, stat.st_size, stat.st_mtime_ns)
+
+    walk(options)
+    return found
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file is read again
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=None)
