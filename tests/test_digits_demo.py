@@ -71,7 +71,8 @@ def test_digits_demo_end_to_end(tmp_path: Path, demo_cache: Path):
     sanity = ig["sanity"]
     assert sanity["zero_in_both"] > 0.1 and sanity["final_similarity_all_pixels"] > sanity["final_similarity"]
     html = (out / "report.html").read_text()
-    assert "Agreement between explainers" in html and "Rubbish images" in html
+    assert "Matrix of rank correlations between 3 explainers" in html  # the agreement figure
+    assert "Rubbish images: noise scored with certainty" in html and "over every pixel it would be" in html
 
 
 def test_the_report_shows_the_all_pixel_similarity_and_the_tied_share():
