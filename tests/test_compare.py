@@ -130,3 +130,65 @@ def test_hypothesis_effects_are_paired_image_by_image_between_models():
     assert row["p_value_adjusted"] >= row["p_value"]
     (same,) = compare_results([("fragile", fragile), ("again", fragile)])["effect_pairs"]
     assert same["difference"] == 0 and same["verdict"] == "no significant difference"
+
+
+def _fake_results(name, classes, predictions, labels):
+    ids = [f"s{i}" for i in range(len(predictions))]
+    return {
+        "schema_version": "2.0",
+        "provenance": {"model": {"adapter": "torch", "fingerprint": name * 12}, "dataset": {"fingerprint": "d"}},
+        "classes": classes,
+        "samples": {"n": len(ids)},
+        "accuracy": {"value": 0.5, "ci": [0.2, 0.8]},
+        "per_sample": {"ids": ids, "labels": labels, "predictions": predictions},
+        "explainers": {"integrated-gradients": {"status": "ok"}},
+        "hypotheses": {"darken": {"status": "ok", "plugin": "luminance", "per_sample": {
+            "ids": ids, "predictions_after": [(p + (i % 2)) % len(classes) for i, p in enumerate(predictions)]}}},
+    }
+
+
+def test_models_of_different_label_spaces_keep_their_own_classes(monkeypatch):
+    import numpy as np
+
+    from xai_audit.contract.types import Explanation
+    from xai_audit.report import ReportArtifacts
+    from xai_audit.report import comparison as comparison_page
+    from xai_audit.report.comparison import build_comparison_context
+    from xai_audit.report.render import render_html
+
+    n = 6
+    digits = _fake_results("d", [str(d) for d in range(10)], [7] * n, [0] * n)
+    faces = _fake_results("f", EMOTIONS, [1] * n, [0] * n)  # index 1: "sad" for this model, "1" for the other
+    comparison = compare_results([("digits", digits), ("faces", faces)])
+    assert [m["classes"] for m in comparison["models"]] == [digits["classes"], EMOTIONS]
+    assert comparison["same_classes"] is False and comparison["classes"] == []
+    (pair,) = comparison["pairs"]  # right or wrong is not one question for both: no paired accuracy test
+    assert pair["p_value"] is None and pair["verdict"] == "not tested" and "different classes" in pair["test"]
+    (effect,) = comparison["effect_pairs"]  # labels mean different things: the flip rate, which needs none
+    assert effect["metric"] == "flip rate" and abs(effect["effect_a"] - 0.5) < 1e-9
+
+    ids = [f"s{i}" for i in range(n)]
+    rng = np.random.default_rng(0)
+    artifacts = {
+        name: ReportArtifacts(
+            images={sid: rng.random((3, 8, 8), dtype=np.float32) for sid in ids},
+            explanations={"integrated-gradients": Explanation(method="integrated-gradients", signed=True,
+                                                              maps=rng.random((n, 8, 8)).astype(np.float32),
+                                                              sample_ids=ids, targets=np.full(n, pred))},
+            predictions={sid: (pred, 0.9) for sid in ids}, labels={sid: 0 for sid in ids})
+        for name, pred in (("digits", 7), ("faces", 1))
+    }
+    titles = []
+    monkeypatch.setattr(comparison_page.figures, "explanation_grid",
+                        lambda images, overlays, row_titles, signed: titles.extend(row_titles) or "data:,")
+    context = build_comparison_context(comparison, artifacts)
+    assert len(context["heatmaps"]) == 1
+    # each prediction named with its own model's classes: faces' index 1 is "sad", never digits' "1"
+    assert titles == [f"{sid}\ndigits: 7 (0.90), faces: sad (0.90)" for sid in ids]
+    html = render_html(context, page="compare.html")
+    assert "10: 0, 1, 2, 3, 4, 5, …" in html and "7: happy, sad" in html
+    assert "the models name different classes" in html
+
+    same = compare_results([("digits", digits), ("again", digits)])
+    assert same["same_classes"] is True and same["classes"] == digits["classes"]
+    assert same["pairs"][0]["p_value"] is not None

@@ -5,6 +5,11 @@ or straight after a several-model plan. Paired tests compare the models on
 the images both audited (matched by sample id): exact McNemar on
 correct/incorrect pairs, a paired bootstrap interval of the accuracy
 difference, Holm correction across the pairs.
+
+Each model keeps its own classes (``models[i].classes``): models of different label spaces (a digit model
+beside an emotion model, on shared images) are compared side by side, each prediction named by its own
+model. Right or wrong is then not one question for both, so such a pair has no paired accuracy test, and
+an intervention's effect is paired as the share of predictions it changes (flip rate), which needs no label.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ def compare_results(named: Sequence[tuple[str, dict[str, Any]]], *, seed: int = 
         if major not in READABLE_MAJORS:
             raise DataError(f"{name}: results.json schema {results.get('schema_version')} is not readable by this version")
     models = [_model_row(name, r) for name, r in named]
+    same_classes = all(_same_classes(r, named[0][1]) for _, r in named)
     pairs = [_paired(a, ra, b, rb, seed) for (a, ra), (b, rb) in combinations(named, 2)]
     effect_pairs = _effect_pairs(named, seed)
     # one Holm correction over every test of the comparison: accuracy pairs and hypothesis-effect pairs
@@ -41,14 +47,17 @@ def compare_results(named: Sequence[tuple[str, dict[str, Any]]], *, seed: int = 
     adjusted = holm([p["p_value"] for p in every])
     for pair, p_adj in zip(every, adjusted):
         pair["p_value_adjusted"] = p_adj
-        pair["verdict"] = "different" if p_adj is not None and p_adj < ALPHA else "no significant difference"
+        pair["verdict"] = ("not tested" if pair["p_value"] is None else
+                           "different" if p_adj is not None and p_adj < ALPHA else "no significant difference")
     return to_jsonable(
         {
             "schema_version": COMPARISON_SCHEMA_VERSION,
             "tool": {"name": "xai-audit", "version": __version__},
             "title": "Model comparison: " + " vs ".join(name for name, _ in named),
             "models": models,
-            "classes": named[0][1].get("classes") or [],
+            # the classes every model shares; each model's own are in its row
+            "classes": (named[0][1].get("classes") or []) if same_classes else [],
+            "same_classes": same_classes,
             "pairs": pairs,
             "groups": _groups(named),
             "hypotheses": _hypotheses(named),
@@ -67,6 +76,7 @@ def _model_row(name: str, results: dict[str, Any]) -> dict[str, Any]:
         "adapter": results["provenance"]["model"]["adapter"],
         "fingerprint": results["provenance"]["model"]["fingerprint"],
         "n": results["samples"]["n"],
+        "classes": [str(c) for c in results.get("classes") or []],
         "accuracy": acc.get("value"),
         "ci": acc.get("ci"),
         "findings": len(results.get("findings", [])),
@@ -85,10 +95,20 @@ def _correct_by_id(results: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+def _same_classes(ra: dict, rb: dict) -> bool:
+    """Whether two audits' models name the same classes in the same order (unknown counts as the same)."""
+    a, b = ra.get("classes"), rb.get("classes")
+    return not a or not b or [str(c) for c in a] == [str(c) for c in b]
+
+
 def _paired(a: str, ra: dict, b: str, rb: dict, seed: int) -> dict[str, Any]:
     ca, cb = _correct_by_id(ra), _correct_by_id(rb)
     common = sorted(set(ca) & set(cb))
     row: dict[str, Any] = {"a": a, "b": b, "n_common": len(common)}
+    if not _same_classes(ra, rb):
+        row.update(difference=None, ci=None, p_value=None,
+                   test="not tested: the models name different classes, so one label cannot say whether both are right")
+        return row
     if not common:
         row.update(difference=None, ci=None, p_value=None, test="no labelled sample audited by both models")
         return row
@@ -163,7 +183,8 @@ def _effect_pairs(named: Sequence[tuple[str, dict[str, Any]]], seed: int) -> lis
             eb = (rb.get("hypotheses") or {}).get(step)
             if not eb or ea.get("status") != "ok" or eb.get("status") != "ok":
                 continue
-            da, db = _harm_by_id(ra, ea), _harm_by_id(rb, eb)
+            own = not _same_classes(ra, rb)  # different label spaces: the flip rate, which needs no label
+            da, db = _harm_by_id(ra, ea, flips=own), _harm_by_id(rb, eb, flips=own)
             if da is None or db is None or da[1] != db[1]:
                 continue
             common = sorted(set(da[0]) & set(db[0]))
@@ -191,15 +212,17 @@ def _effect_pairs(named: Sequence[tuple[str, dict[str, Any]]], seed: int) -> lis
     return rows
 
 
-def _harm_by_id(results: dict[str, Any], entry: dict[str, Any]) -> tuple[dict[str, float], str] | None:
-    """Each image's harm under the intervention, by sample id, and what the harm measures."""
+def _harm_by_id(results: dict[str, Any], entry: dict[str, Any], *,
+                flips: bool = False) -> tuple[dict[str, float], str] | None:
+    """Each image's harm under the intervention, by sample id, and what the harm measures (``flips``: the
+    flip rate even on labelled images)."""
     per = entry.get("per_sample") or {}
     base = results.get("per_sample") or {}
     if not per.get("ids") or not base.get("ids"):
         return None
     clean = {sid: (label, pred) for sid, label, pred in zip(base["ids"], base["labels"], base["predictions"])}
     harm: dict[str, float] = {}
-    labelled = all(clean.get(sid, (None, None))[0] is not None for sid in per["ids"])
+    labelled = not flips and all(clean.get(sid, (None, None))[0] is not None for sid in per["ids"])
     for sid, after in zip(per["ids"], per["predictions_after"]):
         if sid not in clean:
             continue

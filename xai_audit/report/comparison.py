@@ -34,8 +34,10 @@ def build_comparison_context(comparison: Mapping[str, Any], artifacts: Mapping[s
         "title": comparison["title"],
         "tool": f"{comparison['tool']['name']} {comparison['tool']['version']}",
         "same_data": comparison["same_data"],
+        "same_classes": comparison.get("same_classes", True),
         "models": [
             {"name": m["name"], "adapter": m["adapter"], "fingerprint": m["fingerprint"][:12] + "…", "n": m["n"],
+             "classes": _classes_text(m.get("classes") or []),
              "accuracy": f"{_pct(m['accuracy'])} {_ci_pct(m['ci'])}" if m["accuracy"] is not None else "no labels",
              "findings": m["findings"], "failures": m["failures"]}
             for m in models
@@ -75,6 +77,14 @@ def build_comparison_context(comparison: Mapping[str, Any], artifacts: Mapping[s
     }
 
 
+def _classes_text(classes: Sequence[str], shown: int = 6) -> str:
+    """A model's classes for the models table: how many, and the first few names."""
+    if not classes:
+        return "—"
+    names = ", ".join(str(c) for c in classes[:shown]) + (", …" if len(classes) > shown else "")
+    return f"{len(classes)}: {names}"
+
+
 def _is_share(cell: Mapping[str, Any]) -> bool:
     return all(v is None or 0 <= float(v) <= 1 for v in (cell.get("before"), cell.get("after")))
 
@@ -95,10 +105,11 @@ def _heatmaps(comparison: Mapping[str, Any], artifacts: Mapping[str, ReportArtif
             continue
         overlays = {n: np.stack([exps[n].maps[exps[n].sample_ids.index(sid)] for sid in common]) for n in names}
         images = [artifacts[names[0]].images[sid] for sid in common]
+        own = {m["name"]: m.get("classes") or comparison.get("classes") or [] for m in comparison["models"]}
         titles = []
-        for sid in common:
+        for sid in common:  # each model's prediction named with its own classes
             preds = ", ".join(
-                f"{n}: {comparison_class(artifacts[n], sid, comparison.get('classes') or [])}"
+                f"{n}: {comparison_class(artifacts[n], sid, own[n])}"
                 for n in names if sid in artifacts[n].predictions
             )
             titles.append(f"{sid}\n{preds}")
