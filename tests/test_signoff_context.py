@@ -217,17 +217,26 @@ def test_an_unlabelled_data_set_and_an_estimated_group_are_limitations(model_dir
         f"model: {{adapter: torch, module: tiny_model.py:make, weights: weights.pt, classes: {EMOTIONS}}}\n"
         "dataset: {loader: image-folder, path: data, metadata: data/meta.csv, size: 32}\n"
         "hypotheses:\n  - group-accuracy: {by: [skin_tone_estimate], min_group_size: 2}\n"
-        "  - occlude-regions: {regions: [mouth]}\n"
     )
     results = run_audit(load_plan(tmp_path / "plan.yaml", registry), registry, cache=Cache(None)).results
     kinds = {e["kind"]: e for e in results["limitations"]}
     assert kinds["no labels"]["source"] == "samples.labelled" and results["samples"]["labelled"] is False
     assert "estimate" in kinds["estimate"]["text"] and "ITA" in kinds["estimate"]["subject"]
     assert _resolve(results, kinds["estimate"]["source"]) == ["skin tone (ITA estimate)"]
-    # the data have no region masks: occluding the mouth cannot be tested, and the limitations say so
-    assert kinds["not run"]["subject"] == "hypothesis occlude-regions" and "region masks" in kinds["not run"]["text"]
+    assert "not run" not in kinds and results["completeness"]["not_run"] == []
     for entry in results["limitations"]:
         _resolve(results, entry["source"])
+
+
+def test_a_hypothesis_the_data_cannot_take_is_a_limitation_with_its_reason():
+    from xai_audit.judge.limitations import derive_limitations
+
+    reason = "every image reaches the model as one channel, so a grayscale copy is the same input"
+    results = {"samples": {"labelled": True}, "hypotheses": {"grayscale": {
+        "status": "ok", "plugin": "grayscale", "verdict": "not applicable", "details": {"reason": reason}, "tests": []}}}
+    (entry,) = derive_limitations(results)
+    assert entry == {"kind": "not applicable", "subject": "grayscale", "source": "hypotheses.grayscale",
+                     "text": f"grayscale could not be tested: {reason}."}
 
 
 # -- 8. a failed step is never silent --------------------------------------------------------------------------
@@ -284,7 +293,8 @@ def test_the_verdict_is_never_clean_when_a_planned_step_is_missing():
     results.update(findings=[], checks=[], failures=[], completeness={"on_step_failure": "warn", "planned": 2,
                                                                       "not_run": []})
     assert build_context(results, make_artifacts())["verdict"]["level"] == "ok"
-    results["completeness"]["not_run"] = [{"step": "explainer lime", "reason": "ValueError: x", "source": "failures[0]"}]
+    results["completeness"]["not_run"] = [{"step": "explainer lime", "reason": "ValueError: x",
+                                           "source": "failures[0]"}]
     verdict = build_context(results, make_artifacts())["verdict"]
     assert verdict["level"] != "ok" and verdict["incomplete"]["label"] == "INCOMPLETE: 1 planned step did not run"
     assert "on_step_failure: warn" in verdict["incomplete"]["text"]

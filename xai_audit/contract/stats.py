@@ -112,7 +112,8 @@ EQUIVALENCE_METHOD = (
 )
 
 
-def equivalence_test(k1: int, n1: int, k2: int, n2: int, margin: float, alpha: float = ALPHA) -> dict[str, float | bool]:
+def equivalence_test(k1: int, n1: int, k2: int, n2: int, margin: float,
+                     alpha: float = ALPHA) -> dict[str, float | bool]:
     """Two one-sided tests (TOST) that the proportions k1/n1 and k2/n2 differ by less than ``margin``.
 
     Equivalence is declared when both one-sided nulls (difference <= -margin, difference >= +margin) are

@@ -68,7 +68,8 @@ def derive_limitations(results: Mapping[str, Any]) -> list[dict[str, str]]:
     for name, entry in (results.get("explainers") or {}).items():
         verdict = ((entry.get("trust") or {}).get("verdict") or {}) if entry.get("status") == "ok" else {}
         if verdict.get("level") in ("not trusted", "weak"):
-            out.append(_entry("explainer trust", f"explainer {name}", f"The maps of {name} are {verdict['level']}: "
+            out.append(_entry("explainer trust", f"explainer {name}",
+                              f"The maps of {name} are rated {verdict['level']}: "
                               f"{_sentence(verdict.get('text'))} What they seem to show is not established.",
                               f"explainers.{name}.trust.verdict"))
     out += _unconfirmed(results.get("discovery") or {}, hypotheses)

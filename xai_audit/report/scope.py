@@ -77,7 +77,7 @@ LIMITATION_LABELS = {
     "estimate": "Estimated groups",
     "too small": "Groups too small",
     "cannot tell": "Cannot tell",
-    "explainer trust": "Explainer not trusted",
+    "explainer trust": "Explainer in doubt",
     "not confirmed": "Not confirmed",
 }
 
