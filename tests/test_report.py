@@ -414,7 +414,8 @@ def test_url_fetcher_serves_data_urls():
 def test_writes_are_atomic_and_complete(written):
     out, paths = written
     assert set(paths) == {"html", "pdf", "json"}
-    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.pdf", "results.json", "results.schema.json", "tables"]
+    assert sorted(p.name for p in out.iterdir()) == ["finetune_manifest.csv", "plan-as-run.yaml", "report.html", "report.pdf",
+                                                     "results.json", "results.schema.json", "tables"]
     assert not [p for p in out.rglob(".*")]  # no temporary file left behind
     assert json.loads(paths["json"].read_text())["schema_version"] == "1.0"
     assert paths["pdf"].read_bytes().startswith(b"%PDF")
@@ -436,7 +437,8 @@ def test_unknown_format_is_an_error(tmp_path, results, artifacts):
 def test_json_only_writes_the_json_its_schema_and_tables(tmp_path, results, artifacts):
     paths = write_report(results, artifacts, tmp_path, formats=["json"])
     assert list(paths) == ["json"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.schema.json", "tables"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["finetune_manifest.csv", "plan-as-run.yaml", "results.json",
+                                                          "results.schema.json", "tables"]
 
 
 def test_report_renders_without_artifacts(results):

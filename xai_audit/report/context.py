@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -97,8 +97,39 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
         "run": _run(results),
         "checks": _checks(results.get("checks") or []),
         "verdict": _verdict(results),
+        "document": document_metadata(results),
         "paper": "letter" if ((results.get("plan") or {}).get("report") or {}).get("paper") == "letter" else "A4",
     }
+
+
+def document_metadata(results: Mapping[str, Any]) -> dict[str, str | None]:
+    """The PDF's (and HTML's) title, author and subject: the report's title, the system's provider and its
+    intended purpose, each ``None`` where results.json does not state it (never invented)."""
+    system = results.get("system") if isinstance(results.get("system"), Mapping) else {}
+    plan_system = (results.get("plan") or {}).get("system") if isinstance(results.get("plan"), Mapping) else None
+    if not system and isinstance(plan_system, Mapping):
+        system = plan_system
+
+    def text(value: Any) -> str | None:
+        if isinstance(value, Mapping):  # e.g. provider: {name: ..., contact: ...}
+            value = value.get("name")
+        return str(value).strip() or None if value not in (None, "") else None
+
+    return {
+        "title": str(results.get("title") or "Model audit"),
+        "author": text(system.get("provider")),
+        "subject": text(system.get("intended_purpose")),
+        "created": _iso_utc((results.get("run") or {}).get("finished") or (results.get("run") or {}).get("started")),
+    }
+
+
+def _iso_utc(value: Any) -> str | None:
+    moment = _parse_time(value)
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _labelled(results: Mapping[str, Any]) -> bool:

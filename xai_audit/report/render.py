@@ -6,12 +6,21 @@ template, section or the CSS can be overridden by name. The CSS is inlined
 so ``report.html`` is one file that opens offline, and the PDF renderer is
 given a URL fetcher that serves ``data:`` URLs only: it reads no file and
 touches no network.
+
+The PDF is archival, PDF/A-3b, and carries its evidence: ``results.json``, the
+plan as run and the fine-tuning manifest are embedded in it as attachments, byte
+for byte the files written beside it, so the PDF alone holds every number it
+shows. Its metadata name the report's title, the provider of the audited system
+(author) and the system's intended purpose (subject) where the plan's ``system``
+section states them; nothing is filled in where it does not.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import io
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -20,6 +29,7 @@ from markupsafe import Markup
 
 from xai_audit.errors import XaiAuditError
 from xai_audit.files import atomic_write, make_folder, shown, write_together
+from xai_audit.judge.recommend import MANIFEST_NAME, manifest_csv
 from xai_audit.report.artifacts import ReportArtifacts
 from xai_audit.report.display import for_display
 from xai_audit.report.tables import csv_tables
@@ -32,6 +42,16 @@ PAGE_TEMPLATE = "report.html"
 CSS_TEMPLATE = "report.css"
 #: Output formats and the file each writes.
 FILENAMES = {"html": "report.html", "pdf": "report.pdf", "json": "results.json", "card": "README.md"}
+#: The plan as the audit ran it (results.json's ``plan`` as YAML), written beside the report.
+PLAN_NAME = "plan-as-run.yaml"
+#: The PDF standard the report is written to: PDF/A-3, level b (embedded files allowed).
+PDF_VARIANT = "pdf/a-3b"
+#: What each embedded file is, as the PDF's attachment list says it.
+EVIDENCE = {
+    "results.json": "Every number of this report (xai-audit results.json)",
+    PLAN_NAME: "The audit plan as it ran, defaults filled in",
+    MANIFEST_NAME: "The recommended fine-tuning data (one row per recommendation)",
+}
 
 
 class ReportError(XaiAuditError):
@@ -75,9 +95,10 @@ def render_html(context: Mapping[str, Any], template_dirs: Sequence[Path] = (), 
     return env.get_template(page or PAGE_TEMPLATE).render({**for_display(dict(context)), "css": css})
 
 
-def render_pdf(html: str, path: Path) -> None:
-    """Write ``html`` as a PDF to ``path`` (atomically), fetching only ``data:`` URLs."""
-    atomic_write(Path(path), _pdf_bytes(html))
+def render_pdf(html: str, path: Path, attachments: Mapping[str, bytes] | None = None) -> None:
+    """Write ``html`` as a PDF/A-3b to ``path`` (atomically), fetching only ``data:`` URLs; ``attachments``
+    (file name -> bytes) are embedded in it."""
+    atomic_write(Path(path), _pdf_bytes(html, attachments))
 
 
 def write_report(
@@ -89,26 +110,33 @@ def write_report(
 ) -> dict[str, Path]:
     """Render every requested format, then write each file atomically.
 
+    Beside the formats it always writes the plan as run (:data:`PLAN_NAME`) and the fine-tuning manifest,
+    the evidence the PDF embeds.
+
     Everything is rendered in memory before the first file is written, so a
     failure leaves no partial report; each file goes to a temporary name in
     ``out_dir`` and is renamed into place, so a reader never opens a
-    half-written file. Returns the path written for each format.
+    half-written file. Returns the path written for each format (the plan as run and the manifest are
+    at ``out_dir / PLAN_NAME`` and ``out_dir / MANIFEST_NAME``).
     """
     unknown = [f for f in formats if f not in FILENAMES]
     if unknown:
         raise ReportError(f"unknown report format(s) {unknown}; choose from {sorted(FILENAMES)}")
     out_dir = Path(out_dir)
     payloads: dict[str, bytes] = {}
+    # results.json is final here: its bytes are written as they are and embedded in the PDF as they are
+    results_bytes = _results_bytes(results)
     if "json" in formats:
-        try:
-            text = json.dumps(results, indent=2, allow_nan=False, ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise ReportError(f"results are not plain JSON (no NaN, no arrays): {exc}") from exc
-        # a path whose name is not UTF-8 (a lone surrogate in Python) is kept as a JSON \udcXX escape, which
-        # reads back as the same path (xai-audit verify finds the file); every other character is UTF-8
-        payloads["json"] = (text + "\n").encode("utf-8", "backslashreplace")
+        payloads["json"] = results_bytes
         payloads["schema"] = SCHEMA_PATH.read_bytes()
         payloads.update({f"tables/{name}": shown(text).encode("utf-8") for name, text in csv_tables(results).items()})
+    evidence = {
+        "results.json": results_bytes,
+        PLAN_NAME: plan_as_run(results),
+        MANIFEST_NAME: manifest_csv(results.get("recommendations") or []).encode("utf-8"),
+    }
+    payloads[PLAN_NAME] = evidence[PLAN_NAME]
+    payloads[MANIFEST_NAME] = evidence[MANIFEST_NAME]
     if "card" in formats:  # a Hugging Face model card (README.md) from the results alone
         from xai_audit.report.card import model_card
 
@@ -116,15 +144,16 @@ def write_report(
     if "html" in formats or "pdf" in formats:
         from xai_audit.report.context import build_context
 
-        html = shown(render_html(build_context(results, artifacts), template_dirs))  # odd file-name bytes escaped
+        context = build_context(results, artifacts)
+        html = shown(render_html(context, template_dirs))  # odd file-name bytes escaped
         if "html" in formats:
             payloads["html"] = html.encode("utf-8")
         if "pdf" in formats:
-            payloads["pdf"] = _pdf_bytes(html)
+            payloads["pdf"] = _pdf_bytes(html, evidence, _moment(results), bookmark_labels(context["toc"]))
     make_folder(out_dir, "report folder")
     written = {}
     files: dict[Path, bytes] = {}
-    for name, data in payloads.items():  # beside results.json: its JSON Schema, and the tables as CSV
+    for name, data in payloads.items():  # beside results.json: its JSON Schema, the tables as CSV, the evidence
         if name in FILENAMES:
             continue
         path = out_dir / ("results.schema.json" if name == "schema" else name)
@@ -137,6 +166,41 @@ def write_report(
     # whose results.json is there holds the whole report, even after a kill mid-write
     write_together(files, last=out_dir / FILENAMES["json"], folders="report folder")
     return written
+
+
+def plan_as_run(results: Mapping[str, Any]) -> bytes:
+    """The plan as the audit ran it, as YAML (it reads back as the same plan: ``xai-audit verify --rerun``)."""
+    import yaml
+
+    text = yaml.safe_dump(results.get("plan") or {}, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _results_bytes(results: Mapping[str, Any]) -> bytes:
+    try:
+        text = json.dumps(results, indent=2, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ReportError(f"results are not plain JSON (no NaN, no arrays): {exc}") from exc
+    # a path whose name is not UTF-8 (a lone surrogate in Python) is kept as a JSON \udcXX escape, which
+    # reads back as the same path (xai-audit verify finds the file); every other character is UTF-8
+    return (text + "\n").encode("utf-8", "backslashreplace")
+
+
+def _finished(results: Mapping[str, Any]) -> datetime | None:
+    run = results.get("run") or {}
+    value = run.get("finished") or run.get("started") or results.get("finished") or results.get("started")
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
+    if moment is not None and moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc) if moment else None
+
+
+def _moment(results: Mapping[str, Any]) -> datetime:
+    """When the audit finished (UTC): the date of the embedded files; now when results.json does not say."""
+    return _finished(results) or datetime.now(timezone.utc)
 
 
 # -- PDF -------------------------------------------------------------------------
@@ -174,7 +238,27 @@ def _check_data_url(url: str) -> None:
         )
 
 
-def _pdf_bytes(html: str) -> bytes:
-    from weasyprint import HTML
+def _pdf_bytes(html: str, attachments: Mapping[str, bytes] | None = None, when: datetime | None = None,
+               bookmarks: Mapping[str, str] | None = None) -> bytes:
+    """The PDF/A-3b of ``html``; ``attachments`` (file name -> bytes) embedded, dated ``when``; ``bookmarks``
+    renames outline entries (a heading's text runs its number into its title: "1Summary" -> "1 Summary")."""
+    from weasyprint import HTML, Attachment
 
-    return HTML(string=html, url_fetcher=data_only_url_fetcher()).write_pdf()
+    fetcher = data_only_url_fetcher()
+    when = (when or datetime.now(timezone.utc)).replace(tzinfo=None)  # WeasyPrint writes it as UTC
+    files = [
+        Attachment(file_obj=io.BytesIO(data), name=name, description=EVIDENCE.get(name), created=when, modified=when,
+                   relationship="Source" if name == "results.json" else "Supplement", url_fetcher=fetcher)
+        for name, data in (attachments or {}).items()
+    ]
+    document = HTML(string=html, url_fetcher=fetcher).render(pdf_variant=PDF_VARIANT)
+    for page in document.pages:
+        page.bookmarks = [(level, (bookmarks or {}).get(label.strip(), label), target, state)
+                          for level, label, target, state in page.bookmarks]
+    return document.write_pdf(pdf_variant=PDF_VARIANT, attachments=files)
+
+
+def bookmark_labels(sections: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """A section heading's text as WeasyPrint reads it ("1Summary of findings") -> its outline label
+    ("1 Summary of findings")."""
+    return {f"{s['number']}{s['title']}": f"{s['number']} {s['title']}" for s in sections}

@@ -1,0 +1,94 @@
+"""The archival PDF (issue 19): PDF/A-3b carrying results.json, the plan as run and the manifest; its metadata,
+its bookmarks."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from pypdf import PdfReader
+
+from test_report import make_artifacts, make_results
+from xai_audit.report import write_report
+from xai_audit.report.context import build_context
+from xai_audit.report.render import PLAN_NAME
+
+SYSTEM = {"intended_purpose": "Sort customer photos by facial expression for a feedback kiosk",
+          "provider": "Example Vision Ltd", "model_version": "2.3.1"}
+
+
+def _with_recommendations(results: dict) -> dict:
+    results = copy.deepcopy(results)
+    results["recommendations"] = [{
+        "priority": 1, "action": "augment", "what": "grayscale copies", "augmentation": "grayscale", "fraction": 0.3,
+        "amount": "30 % of the training images", "reason": "accuracy drops by 16 pp in grayscale",
+        "source": "hypotheses.grayscale",
+    }]
+    return results
+
+
+@pytest.fixture(scope="module")
+def archived(tmp_path_factory) -> tuple[dict, Path, dict[str, Path]]:
+    results = _with_recommendations(make_results())
+    results["system"] = dict(SYSTEM)
+    out = tmp_path_factory.mktemp("archived")
+    return results, out, write_report(results, make_artifacts(), out)
+
+
+def _reader(path: Path) -> PdfReader:
+    return PdfReader(io.BytesIO(path.read_bytes()))
+
+
+def _outline_titles(outline) -> list[str]:
+    titles = []
+    for entry in outline:
+        titles.extend(_outline_titles(entry) if isinstance(entry, list) else [entry.title])
+    return titles
+
+
+def test_pdf_embeds_its_evidence_byte_for_byte(archived):
+    results, out, paths = archived
+    reader = _reader(paths["pdf"])
+    attached = {name: data[0] for name, data in reader.attachments.items()}
+    assert set(attached) == {"results.json", PLAN_NAME, "finetune_manifest.csv"}
+    for name, data in attached.items():
+        assert data == (out / name).read_bytes(), name  # the file beside the PDF, byte for byte
+    assert json.loads(attached["results.json"]) == results
+    assert yaml.safe_load(attached[PLAN_NAME]) == results["plan"]  # the plan as run reads back as itself
+    assert "grayscale" in attached["finetune_manifest.csv"].decode()
+
+
+def test_pdf_is_pdf_a_3b_with_metadata(archived):
+    results, _, paths = archived
+    reader = _reader(paths["pdf"])
+    xmp = reader.trailer["/Root"]["/Metadata"].get_object().get_data().decode("utf-8")
+    assert re.search(r"pdfaid:part(>|=\")3", xmp), xmp[:400]
+    assert re.search(r"pdfaid:conformance(>|=\")B", xmp)
+    info = reader.metadata
+    assert results["title"] in info["/Title"]
+    assert info["/Author"] == SYSTEM["provider"]
+    assert info["/Subject"] == SYSTEM["intended_purpose"]
+    html = paths["html"].read_text()
+    assert f'<meta name="author" content="{SYSTEM["provider"]}">' in html
+
+
+def test_metadata_absent_when_the_plan_states_no_system(tmp_path):
+    results = make_results()
+    results.pop("system", None)
+    paths = write_report(results, make_artifacts(), tmp_path, formats=["html"])
+    html = paths["html"].read_text()
+    assert '<meta name="author"' not in html and '<meta name="description"' not in html  # never invented
+
+
+def test_pdf_has_a_bookmark_for_every_section(archived):
+    results, _, paths = archived
+    titles = _outline_titles(_reader(paths["pdf"]).outline)
+    toc = build_context(results, make_artifacts())["toc"]
+    assert len(toc) >= 8
+    for section in toc:  # "1 Summary of findings", ..., "A Explanations in detail", ...
+        assert f"{section['number']} {section['title']}" in titles, (section, titles)
