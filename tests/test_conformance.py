@@ -64,6 +64,7 @@ OFFLINE_OPTIONS: dict[str, dict[str, dict | list[dict]]] = {
     },
     "region-source": {
         "segmentation": {"id": "segformer"},
+        "mask-files": {"path": "masks"},
     },
 }
 
@@ -120,6 +121,13 @@ def _write_files(folder: Path) -> None:
     rows = ["emotion,pixels,Usage"] + [f"{e}," + " ".join(str((7 * k + e) % 256) for k in range(2304)) + f",{u}"
                                        for e, u in [(3, "Training"), (4, "PublicTest"), (6, "PrivateTest")]]
     (folder / "fer.csv").write_text("\n".join(rows) + "\n")
+
+    from xai_audit.testing.models import tiny_samples
+
+    for sample in tiny_samples(2, 32):  # the suite's images, their masks stored as files (mask-files)
+        for name, mask in sample.regions.items():
+            (folder / "masks" / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "masks" / name / f"{sample.id}.png")
 
     from xai_audit.testing.models import tiny_cnn_module
 

@@ -330,7 +330,8 @@ def test_image_folder_errors_name_the_file(tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     assert "no images found" in error_of(tmp_path, path="empty")
     save(tmp_path / "loose" / "a.png", "RGB")
-    assert "metadata" in error_of(tmp_path, path="loose")
+    flat = folder(tmp_path, path="loose")  # a flat folder without a CSV is unlabelled data (issue 17), not an error
+    assert len(flat) == 1 and flat.classes is None and flat[0].label is None and flat.layout == "flat-unlabelled"
     assert "missing.csv" in error_of(tmp_path, path="loose", metadata="missing.csv")
 
     csv = tmp_path / "loose" / "bad.csv"

@@ -67,6 +67,7 @@ from xai_audit.contract.stats import (
 from xai_audit.contract.types import (
     FACE_REGIONS,
     HOST_OPTIONS,
+    AuditedData,
     Dataset,
     DatasetPlugin,
     ExplainerPlugin,
@@ -107,6 +108,7 @@ __all__ = [
     "Explanation",
     "HypothesisContext",
     "HypothesisResult",
+    "AuditedData",
     "DiscoveryContext",
     "Candidate",
     "CUES",

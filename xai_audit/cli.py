@@ -311,13 +311,16 @@ def validate(
     load: bool = typer.Option(True, help="Also load the model and data and check they fit (--no-load: the plan only)."),
     strict_plugins: bool = Strict,
 ) -> None:
-    """Check PLAN: every problem with its file, line and field; then that the model and data fit."""
-    from xai_audit.load.loading import load_model_and_data
+    """Check PLAN: every problem with its file, line and field; then that the model and data fit, and that each
+    step can get what it reads from the data (region masks, group columns): what `run` would refuse."""
+    from xai_audit.load.loading import load_inputs
     from xai_audit.plan import load_plan
 
-    validated = load_plan(plan, _registry(strict_plugins))
-    if load:
-        load_model_and_data(validated)
+    registry = _registry(strict_plugins)
+    validated = load_plan(plan, registry)
+    if load:  # the run's own loading stage, up to its first step
+        for name, _ in validated.models:
+            load_inputs(validated.for_model(name), registry)
     typer.echo(
         f"{plan}: valid ({len(validated.explainers)} explainer(s), {len(validated.hypotheses)} hypothesis(es))"
     )

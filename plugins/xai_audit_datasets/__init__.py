@@ -1,4 +1,5 @@
-"""Built-in data sets: ``synthetic-faces``, ``image-folder``, ``fer2013-csv`` and ``digits``.
+"""Built-in data sets: ``synthetic-faces``, ``image-folder``, ``fer2013-csv`` and ``digits``; and the region
+source ``mask-files`` (masks stored as files beside the images).
 
 Registered through the ``xai_audit`` entry point exactly as a third-party
 plugin would be.
@@ -6,10 +7,11 @@ plugin would be.
 
 from __future__ import annotations
 
-from xai_audit.api import DatasetPlugin, hookimpl
+from xai_audit.api import DatasetPlugin, RegionSourcePlugin, hookimpl
 from xai_audit_datasets.digits import DigitsPlugin
 from xai_audit_datasets.fer2013 import Fer2013Plugin
 from xai_audit_datasets.image_folder import ImageFolderDataset, ImageFolderOptions, ImageFolderPlugin
+from xai_audit_datasets.mask_files import MaskFiles, MaskFilesPlugin
 from xai_audit_datasets.synthetic_faces import (
     CLASSES,
     GENERATOR_VERSION,
@@ -29,14 +31,22 @@ __all__ = [
     "ImageFolderDataset",
     "ImageFolderOptions",
     "ImageFolderPlugin",
+    "MaskFiles",
+    "MaskFilesPlugin",
     "SyntheticFacesDataset",
     "SyntheticFacesOptions",
     "SyntheticFacesPlugin",
     "load_arrays",
     "register_datasets",
+    "register_region_sources",
 ]
 
 
 @hookimpl
 def register_datasets() -> list[type[DatasetPlugin]]:
     return [SyntheticFacesPlugin, ImageFolderPlugin, Fer2013Plugin, DigitsPlugin]
+
+
+@hookimpl
+def register_region_sources() -> list[type[RegionSourcePlugin]]:
+    return [MaskFilesPlugin]

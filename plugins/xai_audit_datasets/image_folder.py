@@ -1,11 +1,13 @@
 """image-folder: images on disk, labelled by class sub-folder or by a metadata CSV.
 
-Two layouts:
+Three layouts:
 
 * class sub-folders: ``path/<class>/**/<image>``; the label is the folder name.
-* a flat folder plus a metadata CSV with columns ``path,label`` (``path``
-  relative to the CSV's folder or to ``path``; an empty ``label`` means
-  unlabelled) and any extra columns, which become group attributes.
+* a flat folder plus a metadata CSV with a column ``path`` (relative to the
+  CSV's folder or to ``path``), an optional ``label`` (left out, or empty,
+  means unlabelled) and any extra columns, which become group attributes.
+* a flat folder of images and no CSV: unlabelled images without groups (no
+  ``label`` column to fake).
 
 Images are read lazily, in any mode, and converted to RGB float32 in [0, 1]
 (transparent images are composited over white; 16-bit images keep their
@@ -251,11 +253,9 @@ class ImageFolderDataset(Dataset):
                 folders.append(path)
         if not folders:
             loose = [self.root / e.name for e in self._listing(self.root) if self._is_image(self.root / e.name)]
-            if loose:
-                raise DataError(
-                    f"{shown_path(self.root)}: images but no class sub-folders; "
-                    "for a flat folder give a metadata CSV (columns path,label)"
-                )
+            if loose or any(self._is_image_name(path.name) for path, _ in broken):
+                self._flat()  # a flat folder without a CSV: unlabelled images
+                return
             if broken:
                 raise DataError(f"no images found in {shown_path(self.root)}; {broken[0][1]}")
             raise DataError(
@@ -284,6 +284,16 @@ class ImageFolderDataset(Dataset):
             self._problems[len(self._items)] = problem
             self._items.append((shown_path(path.name), path, None, {}))
 
+    def _flat(self) -> None:
+        """Images straight in ``path`` and no metadata CSV: unlabelled, no groups (ids are the file names)."""
+        self.layout = "flat-unlabelled"
+        self.classes = list(self.options.classes) if self.options.classes is not None else None
+        self.group_names = []
+        for file, problem in self._walk(self.root, frozenset({self.root})):  # broken links too, as bad samples
+            if problem is not None:
+                self._problems[len(self._items)] = problem
+            self._items.append((shown_path(file.relative_to(self.root).as_posix()), file, None, {}))
+
     def _read_csv(self) -> None:
         csv_path = self.metadata_path
         assert csv_path is not None
@@ -296,11 +306,10 @@ class ImageFolderDataset(Dataset):
         if not rows:
             raise DataError(f"{csv_path}: line 1: empty file; expected a header with columns path,label")
         header = [h.strip() for h in rows[0]]
-        missing = [c for c in ("path", "label") if c not in header]
-        if missing:
+        if "path" not in header:  # 'label' may be left out: the images are then unlabelled
             raise DataError(
-                f"{csv_path}: line 1: missing column{'s' if len(missing) > 1 else ''} "
-                f"{', '.join(repr(m) for m in missing)} (found: {', '.join(header) or 'none'})"
+                f"{csv_path}: line 1: missing column 'path' (found: {', '.join(header) or 'none'}); "
+                "the columns are path, an optional label, and any group columns"
             )
         for col, name in enumerate(header, start=1):
             if not name:
@@ -345,7 +354,7 @@ class ImageFolderDataset(Dataset):
                     f"(also on line {seen[file]})"
                 )
             seen[file] = line
-            label = values["label"]
+            label = values.get("label", "")
             if label and given is not None and label not in given:
                 raise DataError(
                     f"{csv_path}: line {line}, column 'label': label {label!r} is not one of "

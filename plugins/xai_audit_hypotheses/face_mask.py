@@ -16,7 +16,7 @@ from xai_audit.api import (
     Sample,
     intervention_result,
 )
-from xai_audit_hypotheses.occlusion import masks_for
+from xai_audit_hypotheses.occlusion import masks_for, needed_masks
 
 
 class MaskLowerFaceOptions(InterventionOptions):
@@ -48,6 +48,9 @@ class MaskLowerFaceHypothesis(HypothesisPlugin):
 
     def augmentation(self, finding, result):
         return {"transform": "mask-lower-face"}
+
+    def needs_regions(self) -> list[str]:
+        return needed_masks(["lower_face"])
 
     def test(self, context: HypothesisContext) -> HypothesisResult:
         opts: MaskLowerFaceOptions = self.options

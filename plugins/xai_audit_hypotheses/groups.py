@@ -58,6 +58,8 @@ from xai_audit_hypotheses import skin_tone
 
 #: the value of ``by`` that asks for the skin-tone estimate
 ESTIMATE = "skin_tone_estimate"
+#: names in ``by`` that mean the skin-tone estimate when the data has no column of that name (README: by: [skin_tone])
+ESTIMATE_NAMES = (ESTIMATE, "skin_tone", "skin tone", "skin-tone", "ita")
 NO_COLOUR = ("the {n} audited images have no colour (every pixel is grey), so skin tone cannot be estimated from "
              "them; give the groups as a column of the data's metadata (by: [column])")
 JOIN = " × "
@@ -67,7 +69,7 @@ class GroupAccuracyOptions(Options):
     by: list[str] | None = Field(
         None,
         description="group columns; default: every group column of the data set, or the skin-tone estimate when it "
-        f"has none ('{ESTIMATE}' asks for the estimate)",
+        f"has none ('{ESTIMATE}', or 'skin_tone' where the data has no such column, asks for the estimate)",
     )
     intersections: bool = Field(True, description="also test the intersection of the columns (when there are several)")
     min_group_size: int = Field(30, ge=1, description="groups smaller than this are shown but not judged")
@@ -96,6 +98,11 @@ class GroupAccuracyHypothesis(HypothesisPlugin):
         if finding is None:
             return _too_small_rows(result)
         return _group_rows(finding, result) if finding.get("kind") == "bias" else []
+
+    def check_data(self, data):
+        """A ``by`` column the data lacks (and that is no name of the skin-tone estimate) is refused before the run."""
+        problem = _missing_column(self.options.by or [], list(data.group_columns))
+        return f"by: {problem}" if problem else None
 
     def test(self, context: HypothesisContext) -> HypothesisResult:
         opts: GroupAccuracyOptions = self.options
@@ -167,9 +174,11 @@ def _group_columns(context: HypothesisContext, opts: GroupAccuracyOptions):
     available = sorted({k for s in context.samples for k in s.groups})
     notes: list[str] = []
     wanted = list(opts.by) if opts.by else (available or [ESTIMATE])
-    missing = [c for c in wanted if c not in available and c != ESTIMATE]
-    if missing:
-        raise DataError(f"group-accuracy: no group column {missing[0]!r}; the data set has {available or 'none'}")
+    problem = _missing_column(wanted, available)
+    if problem:
+        raise DataError(f"group-accuracy: {problem}")
+    # a skin-tone name with no such column asks for the estimate (once, however many of its names are given)
+    wanted = list(dict.fromkeys(ESTIMATE if c not in available and c in ESTIMATE_NAMES else c for c in wanted))
     values: dict[str, np.ndarray] = {}
     columns: list[str] = []
     for column in wanted:
@@ -193,6 +202,15 @@ def _group_columns(context: HypothesisContext, opts: GroupAccuracyOptions):
         values[joined] = np.array(["; ".join(parts) for parts in zip(*(values[c] for c in columns))])
         columns.append(joined)
     return columns, values, notes
+
+
+def _missing_column(wanted: list[str], available: list[str]) -> str | None:
+    """Why ``wanted`` names a group column the data lacks (a skin-tone name is the estimate then), or None."""
+    missing = [c for c in wanted if c not in available and c not in ESTIMATE_NAMES]
+    if not missing:
+        return None
+    return (f"no group column {missing[0]!r}; the data set has {available or 'none'} "
+            f"('{ESTIMATE}' or 'skin_tone' asks for the skin-tone estimate from the images)")
 
 
 def _grey(image: np.ndarray) -> bool:

@@ -127,6 +127,11 @@ def group_masks(samples: Sequence[Sample], regions: Sequence[str], plugin: str) 
     return masks
 
 
+def needed_masks(regions) -> list[str]:
+    """The masks the samples must have to give ``regions`` (a derived region needs the nose's)."""
+    return list(dict.fromkeys("nose" if r == "lower_face" else r for r in regions))
+
+
 def masks_for(samples: Sequence[Sample], region: str, plugin: str) -> np.ndarray:
     if region == "lower_face":
         region_masks(samples, "nose", plugin)  # the clear error when there are no masks
@@ -164,6 +169,10 @@ class OccludeRegionsHypothesis(HypothesisPlugin):
         if members != [region]:
             return {"transform": "occlude", "regions": members, "group": region, "fill": self.options.fill}
         return {"transform": "occlude", "region": region, "fill": self.options.fill}
+
+    def needs_regions(self) -> list[str]:
+        """Every region occluded (lower_face is cut from the masks at the nose)."""
+        return needed_masks(r for members in self.options.interventions().values() for r in members)
 
     def test(self, context: HypothesisContext) -> HypothesisResult:
         opts: OccludeRegionsOptions = self.options

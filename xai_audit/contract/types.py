@@ -401,15 +401,35 @@ class DatasetPlugin(Plugin):
 
 
 class RegionSource(abc.ABC):
-    """Finds named regions (eyes, mouth, ...) in display-space images."""
+    """Finds named regions (eyes, mouth, ...) in display-space images.
+
+    The host asks :meth:`regions_for` with each image's sample id (a source that reads masks stored per image
+    needs it); its default calls :meth:`regions`, so a source that finds regions in the pixels implements only
+    that. Before anything runs (``validate``, and ``run`` before its first step) the host asks :meth:`names`
+    and :meth:`missing` whether the plan's hypotheses can get the masks they need.
+    """
 
     @abc.abstractmethod
     def regions(self, images: np.ndarray) -> list[dict[str, np.ndarray]]:
         """One ``{region name: bool (H, W) mask}`` per image of (N, 3, H, W)."""
 
+    def regions_for(self, images: np.ndarray, ids: Sequence[str]) -> list[dict[str, np.ndarray]]:
+        """The masks of the samples ``ids`` (the data set's sample ids), whose images are ``images`` (N, 3, H, W).
+        Override to find masks by id; the default is :meth:`regions`."""
+        return self.regions(images)
+
+    def names(self) -> list[str] | None:
+        """The region names every image gets, or None when they are known only once the images are seen."""
+        return None
+
+    def missing(self, ids: Sequence[str], names: Sequence[str]) -> str | None:
+        """Why some of the samples ``ids`` cannot get the regions ``names``, in one line, or None when they all
+        can (or the source cannot tell before it runs)."""
+        return None
+
     @abc.abstractmethod
     def fingerprint(self) -> str:
-        """A content hash of the model behind the regions."""
+        """A content hash of the model (or the files) behind the regions."""
 
     def files(self) -> list[Path]:
         return []
@@ -462,12 +482,39 @@ class ExplainerPlugin(Plugin):
         return self.explain(model, samples, targets, seed).maps
 
 
+@dataclass(frozen=True)
+class AuditedData:
+    """What is known of the audited data before any step runs: what :meth:`HypothesisPlugin.check_data` reads."""
+
+    #: how many samples are audited
+    n: int
+    #: whether the samples carry labels
+    labelled: bool
+    #: the group columns the samples carry (``Sample.groups`` keys)
+    group_columns: tuple[str, ...] = ()
+    #: the region names every audited sample will have (its data set's masks or the region source's); empty: none
+    region_names: tuple[str, ...] = ()
+    #: the data set plugin's name (for messages)
+    dataset: str = ""
+
+
 class HypothesisPlugin(Plugin):
     kind = "hypothesis"
 
     @abc.abstractmethod
     def test(self, context: HypothesisContext) -> HypothesisResult:
         """Run the test on the audited samples and return its result."""
+
+    def needs_regions(self) -> list[str]:
+        """The region masks this step's test reads (``region_masks``); the host refuses the plan before anything
+        runs when the audited samples cannot get them. Default: none."""
+        return []
+
+    def check_data(self, data: AuditedData) -> str | None:
+        """Why the test would refuse this data, in one line naming the option (``"by: no group column ..."``), or
+        None. Called by ``validate`` and by ``run`` before its first step, so a plan that cannot run stops at
+        once with exit status 2 instead of failing one step late in the run. Default: None."""
+        return None
 
     def augmentation(self, finding: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any] | None:
         """The training augmentation that would undo what a finding of this hypothesis found.

@@ -18,6 +18,7 @@ from xai_audit.contract.types import Dataset, LoadContext, ModelAdapter, RegionS
 from xai_audit.errors import DataError, ModelError, XaiAuditError
 from xai_audit.files import shown
 from xai_audit.limits import StepTimeout, run_with_limit
+from xai_audit.load.preflight import preflight
 from xai_audit.load.samples import DEFAULT_CACHE_BYTES, LazySample, SampleCache, read_metadata
 from xai_audit.plan import Plan, Step
 from xai_audit.registry import Registry
@@ -136,7 +137,9 @@ def load_inputs(plan: Plan, registry: Registry | None = None) -> AuditInputs:
     others = load_other_datasets(registry, plan) if registry is not None else []
     if others:  # only then: a plan without other data keeps its cache keys
         base_key["other_data"] = [[o.step, o.option, o.fingerprint or f"not loaded: {o.error}"] for o in others]
-    return AuditInputs(model, dataset, samples, skipped, region_source, ids_sha, base_key, others)
+    inputs = AuditInputs(model, dataset, samples, skipped, region_source, ids_sha, base_key, others)
+    preflight(plan, inputs)  # what a hypothesis would refuse in this data stops the audit now (validate: the same)
+    return inputs
 
 
 def load_model_and_data(plan: Plan) -> tuple[ModelAdapter, Dataset]:

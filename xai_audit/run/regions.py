@@ -38,7 +38,8 @@ def add_regions(samples: list[LazySample], source: Any, plan: Plan, cache: Cache
             masks = []
             for start in range(0, len(todo), plan.runtime.batch_size):
                 chunk = todo[start : start + plan.runtime.batch_size]
-                masks.extend(source.regions(np.stack([samples[i].image for i in chunk]).astype(np.float32)))
+                images = np.stack([samples[i].image for i in chunk]).astype(np.float32)
+                masks.extend(source.regions_for(images, [samples[i].id for i in chunk]))
             names = sorted({n for m in masks for n in m})
             shape = samples[todo[0]].image.shape[-2:]
             arrays = {n: np.stack([m.get(n, np.zeros(shape, bool)) for m in masks]) for n in names}

@@ -1006,11 +1006,15 @@ class _RegionChecks(_Common):
     def images(self) -> np.ndarray:
         return np.stack([s.image for s in tiny_samples(2, self.s.image_size)])
 
+    def ids(self) -> list[str]:
+        """The sample ids of :meth:`images` (the host gives them to ``regions_for``)."""
+        return [s.id for s in tiny_samples(2, self.s.image_size)]
+
     def masks(self) -> list[dict[str, np.ndarray]]:
         def compute() -> list[dict[str, np.ndarray]]:
             source = self.load()
             with _in_plugin():
-                return source.regions(self.images())
+                return source.regions_for(self.images(), self.ids())
 
         return self.s.memo("masks", compute)
 
@@ -1024,7 +1028,7 @@ class _RegionChecks(_Common):
         masks = self.masks()
         if not (isinstance(masks, list) and len(masks) == len(images)):
             raise AssertionError(
-                f"regions() of {len(images)} images returned {len(masks) if hasattr(masks, '__len__') else masks!r} "
+                f"regions_for() of {len(images)} images returned {len(masks) if hasattr(masks, '__len__') else masks!r} "
                 "entries; expected a list with one dict per image")
         size = tuple(images.shape[-2:])
         for i, regions in enumerate(masks):
@@ -1041,7 +1045,7 @@ class _RegionChecks(_Common):
         first = self.masks()
         source = self.load()
         with _in_plugin():
-            again = source.regions(self.images())
+            again = source.regions_for(self.images(), self.ids())
         found = _first_difference(first, again, "regions")
         if found is not None:
             raise AssertionError(f"two calls on the same images differ: {found}")
