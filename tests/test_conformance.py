@@ -9,6 +9,7 @@ broken plugins, each of which must fail the check that names its fault, and the 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -68,6 +69,9 @@ OFFLINE_OPTIONS: dict[str, dict[str, dict | list[dict]]] = {
     },
 }
 
+#: built-ins that need an optional extra (plugin name -> the module it imports): skipped where it is not installed
+EXTRAS = {"landmarks": "dlib"}
+
 #: findings of the suite in built-in plugins (test id -> reason), each marked xfail(strict=True); none left
 KNOWN_FAILURES: dict[str, str] = {}
 
@@ -80,6 +84,10 @@ def _entries() -> list:
     for kind, known in OFFLINE_OPTIONS.items():
         for name in registry.names(kind):
             cls = registry.get(kind, name).cls
+            if name in EXTRAS and importlib.util.find_spec(EXTRAS[name]) is None:
+                entries.append(pytest.param(None, id=f"{name}-extra-not-installed", marks=pytest.mark.skip(
+                    reason=f"{kind} {name!r} needs {EXTRAS[name]}, an optional extra that is not installed")))
+                continue
             if name in known:
                 for options in known[name] if isinstance(known[name], list) else [known[name]]:
                     entries.append((cls, options))

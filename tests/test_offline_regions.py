@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import EMOTIONS, TINY_MODEL
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import EMOTIONS, TINY_MODEL
 from xai_audit.cli import app
 
 runner = CliRunner()
@@ -121,8 +121,8 @@ def test_masks_beside_the_images_run_the_region_hypotheses(faces, tmp_path):
     assert regions["source"] == "mask-files" and len(regions["files"]) == N * len(REGIONS)
 
 
-def test_mask_files_are_found_by_sample_id_and_resized():
-    from xai_audit_datasets.mask_files import MaskFiles, mask_name
+def test_a_mask_file_is_named_by_its_sample_id():
+    from xai_audit_datasets.mask_files import mask_name
 
     assert mask_name("happy/001.jpg", ".png").as_posix() == "happy/001.png"
     assert mask_name("s0001", ".png").as_posix() == "s0001.png"
@@ -168,3 +168,52 @@ def test_a_csv_without_a_label_column_is_unlabelled_data(faces, tmp_path):
     data = ImageFolderDataset(ImageFolderOptions(path=str(faces / "faces"), metadata=str(tmp_path / "meta.csv")))
     assert data.classes is None and data.group_names == ["site"]
     assert data[1].label is None and data[1].groups == {"site": "B"}
+
+
+# --------------------------------------------------------------------------- facial landmarks (the [landmarks] extra)
+
+
+def test_landmarks_without_the_extra_is_one_line(monkeypatch):
+    import sys
+
+    from xai_audit_datasets.landmarks import predictor_file
+
+    from xai_audit.api import DataError
+
+    monkeypatch.setitem(sys.modules, "dlib", None)  # as if not installed
+    with pytest.raises(DataError, match=r"pip install 'xai-audit\[landmarks\]'") as info:
+        predictor_file()
+    assert "\n" not in str(info.value)
+
+
+def _centre_row(mask: np.ndarray) -> float:
+    return float(np.nonzero(mask)[0].mean())
+
+
+def test_landmarks_give_face_part_masks_in_face_order():
+    pytest.importorskip("dlib")
+    from xai_audit_datasets.landmarks import NAMES, LandmarksOptions, LandmarksPlugin
+
+    source = LandmarksPlugin(LandmarksOptions(face="whole-image")).load(None)
+    image = _face(np.random.default_rng(1), 0.9).transpose(2, 0, 1).astype(np.float32)
+    (masks,) = source.regions_for(image[None], ["f.png"])
+    assert sorted(masks) == NAMES == source.names()
+    assert all(m.dtype == bool and m.shape == (SIZE, SIZE) and m.any() for m in masks.values())
+    assert _centre_row(masks["brows"]) < _centre_row(masks["eyes"]) < _centre_row(masks["nose"]) \
+        < _centre_row(masks["mouth"])
+    inside = masks["eyes"] | masks["nose"] | masks["mouth"]
+    assert (inside & masks["skin"]).sum() >= 0.9 * inside.sum()  # the face outline holds its parts
+    assert source.describe()["images"] == {"whole image": 1}
+
+
+def test_landmarks_run_the_region_hypotheses_offline(faces, tmp_path):
+    pytest.importorskip("dlib")
+    plan = _plan(faces, REGION_STEPS, regions="regions: {source: landmarks}\n")
+    assert runner.invoke(app, ["validate", str(plan)]).exit_code == 0
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(plan), "--out", str(out), "--no-cache", "--quiet"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["failures"] == []
+    assert all(results["hypotheses"][n]["status"] == "ok" for n in ("occlude-regions", "mask-lower-face"))
+    assert results["provenance"]["regions"]["source"] == "landmarks"

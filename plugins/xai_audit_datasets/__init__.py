@@ -1,5 +1,6 @@
 """Built-in data sets: ``synthetic-faces``, ``image-folder``, ``fer2013-csv`` and ``digits``; and the region
-source ``mask-files`` (masks stored as files beside the images).
+sources ``mask-files`` (masks stored as files beside the images) and ``landmarks`` (dlib's 68 facial landmarks,
+the ``[landmarks]`` extra).
 
 Registered through the ``xai_audit`` entry point exactly as a third-party
 plugin would be.
@@ -11,6 +12,7 @@ from xai_audit.api import DatasetPlugin, RegionSourcePlugin, hookimpl
 from xai_audit_datasets.digits import DigitsPlugin
 from xai_audit_datasets.fer2013 import Fer2013Plugin
 from xai_audit_datasets.image_folder import ImageFolderDataset, ImageFolderOptions, ImageFolderPlugin
+from xai_audit_datasets.landmarks import LandmarksPlugin
 from xai_audit_datasets.mask_files import MaskFiles, MaskFilesPlugin
 from xai_audit_datasets.synthetic_faces import (
     CLASSES,
@@ -49,4 +51,4 @@ def register_datasets() -> list[type[DatasetPlugin]]:
 
 @hookimpl
 def register_region_sources() -> list[type[RegionSourcePlugin]]:
-    return [MaskFilesPlugin]
+    return [MaskFilesPlugin, LandmarksPlugin]
