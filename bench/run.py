@@ -2,10 +2,10 @@
 
     python -m bench                        # everything (sized for under 10 minutes on 2 quiet cores)
     python -m bench --quick                # smaller sizes, the demo CNN only (about 2 minutes)
-    python -m bench --only attribution     # or topology, memory, ray; comma-separated for several
+    python -m bench --only attribution     # or topology, memory, ray, discovery; comma-separated for several
     python -m bench --out results.md       # where the markdown copy goes (default: bench-results.md)
 
-Four parts (docs/benchmarks.md explains every column):
+Five parts (docs/benchmarks.md explains every column):
 
 * attribution: Integrated Gradients, Occlusion, LIME, Saliency and Grad-CAM on the
   demo CNN, a ResNet-18 and a ViT-base (random weights), each as limit time ÷
@@ -13,7 +13,9 @@ Four parts (docs/benchmarks.md explains every column):
 * topology: persistent homology time against N with its growth exponent, and the
   20,000 x 768 default pipeline against its one-minute limit;
 * memory: peak RSS of a real audit against the number of images, with its slope;
-* ray: the same CPU-bound audit on two Ray workers against one (speed-up, target 1.6).
+* ray: the same CPU-bound audit on two Ray workers against one (speed-up, target 1.6);
+* discovery: the false-alarm rate of null audits against 5 %, the extra model passes per image, and the
+  time against N with its growth exponent, against a third of an audit without discovery (bench/discovery.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from bench.common import Row, Section, machine, machine_line, summary_markdown, summary_text
 
-PARTS = ("attribution", "topology", "memory", "ray")
+PARTS = ("attribution", "topology", "memory", "ray", "discovery")
 
 
 def parse_only(value: str) -> list[str]:
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="smaller sizes, the demo CNN only (about 2 minutes on 2 quiet cores)")
     parser.add_argument("--only", type=parse_only, default=list(PARTS),
-                        help="attribution, topology, memory and/or ray, comma-separated (default: all)")
+                        help="attribution, topology, memory, ray and/or discovery, comma-separated (default: all)")
     parser.add_argument("--models", default=None,
                         help="attribution models, comma-separated: demo, resnet18, vit "
                              "(default: all; --quick: demo)")

@@ -172,21 +172,28 @@ def _confirm(step: Step, plugin: Any, candidate: Candidate, context: HypothesisC
         if hit is not None:
             return hypothesis_from_cache(*hit)
         seed_everything(plan.seed)
-        transform = plugin.intervention(candidate.intervention)
-        what = f"the cue is removed ({candidate.description})"
-        run = run_with_limit(lambda: apply_and_predict(context, transform, what=what), step_limit(step, plan),
-                             f"confirmation of {candidate.name}")
-        result = compare(context, run, what=what, options=InterventionOptions())
-        if candidate.target_class is not None:
-            result = _class_loss(result, run, candidate, list(context.classes), context.seed)
-        result.kind = "shortcut" if candidate.target_class is not None else "fragility"
-        result.details["candidate"] = {"description": candidate.description, "cue": candidate.cue,
-                                       "members_in_discovery": len(candidate.members)}
-        # what the discoverer saw (e.g. a cluster's mean attribution over its members) before what was confirmed
-        result.figures = [_renamed(f, "cue/") for f in candidate.figures] + list(result.figures)
-        result.arrays = {**{f"cue/{n}": a for n, a in candidate.arrays.items()}, **result.arrays}
+        result = run_with_limit(lambda: confirm(plugin, candidate, context), step_limit(step, plan),
+                                f"confirmation of {candidate.name}")
         cache.put(key, *hypothesis_to_cache(result))
         return result
+
+
+def confirm(plugin: Any, candidate: Candidate, context: HypothesisContext) -> HypothesisResult:
+    """One candidate's confirmation, uncached: its discoverer's intervention on ``context`` (the held-back
+    images) and the paired test. What the audit runs, and what a null-audit simulation calls directly."""
+    transform = plugin.intervention(candidate.intervention)
+    what = f"the cue is removed ({candidate.description})"
+    run = apply_and_predict(context, transform, what=what)
+    result = compare(context, run, what=what, options=InterventionOptions())
+    if candidate.target_class is not None:
+        result = _class_loss(result, run, candidate, list(context.classes), context.seed)
+    result.kind = "shortcut" if candidate.target_class is not None else "fragility"
+    result.details["candidate"] = {"description": candidate.description, "cue": candidate.cue,
+                                   "members_in_discovery": len(candidate.members)}
+    # what the discoverer saw (e.g. a cluster's mean attribution over its members) before what was confirmed
+    result.figures = [_renamed(f, "cue/") for f in candidate.figures] + list(result.figures)
+    result.arrays = {**{f"cue/{n}": a for n, a in candidate.arrays.items()}, **result.arrays}
+    return result
 
 
 def _class_loss(engine: HypothesisResult, run: Any, candidate: Candidate, classes: list[str],
