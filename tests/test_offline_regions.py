@@ -217,3 +217,26 @@ def test_landmarks_run_the_region_hypotheses_offline(faces, tmp_path):
     assert results["failures"] == []
     assert all(results["hypotheses"][n]["status"] == "ok" for n in ("occlude-regions", "mask-lower-face"))
     assert results["provenance"]["regions"]["source"] == "landmarks"
+
+
+@pytest.mark.parametrize("by", [["skin_tone"], ["skin_tone", "site"]])
+def test_by_skin_tone_on_grey_images_is_not_a_group_unknown(by):
+    """The README's by: [skin_tone] on grey images: the estimate needs colour, so it is left out with the reason
+    (not applicable when it was the only grouping), never one group 'unknown'."""
+    from xai_audit_hypotheses.groups import GroupAccuracyHypothesis
+
+    from xai_audit.api import HypothesisContext, Sample
+
+    rng = np.random.default_rng(0)
+    samples = [Sample(id=f"g{i}", image=np.repeat(rng.random((1, SIZE, SIZE), dtype=np.float32), 3, axis=0),
+                      groups={"site": "AB"[i % 2]}) for i in range(12)]
+    probs = np.eye(len(EMOTIONS), dtype=np.float32)[np.arange(12) % 3]
+    context = HypothesisContext(model=None, samples=samples, probs=probs, classes=EMOTIONS, seed=0,
+                                predict=lambda images: probs[: len(images)])
+    result = GroupAccuracyHypothesis(GroupAccuracyHypothesis.Options(by=by, min_group_size=2)).test(context)
+    columns = set(result.breakdown)
+    assert not any("ITA" in c for c in columns), columns
+    if by == ["skin_tone"]:
+        assert result.verdict == "not applicable" and "no colour" in result.details["reason"]
+    else:
+        assert "site" in columns and any("no colour" in w for w in result.warnings)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import uuid
 from pathlib import Path
@@ -100,3 +101,26 @@ def test_two_transforms_each_under_its_own_name_both_run(write_plan, model_dir, 
     assert {"fog", "mirror"} <= set(steps), sorted(steps)
     assert steps["fog"]["details"]["callable"].endswith(":fog")
     assert steps["mirror"]["details"]["callable"].endswith(":flip")
+
+
+def test_validate_refuses_a_hub_id_that_is_a_missing_folder(write_plan):
+    text = re.sub(r"model:\n(  .*\n)+", "model: {adapter: transformers, id: ./models/nowhere}\n", plan_text())
+    result = _validate(write_plan(text))
+    assert result.exit_code == 2 and "is a path, not a hub id" in result.output, result.output
+    assert len(_error_lines(result.output)) == 1
+
+
+def test_validate_loads_the_region_source_as_run_does(write_plan):
+    plan = write_plan(plan_text(hypotheses="  - occlude-regions\n")
+                      + "regions: {source: segmentation, id: ./models/no-face-parser}\n")
+    result = _validate(plan)
+    assert result.exit_code == 2 and "no-face-parser" in result.output, result.output
+    assert len(_error_lines(result.output)) == 1
+
+
+def test_validate_still_refuses_layer_hooks_by_name(write_plan, model_dir):
+    (model_dir / "model.ts").write_bytes(b"")  # the plan is refused before the file is read
+    text = plan_text(explainers="  - gradcam\n  - occlusion: {window: 8, stride: 8}\n").replace(
+        "module: tiny_model.py:make\n  weights: weights.pt", "torchscript: model.ts")
+    result = _validate(write_plan(text))
+    assert result.exit_code == 2 and '"gradcam" reads a layer' in result.output, result.output
