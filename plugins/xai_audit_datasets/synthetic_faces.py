@@ -83,6 +83,8 @@ _HAIR_CUM = np.cumsum(_HAIR_P, axis=1)
 # The optional planted cues (off by default): the stamp's colour, and the background tint (a blend toward a
 # saturated green no untinted background reaches) with its weight.
 STAMP_RGB = (0.97, 0.97, 0.95)
+#: the stamp's side as a share of the image's (option ``stamp_side``)
+STAMP_SIDE = 0.09
 TINT_RGB = (0.15, 0.72, 0.32)
 FACE_MASK_RGB = (0.62, 0.78, 0.9)
 TINT_WEIGHT = 0.75
@@ -155,6 +157,7 @@ class SyntheticFacesOptions(Options):
         None, description="every split: this class's images carry a bright square mark at the top-left corner"
     )
     stamp_fraction: float = Field(0.9, ge=0.0, le=1.0, description="share of stamp_class's images stamped")
+    stamp_side: float = Field(STAMP_SIDE, ge=0.05, le=0.2, description="the stamp's side, as a share of the image's")
     tint_class: str | None = Field(None, description="every split: this class's images have a green-tinted background")
     tint_fraction: float = Field(0.9, ge=0.0, le=1.0, description="share of tint_class's images tinted")
     masked: bool = Field(False, description="every face wears a surgical mask over its lower half (a masked-faces set)")
@@ -342,15 +345,16 @@ def _draw(opts: SyntheticFacesOptions, index: int) -> tuple[list[float], np.ndar
     return p, noise
 
 
-def stamp_box(size: int) -> tuple[int, int, int, int]:
+def stamp_box(size: int, side: float = STAMP_SIDE) -> tuple[int, int, int, int]:
     """The planted stamp's pixels ``[y0, x0, y1, x1)`` in a ``size`` image: a small square near the top-left
-    corner, where neither face nor hair reaches."""
-    side, offset = max(3, round(0.09 * size)), max(1, round(0.03 * size))
+    corner (of ``side`` times the image's side), where neither face nor hair reaches at the default side."""
+    side, offset = max(3, round(side * size)), max(1, round(0.03 * size))
     return offset, offset, offset + side, offset + side
 
 
 def _render(
-    params: np.ndarray, noise: np.ndarray, size: int, stamp_region: bool = False, masked: bool = False
+    params: np.ndarray, noise: np.ndarray, size: int, stamp_region: bool = False, masked: bool = False,
+    stamp_side: float = STAMP_SIDE,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Draw a batch: params (B, K) float32, noise (B, 3, H, W) -> images, region masks.
 
@@ -481,7 +485,7 @@ def _render(
 
     light = P("light")[:, None] * C("tint_r", "tint_g", "tint_b") * P("dark")[:, None]
     img *= light
-    y0, x0, y1, x1 = stamp_box(size)
+    y0, x0, y1, x1 = stamp_box(size, stamp_side)
     stamp = np.zeros_like(face)
     stamp[:, y0:y1, x0:x1] = True
     stamp &= P("stamp") > 0
@@ -533,7 +537,8 @@ class SyntheticFacesDataset(Dataset):
         i = self._index(index)
         params, noise = _draw(self.options, i)
         img, regions = _render(np.asarray([params], np.float32), noise[None], self.options.size,
-                               stamp_region=self.options.stamp_class is not None, masked=self.options.masked)
+                               stamp_region=self.options.stamp_class is not None, masked=self.options.masked,
+                               stamp_side=self.options.stamp_side)
         return Sample(
             id=f"sf-{self.options.split}-{i:05d}",
             image=img[0],
@@ -556,7 +561,7 @@ class SyntheticFacesDataset(Dataset):
             drawn = [_draw(self.options, i) for i in idx[start : start + chunk]]
             params = np.asarray([d[0] for d in drawn], np.float32)
             noise = np.stack([d[1] for d in drawn])
-            img, _ = _render(params, noise, size, masked=self.options.masked)
+            img, _ = _render(params, noise, size, masked=self.options.masked, stamp_side=self.options.stamp_side)
             images[start : start + len(drawn)] = img
             labels[start : start + len(drawn)] = params[:, _P["label"]].astype(np.int64)
             tones.extend(TONES[int(t)] for t in params[:, _P["tone"]])
@@ -567,6 +572,8 @@ class SyntheticFacesDataset(Dataset):
         for cue in ("stamp", "tint"):  # a cue switched off leaves the fingerprint as it was before it existed
             if options[f"{cue}_class"] is None:
                 del options[f"{cue}_class"], options[f"{cue}_fraction"]
+        if options.get("stamp_side") == STAMP_SIDE:  # the default side, as before the option existed
+            del options["stamp_side"]
         if not options["masked"]:  # likewise the face mask
             del options["masked"]
         payload = json.dumps({"generator": GENERATOR_VERSION, "options": options}, sort_keys=True)
@@ -577,7 +584,7 @@ class SyntheticFacesDataset(Dataset):
         o = self.options
         out = []
         if o.stamp_class is not None and o.stamp_fraction > 0:
-            y0, x0, y1, x1 = stamp_box(o.size)
+            y0, x0, y1, x1 = stamp_box(o.size, o.stamp_side)
             out.append(f"{o.stamp_fraction:.0%} of '{o.stamp_class}' images carry a bright square mark at the "
                        f"top-left corner (rows {y0}-{y1 - 1}, columns {x0}-{x1 - 1})")
         if o.tint_class is not None and o.tint_fraction > 0:
