@@ -144,3 +144,30 @@ def test_merge_explanations():
 
 def _line_of(path, text: str) -> int:
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if line.startswith(text))
+
+
+def test_a_local_ray_started_inside_a_step_outlives_the_step():
+    """Ray kills what it started when the thread that started it ends (PR_SET_PDEATHSIG), and a step runs on a
+    thread of its own: started there (a re-run whose earlier steps came from the cache), Ray died with the step."""
+    import threading
+    import types
+
+    from xai_audit.limits import run_with_limit
+    from xai_audit.run.executors import _RayKeeper
+
+    started_on: list[threading.Thread] = []
+    fake_ray = types.SimpleNamespace(init=lambda **options: started_on.append(threading.current_thread()))
+    step = []
+    keeper = run_with_limit(lambda: step.append(threading.current_thread()) or _RayKeeper(fake_ray, num_cpus=1),
+                            60, "a step")
+    assert not step[0].is_alive()  # the step's thread has ended
+    assert started_on[0] is not step[0] and started_on[0].is_alive()  # Ray's thread has not
+    keeper.release()
+    started_on[0].join(5)
+    assert not started_on[0].is_alive()
+
+    def refuse(**options):
+        raise RuntimeError("no shared memory here")
+
+    with pytest.raises(RuntimeError, match="no shared memory"):
+        _RayKeeper(types.SimpleNamespace(init=refuse))

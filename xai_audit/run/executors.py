@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
@@ -151,6 +152,39 @@ def _import_ray() -> Any:
     return ray
 
 
+class _RayKeeper:
+    """A local Ray instance started on a thread of its own, which lives until :meth:`release`.
+
+    Ray ties the life of the processes it starts (its raylet, its GCS) to the thread that started them
+    (``prctl(PR_SET_PDEATHSIG)``: they are killed when that thread ends), and a step runs on a thread that
+    ends with the step (:func:`xai_audit.limits.run_with_limit`). Started there, by the first step that
+    needs it (a re-run whose earlier steps came from the cache), Ray died with that step, and the next step
+    took the whole run down ("the connection to the plasma store is failed")."""
+
+    def __init__(self, ray: Any, **options: Any):
+        self._done = threading.Event()
+        started = threading.Event()
+        box: dict[str, Exception] = {}
+
+        def keep() -> None:
+            try:
+                ray.init(**options)
+            except Exception as exc:  # handed to the thread that asked, which raises it
+                box["error"] = exc
+            started.set()
+            self._done.wait()
+
+        threading.Thread(target=keep, name="xai-audit ray", daemon=True).start()
+        started.wait()
+        if "error" in box:
+            self._done.set()
+            raise box["error"]
+
+    def release(self) -> None:
+        """Let the thread end (after ``ray.shutdown()``: the processes it started are gone by then)."""
+        self._done.set()
+
+
 class RayExecutor:
     """Predictions and explainers on Ray actors (``runtime.executor: ray``).
 
@@ -172,6 +206,7 @@ class RayExecutor:
         self._ray: Any = None
         self._actors: list[Any] = []
         self._started_ray = False
+        self._keeper: _RayKeeper | None = None
         self._next = 0
 
     def __enter__(self) -> "RayExecutor":
@@ -192,9 +227,9 @@ class RayExecutor:
             if self.spec.address:
                 ray.init(address=self.spec.address, runtime_env=runtime_env, log_to_driver=True)
             else:
-                ray.init(num_cpus=self.workers, num_gpus=_local_gpus(self.spec), include_dashboard=False,
-                         logging_level=logging.WARNING,
-                         runtime_env=runtime_env, log_to_driver=True)
+                self._keeper = _RayKeeper(ray, num_cpus=self.workers, num_gpus=_local_gpus(self.spec),
+                                          include_dashboard=False, logging_level=logging.WARNING,
+                                          runtime_env=runtime_env, log_to_driver=True)
                 self._started_ray = True
         actor = ray.remote(_Worker)
         self._actors = [
@@ -230,6 +265,9 @@ class RayExecutor:
         self._actors = []
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
+        if self._keeper is not None:
+            self._keeper.release()
+            self._keeper = None
         self._started_ray = False
         self._ray = None
 
