@@ -257,9 +257,20 @@ def suggested_steps(registry: Registry, planned: list[Step], explained: Explaine
             plugin, options = str(wish.get("plugin", "")), dict(wish.get("options") or {})
             row = {"plugin": plugin, "options": options, "why": str(wish.get("why", ""))}
             rows.append(row)
+            same = [s for s in planned if s.kind == "hypothesis" and s.plugin.name == plugin]
+            covering = next((s for s in same if _covers(s.options_dict(), options)), None)
+            if covering is not None:  # the plan tests this already (e.g. the same regions, its own fill): once
+                row["tested_as"] = covering.name
+                continue
             try:
                 info = registry.get("hypothesis", plugin)
-                step = Step("hypothesis", f"{plugin}-from-{explainer}", info, info.cls.Options(**options))
+                # what the suggestion leaves unsaid is as the plan says it (e.g. occlude-regions' fill and
+                # label_regions, so a region that carries the label is not read as a shortcut); a mapping (such
+                # as occlude-regions' groups) names further tests, which the plan runs already
+                inherited = {k: v for k, v in (same[0].options_dict() if same else {}).items()
+                             if k not in options and not isinstance(v, dict)}
+                step = Step("hypothesis", f"{plugin}-from-{explainer}", info,
+                            info.cls.Options(**{**inherited, **options}))
             except Exception as exc:
                 row["tested_as"] = None
                 failures.append({"step": f"suggestion {k + 1} of explainer {explainer}", "plugin": plugin,
@@ -279,6 +290,19 @@ def suggested_steps(registry: Registry, planned: list[Step], explained: Explaine
         if rows and explainer in explained.entries:
             explained.entries[explainer]["suggestions"] = rows
     return steps
+
+
+def _covers(planned: dict[str, Any], suggested: dict[str, Any]) -> bool:
+    """True when a planned step's options already test what a suggestion names: every option the suggestion
+    sets is the plan's, a list contained in the plan's list (regions [mouth] within [eyes, mouth, hair])."""
+    for key, value in suggested.items():
+        have = planned.get(key)
+        if isinstance(value, list) and isinstance(have, list):
+            if not {repr(v) for v in value} <= {repr(v) for v in have}:
+                return False
+        elif have != value:
+            return False
+    return True
 
 
 def test_hypothesis(step: Step, context: HypothesisContext, cache: Cache, base_key: dict, *,
