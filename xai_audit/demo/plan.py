@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from xai_audit.demo.model import EMOTIONS
+from xai_audit.demo.train import CUES
 
 
 def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 700, shortcuts: bool = True) -> dict:
@@ -18,7 +19,9 @@ def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 700, shortcuts: boo
             "weights": str(weights.resolve()),
             "classes": list(EMOTIONS),
         },
-        "dataset": {"loader": "synthetic-faces", "split": "test", "n": n_test, "seed": seed},
+        # the audited faces carry the cues the training faces had (CUES); nothing below names them:
+        # the discoverers must find them
+        "dataset": {"loader": "synthetic-faces", "split": "test", "n": n_test, "seed": seed, **CUES},
         "explain": {"samples": 12, "trust": {"steps": 12, "sanity_samples": 3, "sanity_stages": 3},
                     "test_suggestions": True},
         "explainers": [
@@ -42,6 +45,9 @@ def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 700, shortcuts: boo
                                  "label_regions": ["eyes", "brows", "mouth"]}},
             {"mask-lower-face": {}},
         ],
+        # look for what nobody named: on half the faces, confirmed on the other half
+        "discoverers": [{"attribution-clusters": {}}, {"property-slices": {}}],
+        "discover": {"held_out": 0.5},
         "report": {"title": "Demo audit: emotion CNN on synthetic faces"},
         "system": demo_system(seed=seed, shortcuts=shortcuts),
     }

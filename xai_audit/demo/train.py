@@ -18,6 +18,11 @@ from xai_audit.run.cache import Cache, content_key
 
 #: bump when the architecture or the recipe changes, so cached weights are not reused
 RECIPE_VERSION = 3
+#: the cues planted for discovery to find without being told (issue 16), in every split as a real watermark
+#: would be: a bright mark at the top-left corner of most 'happy' images, and a green-tinted background on
+#: some 'surprise' images; the demo plan names neither. Sized so the trained CNN really uses them
+CUES: dict[str, Any] = {"stamp_class": "happy", "stamp_fraction": 0.9, "stamp_side": 0.16,
+                        "tint_class": "surprise", "tint_fraction": 0.8}
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,9 @@ def recipe_for(data: str, *, seed: int, shortcuts: bool = True, n_train: int = 3
     if data == "digits":
         return Recipe("digits", {"split": "train", "seed": seed, "size": 32}, 10, 1, 12)
     options: dict[str, Any] = {"split": "train", "n": n_train, "seed": seed + 1}
-    if not shortcuts:
+    if shortcuts:
+        options.update(CUES)
+    else:
         options.update(dark_sad=0.0, dark_other=0.0, rare_tone=None)
     return Recipe("synthetic-faces", options, len(EMOTIONS), 3, 8)
 
