@@ -1,4 +1,5 @@
-"""The demo's conclusions: the planted shortcut and the rare skin tone are found, and only when planted.
+"""The demo's conclusions: the planted shortcut and the rare skin tone are found, and only when planted;
+so are the corner stamp and the green background no hypothesis names (found by discovery).
 
 The shortcut demo's model is trained once per session (the ``demo_cache``
 fixture, shared with test_demo.py). The clean model and the ``--verify``
@@ -22,22 +23,37 @@ def run_demo(out, cache, *extra: str) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
-def test_the_planted_shortcut_and_skin_tone_gap_are_the_top_findings(tmp_path, demo_cache):
+def test_the_planted_shortcuts_and_skin_tone_gap_are_the_top_findings(tmp_path, demo_cache):
     results = run_demo(tmp_path / "report", demo_cache)
-    top = results["findings"][:2]
-    assert [f["kind"] for f in top] == ["shortcut", "bias"]
-    shortcut, bias = top
-    assert shortcut["class"] == "sad" and shortcut["hypothesis"] == "luminance"
-    assert "'sad' rises from" in shortcut["detail"]
+    findings = results["findings"]
+    shortcuts = [f for f in findings if f["kind"] == "shortcut"]
+    # shortcuts first (the one the plan names and the two it does not), then the skin-tone gap
+    assert findings[: len(shortcuts)] == shortcuts and findings[len(shortcuts)]["kind"] == "bias"
+    shortcut = next(f for f in shortcuts if f["hypothesis"] == "luminance")
+    bias = findings[len(shortcuts)]
+    assert shortcut["class"] == "sad" and "'sad' rises from" in shortcut["detail"]
     assert bias["group"]["column"] == "skin_tone" and bias["group"]["worst"] == "VI"
-    for finding in top:
+    for finding in (shortcut, bias):
         assert finding["p_value_adjusted"] < 0.05 and finding["severity"] == "high"
-    # the report names them first too, and says what to fine-tune on
+    # the corner stamp and the green background, which no hypothesis names, found by discovery and
+    # confirmed on the held-back half, by place and by colour
+    found = {f["discovered"]["discoverer"]: f for f in shortcuts if f.get("discovered")}
+    stamp, tint = found["attribution-clusters"], found["property-slices"]
+    assert "for 'happy'" in stamp["discovered"]["description"] and "top-left" in stamp["discovered"]["description"]
+    assert "'surprise'" in tint["discovered"]["description"] and "green" in tint["discovered"]["description"]
+    for finding in (stamp, tint):
+        entry = results["hypotheses"][finding["hypothesis"]]
+        assert entry["verdict"] == "supported" and "held-back images only" in entry["test"]
+        assert finding["p_value_adjusted"] < 0.05
+    # the report names them first too, says which came from discovery, and what to fine-tune on
     html = (tmp_path / "report" / "report.html").read_text()
     assert html.index("Predictions drain into &#39;sad&#39;") < html.index("skin_tone VI")
+    assert "Found by discovery" in html
     rows = list(csv.DictReader((tmp_path / "report" / "finetune_manifest.csv").open()))
-    assert rows[0]["action"] == "augment" and "luminance" in rows[0]["augmentation"]
+    assert any(r["action"] == "augment" and "luminance" in r["augmentation"] for r in rows)
     assert any(r["action"] == "add-group" and r["group"] == "skin_tone=VI" for r in rows)
+    for finding in (stamp, tint):
+        assert any(r["finding"] == finding["source"] and "discovered:" in r["augmentation"] for r in rows)
 
 
 @pytest.mark.slow
@@ -52,6 +68,9 @@ def test_without_shortcuts_neither_planted_effect_is_flagged(tmp_path, demo_cach
     # brightness): a property of this clean CNN, which the audit rightly reports as a finding of its own
     assert lum["tests"][0]["details"]["gain_by_class"]["sad"] < 0.05
     assert not any(f["kind"] == "shortcut" and f.get("class") == "sad" for f in results["findings"])
+    # the audited faces carry the stamp and the tint, but this model never learned them: discovery confirms
+    # no cue of a class
+    assert not any(f.get("discovered") and f["kind"] == "shortcut" for f in results["findings"])
 
 
 @pytest.mark.slow
@@ -59,9 +78,11 @@ def test_verify_fine_tunes_on_the_recommendations_and_halves_both_planted_gaps(t
     results = run_demo(tmp_path / "verify", demo_cache, "--verify")
     v = results["verification"]
     assert (tmp_path / "verify" / "after" / "report.html").exists()
-    by_kind = {c["kind"]: c for c in v["comparisons"]}
-    for kind in ("shortcut", "bias"):
-        assert by_kind[kind]["shrunk_by"] >= 0.5, by_kind[kind]
+    # the demo fine-tunes with the luminance augmentation and new skin-tone VI images (not yet with the
+    # discovered cues removed: their augmentations are listed as not used)
+    for hypothesis, kind in (("luminance", "shortcut"), ("group-accuracy", "bias")):
+        row = next(c for c in v["comparisons"] if c["kind"] == kind and c["source"].startswith(f"hypotheses.{hypothesis}"))
+        assert row["shrunk_by"] >= 0.5, row
     assert any(u["action"] == "add-group" for u in v["fine_tune"]["used"])
     assert any(s["action"] == "relabel-or-add" for s in v["fine_tune"]["skipped"])
     html = (tmp_path / "verify" / "report.html").read_text()
