@@ -37,12 +37,15 @@ def test_demo_trains_audits_and_finds_the_planted_skin_tone_gap(tmp_path, demo_c
 
     # every explainer ran, and the gradient maps look where the classes are drawn
     assert {e["status"] for e in results["explainers"].values()} == {"ok"}
-    sad = results["classes"].index("sad")  # the class with the planted darkness shortcut
-    for name in ("integrated-gradients", "gradcam"):
+    # the classes with a planted cue: darkness ('sad'), the corner stamp ('happy'), the green background ('surprise')
+    cued = {results["classes"].index(c) for c in ("sad", "happy", "surprise")}
+    # most of the mass on brows, eyes and mouth; Grad-CAM (the last conv, 16x16) of a model that also reads the
+    # background spreads more (0.47 measured with the cues planted, 0.69 for integrated gradients)
+    for name, least in (("integrated-gradients", 0.5), ("gradcam", 0.4)):
         where = results["explainers"][name]["trust"]["localisation"]
-        kept = [m for m, t in zip(where["mass_share_per_sample"], results["explainers"][name]["targets"]) if t != sad]
-        # most of the mass on brows, eyes and mouth (Grad-CAM at the last conv, 16x16)
-        assert sum(kept) / len(kept) > 0.5, (name, kept)
+        kept = [m for m, t in zip(where["mass_share_per_sample"], results["explainers"][name]["targets"])
+                if t not in cued]
+        assert sum(kept) / len(kept) > least, (name, kept)
     assert results["explainers"]["topology"]["scalars"]["significant H0"] >= 1
 
     html = (out / "report.html").read_text()
