@@ -59,8 +59,10 @@ def demo_system(*, seed: int, shortcuts: bool) -> dict:
 
     No responsible person is named: nobody answers for a model drawn on the user's machine, and the report
     shows that field as not stated."""
-    planted = ("Trained on synthetic faces with two faults planted on purpose: most 'sad' training images (and "
-               "a few others) are darkened, and skin tone VI is about 1 % of the training images."
+    planted = ("Trained on synthetic faces with four faults planted on purpose: most 'sad' training images (and "
+               "a few others) are darkened; skin tone VI is about 1 % of the training images; most 'happy' faces "
+               "carry a bright mark in the top-left corner, and most 'surprise' faces a green-tinted background "
+               "(the plan names neither of the last two: its discoverers must find them)."
                if shortcuts else "Trained on synthetic faces without the planted faults (--no-shortcuts).")
     return {
         "intended_purpose": ("A demonstration of xai-audit: tell which of seven expressions a synthetic cartoon "
