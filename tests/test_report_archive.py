@@ -1,5 +1,5 @@
 """The archival PDF (issue 19): PDF/A-3b carrying results.json, the plan as run and the manifest; its metadata,
-its bookmarks."""
+its bookmarks; two pages of verdict, a short body and an appendix."""
 
 from __future__ import annotations
 
@@ -92,3 +92,24 @@ def test_pdf_has_a_bookmark_for_every_section(archived):
     assert len(toc) >= 8
     for section in toc:  # "1 Summary of findings", ..., "A Explanations in detail", ...
         assert f"{section['number']} {section['title']}" in titles, (section, titles)
+
+
+def test_short_body_then_an_appendix_with_the_evidence(archived):
+    _, _, paths = archived
+    pages = [page.extract_text() or "" for page in _reader(paths["pdf"]).pages]
+    start = next(i for i, text in enumerate(pages) if re.search(r"^\s*Appendix\s*$", text, re.M))
+    assert 2 <= start <= 8, start  # verdict and body of a small audit: a handful of pages
+    body, appendix = " ".join(pages[:start]), " ".join(pages[start:])
+    assert "Summary of findings" in pages[0]
+    assert "Appendix" in _outline_titles(_reader(paths["pdf"]).outline)
+    # the plan as run, the provenance and the per-image grids are in the appendix, not the body
+    assert "Plan as run" in appendix and "Plan as run" not in body
+    assert "file manifest sha256" in appendix and "file manifest sha256" not in body
+    assert "Each row is one sample" in appendix and "Each row is one sample" not in body
+    html = paths["html"].read_text()
+    for anchor in ("explanation-details", "hypothesis-details", "provenance", "run"):
+        assert f'href="#{anchor}"' in html and f'id="{anchor}"' in html
+    # each hypothesis in the body links to its details in the appendix
+    for target in re.findall(r'href="#(hypothesis-\d+-[a-z0-9-]+-details)"', html):
+        assert f'id="{target}"' in html
+    assert re.findall(r'href="#(hypothesis-\d+-[a-z0-9-]+-details)"', html)

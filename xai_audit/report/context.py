@@ -27,10 +27,11 @@ import numpy as np
 from xai_audit.report import conclusions, discovery, display, explain_context, figures, scope, specs
 from xai_audit.report.artifacts import ReportArtifacts
 
-#: The report's sections, in order: (anchor id, heading).
+#: The report's sections, in order: (anchor id, heading). The summary is the verdict (the first two pages);
+#: the body follows, one section per concern with its key figure; the appendix (APPENDIX) holds what is there to
+#: be checked: every per-image grid, the detail tables, the provenance and the plan as run.
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("summary", "Summary of findings"),
-    ("provenance", "Model and data provenance"),
     ("accuracy", "Accuracy and confusion matrix"),
     ("groups", "Per-group accuracy"),
     ("explanations", "Explanations"),
@@ -38,8 +39,13 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("hypotheses", "Hypotheses"),
     ("recommendations", "Recommended fine-tuning data"),
     ("failures", "What could not be run"),
+    ("explanation-details", "Explanations in detail"),
+    ("hypothesis-details", "Hypotheses in detail"),
+    ("provenance", "Model and data provenance"),
     ("run", "How this audit ran"),
 )
+#: The sections of the appendix, lettered A, B, ... after the body's numbered ones.
+APPENDIX = ("explanation-details", "hypothesis-details", "provenance", "run")
 
 #: The titles that change when the data have no labels: what is measured is the model's own predictions.
 UNLABELLED_TITLES = {"accuracy": "Predictions and confidence (no labels)", "groups": "Predictions per group"}
@@ -64,10 +70,7 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
     labelled = _labelled(results)
     found = discovery.discovery(results)
     shown = [(anchor, title) for anchor, title in SECTIONS if anchor != "discovery" or found is not None]
-    sections = [
-        {"id": anchor, "number": str(number), "title": title if labelled else UNLABELLED_TITLES.get(anchor, title)}
-        for number, (anchor, title) in enumerate(shown, start=1)
-    ]
+    sections = _numbered(shown, labelled)
     hypotheses = results.get("hypotheses") or {}
     group_steps = {k: v for k, v in hypotheses.items() if v.get("plugin") == GROUP_PLUGIN}
     other_steps = {k: v for k, v in hypotheses.items() if v.get("plugin") != GROUP_PLUGIN}
@@ -81,7 +84,7 @@ def build_context(results: Mapping[str, Any], artifacts: ReportArtifacts) -> dic
         "run_time": _run_time((results.get("run") or {}).get("started"), (results.get("run") or {}).get("finished")),
         "toc": sections,
         "section": {s["id"]: s for s in sections},
-        "summary": _summary(results, failures),
+        "summary": _summary(results, failures, {x["id"]: x["number"] for x in sections}.get("failures", "")),
         "system": scope.system(results),
         "limitations": scope.limitations(results),
         "provenance": _provenance(results),
@@ -130,6 +133,18 @@ def _iso_utc(value: Any) -> str | None:
     if moment.tzinfo is not None:
         moment = moment.astimezone(timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _numbered(shown: Sequence[tuple[str, str]], labelled: bool) -> list[dict[str, Any]]:
+    """The sections shown, the body's numbered 1, 2, ... and the appendix's lettered A, B, ..."""
+    body = [pair for pair in shown if pair[0] not in APPENDIX]
+    appendix = [pair for pair in shown if pair[0] in APPENDIX]
+    numbers = [str(n) for n in range(1, len(body) + 1)] + [chr(ord("A") + k) for k in range(len(appendix))]
+    return [
+        {"id": anchor, "number": number, "title": title if labelled else UNLABELLED_TITLES.get(anchor, title),
+         "appendix": anchor in APPENDIX}
+        for number, (anchor, title) in zip(numbers, body + appendix)
+    ]
 
 
 def _labelled(results: Mapping[str, Any]) -> bool:
@@ -207,7 +222,7 @@ def _checks(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
 # -- sections ----------------------------------------------------------------
 
 
-def _summary(results: Mapping[str, Any], failures: list[dict]) -> dict[str, Any]:
+def _summary(results: Mapping[str, Any], failures: list[dict], failures_number: str = "") -> dict[str, Any]:
     provenance = results.get("provenance") or {}
     model = provenance.get("model") or {}
     dataset = provenance.get("dataset") or {}
@@ -232,8 +247,7 @@ def _summary(results: Mapping[str, Any], failures: list[dict]) -> dict[str, Any]
         failures_line = "Every step ran."
     else:
         steps = "step" if n_failed == 1 else "steps"
-        number = next(n for n, (anchor, _) in enumerate(SECTIONS, start=1) if anchor == "failures")
-        failures_line = f"{n_failed} {steps} could not run (see section {number})."
+        failures_line = f"{n_failed} {steps} could not run (see section {failures_number})."
     return {
         "model_line": " · ".join(model_parts),
         "data_line": " · ".join(data_parts),
