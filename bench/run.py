@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.common import Row, Section, machine, machine_line, summary_markdown, summary_text
 
-PARTS = ("attribution", "topology", "memory", "ray", "discovery")
+PARTS = ("attribution", "topology", "memory", "ray", "discovery", "report")
 
 
 def parse_only(value: str) -> list[str]:

@@ -147,3 +147,17 @@ def test_ray_scaling_plan_is_a_valid_audit_plan(registry, tmp_path):
     plan = load_plan(path, registry)
     assert plan.runtime.executor == "ray" and plan.runtime.ray.workers == 2
     assert [s.name for s in plan.explainers] == ["occlusion", "lime"]
+
+
+def test_report_rows_compare_with_their_targets():
+    from bench import report
+
+    rows, sections = report.results(6.0, 7.5, {"audit_wall": 100.0, "audit_cpu": 150.0, "render_wall": 20.0,
+                                               "render_cpu": 24.0})
+    rerun, share = rows
+    assert rerun.met and rerun.ratio == pytest.approx(10.0 / 6.0)
+    assert share.met and share.measured == "0.16" and share.ratio == pytest.approx(0.2 / 0.16)
+    slow, _ = report.results(12.0, 12.0, {"audit_wall": 100.0, "audit_cpu": 100.0, "render_wall": 30.0,
+                                          "render_cpu": 30.0})[0]
+    assert slow.met is False
+    assert "cached re-run" in sections[0].text()

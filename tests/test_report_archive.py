@@ -1,5 +1,5 @@
 """The archival PDF (issue 19): PDF/A-3b carrying results.json, the plan as run and the manifest; its metadata,
-its bookmarks; two pages of verdict, a short body and an appendix."""
+its bookmarks; two pages of verdict, a short body and an appendix; figures cached by content."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from pypdf import PdfReader
@@ -113,3 +114,50 @@ def test_short_body_then_an_appendix_with_the_evidence(archived):
     for target in re.findall(r'href="#(hypothesis-\d+-[a-z0-9-]+-details)"', html):
         assert f'id="{target}"' in html
     assert re.findall(r'href="#(hypothesis-\d+-[a-z0-9-]+-details)"', html)
+
+
+def test_figures_are_cached_by_content(tmp_path):
+    results, artifacts = make_results(), make_artifacts()
+    cache = tmp_path / "cache"
+    write_report(results, artifacts, tmp_path / "a", formats=["html"], figure_cache=cache)
+    stored = sorted((cache / "figures").rglob("*.png"))
+    assert len(stored) >= 4
+    before = {p: p.stat().st_mtime_ns for p in stored}
+    first = (tmp_path / "a" / "report.html").read_text()
+    write_report(results, artifacts, tmp_path / "b", formats=["html"], figure_cache=cache)
+    assert (tmp_path / "b" / "report.html").read_text() == first  # the same figures, served from the cache
+    assert {p: p.stat().st_mtime_ns for p in sorted((cache / "figures").rglob("*.png"))} == before
+    # a changed input draws a new figure, and only that one
+    changed = copy.deepcopy(results)
+    changed["confusion_matrix"][0][0] += 1
+    write_report(changed, artifacts, tmp_path / "c", formats=["html"], figure_cache=cache)
+    assert len(list((cache / "figures").rglob("*.png"))) == len(stored) + 1
+
+
+def test_a_damaged_cached_figure_is_drawn_again(tmp_path):
+    results, artifacts = make_results(), make_artifacts()
+    cache = tmp_path / "cache"
+    write_report(results, artifacts, tmp_path / "a", formats=["html"], figure_cache=cache)
+    for path in (cache / "figures").rglob("*.png"):
+        path.write_bytes(path.read_bytes()[:40])  # cut short
+    write_report(results, artifacts, tmp_path / "b", formats=["html"], figure_cache=cache)
+    assert (tmp_path / "b" / "report.html").read_text() == (tmp_path / "a" / "report.html").read_text()
+
+
+def test_image_grid_is_one_composed_picture():
+    from PIL import Image
+    import base64
+
+    from xai_audit.report.figures import explanation_grid
+
+    rng = np.random.default_rng(0)
+    images = list(rng.random((3, 3, 24, 24)).astype(np.float32))
+    maps = rng.normal(size=(3, 24, 24)).astype(np.float32)
+    src = explanation_grid(images, {"a": maps, "b": -maps}, ["one", "two", "three"], signed=True)
+    picture = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB")
+    pixels = np.asarray(picture)
+    # three rows of tiles: the image column is not white, and red and blue both appear (signed maps)
+    assert pixels.shape[0] > 3 * 100 and pixels.shape[1] > 3 * 100
+    red = (pixels[..., 0] > 150) & (pixels[..., 2] < 90)
+    blue = (pixels[..., 2] > 150) & (pixels[..., 0] < 90)
+    assert red.sum() > 50 and blue.sum() > 50

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
 import matplotlib
@@ -28,6 +29,7 @@ from matplotlib.transforms import ScaledTranslation
 from PIL import Image
 
 from xai_audit.report.display import DataURI
+from xai_audit.report.figcache import cached
 
 #: Resolution of the charts; with the sizes below a chart stays well under 150 KB.
 DPI = 110
@@ -69,6 +71,7 @@ def class_colors(classes: Sequence[str]) -> dict[str, str]:
     return {name: to_hex(palette(i % n)) for i, name in enumerate(classes)}
 
 
+@cached
 def confusion_matrix_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> str:
     """Counts annotated in each cell; colour is the row-normalised share."""
     counts = np.asarray(matrix, dtype=np.int64)
@@ -110,6 +113,7 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], classes: Sequence[s
         return _encode(fig)
 
 
+@cached
 def group_accuracy_figure(
     groups: Sequence[Mapping[str, object]],
     attribute: str,
@@ -152,6 +156,7 @@ def group_accuracy_figure(
         return _encode(fig)
 
 
+@cached
 def hypothesis_figure(
     metric: str,
     before: float | None,
@@ -199,6 +204,7 @@ def hypothesis_figure(
         return _encode(fig)
 
 
+@cached
 def explanation_grid(
     images: Sequence[np.ndarray],
     overlays: Mapping[str, np.ndarray],
@@ -211,48 +217,26 @@ def explanation_grid(
     to maps (N, H, W) aligned with ``images``. All overlays share ONE colour
     scale: the 99th percentile of |values| over the whole figure, centred at
     0 with a diverging map when ``signed``, sequential from 0 otherwise.
+    Drawn as one composed picture (:func:`tile_grid`).
     """
     names = list(overlays)
-    n_rows, n_cols = len(images), 1 + len(names)
     vmax = robust_scale([overlays[name] for name in names])
-    cmap = matplotlib.colormaps[SIGNED_CMAP if signed else UNSIGNED_CMAP]
+    cmap = SIGNED_CMAP if signed else UNSIGNED_CMAP
     norm = Normalize(-vmax, vmax) if signed else Normalize(0.0, vmax)
-    cell, label_width = 1.55, 1.45
-    with _style():
-        fig = _figure(label_width + cell * n_cols + 0.9, 0.45 + cell * n_rows)
-        grid = fig.subplots(n_rows, n_cols + 1, squeeze=False,
-                            gridspec_kw={"width_ratios": [label_width / cell] + [1.0] * n_cols})
-        labels, axes = grid[:, 0], grid[:, 1:]
-        for row in range(n_rows):
-            rgb = _to_rgb(images[row])
-            gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-            height, width = gray.shape
-            extent = (-0.5, width - 0.5, height - 0.5, -0.5)
-            labels[row].set_axis_off()
-            labels[row].text(1.0, 0.5, _plain(row_titles[row], 36), transform=labels[row].transAxes,
-                             ha="right", va="center", fontsize=7.5, linespacing=1.45)
-            axes[row, 0].imshow(rgb, interpolation="nearest")
-            for col, name in enumerate(names, start=1):
-                values = np.nan_to_num(np.asarray(overlays[name][row], dtype=np.float32))
-                rgba = cmap(norm(values))
-                strength = np.abs(values) if signed else np.maximum(values, 0.0)
-                rgba[..., 3] = 0.92 * np.clip(strength / vmax, 0.0, 1.0) ** 0.6
-                ax = axes[row, col]
-                ax.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0, alpha=0.55, interpolation="nearest")
-                ax.imshow(rgba, extent=extent, interpolation="bilinear")
-            for ax in axes[row]:
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.spines[:].set_visible(False)
-        axes[0, 0].set_title("image")
-        for col, name in enumerate(names, start=1):
-            axes[0, col].set_title(_plain(name, 28))
-        mappable = ScalarMappable(norm=norm, cmap=cmap)
-        colorbar = fig.colorbar(mappable, ax=axes[:, 1:].ravel().tolist(), shrink=min(0.9, 2.2 / n_rows + 0.25),
-                                pad=0.04, aspect=22)
-        colorbar.set_label("attribution (red toward, blue against)" if signed else "attribution (importance)")
-        colorbar.outline.set_visible(False)
-        return _encode(fig, GRID_DPI)
+    cell = 1.3
+    size = tile_pixels(cell, GRID_DPI)
+    cells = []
+    for row, image in enumerate(images):
+        tiles = [Tile(image_tile(image, size))]
+        for name in names:
+            values = np.asarray(overlays[name][row], dtype=np.float32)
+            tiles.append(Tile(overlay_tile(values, image, size, vmax, signed, cmap=cmap)))
+        cells.append(tiles)
+    return tile_grid(
+        cells, cell=cell, row_labels=list(row_titles), label_width=1.45,
+        column_titles=["image", *names],
+        colorbar=(norm, cmap, "attribution (red toward, blue against)" if signed else "attribution (importance)"),
+    )
 
 
 def robust_scale(maps: Sequence[np.ndarray]) -> float:
@@ -265,6 +249,137 @@ def robust_scale(maps: Sequence[np.ndarray]) -> float:
         return 1.0
     scale = float(np.percentile(values, 99))
     return scale if scale > 0 else (float(values.max()) or 1.0)
+
+
+# -- image grids: one composed picture, not one axes per tile -------------------
+
+
+@dataclass
+class Tile:
+    """One cell of an image grid: an RGB picture (H, W, 3) in [0, 1] at the cell's pixel size, or None (blank)."""
+
+    rgb: np.ndarray | None
+    under: str = ""  # a short line under the picture
+
+
+def tile_pixels(inches: float, dpi: int) -> int:
+    return max(8, int(round(inches * dpi)))
+
+
+def image_tile(image: np.ndarray, size: int) -> np.ndarray:
+    """A display image (3, H, W) in [0, 1] as an RGB picture of ``size`` x ``size`` pixels (nearest neighbour)."""
+    return _resize(_to_rgb(image), size, smooth=False)
+
+
+def overlay_tile(values: np.ndarray, image: np.ndarray | None, size: int, vmax: float, signed: bool,
+                 cmap: str = SIGNED_CMAP, image_alpha: float = 0.55) -> np.ndarray:
+    """A map over a grey copy of ``image`` (or alone), ``size`` x ``size`` pixels, as matplotlib would draw it:
+    the grey image at ``image_alpha`` over white (nearest neighbour), then the map (bilinear) in ``cmap``
+    scaled to ±vmax (0..vmax unsigned), its opacity growing with |value|."""
+    colours = matplotlib.colormaps[cmap]
+    values = np.nan_to_num(np.asarray(values, dtype=np.float32))
+    if values.ndim == 3:
+        values = values.mean(axis=0)
+    if not signed:
+        values = np.maximum(values, 0.0)
+    values = _resize(values, size, smooth=True)
+    vmax = float(vmax) if vmax and np.isfinite(vmax) and vmax > 0 else 1.0
+    norm = Normalize(-vmax, vmax) if signed or cmap == SIGNED_CMAP else Normalize(0.0, vmax)
+    rgba = colours(norm(values)).astype(np.float32)
+    if image is None:
+        return rgba[..., :3]
+    gray = _resize(_to_rgb(image) @ np.array([0.299, 0.587, 0.114], dtype=np.float32), size, smooth=False)
+    under = (image_alpha * gray + (1.0 - image_alpha))[..., None]
+    alpha = (0.92 * np.clip(np.abs(values) / vmax, 0.0, 1.0) ** 0.6)[..., None]
+    return alpha * rgba[..., :3] + (1.0 - alpha) * under
+
+
+def tile_grid(
+    cells: Sequence[Sequence[Tile]],
+    *,
+    cell: float,
+    row_labels: Sequence[str] = (),
+    label_width: float = 0.0,
+    column_titles: Sequence[str] = (),
+    title: str = "",
+    colorbar: tuple[Normalize, str, str] | None = None,
+    under_lines: int = 0,
+    fontsize: float = 7.0,
+    under_fontsize: float = 5.8,
+    dpi: int = 0,
+) -> DataURI:
+    """Cells (rows x columns of :class:`Tile`) as ONE composed picture with its text drawn around it.
+
+    Every tile is pasted into one array shown with ``figimage`` (no axes per tile, no layout engine); row
+    labels sit right-aligned at the left, column titles above the first row, ``under`` lines beneath each
+    tile, and ``colorbar`` (norm, colour map name, label) at the right.
+    """
+    dpi = dpi or GRID_DPI
+    longest = max((len(line) for label in row_labels for line in _plain(label, 36).splitlines()), default=0)
+    if longest:  # room for the longest label line (DejaVu Sans averages under 0.6 em a character)
+        label_width = max(label_width, 0.6 * fontsize * 0.95 / 72 * longest + 0.12)
+    n_rows = len(cells)
+    n_cols = max((len(r) for r in cells), default=0)
+    size = tile_pixels(cell, dpi)
+    gap = max(2, int(round(0.05 * dpi)))
+    line = fontsize / 72 * 1.35  # inches per text line
+    under = under_lines * under_fontsize / 72 * 1.3
+    title_h = (line * 1.2 if title else 0.0) + (line * 1.1 if column_titles else 0.0) + 0.06
+    bar_w = 0.95 if colorbar else 0.0
+    width = label_width + n_cols * (cell + gap / dpi) + bar_w + 0.08
+    height = title_h + n_rows * (cell + under + gap / dpi) + 0.08
+    W, H = int(round(width * dpi)), int(round(height * dpi))
+    canvas = np.ones((H, W, 3), dtype=np.float32)
+    x0 = int(round(label_width * dpi))
+    y0 = int(round(title_h * dpi))
+    step_x = size + gap
+    step_y = size + gap + int(round(under * dpi))
+    with _style():
+        fig = Figure(figsize=(W / dpi, H / dpi), dpi=dpi)
+        FigureCanvasAgg(fig)
+        for r, row in enumerate(cells):
+            top = y0 + r * step_y
+            for c, tile in enumerate(row):
+                left = x0 + c * step_x
+                if tile.rgb is not None:
+                    canvas[top:top + size, left:left + size] = np.clip(tile.rgb[:size, :size], 0.0, 1.0)
+                if tile.under:
+                    fig.text((left + size / 2) / W, 1 - (top + size + 1) / H, _plain(tile.under, 26),
+                             ha="center", va="top", fontsize=under_fontsize, linespacing=1.15)
+            if r < len(row_labels) and row_labels[r]:
+                fig.text((x0 - gap * 2) / W, 1 - (top + size / 2) / H, _plain(row_labels[r], 36),
+                         ha="right", va="center", fontsize=fontsize * 0.95, linespacing=1.35)
+        fig.figimage(canvas, xo=0, yo=0, origin="upper", zorder=-10)  # under the text and the colour bar
+        for c, name in enumerate(column_titles):
+            fig.text((x0 + c * step_x + size / 2) / W, 1 - (y0 - 3) / H, _plain(name, 24),
+                     ha="center", va="bottom", fontsize=fontsize + 0.5)
+        if title:
+            fig.text(0.5, 1 - 2 / H, _plain(title, 100), ha="center", va="top", fontsize=fontsize + 1.5)
+        if colorbar is not None:
+            norm, cmap, label = colorbar
+            grid_h = n_rows * step_y - gap
+            bar_h = min(grid_h, max(1.2 * dpi, 0.8 * grid_h))
+            cax = fig.add_axes([(x0 + n_cols * step_x + 0.12 * dpi) / W, 1 - (y0 + (grid_h + bar_h) / 2) / H,
+                                0.11 * dpi / W, bar_h / H])
+            bar = fig.colorbar(ScalarMappable(norm=norm, cmap=matplotlib.colormaps[cmap]
+                                              if isinstance(cmap, str) else cmap), cax=cax)
+            bar.set_label(_plain(label, 60), fontsize=fontsize - 0.5)
+            bar.ax.tick_params(labelsize=fontsize - 1)
+            bar.outline.set_visible(False)
+        return _encode(fig, dpi)
+
+
+def _resize(array: np.ndarray, size: int, smooth: bool) -> np.ndarray:
+    """``array`` (H, W) or (H, W, C), float, resized to size x size (bilinear when ``smooth``, else nearest)."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.shape[0] == size and array.shape[1] == size:
+        return array
+    method = Image.Resampling.BILINEAR if smooth else Image.Resampling.NEAREST
+    if array.ndim == 2:
+        return np.asarray(Image.fromarray(array, mode="F").resize((size, size), method), dtype=np.float32)
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(array[..., k]), mode="F")
+                                .resize((size, size), method), dtype=np.float32) for k in range(array.shape[-1])],
+                    axis=-1)
 
 
 # -- helpers -----------------------------------------------------------------
@@ -298,7 +413,7 @@ def _encode(fig: Figure, dpi: int = DPI) -> DataURI:
 
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    image.save(buffer, format="PNG", compress_level=6)  # WeasyPrint encodes the PDF's copy itself
     return buffer.getvalue()
 
 

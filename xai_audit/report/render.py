@@ -32,6 +32,7 @@ from xai_audit.files import atomic_write, make_folder, shown, write_together
 from xai_audit.judge.recommend import MANIFEST_NAME, manifest_csv
 from xai_audit.report.artifacts import ReportArtifacts
 from xai_audit.report.display import for_display
+from xai_audit.report.figcache import figure_store
 from xai_audit.report.tables import csv_tables
 
 #: the published JSON Schema of results.json, written beside each one
@@ -107,11 +108,13 @@ def write_report(
     out_dir: Path,
     formats: list[str] = ["html", "pdf", "json"],  # noqa: B006 - never mutated
     template_dirs: list[Path] = [],  # noqa: B006 - never mutated
+    figure_cache: Path | None = None,
 ) -> dict[str, Path]:
     """Render every requested format, then write each file atomically.
 
     Beside the formats it always writes the plan as run (:data:`PLAN_NAME`) and the fine-tuning manifest,
-    the evidence the PDF embeds.
+    the evidence the PDF embeds. Figures are kept by content in ``figure_cache`` (default: the cache
+    folder the run used, from results.json), so a re-run over the same results draws none again.
 
     Everything is rendered in memory before the first file is written, so a
     failure leaves no partial report; each file goes to a temporary name in
@@ -144,7 +147,8 @@ def write_report(
     if "html" in formats or "pdf" in formats:
         from xai_audit.report.context import build_context
 
-        context = build_context(results, artifacts)
+        with figure_store(figure_cache if figure_cache is not None else _run_cache_dir(results)):
+            context = build_context(results, artifacts)
         html = shown(render_html(context, template_dirs))  # odd file-name bytes escaped
         if "html" in formats:
             payloads["html"] = html.encode("utf-8")
@@ -184,6 +188,13 @@ def _results_bytes(results: Mapping[str, Any]) -> bytes:
     # a path whose name is not UTF-8 (a lone surrogate in Python) is kept as a JSON \udcXX escape, which
     # reads back as the same path (xai-audit verify finds the file); every other character is UTF-8
     return (text + "\n").encode("utf-8", "backslashreplace")
+
+
+def _run_cache_dir(results: Mapping[str, Any]) -> Path | None:
+    """The cache folder the audit ran with (results.json's ``run.cache.dir``), where figures are kept beside
+    the steps; None when the run had no cache or the folder is not there (a report read back elsewhere)."""
+    folder = ((results.get("run") or {}).get("cache") or {}).get("dir")
+    return Path(folder) if folder and Path(folder).is_dir() else None
 
 
 def _finished(results: Mapping[str, Any]) -> datetime | None:

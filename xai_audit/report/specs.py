@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
 from xai_audit.report import figures as f
+from xai_audit.report.figcache import cached
 from xai_audit.report.heatmaps import heatmap_tiles
 
 
@@ -28,8 +29,7 @@ def render_spec(spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> di
     kind = spec.get("kind")
     if kind not in RENDERERS:
         raise ValueError(f"unknown figure kind {kind!r}; known: {sorted(RENDERERS)}")
-    with f._style():
-        src = RENDERERS[kind](spec)
+    src = _draw(spec)
     title = str(spec.get("title", ""))
     return {
         "src": src,
@@ -37,6 +37,13 @@ def render_spec(spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> di
         "caption": str(spec.get("caption") or title),
         "samples": [],
     }
+
+
+@cached
+def _draw(spec: Mapping[str, Any]) -> str:
+    """The spec's figure as a data URI, kept by content while a figure store is open (report/figcache.py)."""
+    with f._style():
+        return RENDERERS[spec["kind"]](spec)
 
 
 def _axes(spec: Mapping[str, Any], width: float = 6.0, height: float = 3.0):
@@ -103,20 +110,19 @@ def _matrix(spec: Mapping[str, Any]) -> str:
 
 
 def _images(spec: Mapping[str, Any]) -> str:
+    """Images in a grid with a title under each: one composed picture (figures.tile_grid)."""
     images = [np.asarray(im, dtype=np.float32) for im in spec["images"]]
     titles = list(spec.get("titles") or [""] * len(images))
-    columns = int(spec.get("columns", min(8, max(1, len(images)))))
-    rows = (len(images) + columns - 1) // columns
-    fig = f._figure(1.1 * columns, 1.25 * rows + (0.3 if spec.get("title") else 0))
-    if spec.get("title"):
-        fig.suptitle(f._plain(spec["title"], 80))
+    columns = max(1, int(spec.get("columns", min(8, max(1, len(images))))))
+    cell = 0.95
+    size = f.tile_pixels(cell, f.GRID_DPI)
+    cells: list[list[f.Tile]] = []
     for k, image in enumerate(images):
-        ax = fig.add_subplot(rows, columns, k + 1)
-        ax.imshow(f._to_rgb(image), interpolation="nearest")
-        ax.set_axis_off()
-        if k < len(titles) and titles[k]:
-            ax.set_title(f._plain(titles[k], 18), fontsize=6.5)
-    return f._encode(fig, dpi=f.GRID_DPI)
+        if k % columns == 0:
+            cells.append([])
+        cells[-1].append(f.Tile(f.image_tile(image, size), str(titles[k]) if k < len(titles) and titles[k] else ""))
+    lines = max((str(t).count("\n") + 1 for t in titles if t), default=0)
+    return f.tile_grid(cells, cell=cell, title=str(spec.get("title") or ""), under_lines=lines, under_fontsize=6.5)
 
 
 def _scatter(spec: Mapping[str, Any]) -> str:
