@@ -161,3 +161,20 @@ def test_image_grid_is_one_composed_picture():
     red = (pixels[..., 0] > 150) & (pixels[..., 2] < 90)
     blue = (pixels[..., 2] > 150) & (pixels[..., 0] < 90)
     assert red.sum() > 50 and blue.sum() > 50
+
+
+@pytest.mark.slow
+def test_demo_body_fits_in_twenty_pages(tmp_path, demo_cache):
+    from typer.testing import CliRunner
+
+    from xai_audit.cli import app
+
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--cache-dir", str(demo_cache), "--quiet"])
+    assert result.exit_code == 0, result.output
+    reader = _reader(out / "report.pdf")
+    pages = [page.extract_text() or "" for page in reader.pages]
+    start = next(i for i, text in enumerate(pages) if re.search(r"^\s*Appendix\s*$", text, re.M))
+    assert start <= 20, f"the body runs {start} pages"
+    assert set(reader.attachments) == {"results.json", PLAN_NAME, "finetune_manifest.csv"}
+    assert reader.attachments["results.json"][0] == (out / "results.json").read_bytes()
