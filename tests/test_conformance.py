@@ -172,20 +172,20 @@ def _write_files(folder: Path) -> None:
         SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder / "segformer")
 
 
-@parametrize_with_checks([e for e in _ENTRIES if isinstance(e, tuple)], base_dir=FILES,
+@parametrize_with_checks([e for e in _ENTRIES if type(e) is tuple], base_dir=FILES,
                          expected_failures=KNOWN_FAILURES)
 def test_built_in_plugin_conforms(check):
     check()
 
 
-@pytest.mark.parametrize("entry", [e for e in _ENTRIES if not isinstance(e, tuple)] or
+@pytest.mark.parametrize("entry", [e for e in _ENTRIES if type(e) is not tuple] or
                          [pytest.param(None, marks=pytest.mark.skip(reason="every built-in has offline options"))])
 def test_built_ins_without_offline_options(entry):
     """Placeholder, one per built-in this module cannot run (skipped with the reason)."""
 
 
 def test_every_built_in_kind_is_checked():
-    kinds = {cls.kind for cls, _ in (e for e in _ENTRIES if isinstance(e, tuple))}
+    kinds = {cls.kind for cls, _ in (e for e in _ENTRIES if type(e) is tuple)}
     assert kinds == {"hypothesis", "dataset", "model-adapter", "region-source"}
 
 
