@@ -58,6 +58,9 @@ def test_a_planted_corner_stamp_is_discovered_and_confirmed_on_held_back_images(
     entry = r["hypotheses"][corner[0]["tested_as"]]
     assert entry["verdict"] == "supported" and entry["kind"] == "shortcut" and entry["p_value_adjusted"] < 0.05
     assert "held-back images only" in entry["test"]
+    # how long each discoverer took is a fact of the run, not of the results
+    assert {"discoverer attribution-clusters", "discoverer property-slices"} <= set(r["run"]["steps"])
+    assert r["run"]["steps"]["discoverer attribution-clusters"]["seconds"] >= 0
     # in the audit's one Holm family with the plan's own hypothesis, and a finding that says where it came from
     assert r["multiple_testing"]["n_tests"] >= 2
     finding = next(f for f in r["findings"] if f.get("discovered"))

@@ -139,7 +139,8 @@ def run_audit(
             load_dataset=other_dataset_loader(registry, plan, inputs.other_datasets),
         )
         discovered = run_discovery(plan, inputs, baseline.probs, explained, cache, executor, bar.step, failures,
-                                   class_regions=dict(getattr(inputs.dataset, "class_regions", None) or {}))
+                                   class_regions=dict(getattr(inputs.dataset, "class_regions", None) or {}),
+                                   facts=facts)
         tested = run_hypotheses(plan, registry, context, inputs, explained, cache, bar.step, failures, executor,
                                 facts=facts)
     tested.entries.update(discovered.entries)  # confirmed cues are tested claims like the plan's own

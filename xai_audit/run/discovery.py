@@ -29,6 +29,7 @@ from xai_audit.limits import run_with_limit
 from xai_audit.load.loading import AuditInputs, seed_everything
 from xai_audit.plan import Plan, Step
 from xai_audit.run.cache import Cache
+from xai_audit.run.facts import RunFacts
 from xai_audit.run.serialize import hypothesis_from_cache, hypothesis_to_cache, to_jsonable
 from xai_audit.run.steps import Explained, StepBar, failure, result_dict, step_key, step_limit
 
@@ -58,8 +59,11 @@ def split(n: int, seed: int, held_out: float) -> tuple[np.ndarray, np.ndarray]:
 
 def run_discovery(plan: Plan, inputs: AuditInputs, probs: np.ndarray, explained: Explained, cache: Cache,
                   executor: Any, bar: StepBar, failures: list[dict[str, str]],
-                  class_regions: dict[str, list[str]] | None = None) -> Discovered:
-    """Every discoverer of the plan on the discovery half; every candidate confirmed on the held-back half."""
+                  class_regions: dict[str, list[str]] | None = None, facts: RunFacts | None = None) -> Discovered:
+    """Every discoverer of the plan on the discovery half; every candidate confirmed on the held-back half.
+
+    ``facts`` records each discoverer's wall time (its candidates' confirmation included)."""
+    facts = facts or RunFacts()
     samples = inputs.samples
     classes = list(inputs.model.classes)
     found, held = split(len(samples), plan.seed, plan.discover.held_out)
@@ -90,7 +94,7 @@ def run_discovery(plan: Plan, inputs: AuditInputs, probs: np.ndarray, explained:
         seed=plan.seed, predict=predict,
     )
     for step in plan.discoverers:
-        with bar(f"discoverer {step.name}"):
+        with bar(f"discoverer {step.name}"), facts.step(f"discoverer {step.name}", cache):
             try:
                 candidates = _discover(step, context, inputs, cache, summary["discovery_ids"], plan)
             except Exception as exc:  # a failing plugin is recorded, not fatal
