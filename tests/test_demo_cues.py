@@ -41,6 +41,7 @@ def test_the_demo_plants_the_cues_in_training_and_audit_but_no_hypothesis_names_
     assert not set(CUES) & set(recipe_for("faces", seed=0, shortcuts=False).train_options)
     plan = demo_plan(Path("weights.pt"), seed=0)
     assert {k: plan["dataset"][k] for k in CUES} == CUES
-    assert [next(iter(d)) for d in plan["discoverers"]] == ["attribution-clusters", "property-slices"]
+    assert [next(iter(d)) for d in plan["discoverers"]] == ["attribution-clusters", "property-slices",
+                                                                "property-shifts"]
     said = yaml.safe_dump(plan["hypotheses"]) + yaml.safe_dump(plan["explainers"])
     assert not any(word in said for word in ("stamp", "tint", "corner", "green", "background"))

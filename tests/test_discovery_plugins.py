@@ -174,7 +174,8 @@ def members_of(candidate: Candidate, name: str) -> list:
 
 
 def test_both_discoverers_register_through_the_entry_point(registry):
-    assert register_discoverers() == [AttributionClustersDiscoverer, PropertySlicesDiscoverer]
+    # the third, property-shifts, is tested in test_discovery_shifts.py
+    assert register_discoverers()[:2] == [AttributionClustersDiscoverer, PropertySlicesDiscoverer]
     for name, cls in (("attribution-clusters", AttributionClustersDiscoverer),
                       ("property-slices", PropertySlicesDiscoverer)):
         info = registry.get("discoverer", name)

@@ -6,6 +6,9 @@
 * ``property-slices``: image properties (brightness, contrast, saturation, colourfulness, sharpness, border
   colour) that separate the images predicted one class from the others; each proposed with an intervention
   that moves the property back to the data's typical value.
+* ``property-shifts``: brightness, contrast, saturation and sharpness shifted on every image; the class the
+  predictions drain into is a candidate (a cue the audited images do not show, such as darkness learned from
+  darkened training images), confirmed by the same shift on the held-back images.
 
 The host confirms every candidate on the images the discoverer did not see (``xai_audit/run/discovery.py``).
 """
@@ -13,10 +16,11 @@ The host confirms every candidate on the images the discoverer did not see (``xa
 from __future__ import annotations
 
 from xai_audit.api import DiscovererPlugin, hookimpl
+from xai_audit_discovery.shifts import PropertyShiftsDiscoverer
 from xai_audit_discovery.slices import PropertySlicesDiscoverer
 from xai_audit_discovery.spray import AttributionClustersDiscoverer
 
 
 @hookimpl
 def register_discoverers() -> list[type[DiscovererPlugin]]:
-    return [AttributionClustersDiscoverer, PropertySlicesDiscoverer]
+    return [AttributionClustersDiscoverer, PropertySlicesDiscoverer, PropertyShiftsDiscoverer]

@@ -122,6 +122,13 @@ def _scaled(images: np.ndarray, op: str, factor: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def scale_property(images: np.ndarray, op: str, factor: float) -> np.ndarray:
+    """Every image changed by ``op`` at one ``factor`` (see :func:`match_property` for what each op does;
+    1 leaves an image as it is), clipped to [0, 1]."""
+    images = np.asarray(images, np.float32)
+    return _scaled(images, op, np.full(len(images), float(factor)))
+
+
 def _blurred(images: np.ndarray) -> np.ndarray:
     """A 3x3 binomial blur of each channel, edges repeated."""
     padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")

@@ -33,6 +33,10 @@ class Candidate:
     ``intervention`` is a JSON-able spec that the discoverer's :meth:`DiscovererPlugin.intervention`
     turns into a transform; ``target_class`` is the class the cue is tied to (its predictions should
     leave that class when the cue is removed), or None when the cue is tied to no class.
+    ``intervention_adds_cue`` says the transform puts the cue on the images instead (a cue the audited
+    images do not show, such as darkness the model learned from darkened training images): the held-back
+    images as they are then stand for "cue removed", and confirmation asks whether applying the transform
+    brings ``target_class``'s predictions in.
     """
 
     name: str
@@ -46,12 +50,16 @@ class Candidate:
     #: figures described as data (xai_audit.contract.figures) and the arrays they refer to
     figures: list[dict[str, Any]] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    #: True when ``intervention`` puts the cue on the images rather than removing it
+    intervention_adds_cue: bool = False
 
     def __post_init__(self) -> None:
         if self.cue not in CUES:
             raise ValueError(f"candidate {self.name!r}: cue must be one of {', '.join(CUES)}, not {self.cue!r}")
         if not self.description:
             raise ValueError(f"candidate {self.name!r} has no description")
+        if self.intervention_adds_cue and self.target_class is None:
+            raise ValueError(f"candidate {self.name!r}: an intervention that adds the cue needs a target_class")
 
 
 @dataclass

@@ -46,8 +46,9 @@ def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 1400, shortcuts: bo
                                  "label_regions": ["eyes", "brows", "mouth"]}},
             {"mask-lower-face": {}},
         ],
-        # look for what nobody named: on half the faces, confirmed on the other half
-        "discoverers": [{"attribution-clusters": {}}, {"property-slices": {}}],
+        # look for what nobody named: on half the faces, confirmed on the other half. property-shifts finds
+        # darker => 'sad' without the luminance hypothesis (the audited faces are not dark: it asks the model)
+        "discoverers": [{"attribution-clusters": {}}, {"property-slices": {}}, {"property-shifts": {}}],
         "discover": {"held_out": 0.5},
         "report": {"title": "Demo audit: emotion CNN on synthetic faces"},
         "system": demo_system(seed=seed, shortcuts=shortcuts),

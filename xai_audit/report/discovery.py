@@ -36,7 +36,8 @@ def discovery(results: Mapping[str, Any]) -> dict[str, Any] | None:
         "intro": (
             f"Discoverers looked for cues nobody named on {len(data.get('discovery_ids') or [])} of the audited "
             f"images; each candidate was then tested on the other {len(data.get('held_back_ids') or [])}, which "
-            "no discoverer saw, by removing the cue and comparing the model's predictions (paired test, in the "
+            "no discoverer saw, by removing the cue (or, for a cue the images do not show, putting it on them) and "
+            "comparing the model's predictions (paired test, in the "
             "audit's Holm correction). Only a confirmed candidate is a finding; its figures and numbers are "
             "under Hypotheses."),
         "note": str(data.get("note") or ""),

@@ -161,6 +161,7 @@ def _candidate_row(step: Step, candidate: Candidate, classes: Sequence[str], nam
         "class": classes[target] if target is not None and 0 <= target < len(classes) else None,
         "members": list(candidate.members),
         "intervention": candidate.intervention,
+        "intervention_adds_cue": candidate.intervention_adds_cue,
         "evidence": candidate.evidence,
         "tested_as": name,
     })
@@ -170,7 +171,8 @@ def _confirm(step: Step, plugin: Any, candidate: Candidate, context: HypothesisC
              base_key: dict, plan: Plan) -> HypothesisResult:
     """The candidate's intervention on the held-back images, and the paired test (cached)."""
     key = step_key("confirmation", step, base_key,
-                   [candidate.name, candidate.intervention, candidate.target_class, [s.id for s in context.samples]])
+                   [candidate.name, candidate.intervention, candidate.target_class, candidate.intervention_adds_cue,
+                    [s.id for s in context.samples]])
     with cache.claim(key):
         hit = cache.get(key)
         if hit is not None:
@@ -186,7 +188,8 @@ def confirm(plugin: Any, candidate: Candidate, context: HypothesisContext) -> Hy
     """One candidate's confirmation, uncached: its discoverer's intervention on ``context`` (the held-back
     images) and the paired test. What the audit runs, and what a null-audit simulation calls directly."""
     transform = plugin.intervention(candidate.intervention)
-    what = f"the cue is removed ({candidate.description})"
+    what = (f"the cue is put on the images ({candidate.description})" if candidate.intervention_adds_cue
+            else f"the cue is removed ({candidate.description})")
     run = apply_and_predict(context, transform, what=what)
     result = compare(context, run, what=what, options=InterventionOptions())
     if candidate.target_class is not None:
@@ -205,12 +208,15 @@ def _class_loss(engine: HypothesisResult, run: Any, candidate: Candidate, classe
     """The primary claim of a cue tied to a class: removing it takes that class's predictions away.
 
     The engine's accuracy (or flip-rate) test stays in ``details``; it is not a further test of
-    the Holm family, so each candidate counts once.
+    the Holm family, so each candidate counts once. A candidate whose intervention puts the cue on the
+    images (``intervention_adds_cue``) is read the other way round: the transformed images are the ones
+    with the cue (``before``), the images as they are the ones without (``after``).
     """
     k = int(candidate.target_class)
     name = classes[k]
-    before = run.before.argmax(axis=1) == k
-    after = run.after.argmax(axis=1) == k
+    with_cue, without = (run.after, run.before) if candidate.intervention_adds_cue else (run.before, run.after)
+    before = with_cue.argmax(axis=1) == k
+    after = without.argmax(axis=1) == k
     n = len(before)
     p_value, lost, gained = mcnemar_exact(before, after)
     drop = float(before.mean() - after.mean()) if n else 0.0
@@ -228,7 +234,8 @@ def _class_loss(engine: HypothesisResult, run: Any, candidate: Candidate, classe
     return dataclasses.replace(
         engine,
         claim=f"The model predicts '{name}' because of a cue nobody named: {candidate.description}.",
-        metric=f"share of held-back images predicted '{name}'",
+        metric=(f"share of held-back images predicted '{name}' with the cue put on them (before) and as they are "
+                f"(after)" if candidate.intervention_adds_cue else f"share of held-back images predicted '{name}'"),
         before=float(before.mean()) if n else None,
         after=float(after.mean()) if n else None,
         effect=drop,
@@ -237,7 +244,9 @@ def _class_loss(engine: HypothesisResult, run: Any, candidate: Candidate, classe
         verdict="supported" if supported else "not supported",
         n=n,
         test=(f"held-back images only (never seen by the discoverer): exact McNemar test on paired 'predicted "
-              f"{name}' before/after removing the cue; 95 % paired bootstrap interval of the share lost"),
+              f"{name}' " + ("with the cue put on / as they are" if candidate.intervention_adds_cue
+                             else "before/after removing the cue")
+              + "; 95 % paired bootstrap interval of the share lost"),
         details=details,
         tests=[],
     )
