@@ -95,7 +95,7 @@ class TopologyExplainer(ExplainerPlugin):
                                    tokens=opts.tokens)
         main = self._layer_cloud(clouds[layer], seed)
         found = assess(main.reduced, opts.dims, self._selector(), null_clouds=opts.null_clouds, alpha=opts.alpha,
-                       seed=seed, n_threads=opts.n_threads)
+                       seed=seed, n_threads=opts.n_threads, method=opts.significance)
         dgms, sig = found.diagrams, found.significance
         features, significant = self._features(main, dgms, sig, ids)
 
@@ -121,7 +121,7 @@ class TopologyExplainer(ExplainerPlugin):
         else:
             sample_ids, explained = [], np.zeros(0, dtype=np.int64)
             maps = np.zeros((0,) + images.shape[2:], dtype=np.float32)
-            notes.insert(1, "No feature was collapsed (collapse_steps is 0, or the diagram has no feature to collapse).")
+            notes.insert(1, self._no_collapse_note(significant))
 
         layer_rows, layer_specs = self._per_layer(summary_layers, clouds, layer, main, dgms, predicted,
                                                   list(model.classes), seed)
@@ -179,6 +179,9 @@ class TopologyExplainer(ExplainerPlugin):
         for k in dgms.dims:
             found = [f for f in significant if f["dim"] == k]
             name = KINDS.get(k, "feature")
+            if k not in sig.threshold:
+                parts.append(f"{name}s (H{k}) not tested")
+                continue
             if not found:
                 parts.append(f"no significant {name} (H{k})")
                 continue
@@ -209,7 +212,26 @@ class TopologyExplainer(ExplainerPlugin):
             f"Cloud: layer {cloud.layer}, {what}{sub}. {pca}; persistence on {len(main.landmarks)} {method} landmarks, "
             f"Vietoris–Rips in H{', H'.join(str(k) for k in dgms.dims)} with giotto-ph on {opts.n_threads} thread(s)."
         )
-        if sig is not None:
+        if sig is not None and sig.method == "bootstrap":
+            text += (
+                f" Significance: a bootstrap confidence set of the diagram (Fasy et al. 2014): the landmarks resampled "
+                f"with replacement {sig.null_clouds} times; a feature is significant when its half-persistence exceeds "
+                f"the {100 * (1 - sig.alpha / len(sig.threshold)):.1f} % quantile of the bottleneck distances between "
+                f"the resamples' diagrams and the data's (α = {sig.alpha:g}/{len(sig.threshold)}): "
+                + "; ".join(sig.describe(k) for k in sorted(sig.threshold)) + "."
+            )
+        elif sig is not None and sig.method == "universal":
+            untested = [k for k in dgms.dims if k not in sig.threshold]
+            text += (
+                " Significance: Bobrowski and Skraba's universal law, no simulation: each loop's or void's ℓ "
+                "(½·log log(death/birth), centred on its diagram's mean) against the left Gumbel law, for the largest "
+                f"of its diagram's features, at α = {sig.alpha:g}/{len(opts.dims)}"
+                + (f"; components against {sig.null_clouds} Gaussian clouds" if 0 in sig.threshold else "")
+                + ": " + "; ".join(sig.describe(k) for k in sorted(sig.threshold))
+                + (f"; H{', H'.join(map(str, untested))} not tested (the law covers loops and voids only)"
+                   if untested else "") + "."
+            )
+        elif sig is not None:
             text += (
                 f" Significance: each loop's or void's ℓ (½·log log(death/birth), centred on its diagram's mean; a "
                 f"component's log(death/median death)) against the largest such value in {sig.null_clouds} Gaussian clouds "
@@ -268,7 +290,9 @@ class TopologyExplainer(ExplainerPlugin):
         candidates = [f for f in significant if opts.collapse_dim == "auto" or f["dim"] == opts.collapse_dim]
         if opts.collapse_dim == "auto":
             higher = [f for f in candidates if f["dim"] >= 1]
-            candidates = higher or candidates
+            candidates = higher or [f for f in candidates if not _isolated(f)]
+            if not candidates and significant:
+                return None  # only isolated images are significant: said so, not collapsed (see _no_collapse_note)
         if candidates:
             feature = max(candidates, key=lambda f: f["strength"])
         else:  # nothing significant: collapse the largest feature of the wanted dimension, and say so
@@ -291,6 +315,15 @@ class TopologyExplainer(ExplainerPlugin):
         if not result.modified:
             return None
         return result, feature
+
+    def _no_collapse_note(self, significant: list[dict[str, Any]]) -> str:
+        opts: TopologyOptions = self.options
+        if opts.collapse_steps and opts.collapse_dim == "auto" and significant and all(map(_isolated, significant)):
+            n = len({i for f in significant for i in f["images"]})
+            return (f"No feature was collapsed: no loop or void is significant, and the only significant components "
+                    f"are {n} isolated image(s), each far from all the others in this layer (outliers, listed in the "
+                    "features table), not a structure of the data; collapsing them would only move those images.")
+        return "No feature was collapsed (collapse_steps is 0, or the diagram has no feature to collapse)."
 
     def _report_collapse(self, model, collapsed, images, predicted, cloud_samples, notes, tables, arrays, specs,
                          suggested):
@@ -485,3 +518,8 @@ def _median_distance(points: np.ndarray) -> float:
     d = pdist(points[:400]) if len(points) > 1 else np.ones(1)
     scale = float(np.median(d))
     return scale if scale > 0 else 1.0
+
+
+def _isolated(feature: dict[str, Any]) -> bool:
+    """A significant component carried by one or two images: an outlier, not a structure."""
+    return feature["dim"] == 0 and len(feature["images"]) <= 2

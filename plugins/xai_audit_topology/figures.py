@@ -21,7 +21,9 @@ def diagram(dgms: Diagrams, sig: Significance | None, layer: str) -> dict[str, A
         if sig is not None and k in sig.threshold and len(finite):
             flags = list(sig.significant(k, sig.statistic(k, finite))) + [False] * (len(dgm) - len(finite))
             entry["significant"] = [bool(f) for f in flags]
-            entry["level" if k == 0 else "ratio"] = sig.line(k, finite)
+            line = sig.line(k, finite)
+            if line is not None:
+                entry["level" if k == 0 else "ratio"] = line
         dims.append(entry)
     line = (
         " Dashed lines: the significance thresholds (death = threshold × birth for loops and voids; a level for "

@@ -25,7 +25,13 @@ class TopologyOptions(Options):
     pca_dims: int = Field(64, ge=2, description="reduce the activations to at most this many principal components")
     landmarks: int = Field(200, ge=10, description="points persistence is computed on")
     landmark_method: Literal["farthest", "random"] = "farthest"
-    null_clouds: int = Field(19, ge=0, description="Gaussian clouds in the significance test (0: no test)")
+    significance: Literal["monte-carlo", "universal", "bootstrap"] = Field("monte-carlo", description=(
+        "the test of each feature: Gaussian noise clouds through the same pipeline (monte-carlo), Bobrowski and "
+        "Skraba's universal law for loops and voids, no simulation (universal; components keep the Monte Carlo), "
+        "or a bootstrap confidence set of the diagram (bootstrap, Fasy et al.); the published FER study's tdads "
+        "offers the last two"))
+    null_clouds: int = Field(19, ge=0, description="Gaussian clouds (monte-carlo) or resamples (bootstrap) in the "
+                                                   "significance test (0: no test, but the universal law's)")
     alpha: float = Field(0.05, gt=0, lt=1, description="significance level, split over the dimensions")
     collapse_steps: int = Field(20, ge=0, description="gradient steps that collapse one feature (0: none)")
     collapse_dim: Literal["auto", 0, 1, 2] = Field("auto", description="dimension of the feature to collapse")

@@ -20,6 +20,25 @@ a feature is significant when its statistic exceeds both the value whose
 p-value is ``alpha / len(dims)`` (Bonferroni over dimensions; the maximum
 already accounts for the many features of one diagram) and every null
 maximum seen.
+
+Two other tests, those of the published FER study (its tdads tools), are
+offered beside this Monte Carlo (``significance``):
+
+* ``universal``: no simulation. Bobrowski and Skraba's result is that ℓ of a
+  loop or void of noise follows one law whatever the cloud, the left Gumbel
+  (P(ℓ > x) = exp(−eˣ)); a feature is significant when its p-value, taken
+  for the largest of the diagram's own n features (1 − (1 − exp(−eˡ))ⁿ), is
+  below α / len(dims). The law says nothing of components: H0 keeps the
+  Monte Carlo (or no test when ``null_clouds`` is 0).
+* ``bootstrap``: a confidence set of the diagram (Fasy et al. 2014, "Confidence
+  sets for persistence diagrams"; TDApplied's and tdads'
+  ``bootstrap_persistence_thresholds``). The landmarks are resampled with
+  replacement ``null_clouds`` times; the (1 − α / len(dims)) quantile c of
+  the bottleneck distances between each resample's diagram and the data's
+  bounds how far the diagram may move; a feature is significant when its
+  half-persistence (death − birth) / 2 exceeds c, i.e. its confidence box
+  stays off the diagonal. Its p-value is the share of resamples at least
+  that far away.
 """
 
 from __future__ import annotations
@@ -38,6 +57,8 @@ MIN_SELF = 3
 MIN_NULL = 5
 #: ... for the largest of this many features
 UNIVERSAL_FEATURES = 100
+#: the significance tests offered
+SIGNIFICANCE = ("monte-carlo", "universal", "bootstrap")
 
 
 @dataclass
@@ -105,6 +126,12 @@ def statistic(dgm: np.ndarray, k: int, reference: float | None = None) -> np.nda
     return 0.5 * ll - 0.5 * centre - EULER_GAMMA
 
 
+def universal_statistic(dgm: np.ndarray, k: int) -> np.ndarray:
+    """ℓ with A = 1, as TDApplied's ``universal_null`` takes it for Rips filtrations: log log(death/birth)
+    minus its mean over the diagram, minus γ (twice :func:`statistic`'s ½-scaled ℓ, plus γ)."""
+    return 2.0 * statistic(dgm, k) + EULER_GAMMA
+
+
 def to_line(dgm: np.ndarray, k: int, value: float, reference: float | None = None) -> float:
     """The statistic ``value`` as a line on the diagram: a death level (H0) or a death/birth ratio."""
     dgm = dgm[np.isfinite(dgm[:, 1])]
@@ -128,30 +155,62 @@ class Significance:
     gumbel: dict[int, tuple[float, float]] = field(default_factory=dict)
     #: mean log log(death/birth) of the noise clouds' features, per dimension (None: they had none)
     reference: dict[int, float | None] = field(default_factory=dict)
-    #: dimensions where the noise clouds had too few features and the universal law sets the threshold
+    #: dimensions where the universal law sets the threshold (the noise clouds had too few features, or
+    #: ``significance: universal``), and for how many features its maximum is taken
     universal: set[int] = field(default_factory=set)
+    universal_n: dict[int, int] = field(default_factory=dict)
+    #: "monte-carlo", "universal" or "bootstrap" (see the module's text)
+    method: str = "monte-carlo"
+    #: bootstrap: per dimension, the bottleneck distance of each resample's diagram to the data's
+    bootstrap: dict[int, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
 
     def statistic(self, k: int, dgm: np.ndarray) -> np.ndarray:
+        if k in self.bootstrap:  # half-persistence: the distance to the diagonal in the bottleneck's max-norm
+            dgm = dgm[np.isfinite(dgm[:, 1])]
+            return (dgm[:, 1] - dgm[:, 0]) / 2.0
+        if self.method == "universal" and k > 0:
+            return universal_statistic(dgm, k)
         return statistic(dgm, k, self.reference.get(k))
 
-    def line(self, k: int, dgm: np.ndarray) -> float:
+    def line(self, k: int, dgm: np.ndarray) -> float | None:
+        """The threshold as a line of the diagram figure; None for the bootstrap's band (death − birth = 2c)."""
+        if k in self.bootstrap:
+            return None
+        if self.method == "universal" and k > 0:  # A = 1 back to the A = 1/2 statistic that to_line reads
+            return to_line(dgm, k, (self.threshold[k] - EULER_GAMMA) / 2.0)
         return to_line(dgm, k, self.threshold[k], self.reference.get(k))
 
     def p_values(self, k: int, stats: np.ndarray) -> np.ndarray:
-        """P(largest null statistic >= s) under the fitted Gumbel law."""
-        if k in self.universal:  # P(the largest of UNIVERSAL_FEATURES left-Gumbel variables >= s)
+        """P(largest null statistic >= s) under the fitted Gumbel law (or the universal law; or the share of
+        bootstrap resamples at least that far from the data's diagram)."""
+        if k in self.bootstrap:
+            seen = self.bootstrap[k]
+            s = np.asarray(stats, dtype=np.float64)
+            return (1.0 + (seen[None, :] >= s[:, None]).sum(axis=1)) / (len(seen) + 1.0)
+        if k not in self.threshold:
+            return np.full(len(np.asarray(stats)), np.nan)
+        if k in self.universal:  # P(the largest of n left-Gumbel variables >= s)
+            n = self.universal_n.get(k, UNIVERSAL_FEATURES)
             tail = np.exp(-np.exp(np.asarray(stats, dtype=np.float64)))
-            return np.clip(-np.expm1(UNIVERSAL_FEATURES * np.log1p(-np.minimum(tail, 1 - 1e-16))), 0.0, 1.0)
+            return np.clip(-np.expm1(n * np.log1p(-np.minimum(tail, 1 - 1e-16))), 0.0, 1.0)
         mu, beta = self.gumbel[k]
         z = (np.asarray(stats, dtype=np.float64) - mu) / beta
         return np.clip(-np.expm1(-np.exp(-z)), 0.0, 1.0)  # 1 - exp(-exp(-z)), accurate for small p
 
     def significant(self, k: int, stats: np.ndarray) -> np.ndarray:
+        if k not in self.threshold:  # a dimension this test does not cover (H0 under the universal law alone)
+            return np.zeros(len(np.asarray(stats)), bool)
         return np.asarray(stats) > self.threshold[k]
 
     def describe(self, k: int) -> str:
         what = "log(death / median death)" if k == 0 else "ℓ"
+        if k in self.bootstrap:
+            return (f"H{k}: (death − birth) / 2 > {self.threshold[k]:.3g} (the {100 * (1 - self.alpha / len(self.threshold)):.1f} % "
+                    f"quantile of the bottleneck distances of {len(self.bootstrap[k])} bootstrap resamples)")
+        if k in self.universal and self.method == "universal":
+            return (f"H{k}: ℓ > {self.threshold[k]:.3g} (the universal law's bound for the largest of the diagram's "
+                    f"{self.universal_n.get(k, 0)} features)")
         if k in self.universal:
             return (f"H{k}: {what} > {self.threshold[k]:.3g} (the noise clouds had almost no H{k} features; the universal "
                     f"law's bound for the largest of {UNIVERSAL_FEATURES})")
@@ -205,6 +264,57 @@ def null_test(
     return result
 
 
+def universal_test(dgms: Diagrams, dims: Sequence[int], *, alpha: float = 0.05,
+                   h0: Significance | None = None) -> Significance:
+    """Bobrowski and Skraba's universal law for every loop and void of ``dgms``, no simulation; components
+    (which the law does not cover) keep ``h0``'s Monte Carlo test when given, else are not tested."""
+    start = time.perf_counter()
+    result = Significance(alpha=alpha, null_clouds=h0.null_clouds if h0 is not None else 0, method="universal")
+    level = alpha / max(1, len(dims))
+    for k in dims:
+        if k == 0:
+            if h0 is not None and 0 in h0.threshold:
+                result.threshold[0], result.null_max[0] = h0.threshold[0], h0.null_max[0]
+                result.gumbel[0], result.reference[0] = h0.gumbel[0], h0.reference.get(0)
+                if 0 in h0.universal:
+                    result.universal.add(0)
+            continue
+        n = max(1, len(dgms.finite(k)))
+        result.universal.add(k)
+        result.universal_n[k] = n
+        result.gumbel[k] = (0.0, 1.0)
+        result.threshold[k] = _universal_bound(level, n)  # ℓ (A = 1) whose p-value is the level, for n features
+    result.seconds = time.perf_counter() - start + (h0.seconds if h0 is not None else 0.0)
+    return result
+
+
+def bootstrap_test(reduced: np.ndarray, dgms: Diagrams, dims: Sequence[int],
+                   select: Callable[[np.ndarray, int], np.ndarray], *, resamples: int = 19, alpha: float = 0.05,
+                   seed: int = 0, n_threads: int = 2) -> Significance:
+    """The bootstrap confidence set of ``dgms``, the diagram of the landmarks ``select`` picked from ``reduced``:
+    each resample draws the cloud's points with replacement and goes through the same landmark selection and
+    persistence (see the module's text)."""
+    from xai_audit_topology.bottleneck import bottleneck
+
+    start = time.perf_counter()
+    rng = np.random.default_rng([seed, 4027])
+    distances: dict[int, list[float]] = {k: [] for k in dims}
+    for b in range(resamples):
+        resample = np.unique(reduced[rng.integers(0, len(reduced), len(reduced))], axis=0)
+        boot = rips(resample[select(resample, seed + 1 + b)], dims, n_threads=n_threads, generators=False)
+        for k in dims:
+            distances[k].append(bottleneck(boot.finite(k), dgms.finite(k)))
+    result = Significance(alpha=alpha, null_clouds=resamples, method="bootstrap")
+    level = alpha / max(1, len(dims))
+    for k in dims:
+        seen = np.asarray(distances[k], dtype=np.float64)
+        result.bootstrap[k] = seen
+        result.null_max[k] = seen
+        result.threshold[k] = float(np.quantile(seen, 1.0 - level)) if len(seen) else float("inf")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
 def _universal_bound(level: float, n: int) -> float:
     """x with P(max of n left-Gumbel variables > x) = level: (1 - exp(-e^x))^n = 1 - level."""
     return math.log(-math.log(1.0 - (1.0 - level) ** (1.0 / n)))
@@ -235,11 +345,25 @@ def assess(
     alpha: float = 0.05,
     seed: int = 0,
     n_threads: int = 2,
+    method: str = "monte-carlo",
 ) -> Assessment:
-    """Landmarks of ``reduced`` by ``select``, their Rips diagrams, and the null test (none when null_clouds is 0)."""
+    """Landmarks of ``reduced`` by ``select``, their Rips diagrams, and the significance test ``method``
+    (monte-carlo, universal or bootstrap; ``null_clouds`` noise clouds or resamples, none when 0 except for
+    the universal law's loops and voids)."""
+    if method not in SIGNIFICANCE:
+        raise ValueError(f"unknown significance test {method!r}; known: {', '.join(SIGNIFICANCE)}")
     chosen = select(reduced, seed)
     dgms = rips(reduced[chosen], dims, n_threads=n_threads)
     sig = None
-    if null_clouds > 0:
+    if method == "universal":
+        h0 = None
+        if 0 in dims and null_clouds > 0:
+            h0 = null_test(reduced, [0], select, null_clouds=null_clouds, alpha=alpha / len(dims), seed=seed,
+                           n_threads=n_threads)
+        sig = universal_test(dgms, dims, alpha=alpha, h0=h0)
+    elif method == "bootstrap" and null_clouds > 0:
+        sig = bootstrap_test(reduced, dgms, dims, select, resamples=null_clouds, alpha=alpha, seed=seed,
+                             n_threads=n_threads)
+    elif null_clouds > 0:
         sig = null_test(reduced, dims, select, null_clouds=null_clouds, alpha=alpha, seed=seed, n_threads=n_threads)
     return Assessment(chosen, dgms, sig)
