@@ -2,7 +2,7 @@
 
     python -m bench                        # everything (sized for under 10 minutes on 2 quiet cores)
     python -m bench --quick                # smaller sizes, the demo CNN only (about 2 minutes)
-    python -m bench --only attribution     # or topology, memory, ray, discovery; comma-separated for several
+    python -m bench --only attribution     # or topology, memory, ray, discovery, report, audit; comma-separated
     python -m bench --out results.md       # where the markdown copy goes (default: bench-results.md)
 
 Five parts (docs/benchmarks.md explains every column):
@@ -15,7 +15,10 @@ Five parts (docs/benchmarks.md explains every column):
 * memory: peak RSS of a real audit against the number of images, with its slope;
 * ray: the same CPU-bound audit on two Ray workers against one (speed-up, target 1.6);
 * discovery: the false-alarm rate of null audits against 5 %, the extra model passes per image, and the
-  time against N with its growth exponent, against a third of an audit without discovery (bench/discovery.py).
+  time against N with its growth exponent, against a third of an audit without discovery (bench/discovery.py);
+* audit: a whole audit (LIME, Occlusion, Integrated Gradients, Grad-CAM, each with its trust step) on the demo
+  CNN, a ResNet-18 and a grayscale mini-Xception: per step its time against its model passes, and each trust
+  step's passes against its explainer's (bench/audit_cost.py).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from bench.common import Row, Section, machine, machine_line, summary_markdown, summary_text
 
-PARTS = ("attribution", "topology", "memory", "ray", "discovery", "report")
+PARTS = ("attribution", "topology", "memory", "ray", "discovery", "report", "audit")
 
 
 def parse_only(value: str) -> list[str]:
@@ -69,7 +72,8 @@ def _run_part(part: str, args: argparse.Namespace) -> tuple[list[Row], list[Sect
         return attribution.run([m.strip() for m in models.split(",")], args.quick, repeats)
     from importlib import import_module
 
-    return import_module(f"bench.{'ray_scaling' if part == 'ray' else part}").run(args.quick)
+    module = {"ray": "ray_scaling", "audit": "audit_cost"}.get(part, part)
+    return import_module(f"bench.{module}").run(args.quick)
 
 
 def main(argv: list[str] | None = None) -> None:

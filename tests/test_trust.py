@@ -264,13 +264,17 @@ def test_agreement_survives_constant_maps():
     assert spearman(a, a)[0] == pytest.approx(1.0)
 
 
-def test_deletion_reads_an_all_negative_map_in_its_own_order():
-    """Quantus refuses a map with nothing above zero; the deletion curve depends on the order alone."""
-    from xai_audit.judge.trust import _quantus_deletion
+def test_deletion_is_quantus_pixel_flipping_in_the_insertion_passes():
+    """Deletion is written by hand so that its canvases share full passes with insertion's: at every step where
+    Quantus' PixelFlipping has removed whole pixels it gives the same probabilities; an all-negative map (which
+    Quantus refuses) is read in its own order; and the model sees 2k + 1 canvases per image."""
+    from xai_audit.judge.trust import _curves, _quantus
 
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(7)).eval()
     module(torch.zeros(1, 3, 8, 8))
+    seen = []
+    module.register_forward_hook(lambda _m, args, _out: seen.append(int(args[0].shape[0])))
 
     class Adapter:
         device = "cpu"
@@ -280,6 +284,61 @@ def test_deletion_reads_an_all_negative_map_in_its_own_order():
     adapter.forward = module
     images = np.random.default_rng(0).random((2, 3, 8, 8)).astype(np.float32)
     maps = np.random.default_rng(1).random((2, 8, 8)).astype(np.float32)
-    positive = _quantus_deletion(adapter, images, np.array([0, 1]), maps, k=12, batch=2)
-    negative = _quantus_deletion(adapter, images, np.array([0, 1]), maps - 2.0, k=12, batch=2)
-    np.testing.assert_allclose(negative, positive)
+    targets = np.array([0, 1])
+    deletion, insertion = _curves(adapter, images, targets, maps, k=12, batch=50)
+    assert deletion.shape == insertion.shape == (2, 13) and seen == [50]  # both images' 25 canvases, one pass
+    metric = _quantus().PixelFlipping(features_in_step=3 * 64 // 12, perturb_baseline=0.0, normalise=False,
+                                      abs=False, disable_warnings=True, display_progressbar=False)
+    reference = np.asarray(metric(model=module, x_batch=images, y_batch=targets, a_batch=maps[:, None],
+                                  channel_first=True, softmax=True, device="cpu", batch_size=2))
+    whole = [3, 6, 9, 12]  # 16 values a step: whole pixels after every third step
+    np.testing.assert_allclose(deletion[:, whole], reference[:, [j - 1 for j in whole]], atol=1e-6)
+    with torch.no_grad():
+        full = torch.softmax(module(torch.as_tensor(images)), 1).numpy()[[0, 1], targets]
+    np.testing.assert_allclose(deletion[:, 0], full, atol=1e-6)
+    np.testing.assert_allclose(insertion[:, -1], full, atol=1e-6)
+    negative, _ = _curves(adapter, images, targets, maps - 2.0, k=12, batch=50)
+    np.testing.assert_allclose(negative, deletion)
+
+
+# --------------------------------------------------------------------------- what the trust step costs
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 8, 12, 24, 100])
+def test_the_default_sanity_check_re_explains_at_most_half_the_explained_images(n):
+    samples, stages = trust.sanity_size(n, None, None)
+    assert samples >= 1 and stages >= 1 and samples * stages <= max(1, n // 2)
+    assert samples <= trust.SANITY_MAX_SAMPLES
+    assert trust.sanity_size(n, 3, 2) == (3, 2)  # what the plan says stands
+    given_samples, chosen_stages = trust.sanity_size(n, 2, None)
+    assert given_samples == 2 and 1 <= chosen_stages <= 3
+    assert trust.sanity_size(12, None, None) == (2, 3)  # the default audit: 12 images, 6 re-explanations
+
+
+def test_the_trust_step_costs_the_passes_it_states(registry, monkeypatch):
+    """Every image through the model in one explainer's trust step, counted: 2k + 1 curve canvases per image,
+    the random order's as many once, and the sanity re-explanations at the explainer's own passes per image,
+    as results.json states them (trust.model_passes). bench/audit_cost.py compares them with the explainer's."""
+    monkeypatch.setenv("XAI_AUDIT_BATCH_SIZE", "32")  # no probe passes among the counted ones
+    model, samples = LinearAdapter(), _samples(8)
+    seen: list[int] = []
+    model.module.register_forward_hook(lambda _m, args, _out: seen.append(int(args[0].shape[0])))
+    session = _session(model, samples, steps=12, sanity_samples=None, sanity_stages=None)
+    info = registry.get("explainer", "occlusion")
+    occlusion = info.cls(info.cls.Options(window=4, stride=4))
+    maps = occlusion.explain_maps(model, samples, session.targets, 0)
+    explainer = sum(seen)
+    assert explainer == 8 * (16 + 1)  # 16 windows and the image itself, per image
+    seen.clear()
+    session.random_reference()
+    assert sum(seen) == 8 * 25
+    seen.clear()
+    data, _ = trust.explainer_trust(session, occlusion, maps)
+    stated = data["model_passes"]
+    assert stated == {"curve_forward_images": 8 * 25, "random_order_forward_images": 8 * 25,
+                      "sanity_re_explanations": 2}  # 2 images x 2 stages at most (half of 8); one layer: 1 stage
+    assert trust.sanity_size(8, None, None) == (2, 2)
+    assert data["sanity"]["n_samples"] * len(data["sanity"]["stages"]) == 2
+    assert sum(seen) == stated["curve_forward_images"] + stated["sanity_re_explanations"] * 17
+    # the curves' passes are full batches: never one canvas alone
+    assert min(seen) >= 2

@@ -5,11 +5,13 @@ and (for sanity) the explainer itself. Quantus supplies the metrics it has;
 what it lacks is written here, and each such place says so.
 
 * **Faithfulness.** Deletion: pixels set to black in the map's order, most
-  important first, recording the target probability (Quantus
-  ``PixelFlipping``). Insertion: pixels of the image revealed in the same
-  order over a blurred copy (Petsiuk et al., 2018; by hand: Quantus has no
-  insertion curve). Both curves are summarised by their area (AUC) and
-  compared with the same curves for a random pixel order. A faithful map
+  important first, recording the target probability (as Quantus
+  ``PixelFlipping`` does; by hand, so that its canvases share full passes
+  with insertion's: a test checks it against Quantus). Insertion: pixels of
+  the image revealed in the same order over a blurred copy (Petsiuk et al.,
+  2018; by hand: Quantus has no insertion curve). Both curves are summarised
+  by their area (AUC) and compared with the same curves for a random pixel
+  order. A faithful map
   gives a low deletion AUC and a high insertion AUC; per heatmap the score is
   insertion AUC - deletion AUC.
 * **Sanity.** The cascading model-parameter randomisation test (Adebayo et
@@ -40,6 +42,18 @@ what it lacks is written here, and each such place says so.
   absolute maps, averaged over a coarse grid (16 x 16 at most) so that
   pixel-level noise does not hide shared structure.
 
+**Cost**, in images through the model (``cost``, in results.json as each
+explainer's ``trust.model_passes``): 2k + 1 forward passes per explained image
+for the curves (k steps, 12 by default), in passes at the model's best batch
+size, and the sanity check's re-explanations on randomised copies, each costing
+what the explainer spends on one image: by default at most half the explained
+images' count, all stages together (``sanity_size``), so that the check costs at
+most half its explainer. The random order's curves cost 2k + 1 passes per image
+once per audit. An explainer that spends more than 2(2k + 1) passes per image
+(LIME, Occlusion, Integrated Gradients at their defaults) thus costs more than
+its trust step; one that spends a single pass (saliency, Grad-CAM) has a trust
+step bounded by the curves (``python -m bench --only audit`` measures both).
+
 Quantus is imported only when a metric runs (its import takes seconds).
 """
 
@@ -54,11 +68,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from xai_audit.contract.batching import best_batch_size, chunks
+from xai_audit.contract.batching import best_batch_size, chunks, forward_in_best_layout
 from xai_audit.contract.types import FACE_REGIONS, ExplainerPlugin, ModelAdapter, Sample
 
 #: bump when a metric's definition changes, so cached trust results are recomputed
-TRUST_VERSION = 2  # 2: sanity's similarity leaves out the pixels both maps leave at zero
+TRUST_VERSION = 3  # 2: sanity's similarity leaves out the pixels both maps leave at zero; 3: deletion by hand in the insertion's passes, default sanity size
 #: Spearman similarity of |map| between the trained and the fully randomised model at or above which
 #: the maps "barely change" (sanity fails) ...
 SANITY_THRESHOLD = 0.7
@@ -73,12 +87,55 @@ AGREEMENT_GRID = 16
 _SANITY_SHOWN = 4
 
 
+#: the default sanity check re-explains at most this share of the explained images' count, all stages together
+SANITY_BUDGET = 0.5
+#: ... on at most this many images (the verdict reads the last stage; more images barely move it)
+SANITY_MAX_SAMPLES = 4
+
+
 @dataclass
 class TrustSettings:
+    """``sanity_samples`` / ``sanity_stages`` None: chosen by :func:`sanity_size` from the number of explained
+    images, so that the check costs at most half its explainer."""
+
     steps: int = 12
-    sanity_samples: int = 4
-    sanity_stages: int = 3
+    sanity_samples: int | None = None
+    sanity_stages: int | None = None
     regions: list[str] | None = None
+
+
+def sanity_size(n_explained: int, samples: int | None, stages: int | None) -> tuple[int, int]:
+    """(images, stages) of the sanity check: what the plan says, and where it says nothing, a size whose
+    re-explanations (images x stages) are at most ``SANITY_BUDGET`` of the ``n_explained`` images the explainer
+    explained (at least one): the check's model passes are then at most half the explainer's own.
+
+    The cascade's last stage (every layer random) decides the verdict, so the budget goes to images before
+    stages: 3 stages from 6 re-explanations up, 2 from 4, else 1.
+    """
+    budget = max(1, int(n_explained * SANITY_BUDGET))
+    if stages is None and samples:
+        stages = max(1, min(3, budget // samples))
+    elif stages is None:
+        stages = 3 if budget >= 6 else 2 if budget >= 4 else 1
+    if samples is None:
+        samples = max(1, min(SANITY_MAX_SAMPLES, budget // stages))
+    return int(samples), int(stages)
+
+
+def cost(session: "TrustSession", sanity: bool = True) -> dict[str, Any]:
+    """The model passes one explainer's trust step needs, in images through the model: deletion ``k`` and
+    insertion ``k + 1`` forward passes per explained image, and the sanity check's re-explanations (each
+    costs what the explainer spends on one image). Once per audit, the random order's curves cost the same
+    as one explainer's deletion and insertion."""
+    images = session.images
+    n, _, height, width = images.shape
+    k = _curve_steps(session.settings.steps, height * width)
+    samples, stages = sanity_size(n, session.settings.sanity_samples, session.settings.sanity_stages)
+    module = session.model.module
+    layers = len(parameterised_layers(module)) if sanity and samples and module is not None else 0
+    chosen = len(np.unique(np.linspace(0, n - 1, min(samples, n)).round().astype(int))) if layers else 0
+    return {"curve_forward_images": n * (2 * k + 1), "random_order_forward_images": n * (2 * k + 1),
+            "sanity_re_explanations": chosen * len(_stage_cuts(layers, stages)) if layers else 0}
 
 
 @dataclass
@@ -124,12 +181,13 @@ def assess(session: TrustSession, plugin: ExplainerPlugin | None, maps: np.ndarr
 
     ``plugin`` is re-run for the sanity check; None skips it.
     """
-    data: dict[str, Any] = {"version": TRUST_VERSION}
+    runs_sanity = plugin is not None and session.settings.sanity_samples != 0 and session.model.module is not None
+    data: dict[str, Any] = {"version": TRUST_VERSION, "model_passes": cost(session, runs_sanity)}
     arrays: dict[str, np.ndarray] = {}
     faith, curves = faithfulness(session, maps)
     data["faithfulness"] = faith
     arrays.update(curves)
-    if plugin is not None and session.settings.sanity_samples > 0 and session.model.module is not None:
+    if runs_sanity:
         data["sanity"], sanity_maps = sanity(session, plugin, maps)
         arrays.update(sanity_maps)
     else:
@@ -198,7 +256,7 @@ def faithfulness(session: TrustSession, maps: np.ndarray) -> tuple[dict[str, Any
         "beats_random_share": float(np.mean(score > random_score)),
         "deletion_auc_per_sample": d_auc.tolist(),
         "insertion_auc_per_sample": i_auc.tolist(),
-        "deletion": "pixels set to black, most important first (Quantus PixelFlipping)",
+        "deletion": "pixels set to black, most important first (as Quantus PixelFlipping)",
         "insertion": "pixels revealed over a blurred copy, most important first",
     }
     arrays = {
@@ -218,78 +276,59 @@ def _deletion_insertion(session: TrustSession, maps: np.ndarray) -> tuple[np.nda
     n, _, height, width = images.shape
     k = _curve_steps(session.settings.steps, height * width)
     batch = best_batch_size(session.model, images.shape[1:], backward=False)
-    insertion = _insertion_curves(session.model, images, targets, maps, k, batch)  # (N, K + 1)
-    deleted = _quantus_deletion(session.model, images, targets, maps, k, batch)  # (N, K)
-    deletion = np.concatenate([insertion[:, -1:], deleted], axis=1)  # start: the whole image
+    deletion, insertion = _curves(session.model, images, targets, maps, k, batch)  # (N, K + 1) each
     x = np.linspace(0.0, 1.0, k + 1)
     return _auc(deletion, x), _auc(insertion, x), deletion, insertion
 
 
 def _curve_steps(requested: int, n_pixels: int) -> int:
-    """Quantus removes ``features_in_step`` of the 3·H·W values per step and needs it to divide H·W:
-    the number of steps is 3·m with m dividing H·W; the m nearest below ``requested / 3``."""
+    """The number of curve steps: 3·m with m dividing H·W, the m nearest below ``requested / 3`` (the
+    steps Quantus' ``PixelFlipping`` takes when it removes ``3·H·W / k`` values a step, kept since)."""
     m = max(1, requested // 3)
     while m > 1 and n_pixels % m:
         m -= 1
     return 3 * m
 
 
-def _quantus_deletion(model: ModelAdapter, images: np.ndarray, targets: np.ndarray, maps: np.ndarray,
-                      k: int, batch: int) -> np.ndarray:
-    quantus = _quantus()
-    n, channels, height, width = images.shape
-    metric = quantus.PixelFlipping(
-        features_in_step=channels * height * width // k, perturb_baseline=0.0, normalise=False, abs=False,
-        disable_warnings=True, display_progressbar=False,
-    )
-    # PixelFlipping reads the map's order only, but refuses a map with no value above zero (an untrained
-    # model's occlusion map can be all negative): such a map is lifted above zero, its order kept
-    flat = maps.reshape(n, -1)
-    refused = ~(flat > 0).any(axis=1)
-    if refused.any():
-        maps = maps.astype(np.float64, copy=True)
-        low = flat[refused].min(axis=1).astype(np.float64)
-        maps[refused] += (1.0 - low)[:, None, None]
-    curves = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # our own even passes, one Quantus call each (its own would leave a last image alone: other kernels,
-        # other last bits, so a score would follow the batch size)
-        for part in chunks(n, batch):
-            curves += list(metric(
-                model=_as_module(model), x_batch=images[part], y_batch=targets[part], a_batch=maps[part, None],
-                channel_first=True, softmax=True, device=model.device, batch_size=part.stop - part.start,
-            ))
-    return np.asarray(curves, dtype=np.float64).reshape(n, -1)
+def _curves(model: ModelAdapter, images: np.ndarray, targets: np.ndarray, maps: np.ndarray,
+            k: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deletion and insertion curves (N, K + 1) each, in shared passes of ``batch`` images.
 
-
-def _insertion_curves(model: ModelAdapter, images: np.ndarray, targets: np.ndarray, maps: np.ndarray,
-                      k: int, batch: int) -> np.ndarray:
-    """By hand (Quantus has no insertion curve): reveal the image over a blurred copy in the map's order."""
+    Deletion sets pixels to black (0 in every channel) in the map's order, most important first, as Quantus
+    ``PixelFlipping`` does with ``perturb_baseline=0``; insertion reveals the image over a blurred copy in the
+    same order (Quantus has no insertion curve). Both are written here so that every canvas of both curves
+    goes through the model in full passes at its best batch size: Quantus runs one pass per step over the
+    images it is given (four images a pass for four explained images, where a pass of 32 costs about the
+    same). Each curve starts from its first canvas: the whole image for deletion (the insertion's last
+    canvas, not run twice), the blurred copy for insertion. The model sees ``2k + 1`` canvases per image.
+    """
     import torch
 
     n, _, height, width = images.shape
     order = np.argsort(-maps.reshape(n, -1), axis=1, kind="stable")
     counts = np.round(np.linspace(0, height * width, k + 1)).astype(int)
     blurred = _blur(images)
-    curves = np.zeros((n, k + 1))
-    group = max(1, batch // (k + 1))  # samples whose whole curve fits one pass
+    per_image = 2 * k + 1  # insertion 0..k (k: the whole image), deletion 1..k
+    deletion, insertion = np.zeros((n, k + 1)), np.zeros((n, k + 1))
+    group = max(1, batch // per_image)  # images whose canvases fit one pass
+    forward = forward_in_best_layout(model, images.shape[1:], backward=False)
     for start in range(0, n, group):
-        part = range(start, min(n, start + group))
+        part = list(range(start, min(n, start + group)))
         canvases = []
         for i in part:
             rank = np.empty(height * width, dtype=np.int64)
             rank[order[i]] = np.arange(height * width)
-            revealed = rank.reshape(1, height, width) < counts[:, None, None]  # (K + 1, H, W)
-            canvases.append(np.where(revealed[:, None], images[i], blurred[i]))
+            shown = rank.reshape(1, height, width) < counts[:, None, None]  # (K + 1, H, W): the top pixels
+            canvases.append(np.where(shown[:, None], images[i], blurred[i]))
+            canvases.append(np.where(shown[1:, None], 0.0, images[i]).astype(images.dtype))
         x = torch.as_tensor(np.concatenate(canvases), device=model.device)
         with torch.no_grad():
-            probs = []
-            for chunk in chunks(len(x), batch):  # never one canvas alone in a pass
-                probs.append(torch.softmax(model.forward(x[chunk]), dim=1).cpu().numpy())
-        probs = np.concatenate(probs).reshape(len(part), k + 1, -1)
-        curves[start : start + len(part)] = probs[np.arange(len(part)), :, targets[list(part)]]
-    return curves
+            probs = np.concatenate([torch.softmax(forward(x[chunk]), dim=1).cpu().numpy()
+                                    for chunk in chunks(len(x), batch)])  # never one canvas alone in a pass
+        probs = probs.reshape(len(part), per_image, -1)[np.arange(len(part)), :, targets[part]]
+        insertion[part] = probs[:, : k + 1]
+        deletion[part] = np.concatenate([probs[:, k : k + 1], probs[:, k + 1 :]], axis=1)
+    return deletion, insertion
 
 
 def _blur(images: np.ndarray) -> np.ndarray:
@@ -316,7 +355,8 @@ def _random_map(seed: int, sample_id: str, shape: tuple[int, ...]) -> np.ndarray
 def sanity(session: TrustSession, plugin: ExplainerPlugin, maps: np.ndarray) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Cascading randomisation from the top layer down; Spearman of |maps| at each stage (by hand, see above)."""
     n = len(session.samples)
-    count = min(session.settings.sanity_samples, n)
+    count, n_stages = sanity_size(n, session.settings.sanity_samples, session.settings.sanity_stages)
+    count = min(count, n)
     chosen = np.unique(np.linspace(0, n - 1, count).round().astype(int))
     subset = [session.samples[i] for i in chosen]
     targets = np.asarray(session.targets).reshape(-1)[chosen]
@@ -325,7 +365,7 @@ def sanity(session: TrustSession, plugin: ExplainerPlugin, maps: np.ndarray) -> 
     layers = parameterised_layers(wrapper.net)
     if not layers:
         return {"verdict": "not run", "reason": "the model has no parameters", "stages": []}, {}
-    cuts = _stage_cuts(len(layers), session.settings.sanity_stages)
+    cuts = _stage_cuts(len(layers), n_stages)
     stages, last_maps = [], original
     done = 0
     for cut in cuts:
