@@ -160,7 +160,9 @@ def test_a_model_that_returns_nan_only_on_changed_images_fails_that_hypothesis(t
     plan = _model_plan(tmp_path, "return torch.where(x.mean() < 0.2, y * float('nan'), y)")
     plan.write_text(plan.read_text() + "hypotheses:\n  - luminance: {factor: 0.2}\n  - grayscale\n")
     result = _run(plan, tmp_path / "out")
-    assert result.exit_code == 0, result.output
+    # the whole report is written, and the run says a planned step did not run (exit 1, not bad input)
+    assert result.exit_code == 1, result.output
+    assert "INCOMPLETE: 1 planned step(s) did not run: hypothesis luminance" in result.stderr
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["hypotheses"]["luminance"]["status"] == "failed"
     assert results["hypotheses"]["grayscale"]["status"] == "ok"
@@ -178,3 +180,45 @@ def test_a_model_whose_forward_never_returns_does_not_hang_validate(tmp_path, mo
     assert time.perf_counter() - start < 30
     assert result.exit_code == 2 and "did not go through the model within 1 s" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_a_model_that_stops_returning_after_its_first_pass_does_not_hang_run(tmp_path):
+    """The first pass goes through; then the baseline predictions never return: the step limit stops them."""
+    plan = _model_plan(tmp_path, "import time\n        while self.calls > 1: time.sleep(0.05)\n        return y")
+    plan.write_text(plan.read_text() + "runtime: {step_timeout: 1}\nhypotheses:\n  - grayscale\n")
+    result = _run(plan, tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert "the model's predictions on the 14 audited images did not finish within 1 s (runtime.step_timeout)" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_first_pass_stuck_in_native_code_is_one_line(tmp_path):
+    """One C call that no exception reaches (time.sleep): left behind, and still one error line, no warning."""
+    plan = _model_plan(tmp_path, "import time; time.sleep(6); return y")
+    plan.write_text(plan.read_text() + "runtime: {step_timeout: 1}\n")
+    result = CliRunner().invoke(app, ["validate", str(plan)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and "did not go through the model within 1 s" in line
+
+
+def test_a_huge_class_name_in_an_error_is_cut_to_one_short_line(tmp_path):
+    name = "q" * 100_000
+    plan = _folder(tmp_path)
+    (tmp_path / "data" / "meta.csv").write_text(f"path,label\nok0.png,{name}\nok1.png,happy\n")
+    result = _run(plan, tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and "q" * 299 + "…" in line and "q" * 300 not in line, line[:300]
+    assert len(line) < 2100
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_printed_line_is_one_line_of_bounded_length():
+    from xai_audit.cli import one_line
+
+    assert one_line("batch 2 broke\nsee above") == "batch 2 broke\\nsee above"
+    assert one_line("a short message naming data/x.png") == "a short message naming data/x.png"
+    long = one_line("class " + "x" * 1000 + " " + "word " * 1000)
+    assert "x" * 300 + "…" in long and "x" * 301 not in long and len(long) < 2100

@@ -66,3 +66,26 @@ def test_weights_for_another_architecture(write_plan, tmp_path):
     result = runner.invoke(app, ["run", str(plan), "--no-cache"])
     assert result.exit_code == 2
     assert "weights do not fit the model architecture" in result.stderr
+
+
+def test_only_xai_audits_own_log_warnings_reach_stderr(capsys):
+    """A library that logs through the root logger (which calls logging.basicConfig) cannot turn on every
+    library's warnings: WeasyPrint's notes on the report's stylesheet stay quiet, ours print as one line."""
+    import logging
+
+    from xai_audit.cli import _WarningLines, _state, main
+
+    main(debug=False)
+    main(debug=False)  # each command's callback: still one handler
+    assert sum(isinstance(h, _WarningLines) for h in logging.getLogger().handlers) == 1
+    capsys.readouterr()
+    logging.info("a library's note through the root logger")
+    logging.getLogger("weasyprint").warning("Ignored `overflow-x: auto` at 290:17, unknown property.")
+    logging.getLogger("xai_audit").warning("explainer x is stuck in native code\npast its limit")
+    assert capsys.readouterr().err == "warning: explainer x is stuck in native code\\npast its limit\n"
+    _state["debug"] = True
+    try:
+        logging.getLogger("weasyprint").warning("a note")
+        assert capsys.readouterr().err == "warning: weasyprint: a note\n"
+    finally:
+        _state["debug"] = False

@@ -28,6 +28,7 @@ from corpus.folders import (
     dangling_link,
     folder_loop,
     link_outside,
+    named_pipe,
     non_utf8_broken,
     non_utf8_image,
     self_loop,
@@ -409,6 +410,34 @@ def test_with_fail_a_broken_link_is_named_in_the_error(tmp_path, writer, name):
     writer(tmp_path / "data" / "happy")
     _one_error_line(_run(plan, tmp_path / "out"), name, "symbolic link", "on_bad_sample: skip")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("on_bad", ["fail", "skip"])
+def test_a_named_pipe_named_like_an_image_is_a_bad_sample_never_opened(tmp_path, on_bad):
+    """Opening a FIFO blocks until something writes to it: it is named, or listed as skipped, unread."""
+    plan = _folder_plan(tmp_path, on_bad)
+    named_pipe(tmp_path / "data" / "happy", "aaa.png")  # sorts first
+    out = tmp_path / "out"
+    result = _run(plan, out)
+    if on_bad == "fail":
+        _one_error_line(result, "aaa.png", "a named pipe (FIFO), not an image file")
+        assert not out.exists()
+    else:
+        assert result.exit_code == 0, result.output
+        (skipped,) = _skipped(out)
+        assert "aaa.png: a named pipe (FIFO), not an image file" in skipped["error"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_metadata_path_to_a_pipe_or_a_folder_names_the_csv_line(tmp_path, kind):
+    plan = _csv_case(tmp_path, "odd.png")
+    data = tmp_path / "data"
+    if kind == "fifo":
+        named_pipe(data, "odd.png")
+    else:
+        (data / "odd.png").mkdir()
+    says = "a named pipe (FIFO), not an image file" if kind == "fifo" else "a folder, not an image file"
+    _one_error_line(_run(plan, tmp_path / "out"), "meta.csv: line 4, column 'path'", "odd.png", says)
 
 
 def test_a_broken_link_where_a_class_folder_would_be(tmp_path):

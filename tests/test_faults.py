@@ -25,7 +25,7 @@ from xai_audit.limits import with_halving_batch
 from xai_audit.plan import load_plan, parse_plan
 from xai_audit.registry import make_plugin_manager
 from xai_audit.audit import run_audit
-from xai_audit.contract.types import HypothesisPlugin
+from xai_audit.contract.types import ExplainerPlugin, Explanation, HypothesisPlugin
 
 
 class Hangs(HypothesisPlugin):
@@ -208,3 +208,33 @@ def test_a_failed_step_keeps_its_whole_traceback_in_the_run_log(write_plan, tmp_
     assert "Traceback" not in failure["traceback"] and "_traceback_full" not in failure  # one line in results.json
     debug = CliRunner().invoke(app, ["--debug", "run", str(plan), "--out", str(tmp_path / "again"), "--no-cache", "-q"])
     assert debug.exit_code == 1 and "Traceback (most recent call last)" in debug.stderr
+
+
+class HangsWhenAskedAgain(ExplainerPlugin):
+    """Explains once; the trust metrics' further calls (on a randomised model, ...) never return."""
+
+    name = "hangs-when-asked-again"
+    needs_gradients = False
+    calls = 0
+
+    def explain(self, model, samples, targets, seed):
+        HangsWhenAskedAgain.calls += 1
+        while HangsWhenAskedAgain.calls > 1:
+            time.sleep(0.05)
+        return Explanation(method=self.name, sample_ids=[s.id for s in samples], targets=np.asarray(targets),
+                           maps=np.stack([s.image.mean(axis=0) for s in samples]).astype(np.float32), signed=False)
+
+
+def test_the_trust_metrics_of_an_explainer_are_stopped_by_its_time_limit(write_plan):
+    """The trust metrics run the model and the explainer again: a hang there is stopped and recorded like a
+    step's, and the explainer's maps stand."""
+    module = types.ModuleType("hangs_again")
+    module.register_explainers = hookimpl(lambda: [HangsWhenAskedAgain])
+    registry = make_plugin_manager(extra_plugins=[module])
+    plan = load_plan(write_plan(plan_text("  - hangs-when-asked-again: {timeout: 1}\n", "  - grayscale\n")),
+                     registry)
+    results = run_audit(plan, registry, cache=Cache(None)).results
+    assert results["explainers"]["hangs-when-asked-again"]["status"] == "ok"
+    (failure,) = results["failures"]
+    assert failure["step"] == "trust hangs-when-asked-again" and "time limit of 1 s" in failure["error"]
+    assert results["hypotheses"]["grayscale"]["status"] == "ok"

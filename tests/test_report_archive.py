@@ -144,6 +144,20 @@ def test_a_damaged_cached_figure_is_drawn_again(tmp_path):
     assert (tmp_path / "b" / "report.html").read_text() == (tmp_path / "a" / "report.html").read_text()
 
 
+def test_a_cached_figure_copied_over_another_is_drawn_again(tmp_path):
+    """Each stored figure carries the checksum of its key and bytes: a valid PNG under another figure's name
+    (tampering, or a file copied by hand) is not served as that figure."""
+    results, artifacts = make_results(), make_artifacts()
+    cache = tmp_path / "cache"
+    write_report(results, artifacts, tmp_path / "a", formats=["html"], figure_cache=cache)
+    stored = sorted((cache / "figures").rglob("*.png"))
+    assert len(stored) >= 2
+    for path in stored[1:]:
+        path.write_bytes(stored[0].read_bytes())
+    write_report(results, artifacts, tmp_path / "b", formats=["html"], figure_cache=cache)
+    assert (tmp_path / "b" / "report.html").read_text() == (tmp_path / "a" / "report.html").read_text()
+
+
 def test_image_grid_is_one_composed_picture():
     from PIL import Image
     import base64

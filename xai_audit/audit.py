@@ -28,9 +28,10 @@ from xai_audit.judge.findings import derive_findings
 from xai_audit.judge.limitations import completeness, derive_limitations
 from xai_audit.judge.recommend import recommend
 from xai_audit.judge.trusting import agreement, trust_one, trust_session
+from xai_audit.limits import StepAbandoned
 from xai_audit.load.loading import AuditInputs, load_inputs, other_dataset_loader
 from xai_audit.load.provenance import build_provenance
-from xai_audit.plan import Plan
+from xai_audit.plan import Plan, Step
 from xai_audit.registry import Registry
 from xai_audit.run.cache import Cache
 from xai_audit.run.examples import Selection, choose_examples, describe_chosen
@@ -45,8 +46,10 @@ from xai_audit.run.steps import (
     Explained,
     Tested,
     predict_baseline,
+    replace_model,
     run_explainers,
     run_hypotheses,
+    step_limit,
 )
 
 #: 2.0: what depends on the machine, the load or the cache (started, finished, cache, batch sizes, times)
@@ -127,11 +130,18 @@ def run_audit(
         chosen = [inputs.samples[i].materialise() for i in selection.indices]  # few: held, not re-read
         targets = baseline.preds[selection.indices]
         session = trust_session(plan, inputs.model, inputs.dataset, chosen, targets)
-        explained = run_explainers(
-            plan, inputs, baseline, chosen, targets, cache, executor, bar.step, failures,
-            then=lambda step, exp, entry: trust_one(step, exp, entry, session, cache, inputs.base_key, failures),
-            facts=facts,
-        )
+
+        def trust(step: Step, exp: Explanation, entry: dict[str, Any]) -> None:
+            if session is None:
+                return
+            session.model = inputs.model  # a step stuck before this one may have left a model loaded afresh
+            try:
+                trust_one(step, exp, entry, session, cache, inputs.base_key, failures, limit=step_limit(step, plan))
+            except StepAbandoned:  # recorded; the maps stand, and the steps after it get a model loaded afresh
+                replace_model(plan, inputs, executor, f"trust {step.name}")
+
+        explained = run_explainers(plan, inputs, baseline, chosen, targets, cache, executor, bar.step, failures,
+                                   then=trust, facts=facts)
         agreement(explained.entries, explained.explanations, [s.id for s in chosen])
         context = HypothesisContext(
             model=inputs.model, samples=inputs.samples, probs=baseline.probs, classes=list(inputs.model.classes),

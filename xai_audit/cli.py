@@ -8,6 +8,8 @@ unless ``--debug``.
 from __future__ import annotations
 
 import functools
+import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -33,10 +35,56 @@ _state = {"debug": False}
 def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
     """Audit what an image classifier looks at, and write it down."""
     _state["debug"] = debug
+    _log_to_stderr()
+
+
+#: the longest line the command line prints about data (an error, a warning, a finding); an unbroken run (a
+#: class name, an id) keeps its first ``_RUN_LIMIT`` characters. The files written keep every string whole.
+_LINE_LIMIT = 2000
+_RUN_LIMIT = 300
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LONG_RUN = re.compile(rf"\S{{{_RUN_LIMIT + 1},}}")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line of bounded length: a line break in a model's message is escaped, a
+    class name of 100 kB in an error or a finding is cut, with an ellipsis."""
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], shown(text))
+    text = _LONG_RUN.sub(lambda m: m.group()[:_RUN_LIMIT] + "…", text)
+    return text if len(text) <= _LINE_LIMIT else f"{text[:_LINE_LIMIT]}… [{len(text):,} characters]"
 
 
 def _err(message: str) -> None:
-    typer.echo(message, err=True)
+    typer.echo(one_line(message), err=True)
+
+
+def _say(message: str) -> None:
+    typer.echo(one_line(message))
+
+
+class _WarningLines(logging.Handler):
+    """xai-audit's own log warnings as ``warning: ...`` lines on stderr. Other libraries' records are shown
+    only with ``--debug``: WeasyPrint's notes on the report's stylesheet say nothing about the audit."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if record.name == "xai_audit" or record.name.startswith("xai_audit."):
+                _err(f"warning: {record.getMessage()}")
+            elif _state["debug"]:
+                _err(f"warning: {record.name}: {record.getMessage()}")
+        except Exception:  # noqa: BLE001 - logging must never stop the audit
+            self.handleError(record)
+
+
+def _log_to_stderr() -> None:
+    """Give the root logger our handler, once: then a library that calls ``logging.basicConfig`` (or logs
+    through the root logger, which does) cannot add its own, and nothing else prints log records."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _WarningLines) for h in root.handlers):
+        root.addHandler(_WarningLines())
 
 
 def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,12 +96,12 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if _state["debug"]:
                 raise
             for problem in exc.problems:
-                _err(f"error: {shown(problem)}")
+                _err(f"error: {problem}")
             raise typer.Exit(2) from None
         except XaiAuditError as exc:
             if _state["debug"]:
                 raise
-            _err(f"error: {shown(str(exc))}")  # a file name that is not UTF-8 is shown with its bytes escaped
+            _err(f"error: {exc}")  # one line: a file name that is not UTF-8 with its bytes escaped, long names cut
             raise typer.Exit(2) from None
 
     return wrapper
@@ -109,8 +157,8 @@ def _write(outcome, registry, out: Path, formats: list[str], templates: Optional
         atomic_write(out / "run.log", ("\n".join(outcome.log) + "\n").encode("utf-8"))
         written["log"] = out / "run.log"
         if _state["debug"]:
-            for entry in outcome.log:
-                _err(entry)
+            for entry in outcome.log:  # whole tracebacks, as they are
+                typer.echo(shown(entry), err=True)
     return written
 
 
@@ -195,7 +243,7 @@ def _gate(all_results: list[dict], out: Path) -> bool:
     for results in all_results:
         rows = results.get("checks") or []
         for row in rows:
-            typer.echo(f"check {row['status']}: {row['check']}" + (f" ({row['reason']})" if row["reason"] else ""))
+            _say(f"check {row['status']}: {row['check']}" + (f" ({row['reason']})" if row["reason"] else ""))
         failed = failed or any(r["status"] == "FAIL" for r in rows)
     rows = [r for results in all_results for r in results.get("checks") or []]
     if rows:
@@ -291,7 +339,7 @@ def _summarise(results: dict, written: dict[str, Path]) -> None:
         lo, hi = acc["ci"]
         typer.echo(f"accuracy: {100 * acc['value']:.1f} % (95 % CI {100 * lo:.1f}-{100 * hi:.1f} %, n = {acc['n']})")
     for finding in results.get("findings", [])[:5]:
-        typer.echo(f"finding [{finding['severity']}]: {finding['title']}")
+        _say(f"finding [{finding['severity']}]: {finding['title']}")
     run = results.get("run") or {}
     if run:  # how the audit ran: the run facts, never a result
         cache = run.get("cache") or {}
@@ -413,7 +461,7 @@ def _rerun(folder: Path, cache, tolerance: bool) -> None:
         typer.echo("reproduced" + (": byte for byte" if found.mode == "bytes" else ": within the tolerance"))
         return
     for d in found.differences[:_SHOWN_DIFFERENCES]:
-        typer.echo(f"differs  {d.path}: report {shown(d.report)}, rerun {shown(d.rerun)}")
+        _say(f"differs  {d.path}: report {shown(d.report)}, rerun {shown(d.rerun)}")
     more = len(found.differences) - _SHOWN_DIFFERENCES
     typer.echo((f"... and {more} more; " if more > 0 else "") + f"{len(found.differences)} field(s) differ from the report.")
     raise typer.Exit(1)

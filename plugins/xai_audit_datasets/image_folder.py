@@ -17,9 +17,10 @@ line names the file (and, for the CSV, its line and column).
 Hostile folders: every image must lie inside ``path`` (a CSV path such as
 ``../../elsewhere/x.png``, an absolute one elsewhere, or a symbolic link that
 leads out is refused, naming the CSV line or the link) unless ``allow_outside:
-true``. A broken symbolic link (dangling, or a loop) is a bad sample like an
-unreadable image: it stops the audit naming it, or with ``on_bad_sample: skip``
-is listed as skipped. A file name that is not UTF-8 is read; its id shows the
+true``. A broken symbolic link (dangling, or a loop), and a named pipe, socket or
+device named like an image (never opened), are bad samples like an unreadable
+image: each stops the audit naming it, or with ``on_bad_sample: skip`` is listed
+as skipped. A file name that is not UTF-8 is read; its id shows the
 odd bytes escaped (``bad\\xff.png``). Without ``size``, every image must have
 the size of the first one that reads (a broken or one-pixel image does not set it).
 """
@@ -31,6 +32,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -85,6 +87,20 @@ def _broken_link(path: Path) -> str | None:
                 target = "?"
             return f"{shown_path(path)}: a dangling symbolic link (its target {shown_path(target)} does not exist)"
         return f"{shown_path(path)}: cannot follow the symbolic link: {exc.strerror or exc}"
+
+
+def _not_a_file(path: Path) -> str | None:
+    """What ``path`` is when it exists but is neither a regular file nor a folder (it is never opened: a named
+    pipe with no writer would block the read for ever), or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    return f"{shown_path(path)}: {kind}, not an image file"
 
 
 def _sha256(path: Path) -> str:
@@ -234,8 +250,8 @@ class ImageFolderDataset(Dataset):
                     continue
             if entry.is_dir():
                 yield from self._walk(path, ancestors | {_real(path)})
-            elif entry.is_file() and self._is_image_name(entry.name):
-                yield path, None
+            elif self._is_image_name(entry.name):  # a named pipe or a device named like an image: a bad sample
+                yield path, None if entry.is_file() else _not_a_file(path)
 
     def _scan_folders(self) -> None:
         folders: list[Path] = []
@@ -345,7 +361,11 @@ class ImageFolderDataset(Dataset):
                 broken = next((_broken_link(c) for c in candidates if c.is_symlink() and _broken_link(c)), None)
                 if broken is not None:
                     raise DataError(f"{where}: {broken}")
-                looked = " or ".join(str(c) for c in candidates)
+                odd = next((_not_a_file(c) or f"{shown_path(c)}: a folder, not an image file" for c in candidates
+                            if c.exists() and not c.is_file()), None)
+                if odd is not None:
+                    raise DataError(f"{where}: {odd}")
+                looked = " or ".join(dict.fromkeys(str(c) for c in candidates))
                 raise DataError(f"{where}: file not found: {looked}")
             file = inside[0]
             if file in seen:

@@ -53,3 +53,9 @@ def link_outside(folder: Path, target: Path, name: str = "link.png") -> Path:
     """A symbolic link inside the data folder to an image outside it."""
     os.symlink(target, folder / name)
     return folder / name
+
+
+def named_pipe(folder: Path, name: str = "pipe.png") -> Path:
+    """A named pipe (FIFO) with an image's name: opening it would wait for a writer for ever."""
+    os.mkfifo(folder / name)
+    return folder / name

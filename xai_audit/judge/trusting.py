@@ -16,6 +16,7 @@ import numpy as np
 
 from xai_audit.contract.types import Dataset, Explanation, ModelAdapter, Sample
 from xai_audit.judge import trust as trust_metrics
+from xai_audit.limits import StepAbandoned, run_with_limit
 from xai_audit.load.loading import seed_everything
 from xai_audit.plan import Plan, Step
 from xai_audit.run.cache import Cache
@@ -39,8 +40,13 @@ def trust_session(plan: Plan, model: ModelAdapter, dataset: Dataset, samples: li
 
 
 def trust_one(step: Step, exp: Explanation, entry: dict[str, Any], session: trust_metrics.TrustSession | None,
-              cache: Cache, base_key: dict, failures: list[dict[str, str]]) -> None:
-    """Trust metrics for one explainer's maps, cached, added to its ``entry``; a failure is recorded, not fatal."""
+              cache: Cache, base_key: dict, failures: list[dict[str, str]], limit: float | None = None) -> None:
+    """Trust metrics for one explainer's maps, cached, added to its ``entry``; a failure is recorded, not fatal.
+
+    The metrics run the model many times: they are stopped after ``limit`` seconds like the explainer step. One
+    stuck in native code is recorded, then :class:`~xai_audit.limits.StepAbandoned` is raised again so that the
+    caller loads the model afresh for the steps after it.
+    """
     if session is None or list(exp.sample_ids) != [s.id for s in session.samples]:
         return
     key = step_key("trust", step, base_key, [trust_metrics.code_version(), dataclasses.asdict(session.settings),
@@ -51,7 +57,9 @@ def trust_one(step: Step, exp: Explanation, entry: dict[str, Any], session: trus
             hit = cache.get(key)
             if hit is None:
                 seed_everything(session.seed)
-                data, arrays = trust_metrics.explainer_trust(session, step.instantiate(), exp.maps)
+                plugin = step.instantiate()
+                data, arrays = run_with_limit(lambda: trust_metrics.explainer_trust(session, plugin, exp.maps), limit,
+                                              f"trust {step.name}")
                 data = to_jsonable(data)
                 cache.put(key, data, arrays)
             else:
@@ -59,6 +67,8 @@ def trust_one(step: Step, exp: Explanation, entry: dict[str, Any], session: trus
         trust_metrics.attach(exp, entry, data, arrays, session.classes)
     except Exception as exc:  # the maps stand; only their trust scores are missing
         failures.append(failure(f"trust {step.name}", step, exc))
+        if isinstance(exc, StepAbandoned):
+            raise
 
 
 def agreement(entries: dict[str, Any], explanations: dict[str, Explanation], ids: list[str]) -> None:

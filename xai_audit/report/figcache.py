@@ -8,9 +8,11 @@ same results draws nothing, and any change to the drawing code draws again.
 
 The store is active only inside :func:`figure_store` (the report's ``write_report``
 opens it on the run's cache folder); outside it every figure is simply drawn. An
-entry is the finished PNG, written under a temporary name and renamed when whole;
-one that is not a whole PNG is ignored and drawn again. A store that cannot be
-written costs the next run a redraw, never this report its figure.
+entry is the finished PNG followed by the SHA-256 of its key and its bytes, written
+under a temporary name and renamed when whole; one that is not a whole PNG, or whose
+checksum does not match (damaged, or another figure's file copied over it), is
+ignored and drawn again. A store that cannot be written costs the next run a
+redraw, never this report its figure.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ _DRAWING_MODULES = ("figures.py", "heatmaps.py", "specs.py", "figcache.py")
 _PNG_HEAD = b"\x89PNG\r\n\x1a\n"
 _PNG_TAIL = b"IEND\xaeB`\x82"
 _PREFIX = "data:image/png;base64,"
+_CHECKSUM_BYTES = 32
+
+
+def _checksum(key: str, png: bytes) -> bytes:
+    """What a stored figure ends with: the SHA-256 of the key it is stored under and of its PNG bytes."""
+    return hashlib.sha256(key.encode("ascii") + b"|" + png).digest()
 
 F = TypeVar("F", bound=Callable[..., str])
 
@@ -54,10 +62,11 @@ class FigureStore:
 
     def get(self, key: str) -> DataURI | None:
         try:
-            data = self._path(key).read_bytes()
+            stored = self._path(key).read_bytes()
         except OSError:
             return None
-        if not (data.startswith(_PNG_HEAD) and data.endswith(_PNG_TAIL)):
+        data, checksum = stored[:-_CHECKSUM_BYTES], stored[-_CHECKSUM_BYTES:]
+        if not (data.startswith(_PNG_HEAD) and data.endswith(_PNG_TAIL)) or checksum != _checksum(key, data):
             return None
         self.hits += 1
         return DataURI(_PREFIX + base64.b64encode(data).decode("ascii"))
@@ -69,7 +78,8 @@ class FigureStore:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, base64.b64decode(uri[len(_PREFIX):]))
+            data = base64.b64decode(uri[len(_PREFIX):])
+            atomic_write(path, data + _checksum(key, data))
         except Exception as exc:  # noqa: BLE001 - a full disk or a read-only folder costs a redraw, not the report
             self.errors.append(f"{path}: cannot store a figure: {exc}")
 

@@ -35,7 +35,7 @@ from xai_audit.plan import Plan, Step
 from xai_audit.registry import Registry
 from xai_audit.run.cache import Cache, content_key
 from xai_audit.run.facts import RunFacts
-from xai_audit.limits import StepAbandoned, run_with_limit, with_halving_batch
+from xai_audit.limits import StepAbandoned, StepTimeout, run_with_limit, with_halving_batch
 from xai_audit.run.serialize import (
     explanation_from_cache,
     explanation_to_cache,
@@ -103,16 +103,24 @@ def predict_baseline(inputs: AuditInputs, plan: Plan, cache: Cache, executor: An
                 current["start"] = rows.start
                 yield images
 
-        try:  # chunk by chunk: the images are read as they are needed, never all at once
+        def predict_all() -> list[np.ndarray]:  # chunk by chunk: the images are read as they are needed
             chunks = read_chunks()
             if executor is None:
-                parts = [with_halving_batch(lambda size: model.predict_proba(images, batch_size=size),
-                                            plan.runtime.batch_size, "baseline predictions") for images in chunks]
-            else:
-                parts = list(executor.predict_chunks(chunks, "baseline predictions"))
+                return [with_halving_batch(lambda size: model.predict_proba(images, batch_size=size),
+                                           plan.runtime.batch_size, "baseline predictions") for images in chunks]
+            return list(executor.predict_chunks(chunks, "baseline predictions"))
+
+        limit = plan.runtime.step_timeout
+        try:  # a model that stops returning after its first pass must not hang the run: the step's limit
+            parts = run_with_limit(predict_all, limit, "the baseline predictions")
             probs = np.concatenate(parts) if parts else np.zeros((0, len(model.classes)), np.float32)
         except XaiAuditError:
             raise
+        except StepTimeout as exc:
+            stuck = " (stuck in native code, left behind)" if isinstance(exc, StepAbandoned) else ""
+            raise ModelError(f"the model's predictions on the {len(samples)} audited images did not finish within "
+                             f"{limit:g} s (runtime.step_timeout){stuck}; it was at the chunk from sample "
+                             f"{samples[min(current['start'], len(samples) - 1)].id!r} on") from None
         except NonFiniteScores as exc:
             bad = samples[min(current["start"] + exc.index, len(samples) - 1)].id
             raise ModelError(f"the model returned NaN or infinite scores (first on sample {bad!r})") from None
@@ -172,7 +180,7 @@ def run_explainers(plan: Plan, inputs: AuditInputs, baseline: Baseline, chosen: 
                 entry["status"] = "failed"
                 failures.append(failure(f"explainer {step.name}", step, exc))
                 if isinstance(exc, StepAbandoned):
-                    replace_model(plan, inputs, executor)
+                    replace_model(plan, inputs, executor, f"explainer {step.name}")
             entries[step.name] = entry
     return Explained(explanations, entries)
 
@@ -237,7 +245,7 @@ def run_hypotheses(plan: Plan, registry: Registry, context: HypothesisContext, i
                 entry["status"] = "failed"
                 failures.append(failure(f"hypothesis {step.name}", step, exc))
                 if isinstance(exc, StepAbandoned):
-                    context.model = replace_model(plan, inputs, executor)
+                    context.model = replace_model(plan, inputs, executor, f"hypothesis {step.name}")
             entries[step.name] = entry
     return Tested(results, entries, {step.name: step for step in steps})
 
@@ -335,9 +343,11 @@ def step_limit(step: Step, plan: Plan) -> float:
     return step.timeout if step.timeout is not None else plan.runtime.step_timeout
 
 
-def replace_model(plan: Plan, inputs: AuditInputs, executor: Any) -> Any:
+def replace_model(plan: Plan, inputs: AuditInputs, executor: Any, what: str = "a step") -> Any:
     """Load the model again for the steps still to come: a step left stuck may still hold the old one
     (hooks on its layers, a half-done forward pass). Returns the new model."""
+    log.warning("%s is stuck in native code past its time limit; left running in the background, and the model "
+                "is loaded again for the steps after it", what)
     seed_everything(plan.seed)  # a model built without a weights file is the same as the first
     model = load_step(plan.model, LoadContext(plan.base_dir, plan.seed, plan.runtime.device), ModelError, "model")
     inputs.model = model
