@@ -8,6 +8,10 @@
   total-variation weight follows the batch's mean objective, so the batch is
   :func:`fixed_batch_size`, from the model's memory, never a timing: the
   images are the same on every run).
+* Learned filters (``filters: true``): the weights of the top channels' convolution
+  kernels. A filter that reads the image (the model's first convolution) is drawn
+  as one colour (or grey) picture; a deeper filter by its kernels on the input
+  channels it weighs most, grey, mid-grey being zero.
 * Rubbish images (Nguyen et al., 2015, "fooling images"; the MNIST attribution
   study's "rubbish" class examples): from uniform noise, projected gradient
   ascent on each class's log-probability while every pixel stays within
@@ -24,6 +28,7 @@ model only, so an image's map is the same whatever else is explained with it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -54,6 +59,10 @@ class FeatureVisualisationOptions(Options):
     steps: int = Field(64, ge=1, le=2000, description="gradient steps of activation maximisation")
     lr: float = Field(0.05, gt=0, description="Adam learning rate on the pre-sigmoid pixels")
     tv: float = Field(0.05, ge=0, description="total-variation penalty (smoother images)")
+    filters: bool = Field(False, description="also draw the learned filters (convolution weights) of the top channels; "
+                          "the layer must be a Conv2d, or a block whose last Conv2d gives its channels")
+    filter_inputs: int = Field(4, ge=1, le=16, description="a deeper layer's filter: its kernels on this many input "
+                               "channels, those of largest weight")
     rubbish: bool = Field(True, description="search for rubbish images (confident predictions on noise)")
     rubbish_steps: int = Field(40, ge=1, le=2000)
     rubbish_eps: float = Field(0.1, gt=0, le=0.5, description="largest change per pixel from the starting noise")
@@ -83,6 +92,7 @@ class FeatureVisualisationExplainer(ExplainerPlugin):
         tables: dict[str, list[dict]] = {}
         scalars: dict[str, float] = {}
         generator = torch.Generator().manual_seed(seed)
+        filter_note: str | None = None
 
         if len(channels):
             vis, values = maximise(model, name, shape, [("channel", int(c)) for c in channels], opts, generator, batch)
@@ -93,6 +103,16 @@ class FeatureVisualisationExplainer(ExplainerPlugin):
                 "Images grown from noise to excite each channel most (channels most active on the explained images).",
             ))
             tables["channels"] = [{"channel": int(c), "mean_activation_reached": float(v)} for c, v in zip(channels, values)]
+        if opts.filters and len(channels):
+            drawn = learned_filters(model, name, channels, opts.filter_inputs)
+            if isinstance(drawn, str):
+                filter_note = drawn
+            else:
+                arrays["filter_images"] = drawn.images
+                figures.append({**_images_figure(
+                    "filter_images", f"Learned filters: top {len(channels)} channels of '{name}'", drawn.titles,
+                    drawn.caption), "columns": drawn.columns})
+                tables["filters"] = drawn.rows
         if opts.classes:
             vis, _ = maximise(model, name, shape, [("class", k) for k in chosen], opts, generator, batch)
             reached = _probabilities(model, vis)[np.arange(len(chosen)), chosen]
@@ -125,6 +145,10 @@ class FeatureVisualisationExplainer(ExplainerPlugin):
             f"({opts.tv:g}) from seeded noise. The map of each image is its activations weighted by how much each "
             "channel raises the explained class's logit (on a grey image)."
         ]
+        if opts.filters and not len(channels):
+            filter_note = "No filters drawn: 'channels' is 0 (filters are drawn for the top channels)."
+        if filter_note:
+            notes.append(filter_note)
         if scalars.get("rubbish_classes"):
             notes.append(
                 f"{int(scalars['rubbish_classes'])} class(es) reached {opts.confidence:g} on noise changed by at most "
@@ -285,6 +309,78 @@ def channel_class_weights(model: ModelAdapter, layer: str, shape: tuple[int, ...
         grad = torch.zeros_like(captured[0])
     grid = as_feature_map(grad, height, width)  # tokens on the patch grid, like the activations
     return grid.mean(dim=(2, 3)).clamp(min=0).detach().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class DrawnFilters:
+    """The filters of some channels as a grid of images: (K, 3, h, w) in [0, 1], a title per tile, one row per channel."""
+
+    images: np.ndarray
+    titles: list[str]
+    columns: int
+    caption: str
+    rows: list[dict]
+
+
+def conv_of_layer(module: torch.nn.Module) -> torch.nn.Conv2d | None:
+    """The convolution whose weights give the layer's channels: the layer itself, or a block's last Conv2d."""
+    if isinstance(module, torch.nn.Conv2d):
+        return module
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    return convs[-1] if convs else None
+
+
+def learned_filters(model: ModelAdapter, layer: str, channels: np.ndarray, inputs: int) -> DrawnFilters | str:
+    """The weights of ``channels``' filters at ``layer``, drawn; or, where they cannot be, a sentence saying why.
+
+    A filter reads the image when its convolution is the model's first and has one or three input channels:
+    it is drawn as one picture (grey or colour). Any other filter is drawn by its kernels on the ``inputs``
+    input channels of largest weight (L2 norm), each grey. Each filter is scaled by its own largest |weight|
+    to [0, 1], mid-grey being zero, so the tiles of one filter compare and two filters' do not.
+    """
+    _, module = resolve_layer(model, layer)
+    conv = conv_of_layer(module) if isinstance(module, torch.nn.Module) else None
+    if conv is None:
+        return (f"No filters drawn: layer '{layer}' has no convolution ({type(module).__name__}); name a Conv2d "
+                "layer, or a block that ends in one, to see its filters.")
+    weight = conv.weight.detach().float().cpu().numpy()  # (C_out, C_in / groups, kh, kw)
+    if len(channels) and int(np.max(channels)) >= weight.shape[0]:
+        return (f"No filters drawn: layer '{layer}' has more channels than its last convolution has filters "
+                f"({weight.shape[0]}).")
+    first = next((m for m in model.module.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    reads_image = conv is first and weight.shape[1] in (1, 3) and conv.groups == 1
+    scale = np.maximum(np.abs(weight).reshape(len(weight), -1).max(axis=1), 1e-12)  # (C_out,)
+    images, titles, rows = [], [], []
+    if reads_image:
+        for c in channels:
+            tile = weight[c] / (2 * scale[c]) + 0.5  # (C_in, kh, kw)
+            images.append(np.repeat(tile, 3, axis=0) if tile.shape[0] == 1 else tile)
+            titles.append(f"ch {int(c)}")
+            rows.append(_filter_row(weight, c, []))
+        columns = min(8, len(images))
+        caption = (f"The weights of each channel's {weight.shape[2]}x{weight.shape[3]} filter on the image's "
+                   f"{'colour channels' if weight.shape[1] == 3 else 'pixels'}, scaled by its largest weight: mid-grey "
+                   "is 0, brighter (or a colour) raises the channel, darker lowers it.")
+    else:
+        shown = min(inputs, weight.shape[1])
+        for c in channels:
+            norms = np.sqrt((weight[c] ** 2).sum(axis=(1, 2)))  # (C_in,)
+            strongest = np.argsort(-norms, kind="stable")[:shown]
+            for j in strongest:
+                images.append(np.repeat((weight[c, j] / (2 * scale[c]) + 0.5)[None], 3, axis=0))
+                titles.append(f"ch {int(c)} \u2190 {int(j)}")
+            rows.append(_filter_row(weight, c, [int(j) for j in strongest]))
+        columns = shown
+        caption = (f"One row per channel: its {weight.shape[2]}x{weight.shape[3]} kernels on the {shown} input channels "
+                   f"(of {weight.shape[1]}) it weighs most ('ch c \u2190 j': channel c reading input channel j), each "
+                   "filter scaled by its largest weight: mid-grey is 0, bright raises the channel, dark lowers it.")
+    return DrawnFilters(np.clip(np.stack(images), 0.0, 1.0).astype(np.float32), titles, columns, caption, rows)
+
+
+def _filter_row(weight: np.ndarray, channel: int, inputs: list[int]) -> dict:
+    return {"channel": int(channel), "kernel": f"{weight.shape[2]}x{weight.shape[3]}", "input_channels": int(weight.shape[1]),
+            "weight_norm": float(np.sqrt((weight[channel] ** 2).sum())), "max_abs_weight": float(np.abs(weight[channel]).max()),
+            "inputs_shown": inputs}
 
 
 def _images_figure(array: str, title: str, titles: list[str], caption: str) -> dict:
