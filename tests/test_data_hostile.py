@@ -265,6 +265,24 @@ def test_an_unreadable_plan(tmp_path, monkeypatch):
     _one_error_line(_run(plan, tmp_path / "out"), str(plan), "Permission denied")
 
 
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc/self/mem (reads fail with EIO)")
+@pytest.mark.parametrize("what", ["plan", "metadata", "weights"])
+def test_a_file_that_fails_to_read_is_named_with_the_reason(tmp_path, what):
+    """/proc/self/mem: it exists, opens, and every read at offset 0 fails with an I/O error."""
+    plan = _csv_case(tmp_path, "ok2.png")
+    if what == "plan":
+        os.symlink("/proc/self/mem", tmp_path / "mem.yaml")
+        plan = tmp_path / "mem.yaml"
+    elif what == "metadata":
+        (tmp_path / "data" / "meta.csv").unlink()
+        os.symlink("/proc/self/mem", tmp_path / "data" / "meta.csv")
+    else:
+        plan.write_text(plan.read_text().replace("weights: weights.pt", "weights: /proc/self/mem"))
+    result = runner.invoke(app, ["validate", str(plan)])
+    _one_error_line(result, "Input/output error")
+    assert ("mem" if what != "metadata" else "/proc/") in result.stderr
+
+
 def test_with_debug_the_traceback_is_shown(tmp_path):
     plan = _folder_plan(tmp_path)
     (tmp_path / "afile").write_text("x")

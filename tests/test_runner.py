@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,6 +136,47 @@ def test_a_tampered_cache_entry_is_recomputed_not_read_back(write_plan, registry
     r2 = run_audit(plan, registry, cache=cache).results
     assert cache.hits == 0 and cache.misses == 2
     assert r2["hypotheses"] == r1["hypotheses"]
+
+
+def _tamper(entry: Path, how: str) -> None:
+    import shutil
+
+    if how == "meta not JSON":
+        (entry / "meta.json").write_text("{not json")
+    elif how == "meta a folder":
+        (entry / "meta.json").unlink()
+        (entry / "meta.json").mkdir()
+    elif how == "meta without a checksum":
+        (entry / "meta.json").write_text('{"format": 2, "sha256": null}')
+    elif how == "data a folder":
+        (entry / "data.json").unlink()
+        (entry / "data.json").mkdir()
+    elif how == "data missing":
+        (entry / "data.json").unlink()
+    elif how == "entry a file":
+        shutil.rmtree(entry)
+        entry.write_text("x")
+
+
+def test_a_cache_entry_tampered_in_any_way_is_recomputed_and_the_run_goes_on(write_plan, registry, tmp_path):
+    """Whatever was done to an entry's files, the run computes the step again and gives the same results."""
+    import shutil
+
+    plan = load_plan(write_plan(plan_text("", "  - grayscale\n")), registry)
+    clean = tmp_path / "clean"
+    r1 = run_audit(plan, registry, cache=Cache(clean)).results
+    for how in ("meta not JSON", "meta a folder", "meta without a checksum", "data a folder", "data missing",
+                "entry a file"):
+        cache_dir = tmp_path / how.replace(" ", "-")
+        shutil.copytree(clean, cache_dir)
+        entries = [d for d in (cache_dir / "steps").glob("*/*") if d.is_dir()]
+        assert len(entries) == 2
+        for entry in entries:
+            _tamper(entry, how)
+        cache = Cache(cache_dir)
+        r2 = run_audit(plan, registry, cache=cache).results
+        assert (cache.hits, cache.misses) == (0, 2), how
+        assert r2["hypotheses"] == r1["hypotheses"] and r2["accuracy"] == r1["accuracy"], how
 
 
 def test_two_runs_on_one_cache_compute_each_step_once(write_plan, tmp_path):
