@@ -16,11 +16,11 @@ layout (the batch the plugins use). The table prints limit / measured per step
 
 The trust step of an explainer costs, in images through the model, 2k + 1
 forward passes per explained image (deletion and insertion curves, k = 12) and
-the sanity check's re-explanations (at most half the explained images' count by
+the sanity check's re-explanations (at most a third of the explained images by
 default; xai_audit.judge.trust.sanity_size); the random pixel order the curves
 are compared with costs 2k + 1 passes per image once per audit (its own row).
 The summary compares each explainer's trust passes with the explainer's own
-(target: at most as many, for the methods that spend more than 2(2k + 1) passes
+(target: at most as many, for the methods that spend more than 1.5 (2k + 1) passes
 per image: LIME, Occlusion, Integrated Gradients; Grad-CAM spends one, so its
 trust step is bounded by the curves' 2k + 1 passes per image instead).
 

@@ -305,14 +305,15 @@ def test_deletion_is_quantus_pixel_flipping_in_the_insertion_passes():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 8, 12, 24, 100])
-def test_the_default_sanity_check_re_explains_at_most_half_the_explained_images(n):
+def test_the_default_sanity_check_re_explains_at_most_a_third_of_the_explained_images(n):
     samples, stages = trust.sanity_size(n, None, None)
-    assert samples >= 1 and stages >= 1 and samples * stages <= max(1, n // 2)
+    assert samples >= 1 and stages >= 1 and samples * stages <= max(1, n // 3)
     assert samples <= trust.SANITY_MAX_SAMPLES
     assert trust.sanity_size(n, 3, 2) == (3, 2)  # what the plan says stands
     given_samples, chosen_stages = trust.sanity_size(n, 2, None)
     assert given_samples == 2 and 1 <= chosen_stages <= 3
-    assert trust.sanity_size(12, None, None) == (2, 3)  # the default audit: 12 images, 6 re-explanations
+    assert trust.sanity_size(12, None, None) == (2, 2)  # the default audit: 12 images, 4 re-explanations
+    assert trust.sanity_size(27, None, None) == (3, 3)
 
 
 def test_the_trust_step_costs_the_passes_it_states(registry, monkeypatch):
@@ -336,8 +337,8 @@ def test_the_trust_step_costs_the_passes_it_states(registry, monkeypatch):
     data, _ = trust.explainer_trust(session, occlusion, maps)
     stated = data["model_passes"]
     assert stated == {"curve_forward_images": 8 * 25, "random_order_forward_images": 8 * 25,
-                      "sanity_re_explanations": 2}  # 2 images x 2 stages at most (half of 8); one layer: 1 stage
-    assert trust.sanity_size(8, None, None) == (2, 2)
+                      "sanity_re_explanations": 2}  # 2 images x 1 stage (a third of 8)
+    assert trust.sanity_size(8, None, None) == (2, 1)
     assert data["sanity"]["n_samples"] * len(data["sanity"]["stages"]) == 2
     assert sum(seen) == stated["curve_forward_images"] + stated["sanity_re_explanations"] * 17
     # the curves' passes are full batches: never one canvas alone

@@ -2,8 +2,13 @@
 
 A model is either ``module: package.module:factory`` (or ``path/to/file.py:factory``)
 plus an optional ``weights`` state-dict file (``.pt``/``.pth`` loaded with
-``weights_only=True``, or ``.safetensors``), a ``torchscript`` file, a
-``torch.export`` program (``exported: model.pt2``) or a trusted pickled model.
+``weights_only=True``, or ``.safetensors``), an architecture by name from timm or
+torchvision (``arch: timm:resnet18`` or ``arch: torchvision:resnet18``) built
+without pretrained weights and given a local ``weights`` file (nothing is
+downloaded; timm / torchvision are the user's install, never this package's
+requirement: a missing one is a one-line error naming it), a ``torchscript``
+file, a ``torch.export`` program (``exported: model.pt2``) or a trusted pickled
+model.
 Display-space images (RGB in [0, 1]) are mapped to the model's input by a
 differentiable step: resize, grayscale when the model takes one channel, then
 normalise with ``mean`` and ``std``.
@@ -42,7 +47,12 @@ from xai_audit.api import (
 
 class TorchModelOptions(Options):
     module: str | None = Field(None, description="'package.module:factory' or 'file.py:factory'")
-    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
+    arch: str | None = Field(
+        None, description="'timm:<name>' or 'torchvision:<name>': an architecture by name, built with one output "
+        "per class and no pretrained weights, given 'weights' (a local file; nothing is downloaded)")
+    factory_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the factory (or of timm.create_model / "
+        "torchvision.models.get_model for 'arch')")
     weights: str | None = Field(None, description="state-dict file (.pt/.pth loaded with weights_only=True, or .safetensors)")
     torchscript: str | None = Field(None, description="a TorchScript file (instead of module)")
     exported: str | None = Field(None, description="a torch.export program (.pt2, torch.export.save) instead of module")
@@ -56,12 +66,22 @@ class TorchModelOptions(Options):
 
     @model_validator(mode="after")
     def _one_source(self) -> "TorchModelOptions":
-        sources = [n for n in ("module", "torchscript", "exported", "model_file") if getattr(self, n) is not None]
+        sources = [n for n in ("module", "arch", "torchscript", "exported", "model_file")
+                   if getattr(self, n) is not None]
         if len(sources) != 1:
-            raise ValueError(
-                "give exactly one of 'module' (with optional 'weights'), 'torchscript', 'exported' or 'model_file'")
-        if self.weights is not None and self.module is None:
-            raise ValueError("'weights' goes with 'module'")
+            raise ValueError("give exactly one of 'module' (with optional 'weights'), 'arch' (with 'weights'), "
+                             "'torchscript', 'exported' or 'model_file'")
+        if self.weights is not None and self.module is None and self.arch is None:
+            raise ValueError("'weights' goes with 'module' or 'arch'")
+        if self.arch is not None:
+            library, _, name = self.arch.partition(":")
+            if library not in ARCH_LIBRARIES or not name.strip():
+                raise ValueError(f"'arch' is 'timm:<name>' or 'torchvision:<name>', not {self.arch!r}")
+            if self.weights is None:
+                raise ValueError("'arch' needs 'weights': a local state-dict file (.safetensors, .pt or .pth); "
+                                 "nothing is downloaded")
+            if not self.classes:
+                raise ValueError("'arch' needs 'classes': the class names in output order (they set its outputs)")
         if self.model_file is not None and not self.trusted:
             raise ValueError(
                 "'model_file' is a pickled model, which can run code when loaded: "
@@ -72,8 +92,8 @@ class TorchModelOptions(Options):
 
 class TorchModelPlugin(ModelAdapterPlugin):
     name = "torch"
-    description = ("A torch module from a factory plus weights (.pt or .safetensors), a TorchScript file, a "
-                   "torch.export program, or a trusted pickled model.")
+    description = ("A torch module from a factory or a timm / torchvision architecture by name, plus weights "
+                   "(.pt or .safetensors), a TorchScript file, a torch.export program, or a trusted pickled model.")
     Options = TorchModelOptions
 
     @classmethod
@@ -109,6 +129,12 @@ class TorchModelPlugin(ModelAdapterPlugin):
                 raise ModelError(f"{path}: cannot load pickled model: {_first_line(exc)}") from None
             if not isinstance(module, torch.nn.Module):
                 raise ModelError(f"{path}: holds a {type(module).__name__}, not a torch.nn.Module")
+        elif opts.arch is not None:
+            module = build_arch(opts.arch, len(opts.classes or []), opts.factory_kwargs)
+            assert opts.weights is not None
+            path = _resolve(context.base_dir, opts.weights)
+            files.append(path)
+            _load_weights(module, path, context.device)
         else:
             assert opts.module is not None
             factory = _import_factory(opts.module, context.base_dir)
@@ -204,7 +230,8 @@ class TorchModelAdapter(ModelAdapter):
     def describe(self) -> dict[str, Any]:
         n_params = sum(p.numel() for p in self.module.parameters())
         return {
-            "source": self.opts.torchscript or self.opts.exported or self.opts.model_file or self.opts.module,
+            "source": (self.opts.torchscript or self.opts.exported or self.opts.model_file or self.opts.arch
+                       or self.opts.module),
             "architecture": _architecture(self.module, self.opts),
             "parameters": n_params,
             "classes": len(self.classes),
@@ -271,6 +298,38 @@ def _load_weights(module: torch.nn.Module, path: Path, device: str) -> None:
         raise ModelError(f"{path}: weights do not fit the model architecture: {detail}") from None
 
 
+# --------------------------------------------------------------------------- timm / torchvision by name
+
+#: the libraries `arch` names architectures from (each imported only when a plan names it)
+ARCH_LIBRARIES = ("timm", "torchvision")
+
+
+def build_arch(arch: str, n_classes: int, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """``timm:<name>`` with ``timm.create_model(name, pretrained=False, num_classes=n)``, or
+    ``torchvision:<name>`` with ``torchvision.models.get_model(name, weights=None, num_classes=n)``: the
+    architecture alone, its weights from the plan's file. Neither library is a requirement of this package."""
+    import importlib
+
+    library, _, name = arch.partition(":")
+    name = name.strip()
+    try:
+        package = importlib.import_module(library if library == "timm" else "torchvision.models")
+    except ImportError:
+        raise ModelError(f"model.arch {arch!r} needs the {library} package, which is not installed "
+                         f"(pip install {library}; it is not a requirement of xai-audit)") from None
+    options = {"num_classes": n_classes, **kwargs}
+    try:
+        if library == "timm":
+            module = package.create_model(name, pretrained=False, **options)
+        else:
+            module = package.get_model(name, weights=None, **options)
+    except Exception as exc:  # unknown names: timm RuntimeError, torchvision ValueError
+        raise ModelError(f"model.arch {arch!r}: {library} could not build it: {_first_line(exc)}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise ModelError(f"model.arch {arch!r}: {library} returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
 # --------------------------------------------------------------------------- torch.export programs
 
 
@@ -324,6 +383,8 @@ def _architecture(module: torch.nn.Module, opts: TorchModelOptions) -> str:
         return f"{name} (TorchScript)"
     if opts.exported is not None:
         return "torch.export program"
+    if opts.arch is not None:
+        return f"{name} ({opts.arch})"
     return name
 
 

@@ -59,8 +59,8 @@ class TrustSpec(_Strict):
     #: model's best batch size (and once per audit the same again for the random pixel order they are compared to)
     steps: int = Field(12, ge=3, le=256)
     #: images the sanity check re-explains on weight-randomised copies of the model, at every stage (0: no sanity
-    #: check); None: chosen with the stages so that images x stages is at most half the explained images (at
-    #: most 4 images), so the check costs at most half its explainer's passes (xai_audit.judge.trust.sanity_size)
+    #: check); None: chosen with the stages so that images x stages is at most a third of the explained images
+    #: (at most 4 images), so the check costs at most a third of its explainer (xai_audit.judge.trust.sanity_size)
     sanity_samples: int | None = Field(None, ge=0, le=10_000)
     #: cascade stages of the sanity check: the top layer randomised first, every layer last; None: chosen as above
     sanity_stages: int | None = Field(None, ge=1, le=50)
