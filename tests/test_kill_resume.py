@@ -264,6 +264,54 @@ def test_a_failed_write_changes_nothing_and_a_dead_writers_temporary_files_are_r
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted([living.name, other_host.name])
 
 
+def test_run_log_and_checks_xml_are_renamed_into_place_with_the_report(model_dir, monkeypatch):
+    """run.log and checks.xml belong to the report set: a kill while the set is renamed into place leaves no
+    results.json, and a re-run that has neither removes those an earlier run left, with the same write."""
+    from typer.testing import CliRunner
+
+    from xai_audit.cli import app
+
+    failing = "  - transform: {callable: 'json:loads', description: parsed as JSON}\n"  # fails: a run.log
+    (model_dir / "first.yaml").write_text(plan_text("", failing, extra="checks:\n  - accuracy >= 0\n", n=8))
+    (model_dir / "second.yaml").write_text(plan_text("", "  - grayscale\n", n=8))
+    out = model_dir / "out"
+    run = ["run", "--out", str(out), "--no-cache", "-q", "--formats", "html,json"]
+    first = CliRunner().invoke(app, [*run, str(model_dir / "first.yaml")])
+    assert first.exit_code == 1, first.output  # the transform did not run (on_step_failure: fail)
+    assert {"run.log", "checks.xml", "results.json"} <= {p.name for p in out.iterdir()}
+
+    real_replace = os.replace
+
+    def killed_at_the_first_rename_into_the_report(src, dst):
+        if Path(dst).parent == out:
+            raise KeyboardInterrupt  # stands for a kill
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_at_the_first_rename_into_the_report)
+    killed = CliRunner().invoke(app, [*run, str(model_dir / "second.yaml")])
+    assert killed.exit_code != 0  # click reads the interrupt as an abort
+    # the first run's results.json is gone (its set is no longer whole), and so are its log and checks,
+    # which the second run has none of
+    assert not {"results.json", "run.log", "checks.xml"} & {p.name for p in out.iterdir()}
+    monkeypatch.setattr(os, "replace", real_replace)
+
+    second = CliRunner().invoke(app, [*run, str(model_dir / "second.yaml")])
+    assert second.exit_code == 0, second.output
+    names = {p.name for p in out.iterdir()}
+    assert "results.json" in names and not {"run.log", "checks.xml"} & names
+    again = CliRunner().invoke(app, [*run, str(model_dir / "first.yaml")])
+    assert again.exit_code == 1 and {"run.log", "checks.xml"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_write_removes_the_files_of_the_set_it_no_longer_holds(tmp_path):
+    for name in ("results.json", "run.log", "checks.xml"):
+        (tmp_path / name).write_text("old")
+    write_together({tmp_path / "results.json": b"new", tmp_path / "checks.xml": b"new"}, last=tmp_path / "results.json",
+                   remove=[tmp_path / "run.log", tmp_path / "checks.xml", tmp_path / "never-there"])
+    # a file the set holds is written, not removed; one it does not hold is gone; one never there is no error
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"results.json": "new", "checks.xml": "new"}
+
+
 def test_a_claim_removes_what_a_killed_holder_left_and_its_own_lock_file(tmp_path):
     cache = Cache(tmp_path)
     key = "ab" + "1" * 62

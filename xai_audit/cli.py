@@ -139,7 +139,14 @@ def _check_out(out: Path) -> None:
     check_folder(out, "report folder", hint="; choose another with --out")
 
 
-def _write(outcome, registry, out: Path, formats: list[str], templates: Optional[Path]) -> dict[str, Path]:
+def _write(outcome, registry, out: Path, formats: list[str], templates: Optional[Path],
+           checks: bool = True) -> dict[str, Path]:
+    """Write the report; with it, in one set (a kill leaves either all of them or no results.json), the
+    fine-tuning manifest, run.log (whole tracebacks of the steps that failed; the report and results.json keep
+    one line each) and, with ``checks``, checks.xml (the plan's checks as JUnit). A run.log or checks.xml that
+    an earlier run left and this one has none of is removed with the same write."""
+    from xai_audit.judge.checks import junit_xml
+    from xai_audit.judge.recommend import MANIFEST_NAME
     from xai_audit.report import ReportArtifacts, write_report
 
     template_dirs = ([templates] if templates else []) + registry.template_dirs()
@@ -147,14 +154,15 @@ def _write(outcome, registry, out: Path, formats: list[str], templates: Optional
         images=outcome.images, explanations=outcome.explanations, hypotheses=outcome.hypotheses,
         predictions=outcome.predictions, labels=outcome.labels,
     )
-    written = write_report(outcome.results, artifacts, out, formats=formats, template_dirs=template_dirs)
-    from xai_audit.judge.recommend import write_manifest
-
-    written["manifest"] = write_manifest(outcome.results.get("recommendations") or [], out)
-    if outcome.log:  # whole tracebacks of the steps that failed: the report and results.json keep one line each
-        from xai_audit.files import atomic_write
-
-        atomic_write(out / "run.log", ("\n".join(outcome.log) + "\n").encode("utf-8"))
+    rows = outcome.results.get("checks") or []
+    extra = {
+        "run.log": ("\n".join(outcome.log) + "\n").encode("utf-8") if outcome.log else None,
+        "checks.xml": junit_xml(rows, outcome.results.get("title", "")).encode() if checks and rows else None,
+    }
+    written = write_report(outcome.results, artifacts, out, formats=formats, template_dirs=template_dirs,
+                           extra=extra if checks else {"run.log": extra["run.log"]})
+    written["manifest"] = out / MANIFEST_NAME  # written with the report (the PDF embeds it)
+    if outcome.log:
         written["log"] = out / "run.log"
         if _state["debug"]:
             for entry in outcome.log:  # whole tracebacks, as they are
@@ -206,7 +214,7 @@ def run(
     if len(validated.models) == 1:
         outcome = run_audit(validated, registry, cache=cache, progress=show)
         _summarise(outcome.results, _write(outcome, registry, out, validated.report.formats, templates))
-        failed = _gate([outcome.results], out)
+        failed = _gate(outcome.results)
         failed = _incomplete(outcome.results) or failed
     else:
         failed = _run_several(validated, registry, cache, out, templates, show)
@@ -234,21 +242,12 @@ def _cache_warnings(cache) -> None:
         _err(f"warning: {shown(cache.errors[0])}{more}; the results were kept, the next run computes them again")
 
 
-def _gate(all_results: list[dict], out: Path) -> bool:
-    """Print the checks, write checks.xml (JUnit) beside the report; True when one FAILs."""
-    from xai_audit.files import atomic_write
-    from xai_audit.judge.checks import junit_xml
-
-    failed = False
-    for results in all_results:
-        rows = results.get("checks") or []
-        for row in rows:
-            _say(f"check {row['status']}: {row['check']}" + (f" ({row['reason']})" if row["reason"] else ""))
-        failed = failed or any(r["status"] == "FAIL" for r in rows)
-    rows = [r for results in all_results for r in results.get("checks") or []]
-    if rows:
-        atomic_write(out / "checks.xml", junit_xml(rows, all_results[0].get("title", "")).encode())
-    return failed
+def _gate(results: dict) -> bool:
+    """Print the checks (checks.xml, their JUnit file, is written with the report); True when one FAILs."""
+    rows = results.get("checks") or []
+    for row in rows:
+        _say(f"check {row['status']}: {row['check']}" + (f" ({row['reason']})" if row["reason"] else ""))
+    return any(r["status"] == "FAIL" for r in rows)
 
 
 def _incomplete(results: dict, model: str = "") -> bool:
@@ -294,7 +293,7 @@ def _run_several(validated, registry, cache, out: Path, templates: Optional[Path
         typer.echo(f"comparison {kind}: {path}")
     failed = False
     for name, outcome in outcomes.items():
-        failed = _gate([outcome.results], out / name) or failed
+        failed = _gate(outcome.results) or failed
         failed = _incomplete(outcome.results, name) or failed
     return failed
 
@@ -509,7 +508,7 @@ def demo(
     outcome = run_audit(validated, registry, cache=cache, progress=not quiet and sys.stderr.isatty())
     if verify:
         _verify(outcome, trained, registry, cache, out, plan_data, seed=seed, quiet=quiet, data=data)
-    written = _write(outcome, registry, out, validated.report.formats, None)
+    written = _write(outcome, registry, out, validated.report.formats, None, checks=False)
     acc = outcome.results.get("accuracy")
     if acc:
         what = "held-out digits" if data == "digits" else "clean synthetic faces"
@@ -543,7 +542,7 @@ def _verify(outcome, trained, registry, cache, out: Path, plan_data: dict, *, se
     write_demo_plan(after_dir / "plan.yaml", plan_after)
     validated = load_plan(after_dir / "plan.yaml", registry)
     after = run_audit(validated, registry, cache=cache, progress=not quiet and sys.stderr.isatty())
-    _write(after, registry, after_dir, validated.report.formats, None)
+    _write(after, registry, after_dir, validated.report.formats, None, checks=False)
     outcome.results["verification"] = verification_summary(outcome.results, after.results, tuned, "after/report.html")
     outcome.results["run"]["fine_tune"] = {"seconds": round(tuned.seconds, 3), "cached": tuned.cached}
     for row in outcome.results["verification"]["comparisons"]:
