@@ -9,7 +9,8 @@ safetensors state dict, audited over an unlabelled folder of grayscale photos. N
   feeds the conv head (not the head), and they say which layer and why.
 * The unlabelled grayscale audit: no sentence of results.json or report.html mentions accuracy;
   grayscale is "not applicable" (the model sees one channel, which a grayscale copy keeps) and stays
-  out of the Holm correction; topology's colour summary says not applicable.
+  out of the Holm correction; topology's colour summary says not applicable; the region hypotheses
+  (occlude-regions, mask-lower-face) run from masks stored as files beside the photos, offline.
 """
 
 from __future__ import annotations
@@ -103,6 +104,14 @@ hypotheses:
   - group-accuracy: {min_group_size: 5}
 """
 TRUST = "explain: {samples: 3, trust: {steps: 4, sanity_samples: 2, sanity_stages: 2}}\n"
+#: face parts drawn into every photo (rows, columns), stored as masks/<region>/<photo id>.png: an offline region source
+PARTS = {"eyes": (8, 12, 6, 26), "brows": (5, 7, 6, 26), "nose": (13, 19, 13, 19), "mouth": (21, 25, 10, 22),
+         "skin": (3, 29, 4, 28)}
+REGION_HYPOTHESES = """\
+  - occlude-regions: {regions: [eyes, mouth, lower_face]}
+  - mask-lower-face
+"""
+MASK_FILES = "regions: {source: mask-files, path: masks}\n"
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +144,17 @@ def folder(tmp_path_factory) -> Path:
         cy, cx = rng.integers(8, SIZE - 8, 2)
         face[cy - 4 : cy + 4, cx - 4 : cx + 4] += rng.choice([-0.4, 0.4])
         Image.fromarray((np.clip(face, 0, 1) * 255).astype(np.uint8), mode="L").save(photos / f"p{i:03d}.png")
+        for part, (top, bottom, left, right) in PARTS.items():
+            mask = np.zeros((SIZE, SIZE), np.uint8)
+            mask[top:bottom, left:right] = 255
+            (root / "masks" / part).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(root / "masks" / part / f"p{i:03d}.png")
         rows.append(f"p{i:03d}.png,,{'A' if i < 15 else 'B'}")
     (photos / "metadata.csv").write_text("\n".join(rows) + "\n")
     return root
 
 
-def _plan(folder: Path, name: str, source: str, explainers: str, extra: str = TRUST) -> Path:
+def _plan(folder: Path, name: str, source: str, explainers: str, extra: str = TRUST, hypotheses: str = "") -> Path:
     text = (
         "seed: 0\n"
         "model:\n"
@@ -149,7 +163,7 @@ def _plan(folder: Path, name: str, source: str, explainers: str, extra: str = TR
         f"  classes: [{', '.join(CLASSES)}]\n"
         f"  input: {INPUT}\n"
         "dataset: {loader: image-folder, path: photos, metadata: photos/metadata.csv}\n"
-        + extra + explainers + HYPOTHESES
+        + extra + explainers + HYPOTHESES + hypotheses
         + "report: {title: Emotion model on unlabelled photos}\n"
     )
     path = folder / f"{name}.yaml"
@@ -188,10 +202,16 @@ def test_compiled_models_run_every_allowed_method_end_to_end(folder, tmp_path, s
         monkeypatch.setenv("XAI_AUDIT_BATCH_SIZE", "16")
     r = _run(_plan(folder, "compiled", source, HOOKLESS_EXPLAINERS), tmp_path / "out")
     assert r["failures"] == []
+    page = (tmp_path / "out" / "report.html").read_text()
     for name in ("integrated-gradients", "saliency", "occlusion", "lime"):
         entry = r["explainers"][name]
         assert entry["status"] == "ok" and entry["n_samples"] == 3, name
         assert entry["trust"]["sanity"]["verdict"] in ("passes", "partly", "fails"), name  # the trust step ran
+        # its cost in passes is stated (steps 4 -> 3 curve steps: 7 canvases an image), its wall time recorded
+        assert entry["trust"]["model_passes"]["curve_forward_images"] == 3 * 7
+        assert entry["trust"]["model_passes"]["sanity_re_explanations"] == 2 * 2
+        for step in (f"explainer {name}", f"trust {name}"):
+            assert r["run"]["steps"][step]["seconds"] >= 0 and f">{step}<" in page, step  # "How this audit ran"
     description = r["provenance"]["model"]["description"]
     assert description["default_layer"] == "block3" and "layer_hooks" in description
     assert r["hypotheses"]["grayscale"]["verdict"] == "not applicable"
@@ -244,7 +264,7 @@ def unlabelled(folder, tmp_path_factory) -> tuple[dict[str, Any], str]:
     out = tmp_path_factory.mktemp("unlabelled") / "report"
     plan = _plan(folder, "state_dict", "module: mini_xception.py:make\n  weights: weights.safetensors",
                  HOOKLESS_EXPLAINERS + LAYER_EXPLAINERS,
-                 extra="explain: {samples: 3, trust: {enabled: false}}\n")
+                 extra=MASK_FILES + "explain: {samples: 3, trust: {enabled: false}}\n", hypotheses=REGION_HYPOTHESES)
     results = _run(plan, out)
     page = (out / "report.html").read_text()
     page = re.sub(r"<script.*?</script>|<style.*?</style>", " ", page, flags=re.S)
@@ -264,6 +284,16 @@ def test_a_safetensors_state_dict_runs_every_method_at_the_feature_layer(unlabel
     assert "the last conv 'head' has one output channel per class (7)" in gradcam and "globally average-pooled" in gradcam
     topology = " ".join(r["explainers"]["topology"]["notes"])
     assert "Layer: the model's default layer, 'block3'" in topology and "layer block3" in topology
+
+
+def test_the_region_hypotheses_run_offline_from_masks_beside_the_photos(unlabelled):
+    r, text = unlabelled
+    for name in ("occlude-regions", "mask-lower-face"):
+        assert r["hypotheses"][name]["status"] == "ok", r["hypotheses"][name]
+        assert r["hypotheses"][name]["verdict"] != "not applicable", r["hypotheses"][name]
+    regions = r["provenance"]["regions"]
+    assert regions["source"] == "mask-files" and len(regions["files"]) == 30 * len(PARTS)
+    assert "occlude-regions" in text and "mask-lower-face" in text
 
 
 def test_unlabelled_grayscale_audit_never_mentions_accuracy(unlabelled):

@@ -288,8 +288,9 @@ def _drop_figure(results: dict[str, HypothesisResult], metric: str) -> dict[str,
             "high": [results[r].ci[1] if results[r].ci else e for r, e in zip(names, effects)],
         }],
         "ylabel": "accuracy drop" if metric == "accuracy" else "flip rate",
-        "caption": "How much each occluded region costs (accuracy drop, or flip rate without labels), "
-        "with 95 % intervals.",
+        "caption": ("How much each occluded region costs in accuracy, with 95 % intervals." if metric == "accuracy"
+                    else "How often occluding each region changes the model's prediction (flip rate), with 95 % "
+                    "intervals."),
         "alt": "Bar chart of the effect of occluding each region, with confidence intervals.",
     }
 

@@ -58,9 +58,9 @@ def derive_limitations(results: Mapping[str, Any]) -> list[dict[str, str]]:
         out.append(_entry("skipped samples", "data set", f"{len(skipped)} image(s) could not be read and were left "
                           "out of every step (on_bad_sample: skip).", "skipped_samples"))
     if not (results.get("samples") or {}).get("labelled", True):
-        out.append(_entry("no labels", "data set", "The audited data have no labels: accuracy, per-group accuracy "
-                          "and whether any change makes the model wrong cannot be measured. Every test compares the "
-                          "model with its own predictions on the clean images.", "samples.labelled"))
+        out.append(_entry("no labels", "data set", "The audited data have no labels: how often the model is right, "
+                          "overall or per group, and whether any change makes it wrong cannot be measured. Every test "
+                          "compares the model with its own predictions on the clean images.", "samples.labelled"))
     hypotheses = results.get("hypotheses") or {}
     for name, entry in hypotheses.items():
         if entry.get("status") == "ok" and not entry.get("discovered"):
