@@ -171,6 +171,29 @@ def test_a_write_refused_while_the_report_is_written_names_the_file_and_leaves_n
     assert sorted(p.name for p in out.iterdir()) == ["results.json"]
 
 
+def test_a_disk_full_while_a_new_report_folder_is_written_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """The report folder and its tables/ are made as the files are staged: a write that fails removes them."""
+    from xai_audit.files import write_together
+
+    real_mkstemp = tempfile.mkstemp
+
+    def full(*args, **kwargs):  # the disk fills up at the second file
+        if Path(kwargs.get("dir", ".")).name == "tables":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    out = tmp_path / "new" / "report"
+    files = {out / "report.html": b"<html>", out / "tables" / "a.csv": b"a,b\n", out / "results.json": b"{}"}
+    with pytest.raises(PathError, match=r"tables/a\.csv: .*No space left on device"):
+        write_together(files, last=out / "results.json", folders="report folder")
+    assert sorted(tmp_path.iterdir()) == []  # neither report/, nor tables/, nor new/ above them
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(PathError):
+        write_together({tmp_path / "kept" / "tables" / "a.csv": b""}, folders="report folder")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not list((tmp_path / "kept").iterdir())
+
+
 def test_atomic_write_under_a_file_or_onto_a_folder_names_the_path(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(PathError, match=r"afile/report\.html: .*afile is a file, not a folder"):
