@@ -14,7 +14,7 @@ import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from xai_audit.errors import XaiAuditError
 
@@ -104,10 +104,13 @@ def atomic_write(path: Path, data: bytes) -> None:
     write_together({Path(path): data})
 
 
-def write_together(files: Mapping[Path, bytes], last: Path | None = None, folders: str = "") -> None:
+def write_together(files: Mapping[Path, bytes], last: Path | None = None, folders: str = "",
+                   remove: Iterable[Path] = ()) -> None:
     """Write several files as one set (a report): each to a temporary file beside it first, and only when
     every one is whole, each renamed into place; ``last``, the file that says the set is whole (a report's
-    results.json), is removed before the first rename and renamed into place after the others.
+    results.json), is removed before the first rename and renamed into place after the others. ``remove``:
+    files an earlier write of the set held that this one does not (a run.log of failures a re-run no longer
+    has), removed once ``last`` is gone, so a whole set never shows a file of another write.
 
     A failure while writing (a folder not writable, a full disk) leaves every file as it was and raises
     :class:`PathError` naming the file; a process killed while writing leaves the files as they were (and
@@ -132,6 +135,15 @@ def write_together(files: Mapping[Path, bytes], last: Path | None = None, folder
                 pass
             except OSError as exc:
                 raise path_error(exc, "cannot write", last) from None
+        for stale in remove:
+            if Path(stale) in files:
+                continue
+            try:
+                os.unlink(stale)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise path_error(exc, "cannot remove", stale) from None
         while staged:
             path, temp_name = staged[0]
             try:

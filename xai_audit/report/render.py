@@ -109,12 +109,16 @@ def write_report(
     formats: list[str] = ["html", "pdf", "json"],  # noqa: B006 - never mutated
     template_dirs: list[Path] = [],  # noqa: B006 - never mutated
     figure_cache: Path | None = None,
+    extra: Mapping[str, bytes | None] | None = None,
 ) -> dict[str, Path]:
     """Render every requested format, then write each file atomically.
 
     Beside the formats it always writes the plan as run (:data:`PLAN_NAME`) and the fine-tuning manifest,
     the evidence the PDF embeds. Figures are kept by content in ``figure_cache`` (default: the cache
     folder the run used, from results.json), so a re-run over the same results draws none again.
+    ``extra``: more files of the report by name (the command line's ``run.log`` and ``checks.xml``), written
+    with the others; a name mapped to ``None`` is not part of this report, and one an earlier write left
+    there is removed, so the folder never mixes two runs.
 
     Everything is rendered in memory before the first file is written, so a
     failure leaves no partial report; each file goes to a temporary name in
@@ -165,9 +169,13 @@ def write_report(
         path = out_dir / FILENAMES[fmt]
         files[path] = payloads[fmt]
         written[fmt] = path
+    for name, data in (extra or {}).items():
+        if data is not None:
+            files[out_dir / name] = data
     # every file whole on disk before any is renamed into place, results.json last: a report folder
     # whose results.json is there holds the whole report, even after a kill mid-write
-    write_together(files, last=out_dir / FILENAMES["json"], folders="report folder")
+    write_together(files, last=out_dir / FILENAMES["json"], folders="report folder",
+                   remove=[out_dir / name for name, data in (extra or {}).items() if data is None])
     return written
 
 
