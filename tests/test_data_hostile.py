@@ -617,3 +617,19 @@ def test_the_image_folder_options_are_documented():
     assert "outside" in options.model_fields["allow_outside"].description
     text = (Path(__file__).resolve().parents[1] / "docs" / "bad-input.md").read_text()
     assert "allow_outside" in text and "XAI_AUDIT_CACHE" in text
+
+
+@pytest.mark.parametrize("what", ["missing", "file"])
+def test_templates_that_are_no_folder_are_refused_before_any_work(tmp_path, what):
+    plan = _folder_plan(tmp_path)
+    templates = tmp_path / "mine"
+    if what == "file":
+        templates.write_text("x")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(plan), "--out", str(out), "--no-cache", "-q",
+                                 "--templates", str(templates)])
+    _one_error_line(result, "--templates", str(templates), "no such folder" if what == "missing" else "a file")
+    assert not out.exists()
+    result = runner.invoke(app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out",
+                                 str(tmp_path / "cmp"), "--templates", str(templates)])
+    _one_error_line(result, "--templates")

@@ -132,6 +132,16 @@ def _cache(cache_dir: Optional[Path], no_cache: bool):
     return cache
 
 
+def _check_templates(templates: Optional[Path]) -> None:
+    """Refuse ``--templates`` that is no folder before any work (the built-in templates would be used
+    silently in its place)."""
+    if templates is None or templates.is_dir():
+        return
+    why = "it is a file, not a folder" if templates.exists() else "no such folder"
+    raise XaiAuditError(f"--templates {shown(templates)}: {why}; give a folder of templates that override the "
+                        "built-in ones")
+
+
 def _check_out(out: Path) -> None:
     """Refuse an output folder that cannot be created or written before any work (nothing is created here)."""
     from xai_audit.files import check_folder
@@ -209,6 +219,7 @@ def run(
     if formats is not None:
         validated.report.formats = _formats(formats)
     _check_out(out)
+    _check_templates(templates)
     cache = _cache(cache_dir, no_cache)
     show = not quiet and sys.stderr.isatty()
     if len(validated.models) == 1:
@@ -313,6 +324,7 @@ def compare(
     from xai_audit.report.comparison import write_comparison
 
     _check_out(out)
+    _check_templates(templates)
     named = []
     for path in results:
         try:
