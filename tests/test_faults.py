@@ -25,6 +25,7 @@ from xai_audit.limits import with_halving_batch
 from xai_audit.plan import load_plan, parse_plan
 from xai_audit.registry import make_plugin_manager
 from xai_audit.audit import run_audit
+from xai_audit.contract.discovery import DiscovererPlugin
 from xai_audit.contract.types import ExplainerPlugin, Explanation, HypothesisPlugin
 
 
@@ -238,3 +239,33 @@ def test_the_trust_metrics_of_an_explainer_are_stopped_by_its_time_limit(write_p
     (failure,) = results["failures"]
     assert failure["step"] == "trust hangs-when-asked-again" and "time limit of 1 s" in failure["error"]
     assert results["hypotheses"]["grayscale"]["status"] == "ok"
+
+
+class StuckDiscoverer(DiscovererPlugin):
+    """Poisons the model like StuckInNativeCode, then blocks in one C call."""
+
+    name = "stuck-discoverer"
+
+    def discover(self, context):
+        def poisoned(*_):
+            raise RuntimeError("the stuck discoverer's hook is still on the model")
+
+        next(iter(context.model.layers().values())).register_forward_hook(poisoned)
+        time.sleep(8)  # one C call: an asynchronous exception waits for it to return
+        return []
+
+    def intervention(self, spec):
+        return lambda images, samples: images
+
+
+def test_a_discoverer_stuck_in_native_code_leaves_the_hypotheses_a_model_loaded_afresh(write_plan):
+    module = types.ModuleType("stuck_discoverer")
+    module.register_discoverers = hookimpl(lambda: [StuckDiscoverer])
+    registry = make_plugin_manager(extra_plugins=[module])
+    plan = load_plan(write_plan(plan_text("", "  - grayscale\n", n=42,
+                                          extra="discoverers:\n  - stuck-discoverer\nruntime: {step_timeout: 1}\n")),
+                     registry)
+    results = run_audit(plan, registry, cache=Cache(None)).results
+    (stuck,) = results["failures"]
+    assert stuck["step"] == "discoverer stuck-discoverer" and "stuck in native code" in stuck["error"]
+    assert results["hypotheses"]["grayscale"]["status"] == "ok" and results["hypotheses"]["grayscale"]["n"] == 42

@@ -151,6 +151,7 @@ def run_audit(
         discovered = run_discovery(plan, inputs, baseline.probs, explained, cache, executor, bar.step, failures,
                                    class_regions=dict(getattr(inputs.dataset, "class_regions", None) or {}),
                                    facts=facts)
+        context.model = inputs.model  # loaded afresh if a discoverer was left stuck
         tested = run_hypotheses(plan, registry, context, inputs, explained, cache, bar.step, failures, executor,
                                 facts=facts)
     tested.entries.update(discovered.entries)  # confirmed cues are tested claims like the plan's own

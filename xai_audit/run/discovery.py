@@ -25,13 +25,13 @@ from xai_audit.contract.recommendations import augment_row
 from xai_audit.contract.stats import ALPHA, bootstrap_paired_diff_ci, mcnemar_exact
 from xai_audit.contract.types import HypothesisContext, HypothesisResult
 from xai_audit.errors import ModelError
-from xai_audit.limits import run_with_limit
+from xai_audit.limits import StepAbandoned, run_with_limit
 from xai_audit.load.loading import AuditInputs, seed_everything
 from xai_audit.plan import Plan, Step
 from xai_audit.run.cache import Cache
 from xai_audit.run.facts import RunFacts
 from xai_audit.run.serialize import hypothesis_from_cache, hypothesis_to_cache, to_jsonable
-from xai_audit.run.steps import Explained, StepBar, failure, result_dict, step_key, step_limit
+from xai_audit.run.steps import Explained, StepBar, failure, replace_model, result_dict, step_key, step_limit
 
 #: fewest images on each side of the split for discovery to run at all
 MIN_IMAGES = 20
@@ -99,6 +99,9 @@ def run_discovery(plan: Plan, inputs: AuditInputs, probs: np.ndarray, explained:
                 candidates = _discover(step, context, inputs, cache, summary["discovery_ids"], plan)
             except Exception as exc:  # a failing plugin is recorded, not fatal
                 failures.append(failure(f"discoverer {step.name}", step, exc))
+                if isinstance(exc, StepAbandoned):  # it may have left hooks on the model: the rest gets a new one
+                    context.model = held_context.model = replace_model(plan, inputs, executor,
+                                                                       f"discoverer {step.name}")
                 continue
             plugin = step.instantiate()
             for candidate in candidates:
@@ -108,6 +111,9 @@ def run_discovery(plan: Plan, inputs: AuditInputs, probs: np.ndarray, explained:
                     result = _confirm(step, plugin, candidate, held_context, cache, inputs.base_key, plan)
                 except Exception as exc:
                     failures.append(failure(f"confirmation of {name}", step, exc))
+                    if isinstance(exc, StepAbandoned):
+                        context.model = held_context.model = replace_model(plan, inputs, executor,
+                                                                           f"confirmation of {name}")
                     row["tested_as"] = None
                     summary["candidates"].append(row)
                     continue
