@@ -98,7 +98,10 @@ def test_darker_means_sad_is_found_on_faces_that_are_not_dark_and_confirmed_on_h
     assert candidate.intervention == {"op": "scale", "property": "brightness", "factor": 0.5}
     assert candidate.description.startswith("darker images are taken for 'sad'")
     assert candidate.evidence["gain"] > 0.3 and candidate.evidence["p_bonferroni"] < 0.05
-    assert len(candidate.members) == candidate.evidence["newly_predicted"]
+    assert len(candidate.members) == candidate.evidence["newly_predicted"] and candidate.evidence["images"] == 160
+    # at most max_images are shifted (a seeded subset): the cost stays flat in the audit's size
+    (fewer,) = PropertyShiftsDiscoverer(PropertyShiftsDiscoverer.Options(max_images=60)).discover(found)
+    assert fewer.evidence["images"] == 60 and set(fewer.members) <= {s.id for s in found.samples}
     assert json.dumps(dataclasses.asdict(dataclasses.replace(candidate, arrays={})))  # plain data
     result = confirm(PropertyShiftsDiscoverer(), candidate, held)
     # with the cue put on the held-back images (before) most are 'sad'; as they are (after) none is
@@ -126,6 +129,16 @@ def test_discovery_without_labels_proposes_and_confirms_the_same():
     (candidate,) = PropertyShiftsDiscoverer().discover(unlabelled)
     result = confirm(PropertyShiftsDiscoverer(), candidate, held_unlabelled)
     assert result.verdict == "supported" and result.before > 0.3
+
+
+def test_confirmation_uses_a_seeded_subset_of_the_held_back_images_past_its_cap():
+    from xai_audit.run.discovery import confirming, split
+
+    _, held = split(1000, 4, 0.5)
+    assert confirming(held, 4, None) is held and confirming(held, 4, 600) is held
+    subset = confirming(held, 4, 100)
+    assert len(subset) == 100 and set(subset) <= set(held) and (np.diff(subset) > 0).all()
+    assert (confirming(held, 4, 100) == subset).all() and not (confirming(held, 5, 100) == subset).all()
 
 
 def test_a_candidate_that_adds_its_cue_names_its_class():
@@ -173,6 +186,7 @@ def test_an_unlabelled_audit_discovers_the_corner_and_darkness_by_agreement(tmp_
         "dataset: {loader: image-folder, path: faces, metadata: faces/meta.csv, size: 48}\n"
         "explain: {samples: 2, trust: {enabled: false}}\n"
         "discoverers:\n  - attribution-clusters\n  - property-slices\n  - property-shifts\n"
+        "discover: {held_out: 0.5, confirm_images: 50}\n"
         "report: {formats: [json, html]}\n"
     )
     out = tmp_path / "report"
@@ -180,6 +194,9 @@ def test_an_unlabelled_audit_discovers_the_corner_and_darkness_by_agreement(tmp_
     assert result.exit_code == 0, result.output
     r = json.loads((out / "results.json").read_text())
     assert r["samples"]["labelled"] is False
+    # each candidate is confirmed on a seeded 50 of the 60 held-back images (discover.confirm_images)
+    assert len(r["discovery"]["held_back_ids"]) == 60 and r["discovery"]["confirmed_on"] == 50
+    assert {r["hypotheses"][c["tested_as"]]["n"] for c in r["discovery"]["candidates"]} == {50}
     confirmed = {c["discoverer"]: c for c in r["discovery"]["candidates"]
                  if r["hypotheses"][c["tested_as"]]["verdict"] == "supported"}
     assert confirmed["attribution-clusters"]["class"] == "happy"

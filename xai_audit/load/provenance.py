@@ -64,6 +64,7 @@ def build_provenance(plan, registry, model, dataset, region_source=None, other_d
     used = {("model-adapter", plan.model.name), ("dataset", plan.dataset.name)}
     used |= {("dataset", str(o.options.get("loader"))) for o in other_datasets}
     used |= {("explainer", s.name) for s in plan.explainers} | {("hypothesis", s.name) for s in plan.hypotheses}
+    used |= {("discoverer", s.name) for s in plan.discoverers}
     regions = None
     if plan.regions is not None and region_source is not None:
         used.add(("region-source", plan.regions.name))

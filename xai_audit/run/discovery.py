@@ -57,6 +57,13 @@ def split(n: int, seed: int, held_out: float) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
+def confirming(held: np.ndarray, seed: int, cap: int | None) -> np.ndarray:
+    """The held-back indices each candidate is confirmed on: all of them, or a seeded ``cap`` of them."""
+    if cap is None or len(held) <= cap:
+        return held
+    return np.sort(np.random.default_rng([seed, 17]).choice(held, size=cap, replace=False))
+
+
 def run_discovery(plan: Plan, inputs: AuditInputs, probs: np.ndarray, explained: Explained, cache: Cache,
                   executor: Any, bar: StepBar, failures: list[dict[str, str]],
                   class_regions: dict[str, list[str]] | None = None, facts: RunFacts | None = None) -> Discovered:
@@ -67,10 +74,12 @@ def run_discovery(plan: Plan, inputs: AuditInputs, probs: np.ndarray, explained:
     samples = inputs.samples
     classes = list(inputs.model.classes)
     found, held = split(len(samples), plan.seed, plan.discover.held_out)
+    confirmed_on = confirming(held, plan.seed, plan.discover.confirm_images)
     summary: dict[str, Any] = {
         "held_out": plan.discover.held_out,
         "discovery_ids": [samples[i].id for i in found],
         "held_back_ids": [samples[i].id for i in held],
+        "confirmed_on": int(len(confirmed_on)),
         "candidates": [],
         "note": "",
     }
@@ -90,7 +99,8 @@ def run_discovery(plan: Plan, inputs: AuditInputs, probs: np.ndarray, explained:
         seed=plan.seed, predict=predict, explanations=explained.explanations, class_regions=dict(class_regions or {}),
     )
     held_context = HypothesisContext(
-        model=inputs.model, samples=[samples[i] for i in held], probs=np.asarray(probs)[held], classes=classes,
+        model=inputs.model, samples=[samples[i] for i in confirmed_on], probs=np.asarray(probs)[confirmed_on],
+        classes=classes,
         seed=plan.seed, predict=predict,
     )
     for step in plan.discoverers:
