@@ -16,6 +16,9 @@ Five parts (docs/benchmarks.md explains every column):
 * ray: the same CPU-bound audit on two Ray workers against one (speed-up, target 1.6);
 * discovery: the false-alarm rate of null audits against 5 %, the extra model passes per image, and the
   time against N with its growth exponent, against a third of an audit without discovery (bench/discovery.py);
+* robustness: the corruption battery against the corruption library plus its model passes at the best batch
+  size, the adversarial search against its counted passes, and the full battery's wall time for 1,000 images
+  of the demo CNN and (measured on a few, scaled) of a ResNet-18 at 224 px (bench/robustness.py);
 * audit: a whole audit (LIME, Occlusion, Integrated Gradients, Grad-CAM, each with its trust step) on the demo
   CNN, a ResNet-18 and a grayscale mini-Xception: per step its time against its model passes, and each trust
   step's passes against its explainer's (bench/audit_cost.py).
@@ -32,7 +35,7 @@ from pathlib import Path
 
 from bench.common import Row, Section, machine, machine_line, summary_markdown, summary_text
 
-PARTS = ("attribution", "topology", "memory", "ray", "discovery", "report", "audit")
+PARTS = ("attribution", "topology", "memory", "ray", "discovery", "report", "robustness", "audit")
 
 
 def parse_only(value: str) -> list[str]:

@@ -45,7 +45,7 @@ def test_run_writes_the_report_and_exits_0(write_plan, tmp_path):
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} >= {"report.html", "report.pdf", "results.json"}
     results = json.loads((out / "results.json").read_text())
-    assert results["schema_version"] == "2.1"
+    assert results["schema_version"] == "2.2"
     assert str(out / "report.html") in result.output
 
 

@@ -158,19 +158,31 @@ def test_adversarial_finds_the_smallest_budget_and_the_group_that_flips_first():
     ctx = HypothesisContext(model=model, samples=samples, probs=model.predict_proba(np.stack([s.image for s in samples])),
                             classes=list(fa.CLASSES), seed=0, predict=model.predict_proba)
     _, result = run(AdversarialHypothesis, ctx, max_images=40, budgets=["2/255", "8/255", "24/255"],
-                    reference_budget="8/255", max_budget="32/255")
+                    reference_budget="8/255", max_budget="32/255", l2_budgets=[0.01, 0.05], l2_max_budget=0.2)
     groups = {r["group"]: r for r in result.breakdown["per group: tone"]}
     assert groups["a"]["mean budget (/255)"] == pytest.approx(4, abs=0.3)
     assert groups["b"]["mean budget (/255)"] == pytest.approx(16, abs=0.3)
     assert groups["a"]["flipped at 8/255"] == 1.0 and groups["b"]["flipped at 8/255"] == 0.0
+    # L2: half the margin off the class pixel, half onto another: the gap / sqrt(2)
+    assert groups["a"]["mean L2 budget"] == pytest.approx(8 / 255 / np.sqrt(2), abs=0.002)
+    assert groups["b"]["mean L2 budget"] == pytest.approx(32 / 255 / np.sqrt(2), abs=0.002)
+    assert groups["a"]["flipped at L2 0.05"] == 1.0 and groups["b"]["flipped at L2 0.05"] == 0.0
     assert result.effect == 0.5 and result.verdict == "supported" and result.kind == "fragility"
-    (bias,) = result.tests
+    bias, bias_l2 = result.tests
     assert bias["kind"] == "bias" and bias["verdict"] == "supported" and bias["details"]["worst"] == "a"
-    assert bias["effect"] == pytest.approx(12 / 255, abs=0.5 / 255) and bias["ci"][0] > 0
-    assert result.details["n_censored"] == 0
+    assert bias["effect"] == pytest.approx(12, abs=0.5) and bias["ci"][0] > 0  # in /255
+    assert bias_l2["name"] == "L2 budget gap by tone" and bias_l2["verdict"] == "supported"
+    assert bias_l2["effect"] == pytest.approx(24 / 255 / np.sqrt(2), abs=0.003)
+    assert result.details["n_censored"] == 0 and result.details["l2"]["n_censored"] == 0
+    assert {r["norm"] for r in result.breakdown["per budget"]} == {"L∞", "L2"}
     findings = audit(adversarial=result)["findings"]
-    assert [f["kind"] for f in findings] == ["bias", "fragility"]
+    assert [f["kind"] for f in findings] == ["bias", "bias", "fragility"]
     assert findings[0]["group"] == {"column": "tone", "worst": "a", "best": "b"}
+    assert findings[0]["severity"] == "medium"  # a budget is no share: 12 of 16 /255 less, never 'high'
+    assert "flips at a mean L∞ budget of 4.0" in findings[0]["detail"] and "/255 less" in findings[0]["detail"]
+    # the body shows the per-class budgets and the table per budget
+    assert [f for f in result.figures if f.get("key")][0]["title"].startswith("Smallest flipping budget per class")
+    assert result.key_tables == ["per budget"]
 
 
 def test_adversarial_refuses_a_black_box():
@@ -285,7 +297,63 @@ def test_clean_data_have_no_duplicates_and_no_label_errors():
     _, result = run(DataChecksHypothesis, ctx)
     assert result.effect == 0 and result.verdict == "not supported"
     assert result.details["n_label_errors"] == 0 and result.details["n_outliers"] == 0
-    assert [t["name"] for t in result.tests] == ["label errors"]
+    tests = {t["name"]: t for t in result.tests}
+    assert set(tests) == {"label errors", "cue: brightness", "cue: contrast", "cue: saturation", "cue: sharpness"}
+    assert all(t["verdict"] == "not supported" for t in tests.values())  # no property tied to a class
+    assert result.key_tables == ["summary"] and result.breakdown["summary"][0]["check"].startswith("duplicates")
+
+
+def test_a_reference_with_planted_imbalances_is_reported_without_false_leakage():
+    """The audited data: 120 images, three tones evenly. The reference (a training split): 300 other images,
+    tone c only 2 %, and its 'sad' images darkened, as the demo's training split is."""
+    tone = lambda i: {"tone": "abc"[i % 3]}  # noqa: E731
+    audited = fa.make_samples(120, groups=tone)
+    reference = []
+    for s in fa.make_samples(300, seed=4):
+        i = int(s.id[1:])
+        image = s.image * 0.5 if s.label == fa.SAD else s.image
+        reference.append(dataclasses.replace(s, id=f"r{i}", image=image,
+                                             groups={"tone": "c" if i % 50 == 0 else "ab"[i % 2]}))
+    ctx = fa.context(audited, fa.robust, load_dataset=lambda options: ListDataset(reference))
+    _, result = run(DataChecksHypothesis, ctx, reference={"loader": "list", "path": "train"}, n_boot=200,
+                    n_permutations=199)
+    tests = {t["name"]: t for t in result.tests}
+    tone_test = tests["imbalance: tone"]
+    assert tone_test["verdict"] == "supported" and tone_test["details"]["rare_in_reference"] == ["c"]
+    assert tone_test["ci"][0] <= tone_test["effect"] <= tone_test["ci"][1]
+    assert any("c is 2.0 % of the reference" in w for w in result.warnings)
+    assert tests["imbalance: class"]["verdict"] == "not supported"  # both class mixes are even
+    cue = tests["cue: brightness"]
+    assert cue["verdict"] == "supported" and cue["details"]["class"] == "sad" and "lower brightness" in cue["claim"]
+    assert cue["effect"] > 0.9 and cue["ci"][0] > 0.3
+    assert tests["leakage"]["verdict"] == "not supported" and result.details["n_leaked"] == 0
+    assert tests["drift: brightness"]["verdict"] == "supported"
+    # the model reads the code row only: darker images look the same to it, so its outputs do not drift
+    assert tests["drift: embedding"]["verdict"] == "not supported"
+    assert result.details["embedding_drift"]["embedding"] == "the model's probabilities"
+    mix = {(r["column"], r["value"]): r for r in result.breakdown["class and group mix"]}
+    assert mix[("tone", "c")]["rare in reference"] and mix[("tone", "c")]["reference share"] == pytest.approx(0.02)
+
+
+def test_embedding_drift_is_found_when_the_model_sees_other_images():
+    from xai_audit_robustness.data_checks import mmd_test
+
+    rng = np.random.default_rng(0)
+    same = mmd_test(rng.normal(0, 1, (150, 8)), rng.normal(0, 1, (150, 8)), seed=0, permutations=199, n_boot=50)
+    moved = mmd_test(rng.normal(0, 1, (150, 8)), rng.normal(0.5, 1, (150, 8)), seed=0, permutations=199, n_boot=50)
+    assert same[1] > 0.05 and same[2][0] <= 0 <= same[2][1]
+    assert moved[1] < 0.01 and moved[2][0] > 0
+    # in a run: a reference of 'sad' faces only draws other predictions
+    reference = [dataclasses.replace(s, label=fa.SAD, image=np.where(np.arange(8)[None, None, :] < fa.K,
+                                                                      0.2, s.image).astype(np.float32))
+                 for s in fa.make_samples(80, seed=3)]
+    for s in reference:
+        s.image[0, 0, fa.SAD] = 1.0
+    ctx = fa.context(fa.make_samples(80), fa.robust, load_dataset=lambda options: ListDataset(reference))
+    _, result = run(DataChecksHypothesis, ctx, reference={"loader": "list"}, n_boot=100, n_permutations=199)
+    tests = {t["name"]: t for t in result.tests}
+    assert tests["drift: embedding"]["verdict"] == "supported"
+    assert tests["imbalance: class"]["verdict"] == "supported"
 
 
 # --------------------------------------------------------------------------- every result gates through checks:
@@ -358,3 +426,52 @@ def test_the_plugins_pass_the_conformance_suite(cls, options):
     from xai_audit.testing import check_plugin
 
     check_plugin(cls, options, models=("cnn",))
+
+
+# --------------------------------------------------------------------------- darken, and what the report shows
+
+
+def test_darken_is_imagenet_c_brightness_turned_around():
+    from skimage import color
+
+    from xai_audit_robustness.corruptions import darken
+
+    x = np.random.default_rng(0).uniform(0, 1, (3, 3, 8, 8)).astype(np.float32)
+    for severity, shift in ((1, 0.1), (5, 0.5)):
+        hsv = color.rgb2hsv(x.transpose(0, 2, 3, 1).astype(np.float64))
+        hsv[..., 2] = np.clip(hsv[..., 2] - shift, 0, 1)
+        expected = color.hsv2rgb(hsv).transpose(0, 3, 1, 2)
+        assert np.abs(darken(x, severity) - expected).max() < 1e-5
+    ctx = fa.context(fa.make_samples(40), fa.shortcut)  # a dark image is "sad" whatever it shows
+    _, result = run(CorruptionsHypothesis, ctx, corruptions=["darken", "pixelate"], severities=[1, 5])
+    tests = {t["name"]: t for t in result.tests}
+    assert tests["shortcut: darken"]["verdict"] == "supported" and tests["shortcut: darken"]["details"]["class"] == "sad"
+
+
+def test_the_body_shows_key_figures_tables_and_which_corruptions_are_shortcuts():
+    from xai_audit.report import conclusions
+    from xai_audit.report.artifacts import ReportArtifacts
+    from xai_audit.report.context import _hypotheses
+
+    ctx = fa.context(fa.make_samples(40), fa.shortcut)
+    _, result = run(CorruptionsHypothesis, ctx, corruptions=["darken", "gaussian_noise"], severities=[1, 5])
+    steps = audit(corruptions=result)["hypotheses"]
+    (item,) = _hypotheses(steps, {}, ReportArtifacts(hypotheses={"corruptions": result}))["steps"]
+    assert item["figure"] is None  # the degradation curves stand in for the before/after chart
+    assert [f["caption"][:19] for f in item["key_figures"]] == ["Degradation curves:"]
+    assert item["key_figures"][0]["src"].startswith("data:image/png")
+    assert all(not f["caption"].startswith("Degradation") for f in item["extra_figures"])
+    (table,) = item["key_tables"]
+    assert table["title"] == "worst corruptions" and len(table["rows"]) == 2
+    lines = {line["label"]: line["text"] for line in conclusions.subject_lines(steps["corruptions"])}
+    assert "darken → 'sad'" in lines["Shortcut"]
+    assert set(lines) <= {"Shortcut", "Fragility, not a shortcut", "No effect shown"}
+
+
+def test_the_explained_images_are_chosen_on_raw_probabilities_and_say_so():
+    from xai_audit.run.examples import choose_examples
+
+    samples = fa.make_samples(20)
+    probs = fa.robust(np.stack([s.image for s in samples]))
+    chosen = choose_examples(samples, probs, np.array([s.label for s in samples]), 4, fa.CLASSES)
+    assert chosen.summary["probabilities"] == "raw" and "raw probabilities" in chosen.summary["rule"]

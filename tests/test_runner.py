@@ -44,7 +44,7 @@ def test_audit_produces_every_part(write_plan, registry):
     plan = load_plan(write_plan(plan_text(IG, HYPS)), registry)
     outcome = run_audit(plan, registry, cache=Cache(None))
     r = outcome.results
-    assert r["schema_version"] == "2.1"
+    assert r["schema_version"] == "2.2"
     assert r["samples"]["n"] == 28 and r["samples"]["labelled"]
     assert 0 <= r["accuracy"]["value"] <= 1 and r["accuracy"]["ci"][0] <= r["accuracy"]["value"] <= r["accuracy"]["ci"][1]
     assert np.array(r["confusion_matrix"]).sum() == 28

@@ -55,7 +55,7 @@ from xai_audit.run.steps import (
 #: 2.0: what depends on the machine, the load or the cache (started, finished, cache, batch sizes, times)
 #: moved under one key, ``run``; nothing outside it may depend on them
 #: 2.1: ``system`` (the plan's system: section), ``limitations`` and ``completeness`` (issue 19)
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "2.2"
 log = logging.getLogger("xai_audit")
 
 

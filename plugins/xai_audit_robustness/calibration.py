@@ -232,7 +232,9 @@ class CalibrationHypothesis(HypothesisPlugin):
             if mask.sum() >= 2:
                 s = calibration_stats(conf[mask], correct[mask], o.bins, seed=context.seed, n_boot=o.n_boot)
                 per_class.append({"class": name, **_row(s)})
-        breakdown: dict[str, list[dict[str, Any]]] = {"per class (predicted)": per_class}
+        breakdown: dict[str, list[dict[str, Any]]] = {"summary": _summary_rows(overall, ece0, ece0_range, temperature,
+                                                                               ece_after, cross, n, o.bins),
+                                                      "per class (predicted)": per_class}
         tests, warnings = [], []
         columns = group_columns(context.samples)
         wanted = o.by if o.by is not None else list(columns)
@@ -286,7 +288,27 @@ class CalibrationHypothesis(HypothesisPlugin):
                   "confidences); debiased calibration error (Kumar et al. 2019) with a 95 % bootstrap interval "
                   "centred on the plug-in bias"),
             breakdown=breakdown, details=details, figures=figures, kind="", tests=tests, warnings=warnings,
+            key_tables=["summary"],
         )
+
+
+def _summary_rows(overall, ece0, ece0_range, temperature, ece_after, cross, n, bins) -> list[dict[str, Any]]:
+    """The calibration numbers a reader looks for first, one per row, each with its interval where it has one."""
+    return [
+        {"measure": "expected calibration error (ECE)", "value": overall["ece"], "95 % CI": overall.get("ece_ci"),
+         "note": f"{bins} equal-width bins, {n} images; biased upward on a finite sample"},
+        {"measure": "ECE a calibrated model would show", "value": ece0, "95 % CI": ece0_range,
+         "note": "labels drawn from the model's own confidences: the ECE's floor at this n"},
+        {"measure": "debiased calibration error", "value": overall["calibration_error"],
+         "95 % CI": overall.get("calibration_error_ci"), "note": "Kumar et al. 2019, root mean square; 0 = calibrated"},
+        {"measure": "mean confidence - accuracy", "value": overall["mean_confidence"] - overall["accuracy"],
+         "95 % CI": None, "note": "positive: overconfident"},
+        {"measure": "temperature that would fix it", "value": temperature, "95 % CI": None,
+         "note": "divide the logits by it (fitted by likelihood on these images)"},
+        {"measure": "ECE after that temperature (cross-fitted)", "value": cross if cross is not None else ece_after,
+         "95 % CI": None, "note": ("fitted on one half, measured on the other" if cross is not None else
+                                   "in-sample: optimistic")},
+    ]
 
 
 def _row(s: dict[str, Any]) -> dict[str, Any]:
@@ -389,10 +411,10 @@ def _figures(conf, correct, pred, n_bins, classes, columns, wanted, overall, tem
     figures: list[dict[str, Any]] = [{
         "kind": "lines", "title": "Reliability diagram",
         "x": centres,
-        "series": [{"label": "accuracy", "y": acc},
-                   {"label": f"after temperature {temperature:.2f}", "y": acc2, "style": "dashed"},
+        "series": [{"label": "accuracy", "y": acc, "marker": "o"},
+                   {"label": f"after temperature {temperature:.2f}", "y": acc2, "style": "dashed", "marker": "o"},
                    {"label": "perfect calibration", "y": centres, "style": "dashed", "color": "#9aa5b1"}],
-        "xlabel": "confidence (bin centre)", "ylabel": "accuracy",
+        "xlabel": "confidence (bin centre)", "ylabel": "accuracy", "key": True,
         "caption": (f"Accuracy per confidence bin ({n_bins} bins) against confidence; a calibrated model follows the "
                     f"diagonal. ECE {overall['ece']:.3f} (95 % CI {overall['ece_ci'][0]:.3f} to "
                     f"{overall['ece_ci'][1]:.3f}); the dashed line is the same after temperature scaling."

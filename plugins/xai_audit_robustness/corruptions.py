@@ -4,7 +4,9 @@
       - corruptions: {corruptions: [gaussian_noise, defocus_blur, jpeg_compression], severities: [1, 3, 5]}
 
 The corruptions come from the ``imagecorruptions`` package (the maintained ``imagecorruptions-imaug`` fork of
-the reference implementation; the original 1.1.2 no longer runs on current scikit-image and SciPy). Each image
+the reference implementation; the original 1.1.2 no longer runs on current scikit-image and SciPy), and one
+more: ImageNet-C has no under-exposure (its ``brightness`` only brightens), so ``darken`` lowers the HSV value
+by the same steps (hue and saturation kept). Each image
 is corrupted with a seed of its own (the plan's seed, the corruption, the severity and the sample's id), so a
 run is repeatable and a subset sees the same corrupted images. The library needs images of at least 32 px:
 smaller images are enlarged by an integer factor (nearest neighbour), corrupted, and sampled back (a warning
@@ -51,11 +53,15 @@ from xai_audit.api import (
 from xai_audit_robustness._common import as_list, group_columns, sign_test, wilson
 
 #: every corruption of the library, in its order (checked without importing it: it loads numba)
-ALL_CORRUPTIONS = (
+LIBRARY_CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
     "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
     "speckle_noise", "gaussian_blur", "spatter", "saturate",
 )
+#: ImageNet-C has no under-exposure (its ``brightness`` only brightens); ``darken`` is that corruption with its
+#: shifts negated: the HSV value lowered by 0.1 to 0.5, as the library raises it
+EXTRA_CORRUPTIONS = ("darken",)
+ALL_CORRUPTIONS = LIBRARY_CORRUPTIONS + EXTRA_CORRUPTIONS
 #: a representative set that runs fast: noise, two blurs, weather, digital
 DEFAULT_CORRUPTIONS = (
     "gaussian_noise", "defocus_blur", "gaussian_blur", "brightness", "contrast", "jpeg_compression", "pixelate",
@@ -138,8 +144,20 @@ def _library():
     return imagecorruptions.corrupt
 
 
+def darken(images: np.ndarray, severity: int) -> np.ndarray:
+    """ImageNet-C's ``brightness`` turned around: the HSV value lowered by 0.1 to 0.5 (severity 1 to 5). With hue
+    and saturation kept, that is each pixel's RGB scaled by (V - shift) / V, V its largest channel."""
+    shift = (0.1, 0.2, 0.3, 0.4, 0.5)[severity - 1]
+    value = images.max(axis=1, keepdims=True)
+    scale = np.where(value > 0, np.clip(value - shift, 0, 1) / np.maximum(value, 1e-12), 0.0)
+    return np.clip(images * scale, 0, 1).astype(np.float32)
+
+
 def corrupt(images: np.ndarray, ids: list[str], name: str, severity: int, seed: int) -> np.ndarray:
     """``images`` (N, 3, H, W) in [0, 1] under corruption ``name`` at ``severity``, each with its own seed."""
+    if name == "darken":  # deterministic: no seed
+        quantised = np.clip(np.round(np.asarray(images, np.float32) * 255), 0, 255) / 255.0
+        return np.round(darken(quantised, severity) * 255) / 255.0
     library_corrupt = _library()
 
     n, _, h, w = images.shape
@@ -275,11 +293,14 @@ def _result(ctx: HypothesisContext, opts: CorruptionsOptions, after: dict, examp
         "worst_corruption": max(names, key=lambda c: per_corruption[c]["test"]["effect"]),
         "min_effect": opts.min_effect, "test_each_severity": opts.test_each_severity,
     }
+    gaining = {r["corruption"]: r for r in severity_rows if r["severity"] == top}
     worst_rows = sorted(
-        ({"corruption": c, "clean": float(ok0.mean()), f"mean {word}": per_corruption[c]["test"]["after"],
+        ({"corruption": c, f"mean {word}": float(np.stack([ok[(c, s)] for s in levels]).mean()),
           "drop": per_corruption[c]["test"]["effect"], "drop ci": per_corruption[c]["test"]["ci"],
           f"{word} at severity {top}": float(ok[(c, top)].mean()),
-          "corruption error": per_corruption[c]["ce"], "relative to clean error": per_corruption[c]["relative_ce"],
+          f"class gaining at severity {top}": gaining[c]["gaining class"],
+          "its gain": gaining[c]["gain"],
+          "relative corruption error": per_corruption[c]["relative_ce"],
           "p (unadjusted)": per_corruption[c]["test"]["p_value"]} for c in names),
         key=lambda row: -row["drop"],
     )
@@ -311,7 +332,7 @@ def _result(ctx: HypothesisContext, opts: CorruptionsOptions, after: dict, examp
               "no labels: exact sign test on each image's share of corrupted copies whose prediction changes; "
               "95 % paired bootstrap interval of the mean share"),
         breakdown=breakdown, examples=examples, details=details, figures=figures, arrays=arrays,
-        kind="fragility", tests=tests, warnings=warnings,
+        kind="fragility", tests=tests, warnings=warnings, key_tables=["worst corruptions"],
     )
 
 
@@ -398,16 +419,21 @@ def _per_group(ctx, ok0, ok, names, word) -> dict[str, list[dict[str, Any]]]:
 
 def _figures(ctx, names, levels, ok0, ok, word, worst_rows, example, first_image):
     n = len(ok0)
+    clean_ci = wilson(int(ok0.sum()), n) or [float(ok0.mean())] * 2
+    cis = {(c, s): wilson(int(ok[(c, s)].sum()), n) or [float(ok[(c, s)].mean())] * 2 for c in names for s in levels}
     figures: list[dict[str, Any]] = [{
         "kind": "lines",
         "title": f"{word.capitalize()} against severity",
         "x": [0] + list(levels),
-        "series": [{"label": label(c), "y": [float(ok0.mean())] + [float(ok[(c, s)].mean()) for s in levels]}
+        "series": [{"label": label(c), "y": [float(ok0.mean())] + [float(ok[(c, s)].mean()) for s in levels],
+                    "low": [clean_ci[0]] + [cis[(c, s)][0] for s in levels],
+                    "high": [clean_ci[1]] + [cis[(c, s)][1] for s in levels], "marker": "o"}
                    for c in names],
         "xlabel": "severity (0 = clean)",
-        "ylabel": word,
+        "ylabel": word, "key": True, "height": 3.4,
         "caption": (f"Degradation curves: the model's {word} on the clean images (severity 0) and under each "
-                    f"corruption at each severity, n = {n}. The 95 % Wilson intervals are in the table 'per severity'."),
+                    f"corruption at each severity, n = {n}, with 95 % Wilson bands (numbers in the table "
+                    "'per severity')."),
         "alt": f"Line plot of {word} against corruption severity, one line per corruption.",
     }]
     worst = worst_rows[: min(10, len(worst_rows))]

@@ -37,6 +37,8 @@ from xai_audit.api import (
     HypothesisPlugin,
     HypothesisResult,
     Options,
+    chi2_independence,
+    layer_activations,
     recommendation,
     samples_for_ci_width,
     sample_chunks,
@@ -64,6 +66,25 @@ class DataChecksOptions(Options):
     outlier_z: float = Field(5.0, gt=0, description="robust z-score beyond which an image property is an outlier")
     min_drift: float = Field(0.1, ge=0, le=1, description="smallest KS distance worth reporting as drift")
     n_boot: int = Field(1000, ge=100, le=20000, description="bootstrap resamples of each drift interval")
+    embedding_sample: int = Field(
+        400, ge=20, le=5000,
+        description="images of each side (a seeded subset) in the embedding drift test (MMD between the model's "
+        "pooled default-layer activations, or its probabilities for a black box)",
+    )
+    n_permutations: int = Field(999, ge=99, le=20000, description="permutations of the embedding drift test")
+    min_mmd: float = Field(0.0, ge=0, description="smallest MMD^2 worth reporting as embedding drift")
+    min_imbalance: float = Field(
+        0.1, ge=0, le=1, description="smallest total-variation distance between the reference's and the audited "
+        "data's class or group mix worth reporting"
+    )
+    min_association: float = Field(
+        0.3, ge=0, le=1, description="smallest rank-biserial correlation between an image property and one class "
+        "(against the others) worth reporting as a cue the data tie to that class"
+    )
+    rare_share: float = Field(
+        0.5, gt=0, le=1, description="a class or group is rare in the reference when its share is below this "
+        "fraction of an even share (1 / number of values)"
+    )
 
     @field_validator("reference")
     @classmethod
@@ -248,14 +269,25 @@ class DataChecksHypothesis(HypothesisPlugin):
         # the reference: leakage, drift, outliers against it
         reference = None
         if o.reference is not None:
-            reference, ref_ids, ref_name = self._reference(context)
+            reference, ref_samples, ref_name = self._reference(context)
+            ref_ids = [s.id for s in ref_samples]
             leaks = _pairs(audit, reference, o.near_duplicate_bits, o.near_duplicate_difference)
             tests.append(_leakage(leaks, ids, ref_ids, ref_name, n, o, breakdown, details))
             tests += _drift(audit, reference, ref_name, o, context.seed, breakdown, details)
+            tests.append(_embedding_drift(context, ref_samples, ref_name, o, breakdown, details, warnings))
+            tests += _imbalance(context.samples, ref_samples, list(context.classes), ref_name, o, context.seed,
+                                breakdown, details, warnings)
+            ref_labels = np.array([-1 if s.label is None else int(s.label) for s in ref_samples])
+            if np.all(ref_labels >= 0):
+                tests += _association(reference, ref_labels, list(context.classes), f"the reference ({ref_name})",
+                                      o, context.seed, breakdown, details)
             if set(audit["size"].tolist()) != set(reference["size"].tolist()):
                 warnings.append(f"the audited images ({', '.join(sorted(set(audit['size'].tolist())))} px) and the "
                                 f"reference ({', '.join(sorted(set(reference['size'].tolist())))} px) differ in size: "
                                 "sharpness depends on it")
+        elif labels is not None:
+            tests += _association(audit, labels, list(context.classes), "the audited data", o, context.seed,
+                                  breakdown, details)
         outliers = _outliers(audit, ids, o)
         breakdown["outliers"] = outliers[: o.max_listed]
         details["n_outliers"] = len({r["id"] for r in outliers})
@@ -265,6 +297,14 @@ class DataChecksHypothesis(HypothesisPlugin):
             for p in PROPERTIES
         ]
         ci = wilson(redundant, n)
+        summary = [{"check": "duplicates within the audited data", "result": f"{redundant} of {n} images repeat another",
+                    "effect": redundant / n, "95 % CI": ci, "p (unadjusted)": None}]
+        summary += [{"check": t["name"], "result": t["claim"], "effect": t["effect"], "95 % CI": t["ci"],
+                     "p (unadjusted)": t["p_value"]} for t in tests]
+        summary.append({"check": "outliers", "result": f"{details['n_outliers']} audited images beyond "
+                        f"{o.outlier_z:g} robust z-scores in some property", "effect": details["n_outliers"] / n,
+                        "95 % CI": wilson(details["n_outliers"], n), "p (unadjusted)": None})
+        breakdown = {"summary": summary, **breakdown}
         return HypothesisResult(
             claim=f"The audited data contain duplicate images ({redundant} of {n} repeat another image).",
             metric="share of audited images that repeat another (exact or near duplicate)",
@@ -274,7 +314,7 @@ class DataChecksHypothesis(HypothesisPlugin):
                   f"and 32x32 grey thumbnails within {o.near_duplicate_difference} mean absolute difference; "
                   "95 % Wilson interval (a count, not a test)"),
             breakdown=breakdown, examples=[r["id"] for r in breakdown["duplicates"][:8]], details=details,
-            figures=_figures(audit, reference), kind="", tests=tests, warnings=warnings,
+            figures=_figures(audit, reference), kind="", tests=tests, warnings=warnings, key_tables=["summary"],
         )
 
     def _label_errors(self, context, labels, ids, breakdown, details) -> dict[str, Any]:
@@ -308,18 +348,20 @@ class DataChecksHypothesis(HypothesisPlugin):
             "details": {"ids": [ids[i] for i in order[: o.max_listed]]},
         }
 
-    def _reference(self, context) -> tuple[dict[str, np.ndarray], list[str], str]:
+    def _reference(self, context) -> tuple[dict[str, np.ndarray], list[Any], str]:
         o: DataChecksOptions = self.options
         if context.load_dataset is None:
             raise DataError("data-checks: this host cannot load a reference data set")
         other = context.load_dataset(dict(o.reference))
         name = str(o.reference.get("path") or o.reference["loader"])
+        if o.reference.get("split"):
+            name += f" ({o.reference['split']} split)"
         index = seeded_subset(len(other), o.reference_sample, context.seed)
         if not len(index):
             raise DataError(f"data-checks: the reference data set {name!r} has no samples")
         samples = [other[int(i)] for i in index]
         parts = [features(images) for _, images in sample_chunks(samples, 256)]
-        return _gather(parts), [s.id for s in samples], name
+        return _gather(parts), samples, name
 
 
 def _redundant(n: int, pairs: list[tuple]) -> int:
@@ -399,6 +441,220 @@ def _drift(audit, reference, ref_name, o: DataChecksOptions, seed: int, breakdow
     breakdown["image properties"] = rows
     details["drift"] = summary
     details["max_drift"] = max(v["ks"] for v in summary.values())
+    return tests
+
+
+def _embeddings(context, samples, index: np.ndarray) -> tuple[np.ndarray, str]:
+    """The model's default-layer activations, averaged over space, of ``samples[index]`` (or its probabilities for
+    a model without layers), and what they are."""
+    chosen = [samples[int(i)] for i in index]
+    layers = {}
+    try:
+        layers = context.model.layers() or {}
+    except Exception:  # an adapter without layers() support is a black box here
+        layers = {}
+    name = getattr(context.model, "default_layer", None)
+    out = []
+    for _, images in sample_chunks(chosen, 128):
+        if name and name in layers:
+            maps = layer_activations(context.model, images, name)
+            out.append(maps.reshape(len(maps), maps.shape[1], -1).mean(axis=2))
+        else:
+            out.append(np.asarray(context.predict(images), np.float32))
+    what = f"the model's layer {name} (channel means)" if name and name in layers else "the model's probabilities"
+    return np.concatenate(out).astype(np.float64), what
+
+
+def mmd_test(a: np.ndarray, b: np.ndarray, *, seed: int, permutations: int, n_boot: int
+             ) -> tuple[float, float, list[float], float]:
+    """Unbiased MMD^2 between samples ``a`` and ``b`` (Gaussian kernel, bandwidth the median distance of the pooled
+    standardised points), the permutation p-value, a basic bootstrap interval (each side resampled alone), and
+    the bandwidth."""
+    pooled = np.concatenate([a, b])
+    mu, sd = pooled.mean(axis=0), pooled.std(axis=0)
+    keep = sd > 1e-12
+    z = (pooled[:, keep] - mu[keep]) / sd[keep] if keep.any() else np.zeros((len(pooled), 1))
+    sq = np.sum(z**2, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0.0)
+    off = d2[np.triu_indices(len(z), 1)]
+    bandwidth2 = float(np.median(off)) if np.median(off) > 0 else 1.0
+    k = np.exp(-d2 / bandwidth2)
+    na = len(a)
+
+    def stat(ia: np.ndarray, ib: np.ndarray) -> float:
+        kaa, kbb, kab = k[np.ix_(ia, ia)], k[np.ix_(ib, ib)], k[np.ix_(ia, ib)]
+        m, n = len(ia), len(ib)
+        return float((kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
+                     - 2 * kab.mean())
+
+    all_a, all_b = np.arange(na), np.arange(na, len(z))
+    observed = stat(all_a, all_b)
+    rng = np.random.default_rng(seed)
+    total, m, n = len(z), na, len(z) - na
+    k0 = k - np.diag(np.diag(k))  # the unbiased statistic leaves out each point's pair with itself
+    exceed = 0
+    for start in range(0, permutations, 200):
+        rows = min(200, permutations - start)
+        member = np.zeros((rows, total))
+        member[np.arange(rows)[:, None], np.argsort(rng.random((rows, total)), axis=1)[:, :m]] = 1.0
+        kv = member @ k0  # (rows, total)
+        s_aa = np.sum(kv * member, axis=1)
+        s_ab = np.sum(kv * (1 - member), axis=1)
+        s_bb = k0.sum() - s_aa - 2 * s_ab
+        null = s_aa / (m * (m - 1)) + s_bb / (n * (n - 1)) - 2 * s_ab / (m * n)
+        exceed += int(np.sum(null >= observed - 1e-12))
+    p = (exceed + 1) / (permutations + 1)
+    boots = []
+    for _ in range(n_boot):
+        ia = rng.choice(all_a, size=na)
+        ib = rng.choice(all_b, size=len(all_b))
+        # a point drawn twice would count as its own neighbour: the distinct draws only (about 63 % of each side,
+        # an m-out-of-n bootstrap whose interval is, if anything, too wide)
+        boots.append(stat(np.unique(ia), np.unique(ib)))
+    boots = np.asarray(boots)
+    lo, hi = 2 * observed - float(np.percentile(boots, 97.5)), 2 * observed - float(np.percentile(boots, 2.5))
+    return observed, float(p), [min(lo, observed), max(hi, observed)], float(np.sqrt(bandwidth2))
+
+
+def _embedding_drift(context, ref_samples, ref_name, o: DataChecksOptions, breakdown, details, warnings
+                     ) -> dict[str, Any]:
+    ia = seeded_subset(len(context.samples), o.embedding_sample, context.seed)
+    ib = seeded_subset(len(ref_samples), o.embedding_sample, context.seed + 1)
+    a, what = _embeddings(context, context.samples, ia)
+    b, _ = _embeddings(context, ref_samples, ib)
+    # the bootstrap of the interval re-evaluates the statistic: fewer rounds than the KS intervals
+    mmd, p, ci, bandwidth = mmd_test(a, b, seed=context.seed, permutations=o.n_permutations,
+                                     n_boot=min(o.n_boot, 200))
+    supported = p < ALPHA and ci[0] > o.min_mmd
+    details["embedding_drift"] = {"mmd2": mmd, "ci": ci, "p_value": p, "embedding": what, "n_audited": len(ia),
+                                  "n_reference": len(ib), "bandwidth": bandwidth}
+    return {
+        "name": "drift: embedding", "kind": "shift", "explains": "",
+        "claim": f"The audited images look different to the model from the reference's ({what}).",
+        "metric": "maximum mean discrepancy (MMD^2, Gaussian kernel) of the embeddings",
+        "before": 0.0, "after": mmd, "effect": mmd, "ci": ci, "p_value": p,
+        "verdict": "supported" if supported else "not supported", "n": int(len(ia) + len(ib)),
+        "test": (f"permutation test of the unbiased MMD^2 ({o.n_permutations} permutations; kernel bandwidth the "
+                 "median distance of the standardised embeddings); 95 % basic bootstrap interval, each side "
+                 "resampled alone"),
+        "details": {"embedding": what, "reference": ref_name, "n_audited": len(ia), "n_reference": len(ib),
+                    "min_mmd": o.min_mmd},
+    }
+
+
+def _tv(a_codes: np.ndarray, b_codes: np.ndarray, k: int) -> float:
+    pa = np.bincount(a_codes, minlength=k) / max(len(a_codes), 1)
+    pb = np.bincount(b_codes, minlength=k) / max(len(b_codes), 1)
+    return float(0.5 * np.abs(pa - pb).sum())
+
+
+def _imbalance(audit_samples, ref_samples, classes, ref_name, o: DataChecksOptions, seed: int, breakdown, details,
+               warnings) -> list[dict[str, Any]]:
+    """The class mix and each group column's mix, reference against audited: a chi-square test of independence
+    of (data set, value), the total-variation distance with a basic bootstrap interval; rare values named."""
+    columns: dict[str, tuple[list[str], list[str]]] = {}
+    if all(s.label is not None for s in audit_samples) and all(s.label is not None for s in ref_samples):
+        columns["class"] = ([classes[int(s.label)] for s in audit_samples], [classes[int(s.label)] for s in ref_samples])
+    shared = sorted(set.intersection(*(set(s.groups) for s in audit_samples)) & set.intersection(
+        *(set(s.groups) for s in ref_samples))) if audit_samples and ref_samples else []
+    for column in shared:
+        columns[column] = ([str(s.groups[column]) for s in audit_samples], [str(s.groups[column]) for s in ref_samples])
+    tests, rows, summary = [], [], {}
+    rng = np.random.default_rng(seed)
+    for column, (a, r) in columns.items():
+        values = sorted(set(a) | set(r), key=lambda v: (classes.index(v) if column == "class" and v in classes else 0, v))
+        code = {v: i for i, v in enumerate(values)}
+        ac, rc = np.array([code[v] for v in a]), np.array([code[v] for v in r])
+        k = len(values)
+        tv = _tv(ac, rc, k)
+        p = chi2_independence(np.r_[np.zeros(len(ac), int), np.ones(len(rc), int)], np.r_[ac, rc])
+        boots = np.array([_tv(ac[rng.integers(0, len(ac), len(ac))], rc[rng.integers(0, len(rc), len(rc))], k)
+                          for _ in range(o.n_boot)])
+        lo = max(0.0, 2 * tv - float(np.percentile(boots, 97.5)))
+        hi = min(1.0, 2 * tv - float(np.percentile(boots, 2.5)))
+        lo, hi = min(lo, tv), max(hi, tv)
+        pa, pr = np.bincount(ac, minlength=k) / len(ac), np.bincount(rc, minlength=k) / len(rc)
+        rare = [v for v in values if pr[code[v]] < o.rare_share / k]
+        for v in values:
+            rows.append({"column": column, "value": v, "reference n": int(np.sum(rc == code[v])),
+                         "reference share": float(pr[code[v]]), "audited n": int(np.sum(ac == code[v])),
+                         "audited share": float(pa[code[v]]), "rare in reference": v in rare})
+        most = values[int(np.argmax(np.abs(pa - pr)))]
+        summary[column] = {"tv": tv, "ci": [lo, hi], "p_value": p, "rare_in_reference": rare,
+                           "most_changed": most}
+        if rare:
+            warnings.append(f"{column}: " + ", ".join(f"{v} is {100 * pr[code[v]]:.1f} % of the reference "
+                                                      f"(n = {int(np.sum(rc == code[v]))})" for v in rare)
+                            + f", under {100 * o.rare_share:.0f} % of an even share: a model trained on it has seen "
+                            "few such images")
+        supported = p < ALPHA and lo > o.min_imbalance
+        tests.append({
+            "name": f"imbalance: {column}", "kind": "shift", "explains": "",
+            "claim": (f"The {column} mix of the audited data differs from the reference's ({most}: "
+                      f"{100 * pr[code[most]]:.1f} % of the reference, {100 * pa[code[most]]:.1f} % of the audited)"
+                      + (f"; rare in the reference: {', '.join(rare)}." if rare else ".")),
+            "metric": f"total-variation distance between the {column} shares",
+            "before": 0.0, "after": tv, "effect": tv, "ci": [lo, hi], "p_value": p,
+            "verdict": "supported" if supported else "not supported", "n": int(len(ac) + len(rc)),
+            "test": "chi-square test of independence of data set and value; 95 % basic bootstrap interval of the "
+                    "total-variation distance, each data set resampled alone",
+            "details": {"column": column, "reference": ref_name, "rare_in_reference": rare, "most_changed": most,
+                        "min_imbalance": o.min_imbalance},
+        })
+    if rows:
+        breakdown["class and group mix"] = rows
+    details["imbalance"] = summary
+    return tests
+
+
+def _association(feats, labels: np.ndarray, classes, where: str, o: DataChecksOptions, seed: int, breakdown,
+                 details) -> list[dict[str, Any]]:
+    """Image properties the data tie to one class (a cue a model can learn instead of the content): per property,
+    a Kruskal-Wallis test across the classes; the class that stands out most against the others, by its
+    rank-biserial correlation, with a bootstrap interval."""
+    tests, rows, summary = [], [], {}
+    rng = np.random.default_rng(seed)
+    present = [j for j in range(len(classes)) if np.sum(labels == j) >= 2]
+    if len(present) < 2:
+        return []
+    for prop in PROPERTIES:
+        x = np.asarray(feats[prop], float)
+        if np.ptp(x) <= 1e-12:
+            continue
+        p = float(stats.kruskal(*[x[labels == j] for j in present]).pvalue)
+        best, best_r = present[0], 0.0
+        for j in present:
+            u = stats.mannwhitneyu(x[labels == j], x[labels != j]).statistic
+            r = 2 * u / (np.sum(labels == j) * np.sum(labels != j)) - 1  # > 0: the class's values are higher
+            if abs(r) > abs(best_r):
+                best, best_r = j, float(r)
+        inside, outside = x[labels == best], x[labels != best]
+        boots = []
+        for _ in range(min(o.n_boot, 400)):
+            bi, bo = inside[rng.integers(0, len(inside), len(inside))], outside[rng.integers(0, len(outside), len(outside))]
+            boots.append(2 * stats.mannwhitneyu(bi, bo).statistic / (len(bi) * len(bo)) - 1)
+        lo, hi = (float(v) for v in np.percentile(boots, [2.5, 97.5]))
+        sign = 1 if best_r >= 0 else -1
+        ci = sorted([sign * lo, sign * hi])
+        direction = "higher" if best_r > 0 else "lower"
+        supported = p < ALPHA and ci[0] > o.min_association
+        rows.append({"property": prop, "class": classes[best], "class median": float(np.median(inside)),
+                     "others median": float(np.median(outside)), "rank-biserial": best_r, "ci": [lo, hi],
+                     "p (unadjusted)": p})
+        summary[prop] = {"class": classes[best], "rank_biserial": best_r, "ci": [lo, hi], "p_value": p}
+        tests.append({
+            "name": f"cue: {prop}", "kind": "", "explains": "",
+            "claim": f"In {where}, '{classes[best]}' images have a {direction} {prop} than the others: a cue a model "
+                     "can learn in place of the content.",
+            "metric": f"rank-biserial correlation of {prop} with '{classes[best]}' (absolute)",
+            "before": float(np.median(outside)), "after": float(np.median(inside)), "effect": abs(best_r), "ci": ci,
+            "p_value": p, "verdict": "supported" if supported else "not supported", "n": int(len(x)),
+            "test": "Kruskal-Wallis test across the classes; the class that stands out most against the others by "
+                    "its rank-biserial correlation, 95 % bootstrap interval",
+            "details": {"property": prop, "class": classes[best], "where": where, "min_association": o.min_association},
+        })
+    breakdown["property by class"] = rows
+    details["association"] = summary
     return tests
 
 

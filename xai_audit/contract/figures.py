@@ -15,7 +15,8 @@ from typing import Any, Mapping
 #: kind -> (required fields, optional fields, what it draws)
 FIGURE_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "lines": (("x", "series"), ("xlabel", "ylabel"),
-              "line plot; series = [{label, y, optional style ('dashed'), color}]"),
+              "line plot; series = [{label, y, optional style ('dashed'), color, marker ('o'), low/high (a band: "
+              "interval ends per x)}]; a y of None leaves a gap"),
     "bars": (("labels", "series"), ("ylabel",),
              "grouped bars; series = [{label, values, optional low/high (interval ends)}]"),
     "matrix": (("values",), ("rows", "cols", "row_label", "col_label", "signed", "format"),
@@ -33,8 +34,10 @@ FIGURE_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
                  "normalise 'shared' (one scale) or 'each'"),
 }
 #: fields every kind may have (``width``/``height``: the figure's size in inches; ``format``, on a matrix: how
-#: each number is written, a Python format string such as ``"{:.2f}"``)
-COMMON_FIELDS = ("kind", "title", "caption", "alt", "width", "height")
+#: each number is written, a Python format string such as ``"{:.2f}"``; ``key``: true shows a hypothesis's
+#: figure in its section of the report's body, in place of the host's before/after chart, rather than in the
+#: appendix with the rest)
+COMMON_FIELDS = ("kind", "title", "caption", "alt", "width", "height", "key")
 
 
 def array_ref(name: str) -> dict[str, str]:

@@ -264,6 +264,9 @@ class HypothesisResult:
     #: the prediction after the intervention, image by image: ``{"ids": [...], "predictions_after": [...]}``;
     #: lets a comparison of several models pair their effects on the same images
     per_sample: dict[str, list[Any]] = field(default_factory=dict)
+    #: names of ``breakdown`` tables the report shows in the step's body section (their first rows; every
+    #: table is in the appendix in full), beside the figures marked ``key``
+    key_tables: list[str] = field(default_factory=list)
 
 
 def labels_of(samples: Sequence[Sample]) -> np.ndarray | None:

@@ -135,10 +135,12 @@ def _source(name: str, key: str) -> str:
 
 def _base(name: str, key: str, test: dict[str, Any], kind: str) -> dict[str, Any]:
     effect = test.get("effect")
+    # an effect in another unit than a share (a perturbation budget) says its own severity
+    stated = (test.get("details") or {}).get("severity")
     return {
         "kind": kind,
         "kind_label": KIND_LABELS.get(kind, "Finding"),
-        "severity": severity(effect, kind),
+        "severity": stated if stated in SEVERITY_ORDER and kind != "reliance" else severity(effect, kind),
         "title": test.get("claim", name),
         "source": _source(name, key),
         "hypothesis": name,
@@ -189,6 +191,9 @@ def _finding(name: str, key: str, test: dict[str, Any], kind: str, shortcut: dic
             f"{d.get('best', '?')} ({_pct(test.get('before'))}) and {d.get('worst', '?')} ({_pct(test.get('after'))}); "
             f"no labels, so these are shares of the model's predictions. {p_text}."
         )
+        finding["group"] = {"column": d.get("column"), "worst": d.get("worst"), "best": d.get("best")}
+    elif kind == "bias" and d.get("detail"):  # a gap in another unit than accuracy, worded by its plugin
+        detail = f"{d['detail']} {p_text}."
         finding["group"] = {"column": d.get("column"), "worst": d.get("worst"), "best": d.get("best")}
     elif kind == "bias":
         detail = (

@@ -128,6 +128,41 @@ def shortcut_line(step: Mapping[str, Any]) -> dict[str, str] | None:
     }
 
 
+def subject_lines(step: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Shortcut or fragility, subject by subject, for a step that tests several interventions (a corruption
+    battery: one test per corruption, each with its shortcut test ``explains``-ing it), after Holm: which drain
+    the predictions into one class (shortcut), which cost accuracy with the errors spread (fragility), and which
+    changed nothing the data can tell."""
+    tests = [t for t in step.get("tests") or [] if isinstance(t, Mapping)]
+    shortcuts = {str(t.get("explains")): t for t in tests if t.get("kind") == "shortcut" and t.get("explains")}
+    if not shortcuts:
+        return []
+    drained, fragile, neither = [], [], []
+    for t in tests:
+        name = str(t.get("name", ""))
+        if t.get("kind") == "shortcut" or name not in shortcuts:
+            continue
+        shortcut = shortcuts[name]
+        if shortcut.get("verdict") == "supported":
+            d = shortcut.get("details") or {}
+            drained.append(f"{name.replace('_', ' ')} → '{d.get('class')}' (+{100 * float(shortcut.get('effect') or 0):.1f} "
+                           f"points of the predictions, Holm-adjusted {_p(shortcut.get('p_value_adjusted'))})")
+        elif t.get("verdict") == "supported":
+            fragile.append(f"{name.replace('_', ' ')} ({_effect(t.get('effect'), t.get('ci'), str(t.get('metric', '')))})")
+        else:
+            neither.append(name.replace("_", " "))
+    out = []
+    if drained:
+        out.append({"label": "Shortcut", "supported": "yes",
+                    "text": "these drain the predictions into one class: " + "; ".join(drained) + "."})
+    if fragile:
+        out.append({"label": "Fragility, not a shortcut", "supported": "",
+                    "text": "these cost accuracy and the errors spread over classes: " + "; ".join(fragile) + "."})
+    if neither:
+        out.append({"label": "No effect shown", "supported": "", "text": ", ".join(neither) + "."})
+    return out
+
+
 def recommendations(results: Mapping[str, Any]) -> dict[str, Any]:
     rows = [r for r in results.get("recommendations") or [] if isinstance(r, Mapping)]
     data_rows = [r for r in rows if r.get("action") != "relabel-or-add"]

@@ -511,9 +511,14 @@ def _hypotheses(steps: Mapping[str, Any], errors: dict[str, str], artifacts: Rep
         item = _hypothesis_common(name, step, errors, prefix="hypothesis", index=index)
         item["tables"] = [_table(str(k), v) for k, v in (step.get("breakdown") or {}).items()]
         result = artifacts.hypotheses.get(name)
-        item["extra_figures"] = _spec_figures(result.figures, result.arrays) if result else []
+        specs_ = list(result.figures) if result else []
+        # a plugin's key figures stand in the body for the before/after chart; the rest go to the appendix
+        key = [spec for spec in specs_ if spec.get("key")]
+        item["key_figures"] = _spec_figures(key, result.arrays) if key else []
+        item["extra_figures"] = _spec_figures([s for s in specs_ if not s.get("key")], result.arrays) if result else []
+        item["key_tables"] = _key_tables(step)
         item["figure"] = None
-        if not item["failed"] and any(step.get(k) is not None for k in ("before", "after", "effect")):
+        if not item["failed"] and not key and any(step.get(k) is not None for k in ("before", "after", "effect")):
             metric = str(step.get("metric") or "metric")
             item["figure"] = {
                 "src": figures.hypothesis_figure(
@@ -532,6 +537,24 @@ def _hypotheses(steps: Mapping[str, Any], errors: dict[str, str], artifacts: Rep
             }
         items.append(item)
     return {"steps": items, "empty_text": "No hypothesis other than group accuracy was in the plan."}
+
+
+#: rows of a key table shown in the body (the appendix has them all)
+KEY_TABLE_ROWS = 8
+
+
+def _key_tables(step: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The breakdown tables a plugin names in ``key_tables``, cut to their first rows, for the body."""
+    breakdown = step.get("breakdown") or {}
+    out = []
+    for name in step.get("key_tables") or []:
+        rows = breakdown.get(name)
+        if not isinstance(rows, list) or not rows:
+            continue
+        title = str(name) + (f" (the first {KEY_TABLE_ROWS} of {len(rows)}; all in the appendix)"
+                             if len(rows) > KEY_TABLE_ROWS else "")
+        out.append(_table(title, rows[:KEY_TABLE_ROWS]))
+    return out
 
 
 def _failures(failures: list[dict], skipped: list[dict] | None = None) -> dict[str, Any]:
@@ -590,6 +613,7 @@ def _hypothesis_common(
         "details": _key_values(step.get("details") or {}),
         "tests_table": conclusions.tests_table(step),
         "shortcut_line": conclusions.shortcut_line(step),
+        "subject_lines": conclusions.subject_lines(step),
         "warnings": [str(w) for w in step.get("warnings") or []],
         "suggested": (
             f"Not in the plan: suggested by the {step['suggested_by']} explainer ({step.get('why') or 'no reason given'}) "

@@ -60,9 +60,15 @@ def _lines(spec: Mapping[str, Any]) -> str:
     fig, ax = _axes(spec)
     x = np.asarray(spec.get("x"), dtype=float) if spec.get("x") is not None else None
     for series in spec.get("series", []):
-        y = np.asarray(series["y"], dtype=float)
-        ax.plot(x if x is not None else np.arange(len(y)), y, label=f._plain(series.get("label", ""), 40), lw=1.4,
-                ls="--" if series.get("style") == "dashed" else "-", color=series.get("color"))
+        y = np.asarray([np.nan if v is None else v for v in series["y"]], dtype=float)
+        xs = x if x is not None else np.arange(len(y))
+        (line,) = ax.plot(xs, y, label=f._plain(series.get("label", ""), 40), lw=1.4,
+                          ls="--" if series.get("style") == "dashed" else "-", color=series.get("color"),
+                          marker=series.get("marker"), ms=3)
+        if series.get("low") is not None and series.get("high") is not None:
+            low = np.asarray([np.nan if v is None else v for v in series["low"]], dtype=float)
+            high = np.asarray([np.nan if v is None else v for v in series["high"]], dtype=float)
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, lw=0)
     if any(s.get("label") for s in spec.get("series", [])):
         ax.legend(frameon=False, fontsize=7)
     return f._encode(fig)

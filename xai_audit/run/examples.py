@@ -34,6 +34,10 @@ from xai_audit.contract.types import Sample
 BORDERLINE_MARGIN = 0.10
 CONFIDENT_ABOVE = 0.80
 
+#: which probabilities the cases read: the model's own softmax, before any calibration (the explainers run
+#: before the calibration hypothesis, whose temperature is a recommendation, never applied to the audit)
+PROBABILITIES = "on the model's raw probabilities (its softmax, not calibrated)"
+
 #: cases in the order they draw from the budget
 CASES = ("borderline-wrong", "confident-wrong", "borderline-correct", "confident-correct")
 UNLABELLED_CASES = ("borderline", "confident")
@@ -114,7 +118,9 @@ def choose_examples(
         "rule": (
             f"borderline: the top two probabilities within {BORDERLINE_MARGIN:g}; confident: top probability above "
             f"{CONFIDENT_ABOVE:g}" + ("; each split into correct and wrong" if labels is not None else "")
+            + f"; {PROBABILITIES}"
         ),
+        "probabilities": "raw",
         "borderline_margin": BORDERLINE_MARGIN,
         "confident_above": CONFIDENT_ABOVE,
         "budget": int(budget),
@@ -145,7 +151,8 @@ def describe_chosen(samples: Sequence[Sample], indices: np.ndarray, probs: np.nd
     order_cases = list(CASES if labels is not None else UNLABELLED_CASES) + ["other"]
     preds = np.asarray(probs).argmax(axis=1)
     summary = {
-        "rule": "the samples another model of the plan was explained on",
+        "rule": f"the samples another model of the plan was explained on; {PROBABILITIES}",
+        "probabilities": "raw",
         "borderline_margin": BORDERLINE_MARGIN,
         "confident_above": CONFIDENT_ABOVE,
         "budget": int(len(indices)),
