@@ -206,7 +206,9 @@ def test_an_unlabelled_audit_discovers_the_corner_and_darkness_by_agreement(tmp_
     found = {f["discovered"]["discoverer"] for f in r["findings"] if f.get("discovered")}
     assert {"attribution-clusters", "property-shifts"} <= found
     # the summary (the report's first pages, before its body) says which findings came from discovery
-    summary = (out / "report.html").read_text().split('<div class="report-body">')[0]
+    html = (out / "report.html").read_text()
+    assert "tested on the other 50 (a seeded subset of 60)" in html
+    summary = html.split('<div class="report-body">')[0]
     assert summary.count("Found by discovery, not named in the plan") == len(
         [f for f in r["findings"] if f.get("discovered")])
 

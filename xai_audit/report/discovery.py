@@ -35,7 +35,7 @@ def discovery(results: Mapping[str, Any]) -> dict[str, Any] | None:
     return {
         "intro": (
             f"Discoverers looked for cues nobody named on {len(data.get('discovery_ids') or [])} of the audited "
-            f"images; each candidate was then tested on the other {len(data.get('held_back_ids') or [])}, which "
+            f"images; each candidate was then tested on the other {_confirmed_on(data)}, which "
             "no discoverer saw, by removing the cue (or, for a cue the images do not show, putting it on them) and "
             "comparing the model's predictions (paired test, in the "
             "audit's Holm correction). Only a confirmed candidate is a finding; its figures and numbers are "
@@ -44,3 +44,10 @@ def discovery(results: Mapping[str, Any]) -> dict[str, Any] | None:
         "rows": rows,
         "none": "No discoverer proposed a candidate." if not rows and not data.get("note") else "",
     }
+
+
+def _confirmed_on(data: Mapping[str, Any]) -> str:
+    """The held-back images, or the seeded subset of them each candidate was confirmed on (confirm_images)."""
+    held = len(data.get("held_back_ids") or [])
+    used = data.get("confirmed_on")
+    return f"{used} (a seeded subset of {held})" if isinstance(used, int) and used < held else str(held)
