@@ -5,8 +5,8 @@
 
 A cue the audited images do not show cannot be found by looking at them: a model that learned "dark means
 'sad'" from darkened training images is audited on faces of ordinary brightness, and nothing in them is dark.
-This discoverer asks the model instead. Each shift of ``shifts`` (by default brightness, contrast, saturation
-and sharpness, each halved and raised by half, or taken to grey and doubled for saturation) is applied to every
+This discoverer asks the model instead. Each shift of ``shifts`` (by default brightness and contrast halved and
+raised by half, saturation taken to grey and doubled, sharpness halved and doubled) is applied to every
 discovery image (the same per-image operations the other discoverers' interventions use, clipped to [0, 1]),
 the shifted images are predicted, and for every class the share of images predicted it before and after is
 compared: an exact McNemar test on "predicted as the class" (Bonferroni over every (shift, class) pair tried)
@@ -85,7 +85,7 @@ DEFAULT_SHIFTS = [
     {"property": "brightness", "factor": 0.5}, {"property": "brightness", "factor": 1.5},
     {"property": "contrast", "factor": 0.5}, {"property": "contrast", "factor": 1.5},
     {"property": "saturation", "factor": 0.0}, {"property": "saturation", "factor": 2.0},
-    {"property": "sharpness", "factor": 0.0}, {"property": "sharpness", "factor": 2.0},
+    {"property": "sharpness", "factor": 0.5}, {"property": "sharpness", "factor": 2.0},
 ]
 
 
