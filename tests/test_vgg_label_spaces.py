@@ -153,6 +153,41 @@ def test_a_layer_without_a_convolution_says_so_and_filters_are_off_by_default(vg
     assert conv_of_layer(block) is block[2] and conv_of_layer(torch.nn.ReLU()) is None
 
 
+# --------------------------------------------------------------------------- the comparison page
+
+
+def test_the_comparison_draws_what_each_model_learned_one_model_after_another():
+    from xai_audit.api import Explanation
+    from xai_audit.report.artifacts import ReportArtifacts
+    from xai_audit.report.comparison import build_comparison_context
+
+    def explanation(shade: float, extra: bool) -> Explanation:
+        figures = [
+            {"kind": "images", "title": "Learned filters of 'conv1'", "images": {"array": "filter_images"},
+             "titles": ["ch 0", "ch 1"], "caption": "filters"},
+            {"kind": "lines", "title": "Spike plot", "x": [0, 1, 2], "series": [{"label": "a", "y": {"array": "spikes_0"}}]},
+            {"kind": "heatmaps", "title": "maps", "maps": {"array": "filter_images"}},  # compared image by image
+        ] + ([{"kind": "images", "title": "only here", "images": {"array": "class_images"}}] if extra else [])
+        arrays = {"filter_images": np.full((2, 3, 3, 3), shade, np.float32), "spikes_0": np.arange(3, dtype=np.float32),
+                  "class_images": np.zeros((1, 3, 4, 4), np.float32)}
+        return Explanation(method="feature-visualisation", sample_ids=["a"], targets=np.array([0]),
+                           maps=np.zeros((1, 4, 4), np.float32), signed=False, arrays=arrays, figures=figures)
+
+    comparison = {"title": "t", "tool": {"name": "xai-audit", "version": "0"}, "same_data": True, "same_classes": False,
+                  "models": [{"name": n, "adapter": "torch", "fingerprint": "0" * 16, "n": 1, "classes": c,
+                              "accuracy": None, "ci": None, "findings": 0, "failures": 0}
+                             for n, c in (("digits", ["0", "1"]), ("valence", ["negative", "positive"]))],
+                  "pairs": [], "groups": [], "hypotheses": [], "effect_pairs": [], "explainers": ["fv"]}
+    artifacts = {"digits": ReportArtifacts(explanations={"fv": explanation(0.2, True)}),
+                 "valence": ReportArtifacts(explanations={"fv": explanation(0.8, False)})}
+    learned = build_comparison_context(comparison, artifacts)["learned"]
+    assert [(item["explainer"], item["title"]) for item in learned] == [("fv", "Learned filters of 'conv1'"), ("fv", "Spike plot")]
+    filters = learned[0]["figures"]
+    assert [f["caption"] for f in filters] == ["digits: filters", "valence: filters"]
+    assert filters[0]["src"] != filters[1]["src"]  # each model's own weights
+    assert build_comparison_context(comparison, {})["learned"] == []  # from results.json files: no arrays
+
+
 # --------------------------------------------------------------------------- end to end (slow)
 
 
@@ -193,7 +228,7 @@ def test_the_example_trains_and_runs_end_to_end(tmp_path):
             maps = explainers[f"neuron-maps@{layer}"]
             assert maps["scalars"]["channels"] == width and len(maps["tables"]["top_channels"]) == len(explained)
         html = (out / name / "report.html").read_text()
-        assert "Spike plot: summed activation per channel of &#39;relu3_2&#39;" in html
+        assert "Line plot of the summed activation of each of 32 channels for 4 image(s)." in html  # the spike plot
         assert "Learned filters: top 8 channels of &#39;conv1_1&#39;" in html
     comparison = json.loads((out / "comparison.json").read_text())
     assert [(m["name"], m["classes"]) for m in comparison["models"]] == list(NETWORKS.items())
@@ -201,3 +236,7 @@ def test_the_example_trains_and_runs_end_to_end(tmp_path):
     assert all(p["verdict"] == "not tested" for p in comparison["pairs"])
     page = (out / "comparison.html").read_text()
     assert "the models name different classes" in page
+    assert "What each model learned, side by side" in page
+    for name in NETWORKS:  # each network's filters and spike plot, one after another
+        assert f"alt=\"{name}: Learned filters: top 8 channels of &#39;conv2_2&#39;\"" in page
+        assert f"alt=\"{name}: Line plot of the summed activation of each of 32 channels" in page

@@ -13,9 +13,13 @@ from xai_audit.report import figures
 from xai_audit.report.artifacts import ReportArtifacts
 from xai_audit.report.context import _ci_pct, _effect_with_ci, _p, _pct
 from xai_audit.report.render import ReportError, _pdf_bytes, render_html
+from xai_audit.report.specs import render_spec
 
 FILENAMES = {"html": "comparison.html", "pdf": "comparison.pdf", "json": "comparison.json"}
 MAX_ROWS = 8
+#: figure kinds of an explanation drawn once per model, one under the other: what each model learned (filters,
+#: images grown from noise) and per-channel curves (the spike plot); maps are compared image by image instead
+SIDE_BY_SIDE_KINDS = ("images", "lines")
 
 
 def build_comparison_context(comparison: Mapping[str, Any], artifacts: Mapping[str, ReportArtifacts]) -> dict[str, Any]:
@@ -73,6 +77,7 @@ def build_comparison_context(comparison: Mapping[str, Any], artifacts: Mapping[s
         ],
         "model_names": [m["name"] for m in models],
         "heatmaps": _heatmaps(comparison, artifacts),
+        "learned": _learned(comparison, artifacts),
         "heatmaps_missing": not artifacts,
     }
 
@@ -124,6 +129,49 @@ def _heatmaps(comparison: Mapping[str, Any], artifacts: Mapping[str, ReportArtif
             },
         })
     return out
+
+
+def _learned(comparison: Mapping[str, Any], artifacts: Mapping[str, ReportArtifacts]) -> list[dict[str, Any]]:
+    """For each explainer, each figure of a ``SIDE_BY_SIDE_KINDS`` kind that every model's explanation has
+    (the same kind drawn from the same arrays, e.g. one layer's filters), drawn for each model in turn."""
+    names = [m["name"] for m in comparison["models"]]
+    if not artifacts or any(n not in artifacts for n in names):
+        return []
+    out = []
+    for explainer in comparison["explainers"]:
+        exps = {n: artifacts[n].explanations.get(explainer) for n in names}
+        if any(e is None for e in exps.values()):
+            continue
+        keyed = {n: {_figure_key(spec): spec for spec in e.figures if spec.get("kind") in SIDE_BY_SIDE_KINDS}
+                 for n, e in exps.items()}
+        for key, first in keyed[names[0]].items():
+            if not all(key in keyed[n] for n in names):
+                continue
+            figures_ = []
+            for n in names:
+                fig = render_spec(keyed[n][key], exps[n].arrays)
+                figures_.append({**fig, "caption": f"{n}: {fig['caption']}", "alt": f"{n}: {fig['alt']}"})
+            out.append({"explainer": explainer, "title": str(first.get("title") or first["kind"]), "figures": figures_})
+    return out
+
+
+def _figure_key(spec: Mapping[str, Any]) -> tuple:
+    """What makes two models' figures the same figure: the kind and the arrays it is drawn from."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Mapping):
+            if set(value) == {"array"}:
+                found.append(str(value["array"]))
+            else:
+                for v in value.values():
+                    walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(spec)
+    return (spec.get("kind"), tuple(sorted(found)))
 
 
 def comparison_class(artifacts: ReportArtifacts, sid: str, classes: Sequence[str]) -> str:
