@@ -37,3 +37,16 @@ def test_null_audits_confirm_a_discovered_cue_in_at_most_five_percent():
     assert null.rate <= 0.05, (null.with_findings, null.audits)
     # each candidate alone, before Holm, also holds its level (binomial noise allowed)
     assert null.confirmed_raw / null.candidates <= 0.08
+
+
+def test_the_cost_projection_keeps_what_is_capped_and_scales_what_grows():
+    # 1,000 images measured: clustering (capped at 300 images) and shifts (capped at 300) stay, the slice search
+    # grows with N, confirmation grows with the held-back half up to confirm_images (2,000)
+    s = bd.Sized(n=1000, size=224, plain_s=100.0, baseline_s=12.0, discover_s=16.0, confirm_s=10.0, candidates=2,
+                 forward_per_image=1.0, gradient_per_image=0.3, plain_forward_per_image=8.0,
+                 per_discoverer={"attribution-clusters": 5.0, "property-slices": 1.0, "property-shifts": 10.0})
+    plain, discovery = s.projected(10000)
+    assert plain == 1000.0
+    assert discovery == 5.0 + 10.0 * min(5000, bd.SHIFTED) / min(500, bd.SHIFTED) + 1.0 * 10 + 10.0 * 2000 / 500
+    assert s.projected(1000) == (100.0, s.discovery_s)
+    assert [p.name for p in bd.discoverers(0)] == ["attribution-clusters", "property-slices", "property-shifts"]
