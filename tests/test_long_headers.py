@@ -61,6 +61,8 @@ def long_names_report(tmp_path_factory) -> Path:
         "dataset": {"loader": "image-folder", "path": "data", "metadata": "data/meta.csv", "classes": CLASSES},
         "hypotheses": [{"group-accuracy": {"min_group_size": 1}}],
         "report": {"title": "Long class names"},
+        # long unbroken runs in running text too: the system's facts are a grid whose text wraps in place
+        "system": {"provider": "provider_" + "klmnopqrst" * 20, "intended_purpose": "purpose " + "uvwxyz" * 40},
     }), registry, base_dir=tmp)
     outcome = run_audit(plan, registry, cache=Cache(None))
     artifacts = ReportArtifacts(images=outcome.images, explanations=outcome.explanations,
@@ -101,3 +103,4 @@ def test_long_class_names_as_headers_keep_the_table_within_the_page(long_names_r
     assert max(len(line) for line in text.splitlines()) < len(CLASSES[0])
     flat = re.sub(r"\s+", "", text)
     assert all(name in flat for name in CLASSES)
+    assert "provider_" + "klmnopqrst" * 14 in flat  # shown (cut at 200 characters), wrapped within the page
