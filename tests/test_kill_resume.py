@@ -13,8 +13,10 @@ at every moment, and with the Ray executor at 1 and 2 workers.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -379,3 +381,90 @@ def test_killed_with_the_ray_executor_a_rerun_gives_the_same_results(model_dir, 
     moments = [FIRST_ENTRY, HALF_THE_STEPS, RENDERING, _random_delay(workers)]
     landed = _kill_and_resume(model_dir, plan, moments)
     assert {m.name for m in moments if m.must_land} <= set(landed)
+
+
+# -- killed every T seconds, re-run each time (issue 23 item 5) -------------------------
+
+#: the demo's stages on a small scale: four explainers with their trust, discovery, hypotheses, the report
+EVERY_PLAN_STEPS = (
+    "explainers:\n  - integrated-gradients: {steps: 16}\n  - gradcam\n  - occlusion: {window: 8, stride: 4}\n"
+    "  - lime: {samples: 200}\n"
+    "hypotheses:\n  - grayscale\n  - luminance: {factor: 0.2}\n"
+    + "".join(f"  - transform: {{as: slow-{k}, callable: 'slow_steps.py:haze', description: haze {k}, "
+              f"kwargs: {{amount: 0.{k}, seconds: 4}}}}\n" for k in range(1, 5))
+    + "discoverers:\n  - property-slices\ndiscover: {held_out: 0.5}\n"
+)
+#: steps of a known length: each hazes the images after one wait of ``seconds`` in a process (a step that
+#: is cached never waits); they stand for the long steps of a real audit, whatever the load on the machine
+SLOW_STEPS = """
+import time
+
+_waited = set()
+
+
+def haze(images, amount, seconds):
+    if amount not in _waited:
+        _waited.add(amount)
+        time.sleep(seconds)
+    return images * (1 - amount) + amount
+"""
+
+
+def _every_plan(folder: Path) -> Path:
+    (folder / "slow_steps.py").write_text(SLOW_STEPS)
+    text = plan_text(extra=EVERY_PLAN_STEPS, n=96).replace("report: {title: Test audit}", REPORT)
+    assert REPORT in text
+    (folder / "plan.yaml").write_text(text)
+    return folder / "plan.yaml"
+
+
+def _timed_finish(plan: Path, out: Path, cache: Path, env: dict[str, str]) -> tuple[dict, float]:
+    start = time.monotonic()
+    results = _finish(plan, out, cache, env)
+    return results, time.monotonic() - start
+
+
+@pytest.mark.slow
+def test_killed_every_t_seconds_and_rerun_each_time_it_finishes_with_the_same_results(model_dir):
+    """A run killed every T seconds and started again each time finishes: every step and every figure a killed
+    attempt finished is kept by content, so each attempt gets further, and the last one, with everything
+    cached, needs less than T. T is measured, not guessed: longer than a fully cached re-run (C), shorter than
+    a re-run whose steps are cached but whose figures are not (so an attempt is killed while rendering)."""
+    plan = _every_plan(model_dir)
+    env = _env(model_dir)
+    reference_cache = model_dir / "reference-cache"
+    results, cold = _timed_finish(plan, model_dir / "reference", reference_cache, env)
+    n_entries = len(_entries(reference_cache))
+    assert not results["failures"] and n_entries >= 14 and results["discovery"]
+    _, cached = _timed_finish(plan, model_dir / "cached", reference_cache, env)
+    shutil.rmtree(reference_cache / "figures")
+    _, no_figures = _timed_finish(plan, model_dir / "no-figures", reference_cache, env)
+    every = max(1.25 * cached, min(1.5 * cached, (cached + no_figures) / 2))
+    # each attempt but the last makes at least (T - C) of progress, and the whole run is under R of work
+    most_attempts = math.ceil(cold / (every - cached)) + 2
+    ref = Reference(results, cold, n_entries)
+
+    out, cache = model_dir / "out", model_dir / "cache"
+    kills: list[tuple[float, int, int]] = []  # (seconds, step entries, figures) when each kill came
+    for attempt in range(1, most_attempts + 1):
+        proc = _start(plan, out, cache, env)
+        try:
+            rc = proc.wait(timeout=every)
+        except subprocess.TimeoutExpired:
+            rc = None
+            figures = len(list((cache / "figures").rglob("*.png"))) if (cache / "figures").is_dir() else 0
+            kills.append((every, len(_entries(cache)), figures))
+        finally:
+            _kill_group(proc)
+        if rc is not None:
+            break
+        _nothing_half_written_reads_as_complete(out, cache, ref)
+    else:
+        pytest.fail(f"not finished after {most_attempts} attempts killed every {every:.1f} s "
+                    f"(cold run {cold:.1f} s, cached re-run {cached:.1f} s): {kills}")
+    assert rc == 0, (out.parent / f"{out.name}.log").read_text(errors="replace")[-3000:]
+    assert len(kills) >= 2, f"T = {every:.1f} s left too few kills: {kills}"
+    assert any(entries == n_entries for _, entries, _ in kills), f"no kill while rendering the report: {kills}"
+    resumed = json.loads((out / "results.json").read_text())
+    assert _found(resumed) == _found(results)
+    _tidy_and_whole(out, cache, ref)
