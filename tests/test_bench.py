@@ -161,3 +161,15 @@ def test_report_rows_compare_with_their_targets():
                                           "render_cpu": 30.0})[0]
     assert slow.met is False
     assert "cached re-run" in sections[0].text()
+
+
+def test_robustness_rows_scale_to_1000_images_and_judge_each_limit():
+    from bench.robustness import Part, _rows
+
+    parts = [Part("corruptions", 2.0, 1.8, 0.5), Part("adversarial", 4.0, 2.0, 2.0), Part("calibration", 0.1)]
+    rows, table = _rows(parts, "ResNet-18, 8 faces", 8, scale=1000 / 8)
+    corr, adv, whole = rows
+    assert corr.ratio == pytest.approx(0.9) and corr.met and adv.ratio == pytest.approx(0.5) and not adv.met
+    # corruptions and calibration are linear in the images; the attack covers at most 64 of them
+    assert table[0][-1] == "250 s" and table[1][-1] == "32.00 s" and table[2][-1] == "12.50 s"
+    assert whole.measured == "294 s (scaled from 8)" and whole.ratio is None
