@@ -37,6 +37,17 @@ MEANING = {
     "border_b": "mean blue of the border ring",
 }
 #: bisection steps when an intervention matches a property to its target, and the factors it searches
+#: a scalar property's (lower, higher) in words, and the kind of cue it is
+WORDS = {
+    "brightness": ("darker", "brighter"),
+    "contrast": ("lower in contrast", "higher in contrast"),
+    "saturation": ("less saturated", "more saturated"),
+    "colourfulness": ("less colourful", "more colourful"),
+    "sharpness": ("blurrier", "sharper"),
+}
+CUE = {"brightness": "property", "contrast": "property", "sharpness": "property", "saturation": "colour",
+        "colourfulness": "colour"}
+
 _STEPS = 24
 _FACTOR_MAX = 8.0
 

@@ -39,18 +39,8 @@ from xai_audit.api import (
     sample_chunks,
     stack_images,
 )
-from xai_audit_discovery._common import scale_property, seeded_subset, slug, unique_name
+from xai_audit_discovery._common import CUE, WORDS, scale_property, seeded_subset, slug, unique_name
 
-#: what a factor does to each property, in words: (factor < 1, factor > 1)
-_WORDS = {
-    "brightness": ("darker", "brighter"),
-    "contrast": ("lower in contrast", "higher in contrast"),
-    "saturation": ("less saturated", "more saturated"),
-    "colourfulness": ("less colourful", "more colourful"),
-    "sharpness": ("blurrier", "sharper"),
-}
-_CUE = {"brightness": "property", "contrast": "property", "sharpness": "property", "saturation": "colour",
-        "colourfulness": "colour"}
 #: images shown in a candidate's figure: as they are, then shifted
 _EXAMPLES = 4
 #: salt of the seeded subset of images
@@ -69,8 +59,8 @@ class Shift(BaseModel):
     @field_validator("property")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in _WORDS:
-            raise ValueError(f"unknown property {value!r}; known: {', '.join(_WORDS)}")
+        if value not in WORDS:
+            raise ValueError(f"unknown property {value!r}; known: {', '.join(WORDS)}")
         return value
 
     @field_validator("factor")
@@ -153,7 +143,7 @@ class PropertyShiftsDiscoverer(DiscovererPlugin):
     def _candidate(self, context: DiscoveryContext, samples: Sequence[Sample], before: np.ndarray,
                    after: np.ndarray, c: int, shift: Shift, gain: float, p_value: float, n_tests: int) -> Candidate:
         label = context.classes[c]
-        adjective = _WORDS[shift.property][int(shift.factor > 1.0)]
+        adjective = WORDS[shift.property][int(shift.factor > 1.0)]
         was, now = before == c, after == c
         newly = now & ~was
         members = [s.id for s, m in zip(samples, newly) if m]
@@ -168,7 +158,7 @@ class PropertyShiftsDiscoverer(DiscovererPlugin):
                              f"check asks whether that brings '{label}' in"),
         }
         figures, arrays = _examples(samples, newly, shift, label)
-        return Candidate(name=slug(f"{adjective} {label}"), description=description, cue=_CUE[shift.property],
+        return Candidate(name=slug(f"{adjective} {label}"), description=description, cue=CUE[shift.property],
                          members=members, intervention={"op": "scale", "property": shift.property,
                                                         "factor": float(shift.factor)},
                          target_class=int(c), evidence=evidence, figures=figures, arrays=arrays,

@@ -31,9 +31,11 @@ from scipy import stats
 
 from xai_audit.api import Candidate, DiscovererPlugin, DiscoveryContext, Options, Sample, array_ref, stack_images
 from xai_audit_discovery._common import (
+    CUE,
     MEANING,
     PROPERTIES,
     TRIED,
+    WORDS,
     properties,
     property_values,
     slug,
@@ -41,16 +43,6 @@ from xai_audit_discovery._common import (
     unique_name,
 )
 
-#: (lower, higher) in words, per scalar property
-_WORDS = {
-    "brightness": ("darker", "brighter"),
-    "contrast": ("lower in contrast", "higher in contrast"),
-    "saturation": ("less saturated", "more saturated"),
-    "colourfulness": ("less colourful", "more colourful"),
-    "sharpness": ("blurrier", "sharper"),
-}
-_CUE = {"brightness": "property", "contrast": "property", "sharpness": "property", "saturation": "colour",
-        "colourfulness": "colour"}
 #: AUCs are ranked to this many decimals: a difference in the third is no evidence, and the order of
 #: ``TRIED`` (the simpler explanation first) decides
 _DIGITS = 2
@@ -188,12 +180,12 @@ class PropertySlicesDiscoverer(DiscovererPlugin):
             spec = {"op": "border-colour", "colour": rgb_o, "background_mask": has_background}
             cue, short = "colour", f"{adjective} border"
         else:
-            adjective = _WORDS[name][int(higher)]
+            adjective = WORDS[name][int(higher)]
             description = (f"images predicted '{label}' are {adjective}: {name} {med_c:.2f} vs {med_o:.2f} "
                            f"(medians; the others')")
             evidence.update(meaning=MEANING[name])
             spec = {"op": name, "target": med_o}
-            cue, short = _CUE[name], adjective
+            cue, short = CUE[name], adjective
         figures, arrays = _examples(samples, in_class, side, x, name, label)
         return Candidate(name=slug(f"{label} {short}"), description=description, cue=cue, members=members,
                          intervention=spec, target_class=int(c), evidence=evidence, figures=figures, arrays=arrays)
