@@ -13,8 +13,8 @@ import hashlib
 import os
 import socket
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from xai_audit.errors import XaiAuditError
 
@@ -129,21 +129,11 @@ def write_together(files: Mapping[Path, bytes], last: Path | None = None, folder
             staged.append((Path(path), _stage(Path(path), data)))
         if last is not None and any(path == Path(last) for path, _ in staged):
             staged.sort(key=lambda item: item[0] == Path(last))
-            try:
-                os.unlink(last)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise path_error(exc, "cannot write", last) from None
+            _unlink_if_there(last, "cannot write")
         for stale in remove:
             if Path(stale) in files:
                 continue
-            try:
-                os.unlink(stale)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise path_error(exc, "cannot remove", stale) from None
+            _unlink_if_there(stale, "cannot remove")
         while staged:
             path, temp_name = staged[0]
             try:
@@ -214,3 +204,13 @@ def _alive(pid: int) -> bool:
     except OSError:  # another user's process: alive
         return True
     return True
+
+
+def _unlink_if_there(path: str | Path, verb: str) -> None:
+    """Remove ``path``; one already gone is fine, another failure is a one-line error (``verb`` it)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise path_error(exc, verb, path) from None
