@@ -26,15 +26,16 @@ import argparse
 import contextlib
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from bench.common import ATTRIBUTION_TARGET, Row, Section, fmt_seconds
+from bench.common import ATTRIBUTION_TARGET, Row, Section, fmt_seconds, timed_passes
 from xai_audit.contract import batching
 from xai_audit.contract.types import ModelAdapter, Sample
 
@@ -143,7 +144,6 @@ def workloads(names: list[str], quick: bool = False) -> list[Workload]:
                             images=1, ig_steps=16, window=56, stride=56, lime_samples=48, grad_images=8))
     if "vit" in names:
         from transformers import ViTConfig, ViTForImageClassification
-
         from xai_audit_transformers.classifier import _default_layer
 
         vit = ViTForImageClassification(ViTConfig(num_labels=7))  # ViT-base/16 at 224 px, random weights
@@ -159,8 +159,9 @@ def workloads(names: list[str], quick: bool = False) -> list[Workload]:
 
 def faces(n: int, size: int) -> list[Sample]:
     """Synthetic faces at the benchmark's size: real structure matters for LIME's superpixels."""
-    from xai_audit.contract.types import LoadContext
     from xai_audit_datasets.synthetic_faces import SyntheticFacesOptions, SyntheticFacesPlugin
+
+    from xai_audit.contract.types import LoadContext
 
     data = SyntheticFacesPlugin(SyntheticFacesOptions(n=n, size=size)).load(LoadContext(base_dir=Path.cwd()))
     return [data[i] for i in range(n)]
@@ -180,13 +181,7 @@ def best_passes(model: ModuleAdapter, size: int, backward: bool, rounds: int = 1
             for layout in (torch.contiguous_format, torch.channels_last):
                 x = torch.rand(batch, 3, size, size).contiguous(memory_format=layout)
                 batching._pass(model, x, backward)  # warm-up
-                passes, start = 0, time.perf_counter()
-                while True:
-                    batching._pass(model, x, backward)
-                    passes += 1
-                    elapsed = time.perf_counter() - start
-                    if elapsed >= _SWEEP_WORK_S and passes >= 2:
-                        break
+                passes, elapsed = timed_passes(partial(batching._pass, model, x, backward), _SWEEP_WORK_S)
                 key = (batch, layout)
                 timings[key] = min(timings.get(key, float("inf")), elapsed / (passes * batch))
                 slowest_pass = max(slowest_pass, elapsed / passes)
@@ -297,17 +292,15 @@ def bench(work: Workload, repeats: int) -> list[dict[str, Any]]:
 
 def _calls(work: Workload, samples: list[Sample], targets: np.ndarray) -> dict[str, Callable[[], Any]]:
     """Each method as the built-in plugin runs it ("ours") and as a user would write it by hand."""
-    from captum.attr import IntegratedGradients, Occlusion
+    from captum.attr import IntegratedGradients, LayerGradCam, Occlusion, Saliency
     from lime.lime_image import LimeImageExplainer
-
+    from xai_audit_captum.gradcam import GradCamExplainer
     from xai_audit_captum.integrated_gradients import IntegratedGradientsExplainer
     from xai_audit_captum.occlusion import OcclusionExplainer
+    from xai_audit_captum.saliency import SaliencyExplainer
     from xai_audit_lime.explainer import LimeExplainer
 
-    from captum.attr import LayerGradCam, Saliency
     from xai_audit.contract.layers import resolve_layer
-    from xai_audit_captum.gradcam import GradCamExplainer
-    from xai_audit_captum.saliency import SaliencyExplainer
 
     model, n, m = work.model, work.images, work.grad_images
     all_images = torch.as_tensor(np.stack([s.image for s in samples]))

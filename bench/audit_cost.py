@@ -36,12 +36,13 @@ import argparse
 import contextlib
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from bench.common import Row, Section, fmt_seconds, ratio
+from bench.common import Row, Section, fmt_seconds, ratio, timed_passes
 
 MODELS = ("demo", "resnet18", "mini-xception")
 CLASSES = ["happy", "sad", "neutral", "angry", "disgust", "fear", "surprise"]
@@ -176,13 +177,7 @@ def unit_costs(adapter: Any, shape: tuple[int, ...]) -> dict[bool, float]:
         batching._pass(adapter, x, backward)  # warm-up
         best = float("inf")
         for _ in range(_UNIT_ROUNDS):
-            passes, start = 0, time.perf_counter()
-            while True:
-                batching._pass(adapter, x, backward)
-                passes += 1
-                elapsed = time.perf_counter() - start
-                if elapsed >= _UNIT_WORK_S and passes >= 2:
-                    break
+            passes, elapsed = timed_passes(partial(batching._pass, adapter, x, backward), _UNIT_WORK_S)
             best = min(best, elapsed / (passes * batch))
         out[backward] = best
     return out

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -40,6 +41,17 @@ def ratio(limit_s: float, measured_s: float) -> float:
     if not measured_s or measured_s <= 0 or not np.isfinite(measured_s):
         return float("nan")
     return float(limit_s) / float(measured_s)
+
+
+def timed_passes(one_pass: Callable[[], object], work_s: float) -> tuple[int, float]:
+    """Call ``one_pass`` until ``work_s`` seconds and at least two passes are spent: (passes, seconds)."""
+    passes, start = 0, time.perf_counter()
+    while True:
+        one_pass()
+        passes += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= work_s and passes >= 2:
+            return passes, elapsed
 
 
 def growth_exponent(sizes: Sequence[float], seconds: Sequence[float]) -> float:
