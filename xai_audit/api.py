@@ -18,7 +18,7 @@ from xai_audit.contract.batching import (
     prefers_channels_last,
 )
 from xai_audit.contract.batching import chunks as batch_slices
-from xai_audit.contract.discovery import CUES, Candidate, DiscovererPlugin, DiscoveryContext
+from xai_audit.contract.discovery import CONFIRMATIONS, CUES, Candidate, DiscovererPlugin, DiscoveryContext
 from xai_audit.contract.figures import COMMON_FIELDS, FIGURE_KINDS, array_ref, check_figure
 from xai_audit.contract.images import ImageView
 from xai_audit.contract.images import chunks as sample_chunks
@@ -37,7 +37,15 @@ from xai_audit.contract.interventions import (
     subsample,
     to_grayscale,
 )
-from xai_audit.contract.layers import as_feature_map, first_tensor, layer_activations, resolve_layer, token_grid
+from xai_audit.contract.layers import (
+    as_feature_map,
+    first_tensor,
+    head_layer,
+    layer_activations,
+    penultimate_activations,
+    resolve_layer,
+    token_grid,
+)
 from xai_audit.contract.recommendations import (
     AUGMENT_FRACTION,
     COLUMNS,
@@ -45,6 +53,7 @@ from xai_audit.contract.recommendations import (
     augment_row,
     recommendation,
 )
+from xai_audit.contract.skin import MIN_SKIN_PIXELS, skin_pixels, skin_tone_angle, srgb_to_lab
 from xai_audit.contract.stats import (
     ALPHA,
     EQUIVALENCE_METHOD,
@@ -112,6 +121,7 @@ __all__ = [
     "DiscoveryContext",
     "Candidate",
     "CUES",
+    "CONFIRMATIONS",
     "FACE_REGIONS",
     "HOST_OPTIONS",
     # errors
@@ -133,6 +143,8 @@ __all__ = [
     "first_tensor",
     "as_feature_map",
     "token_grid",
+    "head_layer",
+    "penultimate_activations",
     "best_batch_size",
     "fixed_batch_size",
     "batch_slices",
@@ -143,6 +155,11 @@ __all__ = [
     "ImageView",
     "sample_chunks",
     "stack_images",
+    # the skin-tone estimate (ITA) from pixels
+    "skin_tone_angle",
+    "skin_pixels",
+    "srgb_to_lab",
+    "MIN_SKIN_PIXELS",
     # interventions
     "Transform",
     "InterventionOptions",

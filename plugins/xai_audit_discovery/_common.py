@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from xai_audit.api import Sample, sample_chunks
+from xai_audit.api import Sample, sample_chunks, srgb_to_lab
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32).reshape(1, 3, 1, 1)
 
@@ -32,6 +32,7 @@ MEANING = {
     "border_colour": ("mean RGB of the border ring (a proxy for the background), projected on Fisher's "
                       "discriminant direction between the class and the others (three weights fitted on the same "
                       "images: the AUC is a little optimistic; the held-back check is the test)"),
+    "hue": "hue angle in degrees of the image's mean colour in CIELAB (0 red, 90 yellow, 180 green, 270 blue)",
     "border_r": "mean red of the border ring",
     "border_g": "mean green of the border ring",
     "border_b": "mean blue of the border ring",
@@ -96,6 +97,9 @@ def property_values(images: np.ndarray, name: str) -> np.ndarray:
     if name == "sharpness":
         lap = _laplacian(luminance(images))
         return np.abs(lap).reshape(n, -1).mean(axis=1).astype(np.float64) if lap.size else np.zeros(n)
+    if name == "hue":  # the hue angle of the image's mean colour in CIELAB: 0 red, 90 yellow, 180 green, 270 blue
+        lab = srgb_to_lab(images.reshape(n, 3, -1).mean(axis=2))
+        return (np.degrees(np.arctan2(lab[:, 2], lab[:, 1])) % 360.0).astype(np.float64)
     if name in ("border_r", "border_g", "border_b"):
         ring = border_ring(*images.shape[2:])
         return images[:, "rgb".index(name[-1])][:, ring].mean(axis=1).astype(np.float64)

@@ -19,11 +19,16 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from xai_audit.contract.types import Explanation, ModelAdapter, Plugin, Sample, labels_of
+from xai_audit.contract.recommendations import augment_row
+from xai_audit.contract.types import Explanation, HypothesisContext, ModelAdapter, Plugin, Sample, labels_of
 
 #: what a candidate's cue is: a place in the image, a colour, an image property, a metadata value, a cluster
 #: of the model's embedding
 CUES = ("region", "colour", "property", "metadata", "embedding")
+#: how the host confirms a candidate on the held-back images: by its ``intervention`` (remove the cue, paired
+#: test), or as a ``slice`` (its ``intervention`` is a rule that picks images; the model's accuracy, or without
+#: labels its confidence, inside the slice against outside it)
+CONFIRMATIONS = ("intervention", "slice")
 
 
 @dataclass
@@ -37,6 +42,13 @@ class Candidate:
     images do not show, such as darkness the model learned from darkened training images): the held-back
     images as they are then stand for "cue removed", and confirmation asks whether applying the transform
     brings ``target_class``'s predictions in.
+
+    With ``confirmation="slice"`` the candidate is a weak slice, not a cue to remove: ``intervention`` is the
+    slice's *rule* (plain data, e.g. property ranges, or the nearest of a few embedding centroids kept in
+    ``arrays``), which :meth:`DiscovererPlugin.slice_members` applies to the held-back images; the host then
+    tests whether the model is worse inside the slice than outside it (accuracy with labels, confidence
+    without). ``evidence["slice"]``, when given, is the slice in words (the description may add the numbers
+    seen on the discovery split); the confirmation's claim quotes it.
     """
 
     name: str
@@ -52,6 +64,8 @@ class Candidate:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     #: True when ``intervention`` puts the cue on the images rather than removing it
     intervention_adds_cue: bool = False
+    #: how the host confirms it (one of :data:`CONFIRMATIONS`)
+    confirmation: str = "intervention"
 
     def __post_init__(self) -> None:
         if self.cue not in CUES:
@@ -60,6 +74,11 @@ class Candidate:
             raise ValueError(f"candidate {self.name!r} has no description")
         if self.intervention_adds_cue and self.target_class is None:
             raise ValueError(f"candidate {self.name!r}: an intervention that adds the cue needs a target_class")
+        if self.confirmation not in CONFIRMATIONS:
+            raise ValueError(f"candidate {self.name!r}: confirmation must be one of {', '.join(CONFIRMATIONS)}, "
+                             f"not {self.confirmation!r}")
+        if self.confirmation == "slice" and self.intervention_adds_cue:
+            raise ValueError(f"candidate {self.name!r}: a slice has a rule, not an intervention that adds a cue")
 
 
 @dataclass
@@ -110,3 +129,15 @@ class DiscovererPlugin(Plugin):
         """The training augmentation that removes the cue from fine-tuning data; by default the intervention
         itself, applied to a share of the training images of every class."""
         return {"transform": f"discovered:{self.name}", **dict(spec)}
+
+    def slice_members(self, candidate: Candidate, context: HypothesisContext) -> np.ndarray:
+        """For a candidate confirmed as a slice (``confirmation="slice"``): which of ``context.samples`` (the
+        held-back images) its rule ``candidate.intervention`` picks, as a boolean array (N,). ``context.model``
+        is there for a rule that reads the model (an embedding cluster)."""
+        raise NotImplementedError(f"discoverer {self.name!r} proposes no slices (it has no slice_members)")
+
+    def recommend(self, finding: Mapping[str, Any], candidate: Candidate) -> list[dict[str, Any]]:
+        """Manifest rows (xai_audit.api.recommendation) for a confirmed candidate's ``finding``: by default one
+        ``augment`` row with :meth:`augmentation` of its intervention (none when that is None)."""
+        spec = self.augmentation(candidate.intervention)
+        return [augment_row(finding, spec)] if spec is not None else []

@@ -88,3 +88,38 @@ def layer_activations(model: ModelAdapter, images: np.ndarray | Any, layer: str 
     finally:
         handle.remove()
     return torch.cat(seen).numpy().astype(np.float32)
+
+
+def head_layer(model: ModelAdapter) -> tuple[str, Any]:
+    """(name, module) of the model's classifier head: the last ``torch.nn.Linear`` of its torch ``module``, whose
+    input is the penultimate layer (the model's embedding). ValueError for a black box or a model without one."""
+    import torch
+
+    module = getattr(model, "module", None)
+    if module is None:
+        raise ValueError(f"the model ({type(model).__name__}) is a black box: it has no penultimate layer to read")
+    heads = [(name, m) for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    if not heads:
+        raise ValueError(f"the model ({type(model).__name__}) has no linear classifier head (torch.nn.Linear) "
+                         "whose input is its penultimate layer")
+    return heads[-1]
+
+
+def penultimate_activations(model: ModelAdapter, images: np.ndarray | Any, batch_size: int = 64) -> np.ndarray:
+    """The model's embedding of display-space images (N, 3, H, W): the input of its classifier head
+    (:func:`head_layer`), flattened to (N, D) float32. One forward pass per image, no gradients."""
+    import torch
+
+    _, head = head_layer(model)
+    images = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images,
+                             dtype=torch.float32)
+    seen: list[Any] = []
+    handle = head.register_forward_pre_hook(
+        lambda _m, inputs: seen.append(first_tensor(inputs).detach().reshape(len(inputs[0]), -1).float().cpu()))
+    try:
+        with torch.no_grad():
+            for part in chunks(len(images), batch_size):  # even passes, never one image alone: the batch changes no bit
+                model.forward(images[part].to(model.device))
+    finally:
+        handle.remove()
+    return torch.cat(seen).numpy().astype(np.float32) if seen else np.zeros((0, 0), np.float32)

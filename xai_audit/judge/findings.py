@@ -7,7 +7,9 @@ finding has a *kind*, because the same accuracy drop means different things:
 ``shortcut``   a change that should not alter the label drains the
                predictions into one class: the model reads the change as
                evidence for that class (darker means "sad").
-``bias``       the model is less accurate for some group.
+``bias``       the model is less accurate for some group (or, found by
+               discovery, on a slice of the data: a property range, a
+               metadata value, a cluster of its embedding).
 ``shift``      the model is less accurate on another data set.
 ``fragility``  a change that should not alter the label costs accuracy,
                and the changed predictions spread over several classes.
@@ -185,6 +187,11 @@ def _finding(name: str, key: str, test: dict[str, Any], kind: str, shortcut: dic
     metric = test.get("metric")
     d = test.get("details") or {}
     p_text = _p(p)
+    if isinstance(d.get("slice"), dict):  # a weak slice found by discovery: worded by its confirmation
+        finding["detail"] = f"{d.get('detail', '')} {p_text}."
+        finding["reading"] = str(d["slice"].get("reading") or "")
+        finding["slice"] = str(d["slice"].get("description") or "")
+        return finding
     if kind == "bias" and not labelled:
         detail = (
             f"{metric}: {_pp(effect)}{_interval(ci)} between {d.get('column', 'the')} groups "

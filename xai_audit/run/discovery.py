@@ -6,7 +6,12 @@ discoverer saw, with its own intervention and a paired test. A candidate tied
 to a class is confirmed when removing the cue takes that class's predictions
 away (exact McNemar test on "predicted as the class" before/after, paired
 bootstrap interval of the share lost); one tied to no class, when it changes
-the predictions (the intervention engine's paired test). Each confirmation is
+the predictions (the intervention engine's paired test). A *slice* (a rule that
+picks images: property ranges, a metadata value, an embedding cluster) is
+confirmed when the model is worse on the held-back images the rule picks than on
+the others: accuracy (one-sided Fisher exact test) with labels, confidence
+(one-sided Mann-Whitney test) without; bootstrap interval of the difference.
+Each confirmation is
 an ordinary hypothesis entry, so the audit's Holm correction, findings,
 recommendations, checks and report all apply to it.
 """
@@ -21,9 +26,8 @@ import numpy as np
 
 from xai_audit.contract.discovery import Candidate, DiscoveryContext
 from xai_audit.contract.interventions import InterventionOptions, apply_and_predict, compare
-from xai_audit.contract.recommendations import augment_row
-from xai_audit.contract.stats import ALPHA, bootstrap_paired_diff_ci, mcnemar_exact
-from xai_audit.contract.types import HypothesisContext, HypothesisResult
+from xai_audit.contract.stats import ALPHA, bootstrap_paired_diff_ci, bootstrap_two_sample_diff_ci, mcnemar_exact
+from xai_audit.contract.types import HypothesisContext, HypothesisResult, labels_of
 from xai_audit.errors import ModelError
 from xai_audit.limits import StepAbandoned, run_with_limit
 from xai_audit.load.loading import AuditInputs, seed_everything
@@ -178,6 +182,7 @@ def _candidate_row(step: Step, candidate: Candidate, classes: Sequence[str], nam
         "members": list(candidate.members),
         "intervention": candidate.intervention,
         "intervention_adds_cue": candidate.intervention_adds_cue,
+        "confirmation": candidate.confirmation,
         "evidence": candidate.evidence,
         "tested_as": name,
     })
@@ -188,7 +193,7 @@ def _confirm(step: Step, plugin: Any, candidate: Candidate, context: HypothesisC
     """The candidate's intervention on the held-back images, and the paired test (cached)."""
     key = step_key("confirmation", step, base_key,
                    [candidate.name, candidate.intervention, candidate.target_class, candidate.intervention_adds_cue,
-                    [s.id for s in context.samples]])
+                    candidate.confirmation, [s.id for s in context.samples]])
     with cache.claim(key):
         hit = cache.get(key)
         if hit is not None:
@@ -203,6 +208,8 @@ def _confirm(step: Step, plugin: Any, candidate: Candidate, context: HypothesisC
 def confirm(plugin: Any, candidate: Candidate, context: HypothesisContext) -> HypothesisResult:
     """One candidate's confirmation, uncached: its discoverer's intervention on ``context`` (the held-back
     images) and the paired test. What the audit runs, and what a null-audit simulation calls directly."""
+    if candidate.confirmation == "slice":
+        return _confirm_slice(plugin, candidate, context)
     transform = plugin.intervention(candidate.intervention)
     what = (f"the cue is put on the images ({candidate.description})" if candidate.intervention_adds_cue
             else f"the cue is removed ({candidate.description})")
@@ -268,6 +275,97 @@ def _class_loss(engine: HypothesisResult, run: Any, candidate: Candidate, classe
     )
 
 
+#: fewest held-back images on each side of a slice for its test to be run at all
+MIN_SLICE = 5
+
+
+def _confirm_slice(plugin: Any, candidate: Candidate, context: HypothesisContext) -> HypothesisResult:
+    """A weak slice on the held-back images: its rule picks them (no model pass unless the rule reads the
+    model), and the model's clean predictions there are compared with the others'.
+
+    With labels the metric is accuracy (one-sided Fisher exact test that it is lower inside); without, the
+    model's confidence, its largest probability (one-sided Mann-Whitney test). Either way a 95 % bootstrap
+    interval of outside minus inside (each side resampled alone); ``effect`` is that difference, positive
+    when the slice is worse."""
+    from scipy import stats
+
+    inside = np.asarray(plugin.slice_members(candidate, context), bool)
+    if inside.shape != (len(context.samples),):
+        raise ValueError(f"{plugin.name}.slice_members returned shape {inside.shape} for "
+                         f"{len(context.samples)} held-back images")
+    probs = np.asarray(context.probs)
+    labels = labels_of(context.samples)
+    labelled = labels is not None
+    value = (probs.argmax(axis=1) == labels).astype(float) if labelled else probs.max(axis=1).astype(float)
+    a, b = value[inside], value[~inside]
+    n_in, n_out = len(a), len(b)
+    what = "accuracy" if labelled else "confidence (the model's largest probability)"
+    p_value, ci, effect = 1.0, None, None
+    if min(n_in, n_out) >= MIN_SLICE:
+        effect = float(b.mean() - a.mean())
+        ci = bootstrap_two_sample_diff_ci(b, a, seed=context.seed)
+        if labelled:
+            table = [[int(a.sum()), n_in - int(a.sum())], [int(b.sum()), n_out - int(b.sum())]]
+            p_value = float(stats.fisher_exact(table, alternative="less").pvalue)
+        elif np.ptp(value) > 0:
+            p_value = float(stats.mannwhitneyu(a, b, alternative="less").pvalue)
+    supported = effect is not None and p_value < ALPHA and effect > 0 and ci is not None and ci[0] > 0
+    words = str(candidate.evidence.get("slice") or candidate.description)
+    inside_text = "n/a" if not n_in else (f"{100 * a.mean():.1f} %" if labelled else f"{a.mean():.2f}")
+    outside_text = "n/a" if not n_out else (f"{100 * b.mean():.1f} %" if labelled else f"{b.mean():.2f}")
+    gap = "" if effect is None else (f"{100 * effect:.1f} points" if labelled else f"{effect:.3f}")
+    interval = "" if ci is None else (f" (95 % CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f} pp)" if labelled
+                                      else f" (95 % CI {ci[0]:+.3f} to {ci[1]:+.3f})")
+    if labelled:
+        detail = (f"Accuracy on the held-back images in the slice ({words}) is {inside_text}, against "
+                  f"{outside_text} on the others: {gap} worse{interval}; n = {n_in} in the slice, {n_out} outside.")
+        reading = "The model fails a slice of the data more often than the rest: a weak segment nobody named."
+    else:
+        detail = (f"No labels: the model's confidence (its largest probability, mean) on the held-back images in "
+                  f"the slice ({words}) is {inside_text}, against {outside_text} on the others: {gap} lower"
+                  f"{interval}; n = {n_in} in the slice, {n_out} outside. Whether its predictions there are wrong "
+                  "needs labelled images.")
+        reading = ("The model is less sure of itself on a slice of the data than on the rest (no labels: measured "
+                   "by its own confidence, not against labels).")
+    claim = (f"The model is less accurate on a slice nobody named: {words}." if labelled else
+             f"The model is less confident on a slice nobody named: {words}.")
+    return HypothesisResult(
+        claim=claim,
+        metric=f"{what} outside the slice (before) and inside it (after)",
+        before=float(b.mean()) if n_out else None,
+        after=float(a.mean()) if n_in else None,
+        effect=effect,
+        ci=ci,
+        p_value=p_value,
+        verdict="supported" if supported else "not supported",
+        n=n_in + n_out,
+        test=("held-back images only (never seen by the discoverer): the slice's rule picks them; "
+              + ("one-sided Fisher exact test that accuracy is lower inside the slice"
+                 if labelled else "one-sided Mann-Whitney test that confidence is lower inside the slice")
+              + "; 95 % bootstrap interval of outside minus inside, each side resampled alone"),
+        examples=[s.id for s, m in zip(context.samples, inside) if m][:8],
+        details={"slice": {"description": candidate.description, "rule": candidate.intervention,
+                           "in_slice": n_in, "outside": n_out, "labelled": labelled, "reading": reading},
+                 "detail": detail,
+                 "candidate": {"description": candidate.description, "cue": candidate.cue,
+                               "members_in_discovery": len(candidate.members)}},
+        figures=[_renamed(f, "cue/") for f in candidate.figures],
+        arrays={f"cue/{n}": a for n, a in candidate.arrays.items() if n in _referenced(candidate.figures)},
+        kind="bias",
+    )
+
+
+def _referenced(value: Any) -> set[str]:
+    """The arrays a figure spec (or a list of them) draws: a slice's rule arrays are not drawn."""
+    if isinstance(value, dict) and set(value) == {"array"}:
+        return {str(value["array"])}
+    if isinstance(value, dict):
+        return set().union(*(_referenced(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_referenced(v) for v in value)) if value else set()
+    return set()
+
+
 def _renamed(value: Any, prefix: str) -> Any:
     """A figure spec whose array references point to ``prefix + name``."""
     if isinstance(value, dict) and set(value) == {"array"}:
@@ -280,7 +378,8 @@ def _renamed(value: Any, prefix: str) -> Any:
 
 
 class DiscoveredRecommender:
-    """The recommendation hook of a confirmed candidate: train on images with the cue removed."""
+    """The recommendation hook of a confirmed candidate: its discoverer's ``recommend`` (by default, train on
+    images with the cue removed)."""
 
     def __init__(self, step: Step, candidate: Candidate):
         self.name = step.plugin.name
@@ -289,5 +388,4 @@ class DiscoveredRecommender:
     def recommend(self, finding: dict[str, Any] | None, result: dict[str, Any]) -> list[dict[str, Any]]:
         if finding is None:
             return []
-        spec = self._plugin.augmentation(self._candidate.intervention)
-        return [augment_row(finding, spec)] if spec is not None else []
+        return list(self._plugin.recommend(finding, self._candidate))
