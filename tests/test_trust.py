@@ -317,29 +317,140 @@ def test_the_default_sanity_check_re_explains_at_most_a_third_of_the_explained_i
 
 
 def test_the_trust_step_costs_the_passes_it_states(registry, monkeypatch):
-    """Every image through the model in one explainer's trust step, counted: 2k + 1 curve canvases per image,
-    the random order's as many once, and the sanity re-explanations at the explainer's own passes per image,
-    as results.json states them (trust.model_passes). bench/audit_cost.py compares them with the explainer's."""
+    """Every image through the model in one explainer's trust step, counted, equals what results.json states
+    (trust.budget.passes, trust.model_passes): the curves' 2k + 1 canvases per scored image, the random order's
+    2k - 2 more, and the sanity re-explanations at the explainer's own passes; and it is at most the explainer's.
+    A second explainer scored at the same steps reuses the random order's curves."""
     monkeypatch.setenv("XAI_AUDIT_BATCH_SIZE", "32")  # no probe passes among the counted ones
     model, samples = LinearAdapter(), _samples(8)
     seen: list[int] = []
     model.module.register_forward_hook(lambda _m, args, _out: seen.append(int(args[0].shape[0])))
-    session = _session(model, samples, steps=12, sanity_samples=None, sanity_stages=None)
+    session = _session(model, samples, steps=None, sanity_samples=None, sanity_stages=None)
     info = registry.get("explainer", "occlusion")
     occlusion = info.cls(info.cls.Options(window=4, stride=4))
     maps = occlusion.explain_maps(model, samples, session.targets, 0)
     explainer = sum(seen)
-    assert explainer == 8 * (16 + 1)  # 16 windows and the image itself, per image
-    seen.clear()
-    session.random_reference()
-    assert sum(seen) == 8 * 25
+    assert explainer == 8 * (16 + 1) == occlusion.model_passes(model, 8, (3, SIZE, SIZE)).weighed  # 16 windows + the image
     seen.clear()
     data, _ = trust.explainer_trust(session, occlusion, maps)
-    stated = data["model_passes"]
-    assert stated == {"curve_forward_images": 8 * 25, "random_order_forward_images": 8 * 25,
-                      "sanity_re_explanations": 2}  # 2 images x 1 stage (a third of 8)
-    assert trust.sanity_size(8, None, None) == (2, 1)
-    assert data["sanity"]["n_samples"] * len(data["sanity"]["stages"]) == 2
-    assert sum(seen) == stated["curve_forward_images"] + stated["sanity_re_explanations"] * 17
-    # the curves' passes are full batches: never one canvas alone
-    assert min(seen) >= 2
+    budget, stated = data["budget"], data["model_passes"]
+    # 12 steps (8 x 47 canvases) or 6 (8 x 23) do not fit in 136 passes with the sanity check's 2 x 17: 3 do
+    assert (budget["mode"], budget["images"], budget["of"], budget["steps"]) == ("explainer", 8, 8, 3)
+    assert (budget["sanity_samples"], budget["sanity_stages"]) == (2, 1)  # a third of 8, one layer: one stage
+    assert stated["curve_forward_images"] == 8 * 7 and stated["random_order_forward_images"] == 8 * 4
+    assert stated["sanity_re_explanations"] == 2 and stated["sanity_passes"] == 2 * 17
+    assert sum(seen) == budget["passes"] == stated["total"] == 8 * 11 + 34 <= explainer == budget["explainer_passes"]
+    assert budget["within"] is True
+    assert min(seen) >= 2  # the curves' passes are full batches: never one canvas alone
+    seen.clear()
+    trust.explainer_trust(session, occlusion, maps)  # the random order's curves are kept: only the map's run
+    assert sum(seen) == budget["passes"] - stated["random_order_forward_images"]
+
+
+class CountingCNN(ModelAdapter):
+    """A tiny CNN whose every image through the model is counted: forward, and forward + backward."""
+
+    def __init__(self, size: int = 24) -> None:
+        torch.manual_seed(0)
+        self.module = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32, 3)).eval()
+        self.classes = ["a", "b", "c"]
+        self.default_layer = "2"
+        counts = self.counts = [0, 0]  # images forward, of which a backward pass followed
+
+        def count(_module, args, output) -> None:  # a function: the sanity check's deep copies count here too
+            n = int(args[0].shape[0])
+            counts[0] += n
+            if output.requires_grad:
+                output.register_hook(lambda grad: counts.__setitem__(1, counts[1] + n))
+
+        self.module.register_forward_hook(count)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images)
+
+    def fingerprint(self) -> str:
+        return "counting-cnn"
+
+    def take(self) -> int:
+        """Passes counted since the last call, weighed as the trust budget weighs them."""
+        forward, backward = self.counts
+        self.counts[:] = [0, 0]
+        return forward - backward + trust.BACKWARD_WEIGHT * backward
+
+
+def _faces(n: int, size: int = 24) -> list[Sample]:
+    rng = np.random.default_rng(3)
+    return [Sample(id=f"f{i}", image=rng.random((3, size, size)).astype(np.float32), label=None) for i in range(n)]
+
+
+@pytest.mark.parametrize("name, n", [("integrated-gradients", 12), ("occlusion", 12), ("gradcam", 12),
+                                     ("saliency", 12), ("neuron-maps", 12), ("gradcam", 6), ("lime", 3)])
+def test_by_default_each_built_in_explainer_costs_at_least_its_trust_step(name, n, registry, monkeypatch):
+    """Counted on a tiny CNN, with the explainer's default options and the default 12 explained images (LIME on
+    3, for time: it spends 1,000 passes an image): the passes its trust step runs (curves, the random order's,
+    the sanity check) are at most the explainer's, and both are what they state (the plugin's model_passes,
+    results.json's trust.budget)."""
+    monkeypatch.setenv("XAI_AUDIT_BATCH_SIZE", "32")  # no probe passes among the counted ones
+    model, samples = CountingCNN(), _faces(n)
+    targets = np.array([i % 3 for i in range(n)])
+    info = registry.get("explainer", name)
+    plugin = info.cls(info.cls.Options())
+    maps = plugin.explain(model, samples, targets, 0).maps
+    explainer = model.take()
+    assert explainer == plugin.model_passes(model, n, samples[0].image.shape).weighed
+    session = trust.TrustSession(model=model, samples=samples, targets=targets, classes=model.classes, seed=0)
+    data, _ = trust.explainer_trust(session, plugin, maps)
+    spent = model.take()
+    assert spent == data["budget"]["passes"] <= explainer == data["budget"]["explainer_passes"], data["budget"]
+    assert data["budget"]["within"] is True and data["budget"]["mode"] == "explainer"
+    assert data["faithfulness"]["images"] == data["budget"]["images"] >= 1
+    if data["budget"]["images"] < n:  # thinner scores say so, in the verdict too
+        assert f"{data['budget']['images']} of the {n} explained images" in data["verdict"]["text"]
+
+
+class NoiseExplainer(ExplainerPlugin):
+    """A one-pass method whose maps are noise drawn from the model's weights: it changes when they are
+    randomised (so it passes the sanity check) but knows nothing of the image."""
+
+    name = "noise"
+
+    def explain(self, model, samples, targets, seed):
+        weights = model.module.weight.detach().numpy()
+        rng = np.random.default_rng(int(abs(weights).sum() * 1e6) % 2**32)
+        maps = rng.random((len(samples), SIZE, SIZE)).astype(np.float32)
+        x = torch.as_tensor(np.stack([s.image for s in samples])).requires_grad_(True)
+        model.forward(x).sum().backward()  # one forward + backward pass an image, as saliency
+        return Explanation(self.name, [s.id for s in samples], np.asarray(targets), maps, signed=False)
+
+    def model_passes(self, model, n, image_shape, maps_only=False):
+        from xai_audit.api import ModelPasses
+
+        return ModelPasses(backward=n)
+
+
+def test_the_reduced_default_still_tells_a_faithful_map_from_noise(registry, monkeypatch):
+    """With the default budget of a one-pass method (saliency: one forward + backward an image), the trust
+    step scores a few images at 3 steps and still rates the map of the true evidence trusted and a map of
+    noise weak; each verdict says on how many images it rests, with the interval."""
+    monkeypatch.setenv("XAI_AUDIT_BATCH_SIZE", "32")
+    model, samples = LinearAdapter(), _samples(12)
+    session = _session(model, samples, steps=None, sanity_samples=None, sanity_stages=None)
+    info = registry.get("explainer", "saliency")
+    saliency = info.cls(info.cls.Options())
+    good, _ = trust.assess(session, saliency, saliency.explain_maps(model, samples, session.targets, 0))
+    noise = NoiseExplainer()
+    weak, _ = trust.assess(session, noise, noise.explain_maps(model, samples, session.targets, 0))
+    for data in (good, weak):
+        assert data["budget"]["steps"] == 3 and 1 < data["budget"]["images"] < 12 and data["budget"]["within"]
+        assert data["sanity"]["verdict"] == "passes"
+    assert good["verdict"]["level"] == "trusted", good["verdict"]
+    assert weak["verdict"]["level"] == "weak", weak["verdict"]
+    faith = good["faithfulness"]
+    assert faith["gain_ci"][0] > 0 and "95 % CI" in good["verdict"]["text"]
+    assert f"{faith['images']} of the 12 explained images at 3 steps" in good["verdict"]["text"]
+    full, _ = trust.assess(_session(model, samples, steps=None, sanity_samples=None, sanity_stages=None,
+                                    budget="full"), saliency, saliency.explain_maps(model, samples, session.targets, 0))
+    assert (full["budget"]["images"], full["budget"]["steps"], full["budget"]["mode"]) == (12, 12, "full")
+    assert "thin evidence" not in full["verdict"]["text"]

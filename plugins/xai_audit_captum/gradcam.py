@@ -24,6 +24,7 @@ from xai_audit.api import (
     ExplainerPlugin,
     Explanation,
     ModelAdapter,
+    ModelPasses,
     Options,
     Sample,
     batch_slices,
@@ -67,6 +68,13 @@ class GradCamExplainer(ExplainerPlugin):
 
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:
         return self._maps(model, samples, targets)[0]
+
+    def model_passes(self, model: ModelAdapter, n: int, image_shape: tuple[int, ...],
+                     maps_only: bool = False) -> ModelPasses:
+        """One forward and backward pass an image, and one image forward to read the layer's output shape
+        (a transformer whose layer's output reaches the classifier through its class token alone costs one
+        image forward and backward more, not counted here)."""
+        return ModelPasses(forward=1, backward=n)
 
     def _maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray) -> tuple[np.ndarray, str]:
         from captum.attr import LayerAttribution, LayerGradCam

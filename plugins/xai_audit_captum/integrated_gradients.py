@@ -28,6 +28,7 @@ from xai_audit.api import (
     ExplainerPlugin,
     Explanation,
     ModelAdapter,
+    ModelPasses,
     Options,
     Sample,
     batch_slices,
@@ -88,6 +89,12 @@ class IntegratedGradientsExplainer(ExplainerPlugin):
             ],
             run=batching,
         )
+
+    def model_passes(self, model: ModelAdapter, n: int, image_shape: tuple[int, ...],
+                     maps_only: bool = False) -> ModelPasses:
+        """Every step of every image forward and backward, and the image and its baseline forward (the
+        convergence delta, which ``explain_maps`` computes too)."""
+        return ModelPasses(forward=2 * n, backward=n * self.options.steps)
 
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:
         images = images_tensor(samples, model.device)

@@ -29,6 +29,7 @@ from xai_audit.api import (
     ExplainerPlugin,
     Explanation,
     ModelAdapter,
+    ModelPasses,
     Options,
     Sample,
     batch_slices,
@@ -78,14 +79,26 @@ class OcclusionExplainer(ExplainerPlugin):
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:
         return self._maps(model, samples, targets)[0]
 
+    def model_passes(self, model: ModelAdapter, n: int, image_shape: tuple[int, ...],
+                     maps_only: bool = False) -> ModelPasses:
+        """Every image once whole and once per window, forward only."""
+        height, width = image_shape[-2:]
+        window, stride = self._geometry(height, width)
+        return ModelPasses(forward=n * (1 + _n_windows(height, window, stride) * _n_windows(width, window, stride)))
+
+    def _geometry(self, height: int, width: int) -> tuple[int, int]:
+        """(window, stride) in display pixels: the options', or 1/8 of the image and half of that."""
+        opts: OcclusionOptions = self.options
+        window = min(opts.window or max(2, round(min(height, width) / 8)), height, width)
+        return window, opts.stride or max(1, window // 2)
+
     def _maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray
               ) -> tuple[np.ndarray, int, int, dict[str, Any]]:
         opts: OcclusionOptions = self.options
         images = images_tensor(samples, model.device)
         target = targets_tensor(targets, model.device)
         n, (channels, height, width) = len(images), images.shape[1:]
-        window = min(opts.window or max(2, round(min(height, width) / 8)), height, width)
-        stride = opts.stride or max(1, window // 2)
+        window, stride = self._geometry(height, width)
         rows, cols = _starts(height, window, stride), _starts(width, window, stride)
         # captum's order: the row offset moves fastest
         tops = torch.tensor([r for _c in cols for r in rows], device=images.device)

@@ -16,6 +16,7 @@ from xai_audit.api import (
     ExplainerPlugin,
     Explanation,
     ModelAdapter,
+    ModelPasses,
     Options,
     Sample,
     batch_slices,
@@ -48,6 +49,11 @@ class SaliencyExplainer(ExplainerPlugin):
             run={"batch_size": int(self.options.batch_size
                                    or best_batch_size(model, tuple(samples[0].image.shape), backward=True))},
         )
+
+    def model_passes(self, model: ModelAdapter, n: int, image_shape: tuple[int, ...],
+                     maps_only: bool = False) -> ModelPasses:
+        """One forward and backward pass an image."""
+        return ModelPasses(backward=n)
 
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:
         from captum.attr import Saliency

@@ -22,6 +22,7 @@ from xai_audit.api import (
     ExplainerPlugin,
     Explanation,
     ModelAdapter,
+    ModelPasses,
     Options,
     Sample,
     best_batch_size,
@@ -125,6 +126,11 @@ class NeuronMapsExplainer(ExplainerPlugin):
         acts = self._activations(model, samples)
         top = np.argsort(-acts.sum(axis=(2, 3)), axis=1, kind="stable")[:, : min(self.options.top, acts.shape[1])]
         return _top_channel_maps(acts, top, samples[0].image.shape[1:])
+
+    def model_passes(self, model: ModelAdapter, n: int, image_shape: tuple[int, ...],
+                     maps_only: bool = False) -> ModelPasses:
+        """One forward pass an image, its layer's activations read on the way."""
+        return ModelPasses(forward=n)
 
     def _activations(self, model: ModelAdapter, samples: Sequence[Sample]) -> np.ndarray:
         images = np.stack([s.image for s in samples]).astype(np.float32)

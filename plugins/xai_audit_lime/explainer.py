@@ -49,6 +49,7 @@ from xai_audit.api import (
     ExplainerPlugin,
     Explanation,
     ModelAdapter,
+    ModelPasses,
     Options,
     Sample,
     batch_slices,
@@ -141,6 +142,11 @@ class LimeExplainer(ExplainerPlugin):
 
     def explain_maps(self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int) -> np.ndarray:
         return self._explain(model, samples, targets, seed, every_class=False)[0]
+
+    def model_passes(self, model: ModelAdapter, n: int, image_shape: tuple[int, ...],
+                     maps_only: bool = False) -> ModelPasses:
+        """``samples`` perturbed copies of every image forward (the first keeps every superpixel: the image)."""
+        return ModelPasses(forward=n * self.options.samples)
 
     def _batch(self, model: ModelAdapter, samples: Sequence[Sample]) -> int:
         return self.options.batch_size or best_batch_size(model, tuple(samples[0].image.shape), backward=False)

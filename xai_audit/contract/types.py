@@ -449,6 +449,26 @@ class RegionSourcePlugin(Plugin):
         """Build the region source from ``self.options``."""
 
 
+#: what a forward + backward pass of an image counts for, in forward passes, wherever passes are weighed
+#: against each other (the trust step's default budget): the backward pass costs about the forward pass
+#: at least (for the weights' gradients as well, about twice; counting it once favours the explainer's side less)
+BACKWARD_WEIGHT = 2
+
+
+@dataclass(frozen=True)
+class ModelPasses:
+    """Images through the model in one call: ``forward`` through a forward pass only, ``backward`` through a
+    forward pass that a backward pass followed (not counted in ``forward``)."""
+
+    forward: int = 0
+    backward: int = 0
+
+    @property
+    def weighed(self) -> int:
+        """In forward passes: a forward + backward pass counts ``BACKWARD_WEIGHT``."""
+        return int(self.forward + BACKWARD_WEIGHT * self.backward)
+
+
 class ExplainerPlugin(Plugin):
     kind = "explainer"
     #: True when the method needs gradients (a torch ``module``)
@@ -483,6 +503,14 @@ class ExplainerPlugin(Plugin):
         the method (e.g. on a weight-randomised copy of the model). Override when
         the maps are much cheaper than the whole explanation."""
         return self.explain(model, samples, targets, seed).maps
+
+    def model_passes(self, model: ModelAdapter, n: int, image_shape: tuple[int, ...],
+                     maps_only: bool = False) -> ModelPasses | None:
+        """The images that :meth:`explain` (``maps_only``: :meth:`explain_maps`) sends through ``model`` for
+        ``n`` images of ``image_shape`` (C, H, W), not counting the host's batch-size probe. The host sizes the
+        trust step by it (by default it costs at most what the explainer did); None (the default): not known,
+        and the trust step keeps its full size."""
+        return None
 
 
 @dataclass(frozen=True)

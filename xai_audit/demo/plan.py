@@ -23,7 +23,7 @@ def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 1400, shortcuts: bo
         # the discoverers must find them. 1,400 faces: with half held back for confirming discoveries, and
         # ~230 faces per skin tone, the rare tone's ~10-point gap stays significant after Holm (at 700, p 0.14)
         "dataset": {"loader": "synthetic-faces", "split": "test", "n": n_test, "seed": seed, **CUES},
-        "explain": {"samples": 12, "trust": {"steps": 12, "sanity_samples": 3, "sanity_stages": 3},
+        "explain": {"samples": 12, "trust": {"budget": "full", "steps": 12, "sanity_samples": 3, "sanity_stages": 3},
                     "test_suggestions": True},
         "explainers": [
             # a black baseline gives the dark brows, pupils and mouth lines almost no attribution
@@ -122,7 +122,7 @@ def digits_plan(weights: Path, *, seed: int = 0) -> dict:
         "dataset": {"loader": "digits", "split": "test", "seed": seed},
         # the digits study: occlusion beside Integrated Gradients on the same digits, how far their maps agree
         # (the trust section's agreement matrix), and rubbish images: noise the CNN calls a digit with certainty
-        "explain": {"samples": 10, "trust": {"steps": 12, "sanity_samples": 4, "sanity_stages": 3}},
+        "explain": {"samples": 10, "trust": {"budget": "full", "steps": 12, "sanity_samples": 4, "sanity_stages": 3}},
         "explainers": [
             {"integrated-gradients": {"steps": 32}},
             # a digit is 8x8 pixels drawn at 32: an 8-px window hides a quarter of a stroke's width twice over

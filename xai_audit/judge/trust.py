@@ -42,17 +42,21 @@ what it lacks is written here, and each such place says so.
   absolute maps, averaged over a coarse grid (16 x 16 at most) so that
   pixel-level noise does not hide shared structure.
 
-**Cost**, in images through the model (``cost``, in results.json as each
-explainer's ``trust.model_passes``): 2k + 1 forward passes per explained image
-for the curves (k steps, 12 by default), in passes at the model's best batch
-size, and the sanity check's re-explanations on randomised copies, each costing
-what the explainer spends on one image: by default at most a third of the explained
-images' count, all stages together (``sanity_size``), so that the check costs at
-most a third of its explainer. The random order's curves cost 2k + 1 passes per
-image once per audit. An explainer that spends more than 1.5 (2k + 1) passes per
-image (LIME, Occlusion, Integrated Gradients at their defaults) thus costs more
-than its trust step; one that spends a single pass (saliency, Grad-CAM) has a trust
-step bounded by the curves (``python -m bench --only audit`` measures both).
+**Cost**, in model passes (a forward + backward pass of an image counts two forward passes,
+``BACKWARD_WEIGHT``). The curves of one image at k steps take 2k + 1 canvases (deletion and insertion
+share the whole image; the blurred copy and the black image end them), and its random pixel order 2k - 2
+more (the same three ends, shared); the random order's curves are kept per image and steps, so an
+explainer scored like one before it reuses them. The sanity check re-runs the explainer on randomised
+copies, each stage on its few images. By default (``budget: explainer``) the step is sized from what its
+explainer states it spent (``ExplainerPlugin.model_passes``): every explained image at 12 steps with the
+sanity check of :func:`sanity_size` where that fits within the explainer's own passes; else fewer steps
+(6, then 3), a sanity check of one image at one stage (every layer random), and finally the curves on an
+evenly spread subset of the explained images. A one-pass method (Grad-CAM, saliency) gets 3 steps on
+about a sixth of its images: its scores are thinner, and results.json (``trust.budget``), the verdict
+and the report say on how many images and steps they rest, with the bootstrap interval of the curves'
+gain over the random order. ``budget: full`` (or the plan's own ``images``, ``steps``, ``sanity_*``)
+asks for the full scores. An explainer that states no cost gets the full size (``budget.mode``
+``unknown cost``). ``python -m bench --only audit`` measures it.
 
 Quantus is imported only when a metric runs (its import takes seconds).
 """
@@ -69,10 +73,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from xai_audit.contract.batching import best_batch_size, chunks, forward_in_best_layout
-from xai_audit.contract.types import FACE_REGIONS, ExplainerPlugin, ModelAdapter, Sample
+from xai_audit.contract.types import BACKWARD_WEIGHT, FACE_REGIONS, ExplainerPlugin, ModelAdapter, Sample
 
 #: bump when a metric's definition changes, so cached trust results are recomputed
-TRUST_VERSION = 3  # 2: sanity's similarity leaves out the pixels both maps leave at zero; 3: deletion by hand in the insertion's passes, default sanity size
+TRUST_VERSION = 4  # 2: sanity's similarity leaves out the pixels both maps leave at zero; 3: deletion by hand in the insertion's passes, default sanity size; 4: sized by its explainer's passes
 #: Spearman similarity of |map| between the trained and the fully randomised model at or above which
 #: the maps "barely change" (sanity fails) ...
 SANITY_THRESHOLD = 0.7
@@ -95,15 +99,22 @@ SANITY_BUDGET = 1 / 3
 SANITY_MAX_SAMPLES = 4
 
 
+#: curve steps of the full trust scores, and the fewer ones a budget falls back to
+FULL_STEPS = 12
+STEP_CHOICES = (12, 6, 3)
+
+
 @dataclass
 class TrustSettings:
-    """``sanity_samples`` / ``sanity_stages`` None: chosen by :func:`sanity_size` from the number of explained
-    images, so that the check costs at most a third of its explainer."""
+    """What the plan says; None: chosen by :func:`plan_budget` (``budget: explainer``: at most the explainer's
+    own passes; ``full``: every explained image at 12 steps, the sanity check of :func:`sanity_size`)."""
 
-    steps: int = 12
+    steps: int | None = None
     sanity_samples: int | None = None
     sanity_stages: int | None = None
     regions: list[str] | None = None
+    images: int | None = None
+    budget: str = "explainer"
 
 
 def sanity_size(n_explained: int, samples: int | None, stages: int | None) -> tuple[int, int]:
@@ -124,35 +135,115 @@ def sanity_size(n_explained: int, samples: int | None, stages: int | None) -> tu
     return int(samples), int(stages)
 
 
-def cost(session: "TrustSession", sanity: bool = True) -> dict[str, Any]:
-    """The model passes one explainer's trust step needs, in images through the model: deletion ``k`` and
-    insertion ``k + 1`` forward passes per explained image, and the sanity check's re-explanations (each
-    costs what the explainer spends on one image). Once per audit, the random order's curves cost the same
-    as one explainer's deletion and insertion."""
-    images = session.images
-    n, _, height, width = images.shape
-    k = _curve_steps(session.settings.steps, height * width)
-    samples, stages = sanity_size(n, session.settings.sanity_samples, session.settings.sanity_stages)
+@dataclass(frozen=True)
+class Budget:
+    """What one explainer's trust step runs: the curves of ``images`` of the ``of`` explained images at
+    ``steps`` steps, the sanity check on ``sanity_samples`` images at ``sanity_stages`` cascade stages
+    (``sanity_runs`` re-explanations of them, 0: none), and the passes that costs at most, against the
+    explainer's own (``explainer_passes``; None: the explainer states none). ``mode``: ``explainer`` (sized to
+    fit them), ``full`` or ``unknown cost``."""
+
+    images: int
+    of: int
+    steps: int
+    sanity_samples: int
+    sanity_stages: int
+    sanity_runs: int
+    curve_passes: int
+    random_order_passes: int
+    sanity_passes: int
+    explainer_passes: int | None
+    mode: str
+
+    @property
+    def passes(self) -> int:
+        return self.curve_passes + self.random_order_passes + self.sanity_passes
+
+    def rows(self) -> np.ndarray:
+        """The explained images the curves score: spread evenly over the selection (its cases in order)."""
+        return _spread(self.of, self.images)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode, "images": self.images, "of": self.of, "steps": self.steps,
+            "sanity_samples": self.sanity_samples if self.sanity_runs else 0,
+            "sanity_stages": self.sanity_runs, "passes": self.passes, "explainer_passes": self.explainer_passes,
+            "within": None if self.explainer_passes is None else bool(self.passes <= self.explainer_passes),
+            "passes_counted": "forward passes; a forward + backward pass counts %d" % BACKWARD_WEIGHT,
+        }
+
+    def model_passes(self) -> dict[str, Any]:
+        """results.json's ``trust.model_passes``."""
+        return {"curve_forward_images": self.curve_passes, "random_order_forward_images": self.random_order_passes,
+                "sanity_re_explanations": self.sanity_samples * self.sanity_runs if self.sanity_runs else 0,
+                "sanity_passes": self.sanity_passes, "total": self.passes, "explainer": self.explainer_passes}
+
+
+def _spread(n: int, m: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, max(1, min(m, n))).round().astype(int))
+
+
+def plan_budget(session: "TrustSession", plugin: ExplainerPlugin | None, sanity: bool = True) -> Budget:
+    """The size of one explainer's trust step (see the module's **Cost**): what the plan fixes stands; the
+    rest is the full size where ``budget: full`` or the explainer states no cost, else the largest that its
+    explainer's own passes pay for, preferring every image (fewer steps, then a one-image sanity check),
+    then as many images as fit at 3 steps. At least one image at 3 steps: ``within`` says if that was over."""
+    settings = session.settings
+    n = len(session.samples)
+    shape = tuple(session.samples[0].image.shape)
+    hw = int(shape[-1] * shape[-2])
     module = session.model.module
-    layers = len(parameterised_layers(module)) if sanity and samples and module is not None else 0
-    chosen = len(np.unique(np.linspace(0, n - 1, min(samples, n)).round().astype(int))) if layers else 0
-    return {"curve_forward_images": n * (2 * k + 1), "random_order_forward_images": n * (2 * k + 1),
-            "sanity_re_explanations": chosen * len(_stage_cuts(layers, stages)) if layers else 0}
+    layers = len(parameterised_layers(module)) if sanity and plugin is not None and module is not None else 0
 
+    def passes_of(count: int, maps_only: bool) -> int | None:
+        if plugin is None or count <= 0:
+            return 0 if count <= 0 else None
+        try:
+            got = plugin.model_passes(session.model, count, shape, maps_only=maps_only)
+        except Exception:  # a plugin's estimate that fails is no estimate
+            return None
+        return None if got is None else int(got.weighed)
 
-@dataclass
-class RandomReference:
-    """Deletion / insertion of a random pixel order: the same for every explainer of an audit."""
+    own = passes_of(n, False)
 
-    deletion_auc: np.ndarray
-    insertion_auc: np.ndarray
-    deletion_curve: np.ndarray
-    insertion_curve: np.ndarray
+    def make(m: int, k: int, samples: int, stages: int, mode: str) -> Budget:
+        samples = min(samples, n)
+        runs = len(_stage_cuts(layers, stages)) if layers and samples else 0
+        per_run = passes_of(samples, True) if runs else 0
+        return Budget(images=m, of=n, steps=k, sanity_samples=samples, sanity_stages=stages, sanity_runs=runs,
+                      curve_passes=m * (2 * k + 1), random_order_passes=m * (2 * k - 2),
+                      sanity_passes=runs * (per_run or 0), explainer_passes=own, mode=mode)
+
+    full_samples, full_stages = sanity_size(n, settings.sanity_samples, settings.sanity_stages)
+    full_k = _curve_steps(settings.steps or FULL_STEPS, hw)
+    full_m = min(settings.images or n, n)
+    if settings.budget == "full" or own is None:
+        return make(full_m, full_k, full_samples, full_stages, "full" if settings.budget == "full" else "unknown cost")
+    steps = [full_k] if settings.steps else list(dict.fromkeys(_curve_steps(k, hw) for k in STEP_CHOICES))
+    sanity_choices = [(full_samples, full_stages)]
+    if settings.sanity_samples is None or settings.sanity_stages is None:
+        sanity_choices.append((settings.sanity_samples if settings.sanity_samples is not None else 1,
+                               settings.sanity_stages or 1))
+    for samples, stages in sanity_choices:  # every image, the most steps and the largest sanity check that fit
+        for k in steps:
+            chosen = make(full_m, k, samples, stages, "explainer")
+            if chosen.passes <= own:
+                return chosen
+    if settings.sanity_samples is None:
+        sanity_choices = sanity_choices[1:] + [(0, 1)]
+    k = steps[-1]
+    for samples, stages in sanity_choices:  # then as many images as fit at the fewest steps
+        fixed = make(0, k, samples, stages, "explainer").passes
+        m = min(full_m, (own - fixed) // (4 * k - 1)) if own > fixed else 0
+        if m >= 1:
+            return make(int(m), k, samples, stages, "explainer")
+    return make(1, k, *sanity_choices[0], "explainer")  # the least there is, over the explainer's passes
 
 
 @dataclass
 class TrustSession:
-    """What the trust metrics of one audit share: the model, the explained images, the random reference."""
+    """What the trust metrics of one audit share: the model, the explained images, and the random pixel
+    order's curves (per image and steps, computed with the first explainer's curves that needs them)."""
 
     model: ModelAdapter
     samples: Sequence[Sample]
@@ -161,18 +252,15 @@ class TrustSession:
     seed: int
     settings: TrustSettings = field(default_factory=TrustSettings)
     class_regions: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    _random: RandomReference | None = None
+    _random: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def images(self) -> np.ndarray:
         return np.stack([s.image for s in self.samples]).astype(np.float32)
 
-    def random_reference(self) -> RandomReference:
-        if self._random is None:
-            maps = np.stack([_random_map(self.seed, s.id, s.image.shape[1:]) for s in self.samples])
-            d_auc, i_auc, d_curve, i_curve = _deletion_insertion(self, maps)
-            self._random = RandomReference(d_auc, i_auc, d_curve.mean(0), i_curve.mean(0))
-        return self._random
+    def random_map(self, i: int) -> np.ndarray:
+        sample = self.samples[i]
+        return _random_map(self.seed, sample.id, sample.image.shape[1:])
 
 
 # --------------------------------------------------------------------------- the whole assessment
@@ -184,13 +272,15 @@ def assess(session: TrustSession, plugin: ExplainerPlugin | None, maps: np.ndarr
     ``plugin`` is re-run for the sanity check; None skips it.
     """
     runs_sanity = plugin is not None and session.settings.sanity_samples != 0 and session.model.module is not None
-    data: dict[str, Any] = {"version": TRUST_VERSION, "model_passes": cost(session, runs_sanity)}
+    budget = plan_budget(session, plugin, runs_sanity)
+    runs_sanity = runs_sanity and budget.sanity_runs > 0
+    data: dict[str, Any] = {"version": TRUST_VERSION, "budget": budget.as_dict(), "model_passes": budget.model_passes()}
     arrays: dict[str, np.ndarray] = {}
-    faith, curves = faithfulness(session, maps)
+    faith, curves = faithfulness(session, maps, budget)
     data["faithfulness"] = faith
     arrays.update(curves)
     if runs_sanity:
-        data["sanity"], sanity_maps = sanity(session, plugin, maps)
+        data["sanity"], sanity_maps = sanity(session, plugin, maps, budget)
         arrays.update(sanity_maps)
     else:
         data["sanity"] = None
@@ -200,11 +290,29 @@ def assess(session: TrustSession, plugin: ExplainerPlugin | None, maps: np.ndarr
     return data, arrays
 
 
+def thin(budget: Mapping[str, Any] | None) -> bool:
+    """Whether the curves score fewer images or steps than the full trust scores."""
+    return bool(budget) and (budget.get("images") != budget.get("of") or budget.get("steps", 0) < FULL_STEPS)
+
+
+def budget_note(budget: Mapping[str, Any] | None, faith: Mapping[str, Any]) -> str:
+    """Where the scores rest on fewer images or steps than the full ones: how few, and the gain's interval."""
+    if not thin(budget):
+        return ""
+    ci = faith.get("gain_ci")
+    interval = (f", gain over the random order {faith['gain']:.2f} (95 % CI {ci[0]:.2f} to {ci[1]:.2f})"
+                if ci and faith.get("gain") is not None else "")
+    return (f"; thin evidence: the curves score {budget['images']} of the {budget['of']} explained images at "
+            f"{budget['steps']} steps{interval}, so that the check costs at most what the explainer did "
+            "(explain.trust.budget: full scores them all)")
+
+
 def verdict(trust: Mapping[str, Any]) -> dict[str, str]:
     """``{level, text}``: 'trusted', 'weak' or 'not trusted', with the reason in words."""
     sanity_result = trust.get("sanity")
     faith = trust.get("faithfulness") or {}
     note = ties_note(sanity_result) if sanity_result else ""  # where ties at zero would have changed the verdict
+    note += budget_note(trust.get("budget"), faith)
     if sanity_result and sanity_result.get("verdict") == "fails":
         return {
             "level": "not trusted",
@@ -224,6 +332,15 @@ def verdict(trust: Mapping[str, Any]) -> dict[str, str]:
                 "image itself (its edges, say) rather than what the model learned" + note
             ),
         }
+    ci = faith.get("gain_ci")
+    if thin(trust.get("budget")) and gain is not None and random_gain is not None and gain > random_gain + FAITHFUL_MARGIN \
+            and (ci is None or ci[0] <= FAITHFUL_MARGIN):
+        return {  # on a few images a noise map beats a random order by chance: the interval must clear the margin
+            "level": "weak",
+            "text": "not shown more faithful than a random map on the few images its budget scores: the interval of "
+            f"its gain over the random order does not clear {FAITHFUL_MARGIN}"
+            + ("" if ci else " (one image: no interval)") + note,
+        }
     if gain is None or random_gain is None or gain <= random_gain + FAITHFUL_MARGIN:
         return {
             "level": "weak",
@@ -242,45 +359,79 @@ def verdict(trust: Mapping[str, Any]) -> dict[str, str]:
 # --------------------------------------------------------------------------- faithfulness
 
 
-def faithfulness(session: TrustSession, maps: np.ndarray) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    d_auc, i_auc, d_curve, i_curve = _deletion_insertion(session, maps)
-    ref = session.random_reference()
+def faithfulness(session: TrustSession, maps: np.ndarray,
+                 budget: Budget | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Deletion and insertion against a random pixel order, on the images and steps of ``budget`` (None: every
+    explained image at the plan's steps, 12 by default)."""
+    n, (height, width) = len(session.samples), session.samples[0].image.shape[1:]
+    k = budget.steps if budget else _curve_steps(session.settings.steps or FULL_STEPS, height * width)
+    rows = budget.rows() if budget else np.arange(n)
+    d_auc, i_auc, d_curve, i_curve, rd_curve, ri_curve = _deletion_insertion(session, maps, rows, k)
+    x = np.linspace(0.0, 1.0, k + 1)
+    rd_auc, ri_auc = _auc(rd_curve, x), _auc(ri_curve, x)
     score = i_auc - d_auc
-    random_score = ref.insertion_auc - ref.deletion_auc
+    random_score = ri_auc - rd_auc
+    gain = score - random_score
     data = {
-        "steps": int(d_curve.shape[1] - 1),
+        "steps": int(k),
+        "images": int(len(rows)),
+        "of": int(n),
+        "sample_ids": [session.samples[i].id for i in rows],
         "deletion_auc": float(d_auc.mean()),
         "insertion_auc": float(i_auc.mean()),
-        "random_deletion_auc": float(ref.deletion_auc.mean()),
-        "random_insertion_auc": float(ref.insertion_auc.mean()),
+        "random_deletion_auc": float(rd_auc.mean()),
+        "random_insertion_auc": float(ri_auc.mean()),
         "score": float(score.mean()),
         "random_score": float(random_score.mean()),
+        "gain": float(gain.mean()),
+        # Student's t 95 % intervals over the scored images (none from a single image)
+        "score_ci": mean_ci(score),
+        "gain_ci": mean_ci(gain),
         "beats_random_share": float(np.mean(score > random_score)),
         "deletion_auc_per_sample": d_auc.tolist(),
         "insertion_auc_per_sample": i_auc.tolist(),
+        "random_score_per_sample": random_score.tolist(),
         "deletion": "pixels set to black, most important first (as Quantus PixelFlipping)",
         "insertion": "pixels revealed over a blurred copy, most important first",
     }
     arrays = {
         "deletion_curve": d_curve.mean(0).astype(np.float32),
         "insertion_curve": i_curve.mean(0).astype(np.float32),
-        "random_deletion_curve": ref.deletion_curve.astype(np.float32),
-        "random_insertion_curve": ref.insertion_curve.astype(np.float32),
+        "random_deletion_curve": rd_curve.mean(0).astype(np.float32),
+        "random_insertion_curve": ri_curve.mean(0).astype(np.float32),
     }
     return data, arrays
 
 
-def _deletion_insertion(session: TrustSession, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-sample deletion and insertion AUCs (N,) and curves (N, K + 1), x from 0 to all pixels."""
-    images = session.images
-    maps = np.nan_to_num(np.asarray(maps, dtype=np.float32))
-    targets = np.asarray(session.targets, dtype=np.int64).reshape(-1)
-    n, _, height, width = images.shape
-    k = _curve_steps(session.settings.steps, height * width)
+def mean_ci(values: np.ndarray, confidence: float = 0.95) -> list[float] | None:
+    """Student's t interval of the mean of ``values`` (a few images: wide, as it should be); None for one."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return None
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return [float(values.mean() - half), float(values.mean() + half)]
+
+
+def _deletion_insertion(session: TrustSession, maps: np.ndarray, rows: np.ndarray, k: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per scored image its deletion and insertion AUCs (M,), its curves (M, K + 1), and the random order's
+    curves (M, K + 1), x from 0 to all pixels. The random order's curves an earlier explainer computed at
+    the same steps are reused; the rest go through the model in the same passes as this map's."""
+    images = session.images[rows]
+    maps = np.nan_to_num(np.asarray(maps, dtype=np.float32))[rows]
+    targets = np.asarray(session.targets, dtype=np.int64).reshape(-1)[rows]
+    missing = [j for j, i in enumerate(rows) if (k, int(i)) not in session._random]
+    randoms = [session.random_map(int(rows[j])) if j in missing else None for j in range(len(rows))]
     batch = best_batch_size(session.model, images.shape[1:], backward=False)
-    deletion, insertion = _curves(session.model, images, targets, maps, k, batch)  # (N, K + 1) each
+    deletion, insertion, r_deletion, r_insertion = _curve_set(session.model, images, targets, maps, randoms, k, batch)
+    for j in missing:
+        session._random[(k, int(rows[j]))] = (r_deletion[j], r_insertion[j])
+    r_deletion = np.stack([session._random[(k, int(i))][0] for i in rows])
+    r_insertion = np.stack([session._random[(k, int(i))][1] for i in rows])
     x = np.linspace(0.0, 1.0, k + 1)
-    return _auc(deletion, x), _auc(insertion, x), deletion, insertion
+    return _auc(deletion, x), _auc(insertion, x), deletion, insertion, r_deletion, r_insertion
 
 
 def _curve_steps(requested: int, n_pixels: int) -> int:
@@ -294,43 +445,62 @@ def _curve_steps(requested: int, n_pixels: int) -> int:
 
 def _curves(model: ModelAdapter, images: np.ndarray, targets: np.ndarray, maps: np.ndarray,
             k: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deletion and insertion curves (N, K + 1) each, in shared passes of ``batch`` images.
+    """Deletion and insertion curves (N, K + 1) each of ``maps``, in shared passes of ``batch`` images."""
+    deletion, insertion, _, _ = _curve_set(model, images, targets, maps, [None] * len(images), k, batch)
+    return deletion, insertion
+
+
+def _curve_set(model: ModelAdapter, images: np.ndarray, targets: np.ndarray, maps: np.ndarray,
+               randoms: Sequence[np.ndarray | None], k: int, batch: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Deletion and insertion curves (N, K + 1) of ``maps`` and of ``randoms[i]`` where it is not None (NaN
+    rows elsewhere), every canvas in full passes of ``batch`` images.
 
     Deletion sets pixels to black (0 in every channel) in the map's order, most important first, as Quantus
     ``PixelFlipping`` does with ``perturb_baseline=0``; insertion reveals the image over a blurred copy in the
     same order (Quantus has no insertion curve). Both are written here so that every canvas of both curves
     goes through the model in full passes at its best batch size: Quantus runs one pass per step over the
     images it is given (four images a pass for four explained images, where a pass of 32 costs about the
-    same). Each curve starts from its first canvas: the whole image for deletion (the insertion's last
-    canvas, not run twice), the blurred copy for insertion. The model sees ``2k + 1`` canvases per image.
+    same). The three canvases no order changes are run once for both orders: the whole image (deletion's
+    first, insertion's last), the blurred copy (insertion's first) and the black image (deletion's last). The
+    model sees ``2k + 1`` canvases per image, and ``2k - 2`` more where the random order comes along.
     """
     import torch
 
     n, _, height, width = images.shape
-    order = np.argsort(-maps.reshape(n, -1), axis=1, kind="stable")
-    counts = np.round(np.linspace(0, height * width, k + 1)).astype(int)
+    counts = np.round(np.linspace(0, height * width, k + 1)).astype(int)[1:k]  # the steps between the ends
     blurred = _blur(images)
-    per_image = 2 * k + 1  # insertion 0..k (k: the whole image), deletion 1..k
     deletion, insertion = np.zeros((n, k + 1)), np.zeros((n, k + 1))
-    group = max(1, batch // per_image)  # images whose canvases fit one pass
+    r_deletion, r_insertion = np.full((n, k + 1), np.nan), np.full((n, k + 1), np.nan)
+    widest = 3 + 2 * (k - 1) * (2 if any(r is not None for r in randoms) else 1)
+    group = max(1, batch // widest)  # images whose canvases fit one pass
     forward = forward_in_best_layout(model, images.shape[1:], backward=False)
     for start in range(0, n, group):
         part = list(range(start, min(n, start + group)))
-        canvases = []
+        canvases, where = [], []
         for i in part:
-            rank = np.empty(height * width, dtype=np.int64)
-            rank[order[i]] = np.arange(height * width)
-            shown = rank.reshape(1, height, width) < counts[:, None, None]  # (K + 1, H, W): the top pixels
-            canvases.append(np.where(shown[:, None], images[i], blurred[i]))
-            canvases.append(np.where(shown[1:, None], 0.0, images[i]).astype(images.dtype))
+            orders = [maps[i]] + ([randoms[i]] if randoms[i] is not None else [])
+            first = sum(len(c) for c in canvases)
+            canvases.append(np.stack([blurred[i], images[i], np.zeros_like(images[i])]))
+            for m in orders:
+                rank = np.empty(height * width, dtype=np.int64)
+                rank[np.argsort(-m.reshape(-1), kind="stable")] = np.arange(height * width)
+                shown = rank.reshape(1, height, width) < counts[:, None, None]  # (K - 1, H, W): the top pixels
+                canvases.append(np.where(shown[:, None], images[i], blurred[i]).astype(images.dtype))
+                canvases.append(np.where(shown[:, None], 0.0, images[i]).astype(images.dtype))
+            where.append((i, first, len(orders)))
         x = torch.as_tensor(np.concatenate(canvases), device=model.device)
         with torch.no_grad():
             probs = np.concatenate([torch.softmax(forward(x[chunk]), dim=1).cpu().numpy()
                                     for chunk in chunks(len(x), batch)])  # never one canvas alone in a pass
-        probs = probs.reshape(len(part), per_image, -1)[np.arange(len(part)), :, targets[part]]
-        insertion[part] = probs[:, : k + 1]
-        deletion[part] = np.concatenate([probs[:, k : k + 1], probs[:, k + 1 :]], axis=1)
-    return deletion, insertion
+        for i, first, n_orders in where:
+            p = probs[first: first + 3 + 2 * (k - 1) * n_orders, targets[i]]
+            blur_p, whole_p, black_p = p[:3]
+            for o, (d_out, i_out) in enumerate([(deletion, insertion), (r_deletion, r_insertion)][:n_orders]):
+                at = 3 + 2 * (k - 1) * o
+                i_out[i] = np.concatenate([[blur_p], p[at: at + k - 1], [whole_p]])
+                d_out[i] = np.concatenate([[whole_p], p[at + k - 1: at + 2 * (k - 1)], [black_p]])
+    return deletion, insertion, r_deletion, r_insertion
 
 
 def _blur(images: np.ndarray) -> np.ndarray:
@@ -354,12 +524,16 @@ def _random_map(seed: int, sample_id: str, shape: tuple[int, ...]) -> np.ndarray
 # --------------------------------------------------------------------------- sanity
 
 
-def sanity(session: TrustSession, plugin: ExplainerPlugin, maps: np.ndarray) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Cascading randomisation from the top layer down; Spearman of |maps| at each stage (by hand, see above)."""
+def sanity(session: TrustSession, plugin: ExplainerPlugin, maps: np.ndarray,
+           budget: Budget | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Cascading randomisation from the top layer down; Spearman of |maps| at each stage (by hand, see above),
+    on the images and stages of ``budget`` (None: :func:`sanity_size` of the plan's settings)."""
     n = len(session.samples)
-    count, n_stages = sanity_size(n, session.settings.sanity_samples, session.settings.sanity_stages)
-    count = min(count, n)
-    chosen = np.unique(np.linspace(0, n - 1, count).round().astype(int))
+    if budget is not None:
+        count, n_stages = budget.sanity_samples, budget.sanity_stages
+    else:
+        count, n_stages = sanity_size(n, session.settings.sanity_samples, session.settings.sanity_stages)
+    chosen = _spread(n, count)
     subset = [session.samples[i] for i in chosen]
     targets = np.asarray(session.targets).reshape(-1)[chosen]
     original = np.asarray(maps)[chosen]
@@ -640,17 +814,20 @@ def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _per_sample(session: TrustSession, faith: Mapping[str, Any], loc: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    ref = session.random_reference()
+    """One row per explained image; the curves' numbers are None for an image the budget left unscored."""
     loc_index = {sid: i for i, sid in enumerate(loc["sample_ids"])} if loc else {}
+    scored = {sid: j for j, sid in enumerate(faith["sample_ids"])}
     out = []
-    for i, sample in enumerate(session.samples):
-        d, ins = faith["deletion_auc_per_sample"][i], faith["insertion_auc_per_sample"][i]
+    for sample in session.samples:
+        j = scored.get(sample.id)
+        d = faith["deletion_auc_per_sample"][j] if j is not None else None
+        ins = faith["insertion_auc_per_sample"][j] if j is not None else None
         row: dict[str, Any] = {
             "id": sample.id,
             "deletion_auc": d,
             "insertion_auc": ins,
-            "score": ins - d,
-            "random_score": float(ref.insertion_auc[i] - ref.deletion_auc[i]),
+            "score": ins - d if j is not None else None,
+            "random_score": faith["random_score_per_sample"][j] if j is not None else None,
         }
         if loc and sample.id in loc_index:
             row["mass_in_class_regions"] = loc["mass_share_per_sample"][loc_index[sample.id]]

@@ -32,6 +32,7 @@ def trust_session(plan: Plan, model: ModelAdapter, dataset: Dataset, samples: li
         return None
     settings = trust_metrics.TrustSettings(
         steps=spec.steps, sanity_samples=spec.sanity_samples, sanity_stages=spec.sanity_stages, regions=spec.regions,
+        images=spec.images, budget=spec.budget,
     )
     return trust_metrics.TrustSession(
         model=model, samples=samples, targets=np.asarray(targets), classes=list(model.classes), seed=plan.seed,

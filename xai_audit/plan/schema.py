@@ -55,12 +55,20 @@ class TrustSpec(_Strict):
 
     #: compute faithfulness, sanity, localisation and agreement for every explainer
     enabled: bool = True
-    #: deletion / insertion curve points k: the curves cost 2k + 1 forward passes per explained image, run at the
-    #: model's best batch size (and once per audit the same again for the random pixel order they are compared to)
-    steps: int = Field(12, ge=3, le=256)
+    #: how large the trust step is where the options below say nothing: ``explainer``, at most the model passes
+    #: its explainer spent (a one-pass method such as Grad-CAM gets fewer steps, a one-image sanity check and its
+    #: curves on a subset of the explained images; the report says how many), or ``full``: every explained image
+    #: at 12 steps and the sanity check below (xai_audit.judge.trust.plan_budget)
+    budget: Literal["explainer", "full"] = "explainer"
+    #: deletion / insertion curve points k: the curves cost 2k + 1 forward passes per scored image and the random
+    #: pixel order they are compared with 2k - 2 more (shared by explainers scored alike), run at the model's best
+    #: batch size; None: 12, or 6 or 3 where the budget needs fewer
+    steps: int | None = Field(None, ge=3, le=256)
+    #: explained images whose curves are scored (spread evenly over them); None: all, or as many as the budget pays for
+    images: int | None = Field(None, ge=1, le=100_000)
     #: images the sanity check re-explains on weight-randomised copies of the model, at every stage (0: no sanity
     #: check); None: chosen with the stages so that images x stages is at most a third of the explained images
-    #: (at most 4 images), so the check costs at most a third of its explainer (xai_audit.judge.trust.sanity_size)
+    #: (at most 4 images; xai_audit.judge.trust.sanity_size), and one image at one stage where the budget needs less
     sanity_samples: int | None = Field(None, ge=0, le=10_000)
     #: cascade stages of the sanity check: the top layer randomised first, every layer last; None: chosen as above
     sanity_stages: int | None = Field(None, ge=1, le=50)
