@@ -252,3 +252,71 @@ def test_a_model_with_no_weak_slice_yields_no_confirmed_slice(seed):
     assert not findings, [f["title"] for f in findings]
     _, _, _, findings, _ = stage(Adapter(Quadrants()), samples, seed=seed)
     assert not findings
+
+
+MODEL = '''
+import torch
+
+LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+
+
+class DarkFails(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(4, 4)
+        with torch.no_grad():
+            self.head.weight.copy_(20 * torch.eye(4))
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        lum = (x * LUMA).sum(dim=1)
+        q = torch.stack([lum[:, :8, :8], lum[:, :8, 8:], lum[:, 8:, :8], lum[:, 8:, 8:]], dim=1).mean(dim=(2, 3))
+        logits = self.head(q - q.mean(dim=1, keepdim=True))
+        dark = lum.mean(dim=(1, 2)) < 0.3
+        return torch.where(dark[:, None], logits.roll(1, dims=1), logits)
+
+
+def make():
+    return DarkFails()
+'''
+
+
+def test_an_audit_with_error_slices_confirms_the_dark_slice_and_reports_it(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from xai_audit.cli import app
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = ["path,label,camera"]
+    for s in images_and_samples(240, 5):
+        Image.fromarray((np.transpose(s.image, (1, 2, 0)) * 255).round().astype(np.uint8)).save(folder / f"{s.id}.png")
+        rows.append(f"{s.id}.png,{CLASSES[s.label]},{s.groups['camera']}")
+    (folder / "meta.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "dark.py").write_text(MODEL)
+    (tmp_path / "plan.yaml").write_text(
+        "seed: 3\n"
+        f"model: {{adapter: torch, module: dark.py:make, classes: {CLASSES}}}\n"
+        "dataset: {loader: image-folder, path: data, metadata: data/meta.csv}\n"
+        "explain: {samples: 2, trust: {enabled: false}}\n"
+        "hypotheses:\n  - grayscale\n"
+        "discoverers:\n  - error-slices: {pairs: false}\n"
+        "report: {formats: [json, html]}\n")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "plan.yaml"), "--out", str(out), "--no-cache", "-q"])
+    assert result.exit_code in (0, 1), result.output
+    r = json.loads((out / "results.json").read_text())
+    rows = [c for c in r["discovery"]["candidates"] if c["discoverer"] == "error-slices"]
+    assert rows and rows[0]["confirmation"] == "slice" and rows[0]["class"] is None
+    assert rows[0]["description"].startswith("darker images"), rows[0]["description"]
+    assert set(rows[0]["members"]) <= set(r["discovery"]["discovery_ids"])
+    entry = r["hypotheses"][rows[0]["tested_as"]]
+    assert entry["verdict"] == "supported" and entry["kind"] == "bias"
+    finding = next(f for f in r["findings"] if f.get("discovered", {}).get("discoverer") == "error-slices")
+    assert finding["kind"] == "bias" and finding["slice"].startswith("darker images")
+    assert any(row["action"] == "add-data" and row["finding"] == finding["source"] for row in r["recommendations"])
+    html = (out / "report.html").read_text()
+    assert "darker images" in html, "description"
+    assert "Found by discovery" in html, "found"
+    assert "images of the slice" in html, "the member strip"

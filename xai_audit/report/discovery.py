@@ -27,8 +27,8 @@ def discovery(results: Mapping[str, Any]) -> dict[str, Any] | None:
             "class": display.clip(str(c.get("class") or "—"), 80),
             "members": str(len(c.get("members") or [])),
             "status": status,
-            "effect": "" if effect is None else (
-                f"{100 * float(effect):+.1f} pp" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")),
+            "effect": "" if effect is None else _effect(float(effect), ci, confidence=(
+                c.get("confirmation") == "slice" and not (results.get("samples") or {}).get("labelled", True))),
             "p": "" if p_adj is None else (f"{float(p_adj):.2g}" if p_adj >= 0.001 else "< 0.001"),
             "anchor": str(c.get("tested_as") or ""),
         })
@@ -38,12 +38,21 @@ def discovery(results: Mapping[str, Any]) -> dict[str, Any] | None:
             f"images; each candidate was then tested on the other {_confirmed_on(data)}, which "
             "no discoverer saw, by removing the cue (or, for a cue the images do not show, putting it on them) and "
             "comparing the model's predictions (paired test, in the "
-            "audit's Holm correction). Only a confirmed candidate is a finding; its figures and numbers are "
-            "under Hypotheses."),
+            "audit's Holm correction); a slice (a range of image properties, a metadata value or a cluster of "
+            "the model's embedding) is tested by its rule instead: is the model worse on the images it picks "
+            "there than on the others (accuracy, or its confidence without labels). Only a confirmed candidate "
+            "is a finding; its figures and numbers are under Hypotheses."),
         "note": str(data.get("note") or ""),
         "rows": rows,
         "none": "No discoverer proposed a candidate." if not rows and not data.get("note") else "",
     }
+
+
+def _effect(effect: float, ci: Any, confidence: bool) -> str:
+    """An effect and its interval: points of a share, or a difference of confidence (no labels)."""
+    if confidence:
+        return f"{effect:+.3f} confidence" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+    return f"{100 * effect:+.1f} pp" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
 
 
 def _confirmed_on(data: Mapping[str, Any]) -> str:
