@@ -9,8 +9,9 @@ Three measurements:
    logits are drawn afresh at every call whatever the image, plus a term 10^-6 times the brightness of the
    top-left corner, the same for every class. The term changes no prediction, but it puts every image's
    gradient x input in that corner, so attribution-clusters proposes "the model looks at the top-left
-   corner" for every class it sees (the stress case: many candidates, each under its null), and
-   property-slices searches the predictions for slices. Each audit splits its images (seeded), discovers on
+   corner" for every class it sees (the stress case: many candidates, each under its null),
+   property-slices searches the predictions for slices, property-shifts shifts the images, and error-slices
+   searches for slices where accuracy is lower (the answers are random, so none is). Each audit splits its images (seeded), discovers on
    one half, confirms every candidate on the other with the host's own confirmation
    (``xai_audit.run.discovery.confirm``), corrects the family with Holm and derives findings: any finding is
    a false alarm. The row prints the share of audits with one, with its exact (Clopper-Pearson) 95 %
@@ -18,7 +19,7 @@ Three measurements:
 2. **Extra model passes.** The images the discovery stage sends through the model (forward only, and
    forward + backward), per audited image, against the one forward pass of the audit's baseline, which
    discovery reuses rather than repeats.
-3. **Time against N.** Both built-in discoverers and the confirmation of their candidates on N demo faces
+3. **Time against N.** The built-in discoverers (error-slices too) and the confirmation of their candidates on N demo faces
    (64 px, the corner stamp planted on 'happy'; the demo CNN with seeded random weights, its 'happy' logit
    also reading the corner, so there is a candidate to confirm), against the time of an audit without discovery measured
    in the same run (the baseline pass and the demo plan's intervention hypotheses: luminance, grayscale,
@@ -125,14 +126,16 @@ def faces(n: int, size: int, seed: int, **cues: Any) -> list[Sample]:
 
 
 def discoverers(seed: int) -> list[Any]:
-    """The three built-in discoverers with their defaults (the demo plan's)."""
+    """The built-in discoverers with their defaults: the demo plan's three, then the opt-in error-slices."""
     from xai_audit_discovery.shifts import PropertyShiftsDiscoverer
     from xai_audit_discovery.slices import PropertySlicesDiscoverer
     from xai_audit_discovery.spray import AttributionClustersDiscoverer
+    from xai_audit_discovery.weak_slices import ErrorSlicesDiscoverer
 
     spray = AttributionClustersDiscoverer(AttributionClustersDiscoverer.Options(batch_size=64))
     return [spray, PropertySlicesDiscoverer(PropertySlicesDiscoverer.Options()),
-            PropertyShiftsDiscoverer(PropertyShiftsDiscoverer.Options())]
+            PropertyShiftsDiscoverer(PropertyShiftsDiscoverer.Options()),
+            ErrorSlicesDiscoverer(ErrorSlicesDiscoverer.Options())]
 
 
 # --------------------------------------------------------------------------- one discovery stage
@@ -341,7 +344,7 @@ def run(quick: bool = False, n224: int | None = None) -> tuple[list[Row], list[S
     print(f"discovery: time against N ({', '.join(map(str, sizes))} images, 64 px) ...", flush=True)
     sized = [sized_run(n) for n in sizes]
     exponent = growth_exponent([s.n for s in sized], [s.discovery_s for s in sized])
-    names = ("attribution-clusters", "property-slices", "property-shifts")
+    names = ("attribution-clusters", "property-slices", "property-shifts", "error-slices")
     exponents = {name: growth_exponent([s.n for s in sized], [max(s.per_discoverer.get(name, 0.0), 1e-6)
                                                               for s in sized]) for name in names}
     largest = sized[-1]
@@ -370,7 +373,8 @@ def run(quick: bool = False, n224: int | None = None) -> tuple[list[Row], list[S
             met=discovery_big <= ADDED_LIMIT * plain_big, bar=1.0),
         Row("discovery: time growth against N", f"{sizes[0]}-{sizes[-1]} images",
             f"exponent {exponent:.2f} (clustering {exponents['attribution-clusters']:.2f}, slice search "
-            f"{exponents['property-slices']:.2f}, shifts {exponents['property-shifts']:.2f})", "-", None),
+            f"{exponents['property-slices']:.2f}, shifts {exponents['property-shifts']:.2f}, error slices "
+            f"{exponents['error-slices']:.2f})", "-", None),
     ]
     null_section = Section(
         "Discovery: null audits (no real effect; every confirmed candidate is a false alarm)",
@@ -380,32 +384,37 @@ def run(quick: bool = False, n224: int | None = None) -> tuple[list[Row], list[S
           f"{100 * null.rate:.1f} %", f"{100 * lo:.1f}-{100 * hi:.1f} %", f"{null.seconds:.0f}"]],
         [(f"Each audit: {NULL_IMAGES} synthetic faces at {NULL_SIZE} px, split in half (seeded); the model's "
           "logits are drawn afresh at every call, and its gradients sit in the top-left corner, so "
-          "attribution-clusters proposes that corner for every class it sees; property-slices and property-shifts "
-          "search the same predictions. Holm across each audit's candidates; the interval is Clopper-Pearson.")],
+          "attribution-clusters proposes that corner for every class it sees; property-slices, property-shifts "
+          "and error-slices search the same predictions. Holm across each audit's candidates; the interval is Clopper-Pearson.")],
         right=(0, 1, 2, 3),
     )
     every = [*sized, big]
     time_section = Section(
         "Discovery: time and passes against N (demo CNN, random weights, 'happy' reads the corner stamp)",
         ["N", "px", "audit without discovery", "of it: baseline pass", "clustering", "slice search", "shifts",
-         "confirm", "candidates", "forward / image", "backward / image", "added"],
+         "error slices", "confirm", "candidates", "forward / image", "backward / image", "added"],
         [[str(s.n), str(s.size), fmt_seconds(s.plain_s), fmt_seconds(s.baseline_s),
           *(fmt_seconds(s.per_discoverer.get(name, 0.0)) for name in names), fmt_seconds(s.confirm_s),
           str(s.candidates), f"{s.forward_per_image:.2f}", f"{s.gradient_per_image:.2f}",
           f"{100 * s.discovery_s / s.plain_s:.0f} %"] for s in every],
         [(f"Growth exponent of discover + confirm over the 64-px rows: {exponent:.2f}; of the clustering "
           f"(attribution-clusters) {exponents['attribution-clusters']:.2f}, the slice search (property-slices) "
-          f"{exponents['property-slices']:.2f}, the shifts (property-shifts) {exponents['property-shifts']:.2f}. "
+          f"{exponents['property-slices']:.2f}, the shifts (property-shifts) {exponents['property-shifts']:.2f}, "
+          f"the weak-slice search (error-slices, opt-in: properties, pairs, metadata, k-means of the penultimate "
+          f"layer) {exponents['error-slices']:.2f}. "
           "The audit without discovery is the baseline pass and the demo plan's intervention hypotheses "
           f"(luminance, grayscale, occlude-regions: {largest.plain_forward_per_image:.1f} forward passes per "
           "image); discovery reuses the baseline's predictions. attribution-clusters explains at most 300 images "
           f"and property-shifts shifts at most {SHIFTED} (their defaults), so their time stays flat; "
-          "property-slices' properties grow with N, and each candidate's confirmation with the held-back half "
+          "property-slices' and error-slices' properties grow with N (error-slices also reads the penultimate "
+          "layer of at most 2,000 discovery images, and of the held-back images for an embedding slice; the "
+          "projection scales all of it with N, an upper bound), and each candidate's confirmation with the "
+          "held-back half "
           f"up to {CONFIRMED} images (the plan's discover.confirm_images). "
           + (f"The {TARGET_SIZE}-px figure for {TARGET_N} images is projected from the {n224}-image row: the plain "
              "audit and the per-image parts of discovery scaled by N, the capped parts kept."
              if n224 != TARGET_N else ""))],
-        right=tuple(range(12)),
+        right=tuple(range(13)),
     )
     return rows, [null_section, time_section]
 

@@ -2,7 +2,7 @@
 
 A model with no real effect (logits drawn afresh at every call; its gradients
 sit in the top-left corner, so attribution-clusters proposes that corner for
-every class it sees) is audited with both built-in discoverers: discover on one
+every class it sees) is audited with every built-in discoverer: discover on one
 half, confirm on the other with the host's confirmation, Holm across the
 audit's candidates. Every finding is a false alarm; the share of audits with
 one must stay at the nominal 5 % (bench/discovery.py prints the same rate with
@@ -49,4 +49,5 @@ def test_the_cost_projection_keeps_what_is_capped_and_scales_what_grows():
     assert plain == 1000.0
     assert discovery == 5.0 + 10.0 * min(5000, bd.SHIFTED) / min(500, bd.SHIFTED) + 1.0 * 10 + 10.0 * 2000 / 500
     assert s.projected(1000) == (100.0, s.discovery_s)
-    assert [p.name for p in bd.discoverers(0)] == ["attribution-clusters", "property-slices", "property-shifts"]
+    assert [p.name for p in bd.discoverers(0)] == ["attribution-clusters", "property-slices", "property-shifts",
+                                                    "error-slices"]

@@ -468,21 +468,66 @@ def _projection(embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def _kmeans(points: np.ndarray, max_clusters: int, seed: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """k-means for k = 2 .. max_clusters, the k of the best silhouette: (k, labels, centroids)."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score
-
+    """k-means for k = 2 .. max_clusters, the k of the best silhouette: (k, labels, centroids). Plain numpy (Lloyd
+    from k-means++ seeds, the best of a few), seeded: no thread pool to wait on, the same answer every time."""
+    rng = np.random.default_rng([seed, _SALT])
+    check = np.sort(rng.choice(len(points), size=min(1000, len(points)), replace=False))
+    distances = np.sqrt(np.maximum(_square_distances(points[check], points[check]), 0.0))
     best: tuple[float, int, np.ndarray, np.ndarray] | None = None
     for k in range(2, min(max_clusters, len(points) - 1) + 1):
-        fit = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(points)
-        if len(np.unique(fit.labels_)) < 2:
+        labels, centroids = _lloyd(points, k, rng)
+        if len(np.unique(labels)) < 2:
             continue
-        score = float(silhouette_score(points, fit.labels_, sample_size=min(1000, len(points)), random_state=seed))
+        score = _silhouette(distances, labels[check])
         if best is None or score > best[0] + 1e-9:
-            best = (score, k, fit.labels_.copy(), fit.cluster_centers_.copy())
+            best = (score, k, labels, centroids)
     if best is None:
         return 0, np.zeros(len(points), int), np.zeros((0, points.shape[1]))
     return best[1], best[2], best[3]
+
+
+def _square_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a ** 2).sum(axis=1)[:, None] + (b ** 2).sum(axis=1)[None, :] - 2.0 * a @ b.T
+
+
+def _lloyd(points: np.ndarray, k: int, rng: np.random.Generator, starts: int = 4,
+           steps: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """The best (least inertia) of ``starts`` runs of Lloyd's algorithm from k-means++ seeds."""
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for _ in range(starts):
+        centroids = points[[int(rng.integers(len(points)))]]
+        for _ in range(1, k):  # k-means++: the next seed drawn in proportion to its squared distance
+            d2 = np.maximum(_square_distances(points, centroids).min(axis=1), 0.0)
+            total = float(d2.sum())
+            pick = int(rng.choice(len(points), p=d2 / total)) if total > 0 else int(rng.integers(len(points)))
+            centroids = np.vstack([centroids, points[pick]])
+        labels = np.full(len(points), -1)
+        for _ in range(steps):
+            new = _square_distances(points, centroids).argmin(axis=1)
+            if (new == labels).all():
+                break
+            labels = new
+            centroids = np.stack([points[labels == j].mean(axis=0) if (labels == j).any() else centroids[j]
+                                  for j in range(k)])
+        inertia = float(np.maximum(_square_distances(points, centroids).min(axis=1), 0.0).sum())
+        if best is None or inertia < best[0] - 1e-9:
+            best = (inertia, labels.copy(), centroids.copy())
+    return best[1], best[2]
+
+
+def _silhouette(distances: np.ndarray, labels: np.ndarray) -> float:
+    """The mean silhouette of points whose pairwise ``distances`` are given (a point alone in its cluster: 0)."""
+    present = np.unique(labels)
+    if len(present) < 2:
+        return -1.0
+    mean_to = np.stack([distances[:, labels == j].mean(axis=1) for j in present], axis=1)
+    own = np.searchsorted(present, labels)
+    sizes = np.array([(labels == j).sum() for j in present])[own]
+    a = np.where(sizes > 1, mean_to[np.arange(len(labels)), own] * sizes / np.maximum(sizes - 1, 1), 0.0)
+    mean_to[np.arange(len(labels)), own] = np.inf
+    b = mean_to.min(axis=1)
+    s = np.where(sizes > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
+    return float(s.mean())
 
 
 def _cluster_words(samples: Sequence[Sample], values: Mapping[str, np.ndarray], mask: np.ndarray, scope: np.ndarray,
