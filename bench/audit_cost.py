@@ -14,15 +14,16 @@ in a forward + backward pass, both timed here at the model's best batch size and
 layout (the batch the plugins use). The table prints limit / measured per step
 (1.00: the step is its passes and nothing else) and for the whole audit.
 
-The trust step of an explainer costs, in images through the model, 2k + 1
-forward passes per explained image (deletion and insertion curves, k = 12) and
-the sanity check's re-explanations (at most a third of the explained images by
-default; xai_audit.judge.trust.sanity_size); the random pixel order the curves
-are compared with costs 2k + 1 passes per image once per audit (its own row).
-The summary compares each explainer's trust passes with the explainer's own
-(target: at most as many, for the methods that spend more than 1.5 (2k + 1) passes
-per image: LIME, Occlusion, Integrated Gradients; Grad-CAM spends one, so its
-trust step is bounded by the curves' 2k + 1 passes per image instead).
+The trust step of an explainer is sized by default to cost at most the passes
+its explainer states (xai_audit.judge.trust.plan_budget; a forward + backward
+pass counts two forward passes): 2k + 1 curve canvases per scored image, 2k - 2
+more for the random pixel order they are compared with (kept per image and
+steps, so an explainer scored like one before it reuses them), and the sanity
+check's re-explanations. The summary compares each explainer's trust step with
+the explainer's own, for every explainer (target: at most as much, i.e. a ratio
+of at least 1.00), in the time of their passes, with the counted passes' ratio
+and the wall-time ratio beside it, and says on how many images and steps each
+trust step scored its curves (results.json's trust.budget).
 
     python -m bench.audit_cost                       # demo CNN, ResNet-18, mini-Xception
     python -m bench.audit_cost --models demo --quick
@@ -46,8 +47,8 @@ from bench.common import Row, Section, fmt_seconds, ratio, timed_passes
 
 MODELS = ("demo", "resnet18", "mini-xception")
 CLASSES = ["happy", "sad", "neutral", "angry", "disgust", "fear", "surprise"]
-#: explainers whose own passes per image exceed the trust curves' 2k + 1: their trust step must cost less
-BOUNDED = ("lime", "occlusion", "integrated-gradients")
+#: explainers whose trust step must cost at most what they did (every built-in one, by default)
+BOUNDED = ("lime", "occlusion", "integrated-gradients", "gradcam")
 #: seconds of back-to-back passes timed for each unit cost, and how many times (the fastest counts: a busy
 #: machine only ever slows a pass down, and a slow unit would flatter every ratio)
 _UNIT_WORK_S = 0.25
@@ -81,11 +82,10 @@ def counted(module: torch.nn.Module) -> torch.nn.Module:
 
 @contextlib.contextmanager
 def counting() -> Iterator[None]:
-    """Count under the step names RunFacts gives (and the random order of the trust curves on its own)."""
-    from xai_audit.judge import trust
+    """Count under the step names RunFacts gives."""
     from xai_audit.run.facts import RunFacts
 
-    step, reference = RunFacts.step, trust.TrustSession.random_reference
+    step = RunFacts.step
 
     @contextlib.contextmanager
     def labelled(self: RunFacts, name: str, cache: Any = None) -> Iterator[dict[str, Any]]:
@@ -96,23 +96,11 @@ def counting() -> Iterator[None]:
         finally:
             _CURRENT["step"] = before
 
-    def random_reference(self: Any) -> Any:
-        before, _CURRENT["step"] = _CURRENT["step"], "trust: random order (once per audit)"
-        start = time.perf_counter()
-        try:
-            return reference(self)
-        finally:
-            RANDOM_ORDER_S.append(time.perf_counter() - start)
-            _CURRENT["step"] = before
-
-    RunFacts.step, trust.TrustSession.random_reference = labelled, random_reference  # type: ignore[method-assign]
+    RunFacts.step = labelled  # type: ignore[method-assign]
     try:
         yield
     finally:
-        RunFacts.step, trust.TrustSession.random_reference = step, reference  # type: ignore[method-assign]
-
-
-RANDOM_ORDER_S: list[float] = []
+        RunFacts.step = step  # type: ignore[method-assign]
 
 # --------------------------------------------------------------------------- the models (plan factories)
 
@@ -200,7 +188,6 @@ def audit(model: str, quick: bool) -> dict[str, Any]:
         shape = tuple(data[0].image.shape)
         unit = unit_costs(adapter, shape)  # also runs the batch-size probe the audit would
         COUNTS.clear()
-        RANDOM_ORDER_S.clear()
         with counting():
             start = time.perf_counter()
             outcome = run_audit(plan, registry, cache=Cache(None))
@@ -209,10 +196,6 @@ def audit(model: str, quick: bool) -> dict[str, Any]:
         unit = {backward: min(unit[backward], after[backward]) for backward in unit}
     results = outcome.results
     steps = dict((results.get("run") or {}).get("steps") or {})
-    if RANDOM_ORDER_S:  # timed inside the first trust step: its own row, out of that step's time
-        first = next(name for name in steps if name.startswith("trust "))
-        steps[first] = {**steps[first], "seconds": steps[first]["seconds"] - sum(RANDOM_ORDER_S)}
-        steps["trust: random order (once per audit)"] = {"seconds": sum(RANDOM_ORDER_S)}
     rows = []
     for name, entry in steps.items():
         forward, backward = COUNTS.get(name, [0, 0])
@@ -222,7 +205,7 @@ def audit(model: str, quick: bool) -> dict[str, Any]:
     uncounted = {k: v for k, v in COUNTS.items() if k not in steps}
     return {"model": model, "shape": shape, "unit": unit, "rows": rows, "seconds": seconds,
             "failures": [f["step"] for f in results.get("failures") or []], "uncounted": uncounted,
-            "trust_passes": {name: (entry.get("trust") or {}).get("model_passes")
+            "trust_budget": {name: (entry.get("trust") or {}).get("budget")
                              for name, entry in (results.get("explainers") or {}).items()}}
 
 
@@ -245,10 +228,12 @@ def results(runs: list[dict[str, Any]]) -> tuple[list[Row], list[Section]]:
                  "step; backward: those a backward pass followed. limit = the step's passes alone."]
         if run["failures"]:
             notes.append("Failed steps: " + ", ".join(run["failures"]))
-        for explainer, passes in run["trust_passes"].items():
-            if passes:
-                notes.append(f"trust {explainer}: {passes['curve_forward_images']} curve images + "
-                             f"{passes['sanity_re_explanations']} sanity re-explanations (results.json)")
+        for explainer, budget in run["trust_budget"].items():
+            if budget:
+                notes.append(f"trust {explainer} ({budget['mode']}): curves on {budget['images']} of {budget['of']} "
+                             f"images at {budget['steps']} steps, sanity {budget['sanity_samples']} image(s) x "
+                             f"{budget['sanity_stages']} stage(s); {budget['passes']} passes stated against the "
+                             f"explainer's {budget['explainer_passes']} (results.json trust.budget)")
         sections.append(Section(f"A whole audit against its model passes, per step: {on}",
                                 ["step", "measured", "images", "backward", "limit", "limit ÷ measured"],
                                 table, notes=notes, right=(1, 2, 3, 4, 5)))
@@ -260,7 +245,9 @@ def results(runs: list[dict[str, Any]]) -> tuple[list[Row], list[Section]]:
                 continue
             bounded = explainer in BOUNDED
             value = ratio(own["limit"], trust["limit"])
-            rows.append(Row(f"trust ÷ {explainer} (passes; time {trust['seconds'] / max(own['seconds'], 1e-9):.2f}x)",
+            counted = ratio(own["forward"] + own["backward"], trust["forward"] + trust["backward"])
+            rows.append(Row(f"trust ÷ {explainer} (time of passes; passes {counted:.2f}, "
+                            f"wall time {trust['seconds'] / max(own['seconds'], 1e-9):.2f}x)",
                             on, f"trust {fmt_seconds(trust['limit'])}", f"{explainer} {fmt_seconds(own['limit'])}",
                             value, target=">= 1.00 (trust within its explainer)" if bounded else "",
                             met=bool(value >= 1.0) if bounded else None, bar=1.0 if bounded else None))

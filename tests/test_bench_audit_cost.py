@@ -42,7 +42,8 @@ def test_passes_are_counted_under_the_step_that_ran_them():
 def test_the_tables_compare_each_trust_step_with_its_explainer():
     run = {"model": "demo", "shape": (3, 64, 64), "unit": {False: 0.001, True: 0.003}, "seconds": 10.0,
            "failures": [], "uncounted": {},
-           "trust_passes": {"lime": {"curve_forward_images": 200, "sanity_re_explanations": 4}},
+           "trust_budget": {"lime": {"mode": "explainer", "images": 8, "of": 8, "steps": 12, "sanity_samples": 2,
+                                     "sanity_stages": 1, "passes": 2200, "explainer_passes": 4000}},
            "rows": [{"step": "explainer lime", "seconds": 4.0, "forward": 4000, "backward": 0, "limit": 4.0},
                     {"step": "trust lime", "seconds": 3.0, "forward": 2200, "backward": 0, "limit": 2.2},
                     {"step": "explainer gradcam", "seconds": 0.1, "forward": 8, "backward": 8, "limit": 0.024},
@@ -52,7 +53,9 @@ def test_the_tables_compare_each_trust_step_with_its_explainer():
     assert by_what["whole audit"].ratio == pytest.approx((4.0 + 2.2 + 0.024 + 0.208) / 10.0)
     lime, gradcam = by_what["trust ÷ lime"], by_what["trust ÷ gradcam"]
     assert lime.ratio == pytest.approx(4.0 / 2.2) and lime.met is True and lime.bar == 1.0
-    assert gradcam.met is None  # one pass an image: bounded by the curves, no target
+    assert gradcam.met is False and gradcam.bar == 1.0  # every explainer's trust step within it, Grad-CAM's too
+    assert "passes 0.08" in gradcam.what  # counted: (8 + 8) / 208
+    assert "curves on 8 of 8 images at 12 steps" in " ".join(sections[0].notes)
     assert sections[0].rows[-1][0] == "whole audit" and sections[0].rows[-1][2] == str(4000 + 2200 + 8 + 208)
     slow = dict(run, rows=[dict(run["rows"][0]), dict(run["rows"][1], limit=5.0)])
     assert next(r for r in audit_cost.results([slow])[0] if r.what.startswith("trust ÷ lime")).met is False

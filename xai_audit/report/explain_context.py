@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from xai_audit.judge.trust import thin
 from xai_audit.report import figures, specs
 from xai_audit.report.artifacts import ReportArtifacts
 from xai_audit.report.heatmaps import case_grid
@@ -69,6 +70,13 @@ def trust_summary(step: Mapping[str, Any]) -> dict[str, Any] | None:
         rows.append({"key": "insertion AUC, high is good (random)",
                      "value": f"{_fix(faith.get('insertion_auc'))} ({_fix(faith.get('random_insertion_auc'))})"})
         rows.append({"key": "images where it beats a random order", "value": _pct(faith.get("beats_random_share"), 0)})
+        if faith.get("gain_ci"):
+            low, high = faith["gain_ci"]
+            rows.append({"key": "gain over the random order, 95 % CI over the scored images",
+                         "value": f"{_fix(faith.get('gain'))} ({_fix(low)} to {_fix(high)})"})
+    budget = trust.get("budget")
+    if budget:
+        rows.append({"key": "what the scores rest on (trust budget)", "value": budget_text(budget)})
     sanity = trust.get("sanity")
     if sanity and sanity.get("stages"):
         stages = ", ".join(f"{s['layers_randomised']} of {s['of']} layers: {_fix(s['similarity'])}" for s in sanity["stages"])
@@ -90,6 +98,18 @@ def trust_summary(step: Mapping[str, Any]) -> dict[str, Any] | None:
     level = str(verdict.get("level") or "")
     return {"level": level, "level_class": _LEVEL_CLASS.get(level, "trust-weak"), "text": str(verdict.get("text") or ""),
             "rows": rows}
+
+
+def budget_text(budget: Mapping[str, Any]) -> str:
+    """The trust step's size in words: images and steps of the curves, the sanity check, its passes."""
+    sanity = (f"sanity check on {budget.get('sanity_samples')} image(s) at {budget.get('sanity_stages')} stage(s)"
+              if budget.get("sanity_stages") else "no sanity check")
+    against = (f" against the explainer's {budget['explainer_passes']}" if budget.get("explainer_passes") is not None
+               else " (the explainer states no cost)")
+    mode = {"explainer": "sized to its explainer", "full": "full, as the plan asks",
+            "unknown cost": "full"}.get(str(budget.get("mode")), str(budget.get("mode")))
+    return (f"curves on {budget.get('images')} of {budget.get('of')} explained images at {budget.get('steps')} steps; "
+            f"{sanity}; {budget.get('passes')} model passes{against} ({mode})")
 
 
 #: display titles of the tables the host adds to an explainer
@@ -199,12 +219,19 @@ def _trust_row(name: str, step: Mapping[str, Any]) -> dict[str, Any] | None:
         "name": str(name),
         "level": summary["level"],
         "level_class": summary["level_class"],
-        "score": f"{_fix(faith.get('score'))} ({_fix(faith.get('random_score'))})",
+        "score": f"{_fix(faith.get('score'))} ({_fix(faith.get('random_score'))})" + _thin(trust.get("budget")),
         "deletion": f"{_fix(faith.get('deletion_auc'))} / {_fix(faith.get('insertion_auc'))}",
         "sanity": f"{_fix(sanity.get('final_similarity'))} {sanity.get('verdict')}" if sanity.get("stages") else _DASH,
         "mass": f"{_pct(loc.get('mass_share'), 0)} ({_pct(loc.get('area_share'), 0)})" if loc else _DASH,
         "pointing": _pct(loc.get("pointing_game"), 0) if loc else _DASH,
     }
+
+
+def _thin(budget: Mapping[str, Any] | None) -> str:
+    """Where the curves scored fewer images or steps than the full scores: on how many (the overview's cell)."""
+    if not thin(budget):
+        return ""
+    return f", on {budget.get('images')} of {budget.get('of')} images at {budget.get('steps')} steps"
 
 
 def _agreement_figure(steps: Mapping[str, Any]) -> dict[str, Any] | None:
