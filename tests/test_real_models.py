@@ -207,8 +207,11 @@ def test_compiled_models_run_every_allowed_method_end_to_end(folder, tmp_path, s
         entry = r["explainers"][name]
         assert entry["status"] == "ok" and entry["n_samples"] == 3, name
         assert entry["trust"]["sanity"]["verdict"] in ("passes", "partly", "fails"), name  # the trust step ran
-        # its cost in passes is stated (steps 4 -> 3 curve steps: 7 canvases an image), its wall time recorded
-        assert entry["trust"]["model_passes"]["curve_forward_images"] == 3 * 7
+        # its cost in passes is stated (steps 4 -> 3 curve steps: 7 canvases an image, on the images the default
+        # budget pays for: at least one), the plan's sanity size stands, its wall time is recorded
+        budget = entry["trust"]["budget"]
+        assert budget["steps"] == 3 and 1 <= budget["images"] <= 3 and budget["mode"] == "explainer", name
+        assert entry["trust"]["model_passes"]["curve_forward_images"] == budget["images"] * 7
         assert entry["trust"]["model_passes"]["sanity_re_explanations"] == 2 * 2
         for step in (f"explainer {name}", f"trust {name}"):
             assert r["run"]["steps"][step]["seconds"] >= 0 and f">{step}<" in page, step  # "How this audit ran"
