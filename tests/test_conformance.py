@@ -31,6 +31,7 @@ from xai_audit.api import (
     HypothesisPlugin,
     HypothesisResult,
     ModelAdapterPlugin,
+    ModelPasses,
     Options,
     RegionSource,
     RegionSourcePlugin,
@@ -219,6 +220,9 @@ class _MeanColour(ExplainerPlugin):
         return Explanation(method=self.name, sample_ids=[s.id for s in samples], targets=np.asarray(targets),
                            maps=self.maps(samples, targets, seed), signed=False)
 
+    def model_passes(self, model, n, image_shape, maps_only=False):
+        return ModelPasses()  # it never runs the model
+
 
 class _BatchMax(_MeanColour):
     name = "batch-max"
@@ -254,9 +258,25 @@ def test_a_batch_dependent_explainer_fails_batch_independence_only():
     message = failed["check_batch_independent@cnn"]
     assert message.startswith("explainer 'batch-max' (") and "failed check_batch_independent@cnn" in message
     assert "explained alone differs from its map in a batch of 3" in message
-    with pytest.raises(AssertionError, match=r"explainer 'batch-max' .* failed 2 of 16 conformance checks:\n"
+    with pytest.raises(AssertionError, match=r"explainer 'batch-max' .* failed 2 of 18 conformance checks:\n"
                                              r"  check_batch_independent@cnn: sample \d explained alone"):
         check_plugin(_BatchMax)
+
+
+class _Boastful(_MeanColour):
+    """States a forward pass an image that it never runs: its trust step would cost more than it does."""
+
+    name = "boastful"
+
+    def model_passes(self, model, n, image_shape, maps_only=False):
+        return ModelPasses(forward=n)
+
+
+def test_an_explainer_stating_passes_it_does_not_run_fails_the_passes_check():
+    failed = _failed(_Boastful)
+    assert set(failed) == {"check_model_passes@cnn", "check_model_passes@vit"}
+    assert "states 1 forward and 0 forward + backward images for one image, but explain() ran 0 forward" in \
+        failed["check_model_passes@cnn"]
 
 
 @pytest.mark.parametrize("cls", [_Unseeded, _GlobalRandom])

@@ -35,6 +35,7 @@ from xai_audit.api import (
     LoadContext,
     ModelAdapter,
     ModelAdapterPlugin,
+    ModelPasses,
     Options,
     RegionSource,
     RegionSourcePlugin,
@@ -439,6 +440,7 @@ class _ExplainerChecks(_Common):
                 (f"check_explain_maps@{m}", lambda m=m: self.check_explain_maps(m)),
                 (f"check_batch_independent@{m}", lambda m=m: self.check_batch_independent(m)),
                 (f"check_figures@{m}", lambda m=m: self.check_figures(m)),
+                (f"check_model_passes@{m}", lambda m=m: self.check_model_passes(m)),
             ]
         out.append(("check_black_box", self.check_black_box))
         return out
@@ -558,6 +560,45 @@ class _ExplainerChecks(_Common):
 
     def check_figures(self, name: str) -> None:
         _check_figures(self.first(name))
+
+    def check_model_passes(self, name: str) -> None:
+        """What ``model_passes`` states is at most what ``explain`` and ``explain_maps`` run (counted on one
+        image, after the batch-size probe): the host sizes the trust step by it, so a method that states more
+        than it spends gets a trust step that costs more than it does."""
+        self.first(name)  # the model's batch sizes are probed there, not among the counted passes
+        model, sample = self.model(name), self.samples()[:1]
+        plugin = self.instance(name)
+        for maps_only in (False, True):
+            stated = plugin.model_passes(model, 1, tuple(sample[0].image.shape), maps_only=maps_only)
+            if stated is None:
+                raise SkipCheck("model_passes states nothing: the host gives its trust step the full size")
+            if model.module is None:  # pragma: no cover - the tiny models are torch modules
+                raise SkipCheck("the model is a black box: its passes cannot be counted")
+            counts = [0, 0]
+
+            def count(_module: Any, args: tuple, kwargs: dict, output: Any, counts: list[int] = counts) -> None:
+                given = [x for x in (*args, *kwargs.values()) if isinstance(x, torch.Tensor)]  # a hub model: keywords
+                n = int(given[0].shape[0]) if given else 0
+                counts[0] += n
+                out = output[0] if isinstance(output, (tuple, list)) else getattr(output, "logits", output)
+                if isinstance(out, torch.Tensor) and out.requires_grad:
+                    out.register_hook(lambda grad: counts.__setitem__(1, counts[1] + n))
+
+            handle = model.module.register_forward_hook(count, with_kwargs=True)
+            try:
+                with _global_rng(5), _in_plugin():
+                    if maps_only:
+                        plugin.explain_maps(model, sample, _EXPLAIN_TARGETS[:1].copy(), SEED)
+                    else:
+                        plugin.explain(model, sample, _EXPLAIN_TARGETS[:1].copy(), SEED)
+            finally:
+                handle.remove()
+            forward, backward = counts[0] - counts[1], counts[1]
+            if stated.forward > forward + backward or stated.weighed > ModelPasses(forward, backward).weighed:
+                raise AssertionError(
+                    f"model_passes(maps_only={maps_only}) states {stated.forward} forward and {stated.backward} "
+                    f"forward + backward images for one image, but {'explain_maps' if maps_only else 'explain'}() "
+                    f"ran {forward} forward and {backward} forward + backward: state at most what it runs, or None")
 
     def check_black_box(self) -> None:
         if getattr(self.s.cls, "needs_gradients", True):
