@@ -250,6 +250,16 @@ def test_the_audit_writes_trust_beside_every_explainer(write_plan, registry):
     ig = next(s for s in context["explainers"]["steps"] if s["name"] == "integrated-gradients")
     assert ig["trust"]["rows"] and ig["figure"] is None  # its maps are in the case grids
     assert any(f["caption"].startswith("Deletion: pixels set to black") for f in ig["extra_figures"])
+    # saliency (one pass an image, 4 images) cannot pay for the plan's own sanity size: one image at 6 steps, over
+    # its budget, and the report says what its scores rest on
+    budget = r["explainers"]["saliency"]["trust"]["budget"]
+    assert (budget["images"], budget["of"], budget["steps"], budget["within"]) == (1, 4, 6, False)
+    saliency = next(s for s in context["explainers"]["steps"] if s["name"] == "saliency")
+    rests = {row["key"]: row["value"] for row in saliency["trust"]["rows"]}["what the scores rest on (trust budget)"]
+    assert rests.startswith("curves on 1 of 4 explained images at 6 steps; sanity check on 2 image(s) at 2 stage(s)")
+    assert "against the explainer's 8 (sized to its explainer)" in rests
+    row = next(row for row in overview["trust_rows"] if row["name"] == "saliency")
+    assert row["score"].endswith(", on 1 of 4 images at 6 steps")
 
 
 def test_agreement_survives_constant_maps():
