@@ -396,12 +396,14 @@ def _faces(n: int, size: int = 24) -> list[Sample]:
 
 
 @pytest.mark.parametrize("name, n", [("integrated-gradients", 12), ("occlusion", 12), ("gradcam", 12),
-                                     ("saliency", 12), ("neuron-maps", 12), ("gradcam", 6), ("lime", 3)])
+                                     ("saliency", 12), ("neuron-maps", 12), ("gradcam", 6), ("lime", 3),
+                                     pytest.param("feature-visualisation", 12, marks=pytest.mark.slow)])
 def test_by_default_each_built_in_explainer_costs_at_least_its_trust_step(name, n, registry, monkeypatch):
     """Counted on a tiny CNN, with the explainer's default options and the default 12 explained images (LIME on
-    3, for time: it spends 1,000 passes an image): the passes its trust step runs (curves, the random order's,
-    the sanity check) are at most the explainer's, and both are what they state (the plugin's model_passes,
-    results.json's trust.budget)."""
+    3, for time: it spends 1,000 passes an image; feature visualisation, whose 400-odd optimisation steps take
+    half a minute on a loaded machine, is a slow test): the passes its trust step runs (curves, the random
+    order's, the sanity check) are at most the explainer's, and both are what they state (the plugin's
+    model_passes, results.json's trust.budget; feature visualisation states a floor)."""
     monkeypatch.setenv("XAI_AUDIT_BATCH_SIZE", "32")  # no probe passes among the counted ones
     model, samples = CountingCNN(), _faces(n)
     targets = np.array([i % 3 for i in range(n)])
@@ -409,11 +411,18 @@ def test_by_default_each_built_in_explainer_costs_at_least_its_trust_step(name, 
     plugin = info.cls(info.cls.Options())
     maps = plugin.explain(model, samples, targets, 0).maps
     explainer = model.take()
-    assert explainer == plugin.model_passes(model, n, samples[0].image.shape).weighed
+    stated = plugin.model_passes(model, n, samples[0].image.shape).weighed
+    if name == "feature-visualisation":  # a floor: its channel images depend on the layer
+        assert stated <= explainer
+    else:
+        assert explainer == stated
+    explainer = stated  # what the trust step is sized by
     session = trust.TrustSession(model=model, samples=samples, targets=targets, classes=model.classes, seed=0)
     data, _ = trust.explainer_trust(session, plugin, maps)
     spent = model.take()
-    assert spent == data["budget"]["passes"] <= explainer == data["budget"]["explainer_passes"], data["budget"]
+    assert spent <= data["budget"]["passes"] <= explainer == data["budget"]["explainer_passes"], data["budget"]
+    if name != "feature-visualisation":  # its sanity re-runs are stated as a floor too
+        assert spent == data["budget"]["passes"]
     assert data["budget"]["within"] is True and data["budget"]["mode"] == "explainer"
     assert data["faithfulness"]["images"] == data["budget"]["images"] >= 1
     if data["budget"]["images"] < n:  # thinner scores say so, in the verdict too

@@ -39,6 +39,7 @@ from xai_audit.api import (
     ExplainerPlugin,
     Explanation,
     ModelAdapter,
+    ModelPasses,
     Options,
     Sample,
     as_feature_map,
@@ -164,6 +165,21 @@ class FeatureVisualisationExplainer(ExplainerPlugin):
         images = np.stack([s.image for s in samples]).astype(np.float32)
         name, _ = resolve_layer(model, self.options.layer)
         return _class_feature_maps(model, name, self._activations(model, images), targets, images.shape[1:])
+
+    def model_passes(self, model: ModelAdapter, n: int, image_shape: tuple[int, ...],
+                     maps_only: bool = False) -> ModelPasses:
+        """At least: every image forward (its activations) and a grey image per class forward and backward (the
+        channels' weights); for the whole explanation also every optimisation step of the class images and the
+        rubbish images on each chosen class, and their probabilities. The channel images are left out (how many
+        depends on the layer): what is stated is a floor, never more than it runs."""
+        classes = len(model.classes)
+        if maps_only:
+            return ModelPasses(forward=n, backward=classes)
+        opts: FeatureVisualisationOptions = self.options
+        chosen = min(opts.max_classes, classes)
+        steps = (opts.steps if opts.classes else 0) + (opts.rubbish_steps if opts.rubbish else 0)
+        probabilities = chosen * ((1 if opts.classes else 0) + (2 if opts.rubbish else 0))
+        return ModelPasses(forward=n + probabilities, backward=classes + chosen * steps)
 
     def _activations(self, model: ModelAdapter, images: np.ndarray) -> np.ndarray:
         size = best_batch_size(model, images.shape[1:], backward=False)
