@@ -198,8 +198,9 @@ def test_an_embedding_cluster_is_a_rule_of_centroids_and_is_described_in_words()
     plugin = ErrorSlicesDiscoverer(ErrorSlicesDiscoverer.Options(pairs=False, metadata=False))
     model = Adapter(DarkFails())
     predict = predict_with(model)
-    context = DiscoveryContext(model=model, samples=samples[:300], probs=predict(np.stack([s.image for s in samples[:300]])),
-                               classes=CLASSES, seed=0, predict=predict)
+    probs = predict(np.stack([s.image for s in samples[:300]]))
+    context = DiscoveryContext(model=model, samples=samples[:300], probs=probs, classes=CLASSES, seed=0,
+                               predict=predict)
     values = image_properties(context.samples, PROPERTIES)
     clusters = plugin._clusters(context, context.samples, values, np.ones(300), True)
     assert len(clusters) >= 2

@@ -13,19 +13,20 @@ tried:
 * with ``pairs``, every pair of properties, each cut in ``pair_bins`` quantile bins (Deepchecks' pairs): a cell
   is kept only if it is worse than both of its single-property bins by ``min_gap``;
 * with ``embedding``, the model's penultimate layer (the input of its classifier head, one forward pass per image
-  over at most ``max_images`` discovery images): standardised, projected on its leading principal components and
-  clustered by k-means, k from 2 to ``max_clusters`` by the best silhouette; each cluster is a slice, described by
-  the properties and metadata values that tell it from the other images and by the classes it is predicted as
-  (a reviewer reads words, not "cluster 3").
+  over at most ``max_images`` discovery images, and once over the held-back images when a cluster is confirmed):
+  standardised, projected on its leading principal components and clustered by k-means, k from 2 to
+  ``max_clusters`` by the best silhouette; each cluster is a slice, described by the properties and metadata values
+  that tell it from the other images and by the classes it is predicted as (a reviewer reads words, not "cluster 3").
 
 The metric is the model's accuracy with labels, and its confidence (the largest probability) without: a slice is
 a candidate when the metric is lower inside it than outside (one-sided Fisher exact test for accuracy, one-sided
 Mann-Whitney for confidence) after Holm's correction over every slice tried, by at least ``min_gap``, with at
-least ``min_size`` images inside and outside. Overlapping slices are one: the strongest is kept. Each candidate
-is a *rule* (property ranges, a metadata value, or the nearest of the embedding's centroids), confirmed by the
-host on the held-back images: is the model worse on the images the rule picks there? A confirmed slice is a
-finding of kind ``bias`` (the model fails a segment of the data), and its recommended data is more labelled
-images like the slice.
+least ``min_size`` images inside and outside, and at most ``max_share`` of them inside (a weak slice is a
+minority: when most images are worse, it is the rest that is easy). Overlapping slices are one: the strongest is
+kept. Each candidate is a *rule* (property ranges, a metadata value, or the nearest of the embedding's
+centroids), confirmed by the host on the held-back images: is the model worse on the images the rule picks there?
+A confirmed slice is a finding of kind ``bias`` (the model fails a segment of the data), and its recommended data
+is more labelled images like the slice.
 """
 
 from __future__ import annotations
@@ -94,9 +95,12 @@ class ErrorSlicesOptions(Options):
     embedding: bool = Field(True, description="also cluster the model's penultimate layer (the input of its "
                                               "classifier head; skipped for a black box or a model without one)")
     max_clusters: int = Field(6, ge=2, le=12, description="k-means tries 2 to this many clusters (silhouette)")
-    max_images: int = Field(2000, ge=20, description="the embedding is read for at most this many discovery "
+    max_images: int = Field(1000, ge=20, description="the embedding is read for at most this many discovery "
                                                       "images (a seeded subset): one forward pass each")
     min_size: int = Field(20, ge=5, description="a slice needs this many discovery images inside and outside")
+    max_share: float = Field(0.5, gt=0.0, lt=1.0, description="a slice holds at most this share of the images: a weak "
+                                                              "slice is a minority (when most images are worse, it is "
+                                                              "the rest that is easy)")
     min_gap: float = Field(0.05, gt=0.0, lt=1.0, description="smallest difference of the metric (accuracy, or "
                                                              "confidence without labels) between outside and inside")
     alpha: float = Field(0.05, gt=0.0, lt=1.0, description="significance level, Holm-corrected over every slice "
@@ -153,7 +157,8 @@ class ErrorSlicesDiscoverer(DiscovererPlugin):
             slices += _pair_slices(values, o.pair_bins, everywhere)
         if o.embedding:
             slices += self._clusters(context, samples, values, value, labelled)
-        tried = [s for s in slices if min(int((s.mask & s.scope).sum()), int((~s.mask & s.scope).sum())) >= o.min_size]
+        tried = [s for s in slices if min(int((s.mask & s.scope).sum()), int((~s.mask & s.scope).sum())) >= o.min_size
+                 and (s.mask & s.scope).sum() <= o.max_share * s.scope.sum()]
         for s in tried:
             s.p, s.gap, s.inside, s.outside = _worse(value[s.mask & s.scope], value[~s.mask & s.scope], labelled)
         adjusted = holm([s.p for s in tried]) if tried else []
@@ -236,13 +241,21 @@ class ErrorSlicesDiscoverer(DiscovererPlugin):
         samples = list(context.samples)
         if rule.get("op") == "embedding-cluster":
             a = candidate.arrays
-            points = (embed(context.model, samples, self.options.batch_size) - a["embedding_mean"]) \
+            points = (self._embedded(context.model, samples) - a["embedding_mean"]) \
                 / a["embedding_scale"] @ a["embedding_components"].T
             nearest = ((points[:, None, :] - a["embedding_centroids"][None]) ** 2).sum(axis=2).argmin(axis=1)
             return nearest == int(rule["cluster"])
         if rule.get("op") == "slice":
             return rule_members(rule, samples)
         raise ValueError(f"unknown slice rule {rule.get('op')!r}; known: slice, embedding-cluster")
+
+    def _embedded(self, model: ModelAdapter, samples: Sequence[Sample]) -> np.ndarray:
+        """The held-back images' embedding, read once for every embedding slice of this discoverer."""
+        key = (id(model), tuple(s.id for s in samples))
+        kept = getattr(self, "_embedding", None)
+        if kept is None or kept[0] != key:
+            kept = self._embedding = (key, embed(model, samples, self.options.batch_size))
+        return kept[1]
 
     def recommend(self, finding: Mapping[str, Any], candidate: Candidate) -> list[dict[str, Any]]:
         words = str(candidate.evidence.get("slice") or candidate.description)
@@ -449,7 +462,8 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> float:
 
 def embed(model: ModelAdapter, samples: Sequence[Sample], batch_size: int, chunk: int = 256) -> np.ndarray:
     """The model's penultimate layer (the input of its classifier head) for ``samples``: (N, D) float64."""
-    parts = [penultimate_activations(model, images, batch_size=batch_size) for _, images in sample_chunks(samples, chunk)]
+    parts = [penultimate_activations(model, images, batch_size=batch_size)
+             for _, images in sample_chunks(samples, chunk)]
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 0))
 
 
