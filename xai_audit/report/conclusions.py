@@ -15,6 +15,10 @@ _DASH = "—"
 _KINDS = ("shortcut", "bias", "shift", "fragility", "reliance")
 #: hard examples listed by id in the recommendations section
 MAX_HARD_LISTED = 12
+#: entries (findings of one test and kind taken together) shown on the summary pages; the appendix lists all
+SUMMARY_FINDINGS = 8
+#: recommendation rows shown in the body; the appendix and finetune_manifest.csv have them all
+BODY_RECOMMENDATIONS = 8
 _ACTION_LABELS = {
     "augment": "Augment",
     "add-group": "Add images of a group",
@@ -67,8 +71,19 @@ def findings(results: Mapping[str, Any]) -> dict[str, Any]:
     for item in items:
         counts[item["kind_label"]] = counts.get(item["kind_label"], 0) + 1
     mt = results.get("multiple_testing") or {}
+    grouped = _grouped(items, [f for f in results.get("findings") or []])
+    shown = grouped[:SUMMARY_FINDINGS]
+    left = grouped[SUMMARY_FINDINGS:]
+    n_left = sum(1 + len(g["also"]) for g in left)
     return {
         "entries": items,
+        "summary": shown,
+        "more_line": (
+            f"{n_left} further finding(s) of lower rank: "
+            + "; ".join(f"{g['kind_label'].lower()} from {g['test_name']}"
+                        + (f" ({1 + len(g['also'])})" if g["also"] else "")
+                        for g in left)
+            + "." if left else ""),
         "counts_line": ", ".join(f"{n} {label.lower()}" for label, n in counts.items()),
         "kinds": [{"label": label, "text": text} for label, text in (
             _KIND_EXPLAINED if (results.get("samples") or {}).get("labelled", True) else _KIND_EXPLAINED_UNLABELLED)],
@@ -81,6 +96,31 @@ def findings(results: Mapping[str, Any]) -> dict[str, Any]:
             if mt.get("n_tests") is not None else ""
         ),
     }
+
+
+def _grouped(items: list[dict[str, Any]], raw: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The findings for the summary pages: those of one test and one kind taken together under the highest
+    ranked (the corruptions' several shortcuts are one entry), each of the others named with its effect."""
+    out: list[dict[str, Any]] = []
+    where: dict[tuple[str, str], int] = {}
+    for item, f in zip(items, raw):
+        name = str(f.get("hypothesis") or "")
+        key = (name, item["kind"] + "/" + item["kind_label"])
+        if name and key in where:
+            out[where[key]]["also"].append(_also_line(f))
+            continue
+        where[key] = len(out)
+        out.append({**item, "also": [], "test_name": name or _DASH})
+    return out
+
+
+def _also_line(f: Mapping[str, Any]) -> str:
+    """One more finding of the same test, in a few words: what changed, into which class, by how much."""
+    test = str(f.get("test") or "")
+    what = test.split(": ", 1)[1] if ": " in test else test
+    what = what.replace("_", " ") if what and what != "primary" else str(f.get("hypothesis") or "")
+    target = f" → '{f['class']}'" if f.get("class") else ""
+    return f"{what}{target}: {_effect(f.get('effect'), f.get('ci'), str(f.get('metric') or ''))}"
 
 
 def tests_table(step: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -184,6 +224,9 @@ def recommendations(results: Mapping[str, Any]) -> dict[str, Any]:
             for r in hard[:MAX_HARD_LISTED]
         ],
         "hard_more": f"and {len(hard) - MAX_HARD_LISTED} more in the manifest" if len(hard) > MAX_HARD_LISTED else "",
+        "hard_line": (f"{len(hard)} audited image(s) the model gets wrong with confidence: check each label, or add "
+                      "images like it." if hard else ""),
+        "body_rows": BODY_RECOMMENDATIONS,
         "n_rows": len(rows),
         "empty_text": "No finding calls for new data, and no prediction is both wrong and confident.",
         "manifest_line": (

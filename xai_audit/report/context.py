@@ -39,13 +39,16 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("hypotheses", "Hypotheses"),
     ("recommendations", "Recommended fine-tuning data"),
     ("failures", "What could not be run"),
+    ("finding-details", "Findings in full"),
     ("explanation-details", "Explanations in detail"),
     ("hypothesis-details", "Hypotheses in detail"),
+    ("recommendation-details", "Fine-tuning data, every row"),
     ("provenance", "Model and data provenance"),
     ("run", "How this audit ran"),
 )
 #: The sections of the appendix, lettered A, B, ... after the body's numbered ones.
-APPENDIX = ("explanation-details", "hypothesis-details", "provenance", "run")
+APPENDIX = ("finding-details", "explanation-details", "hypothesis-details", "recommendation-details", "provenance",
+            "run")
 
 #: The titles that change when the data have no labels: what is measured is the model's own predictions.
 UNLABELLED_TITLES = {"accuracy": "Predictions and confidence (no labels)", "groups": "Predictions per group"}
@@ -540,7 +543,7 @@ def _hypotheses(steps: Mapping[str, Any], errors: dict[str, str], artifacts: Rep
 
 
 #: rows of a key table shown in the body (the appendix has them all)
-KEY_TABLE_ROWS = 8
+KEY_TABLE_ROWS = 5
 
 
 def _key_tables(step: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -48,8 +48,15 @@ def system(results: Mapping[str, Any]) -> dict[str, Any]:
         rows.append({"key": key, "label": label, "text": text if given else NOT_STATED, "entries": items,
                      "stated": given})
     n_stated = sum(r["stated"] for r in rows)
+    persons = stated.get("responsible_persons")
+    signers = [
+        {"name": str(p.get("name") or ""), "role": str(p.get("role") or "")}
+        for p in (persons if isinstance(persons, list) else []) if isinstance(p, Mapping) and p.get("name")
+    ]
     return {
         "rows": rows,
+        # the sign-off block: one line per responsible person the plan names, or blank lines to fill in
+        "signers": signers or [{"name": "", "role": ""}, {"name": "", "role": ""}],
         "stated": bool(results.get("system")),
         "note": (
             "As the plan's system: section states it; the audit carries these words, it does not check them."
