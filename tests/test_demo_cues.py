@@ -42,7 +42,7 @@ def test_the_demo_plants_the_cues_in_training_and_audit_but_no_hypothesis_names_
     plan = demo_plan(Path("weights.pt"), seed=0)
     assert {k: plan["dataset"][k] for k in CUES} == CUES
     assert [next(iter(d)) for d in plan["discoverers"]] == ["attribution-clusters", "property-slices",
-                                                                "property-shifts"]
+                                                                "property-shifts", "error-slices"]
     # the data checks' reference is the training split, drawn as it was trained (cues included): data, not a
     # hypothesis; everything else the plan tests or explains must not name the cues
     hypotheses = []

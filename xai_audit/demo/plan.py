@@ -65,8 +65,10 @@ def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 1400, shortcuts: bo
                              "reference_sample": 700, "n_boot": 500}},
         ],
         # look for what nobody named: on half the faces, confirmed on the other half. property-shifts finds
-        # darker => 'sad' without the luminance hypothesis (the audited faces are not dark: it asks the model)
-        "discoverers": [{"attribution-clusters": {}}, {"property-slices": {}}, {"property-shifts": {}}],
+        # darker => 'sad' without the luminance hypothesis (the audited faces are not dark: it asks the model);
+        # error-slices looks for weak slices (it proposes none on this CNN, trained with or without the cues)
+        "discoverers": [{"attribution-clusters": {}}, {"property-slices": {}}, {"property-shifts": {}},
+                        {"error-slices": {}}],
         "discover": {"held_out": 0.5},
         "report": {"title": "Demo audit: emotion CNN on synthetic faces"},
         "system": demo_system(seed=seed, shortcuts=shortcuts),

@@ -120,7 +120,8 @@ def _unconfirmed(discovery: Mapping[str, Any], hypotheses: Mapping[str, Any]) ->
         if tested.get("status") != "ok" or tested.get("verdict") == "supported":
             continue  # a failed confirmation is listed as a step that did not run
         subject = f"discoverer {row.get('discoverer')} / {row.get('name')}"
-        out.append(_entry("not confirmed", subject, f"Candidate cue proposed on the discovery images, not "
+        what = "slice" if row.get("confirmation") == "slice" else "cue"
+        out.append(_entry("not confirmed", subject, f"Candidate {what} proposed on the discovery images, not "
                           f"confirmed on the held-back images ({tested.get('verdict')}): "
                           f"{_sentence(row.get('description') or row.get('cue') or row.get('name'))}",
                           f"discovery.candidates[{i}]"))
