@@ -202,7 +202,7 @@ def test_an_embedding_cluster_is_a_rule_of_centroids_and_is_described_in_words()
     context = DiscoveryContext(model=model, samples=samples[:300], probs=probs, classes=CLASSES, seed=0,
                                predict=predict)
     values = image_properties(context.samples, PROPERTIES)
-    clusters = plugin._clusters(context, context.samples, values, np.ones(300), True)
+    clusters = plugin._clusters(context, context.samples, values)
     assert len(clusters) >= 2
     for s in clusters:
         assert s.rule["op"] == "embedding-cluster" and "input of 'head'" in s.words and "cluster 3" not in s.words
@@ -321,3 +321,19 @@ def test_an_audit_with_error_slices_confirms_the_dark_slice_and_reports_it(tmp_p
     assert "darker images" in html, "description"
     assert "Found by discovery" in html, "found"
     assert "images of the slice" in html, "the member strip"
+
+
+def test_a_slice_candidate_is_checked_and_an_unconfirmed_one_is_named_a_slice():
+    with pytest.raises(ValueError, match="confirmation must be one of intervention, slice"):
+        Candidate(name="c", description="d", cue="property", members=[], intervention={}, confirmation="vote")
+    with pytest.raises(ValueError, match="a slice has a rule"):
+        Candidate(name="c", description="d", cue="property", members=[], intervention={}, target_class=0,
+                  intervention_adds_cue=True, confirmation="slice")
+    from xai_audit.judge.limitations import derive_limitations
+
+    results = {"plan": {"discoverers": [{"error-slices": {}}]}, "samples": {"labelled": True},
+               "discovery": {"candidates": [{"discoverer": "error-slices", "name": "dark", "confirmation": "slice",
+                                             "description": "darker images", "tested_as": "discovered: x"}]},
+               "hypotheses": {"discovered: x": {"status": "ok", "verdict": "not supported"}}}
+    (entry,) = [e for e in derive_limitations(results) if e["kind"] == "not confirmed"]
+    assert entry["text"].startswith("Candidate slice proposed")

@@ -156,7 +156,7 @@ class ErrorSlicesDiscoverer(DiscovererPlugin):
         if o.pairs:
             slices += _pair_slices(values, o.pair_bins, everywhere)
         if o.embedding:
-            slices += self._clusters(context, samples, values, value, labelled)
+            slices += self._clusters(context, samples, values)
         tried = [s for s in slices if min(int((s.mask & s.scope).sum()), int((~s.mask & s.scope).sum())) >= o.min_size
                  and (s.mask & s.scope).sum() <= o.max_share * s.scope.sum()]
         for s in tried:
@@ -180,8 +180,8 @@ class ErrorSlicesDiscoverer(DiscovererPlugin):
         taken: set[str] = set()
         return [self._candidate(context, samples, s, p_adj, len(tried), value, labelled, taken) for p_adj, s in chosen]
 
-    def _clusters(self, context: DiscoveryContext, samples: Sequence[Sample], values: Mapping[str, np.ndarray],
-                  value: np.ndarray, labelled: bool) -> list[_Slice]:
+    def _clusters(self, context: DiscoveryContext, samples: Sequence[Sample],
+                  values: Mapping[str, np.ndarray]) -> list[_Slice]:
         """The clusters of the model's embedding on (a seeded subset of) the discovery images, as slices."""
         o = self.options
         try:
