@@ -5,15 +5,19 @@
 
 For each audited image (a seeded subset of at most ``max_images``) an untargeted PGD attack (``steps`` signed
 gradient steps on the margin between the clean prediction's logit and the best other one, no random start, so
-it is deterministic; an image stops as soon as it flips) runs at each of the plan's ``budgets`` (the share of
-images flipped there, with Wilson intervals) and at ``max_budget``. That brackets each image's smallest
-flipping budget; a bisection narrows each bracket to ``max_budget / 2 ** bisection``. An image that does not
-flip at ``max_budget`` is counted at ``max_budget`` (censored: its true budget is larger; the number is
-reported).
+it is deterministic; an attack stops as soon as its image flips) runs at the plan's ``budgets`` and
+``max_budget`` in turn, smallest first, until one flips the image; a bisection then narrows the bracket
+between the largest budget that did not flip it and the smallest that did to ``max_budget / 2 ** bisection``.
+An image flipped at a budget counts as flipped at every larger one (the share flipped at each budget, with
+Wilson intervals), and is not attacked there. An image that does not flip at ``max_budget`` is counted at
+``max_budget`` (censored: its true budget is larger; the number is reported). With ``l2``, the same in L2.
 
 captum's ``captum.robust.PGD`` takes one radius for a whole batch, so a per-image bisection would run one image
-per batch; the few lines of PGD here take one budget per image and batch every image at once. Gradients come
-from ``context.model.forward`` (the torch module under the audit's input mapping); a black box is refused.
+per batch; the few lines of PGD here take one budget and norm per image, and run every image's attacks (L∞ and
+L2 together) through one batch of the model's best batch size (``best_batch_size``, as the explainers'
+passes): an attack leaves as soon as its image flips and the next attack takes its place. Every attack's first
+step starts from the clean image, whose gradient is computed once per image. Gradients come from
+``context.model.forward`` (the torch module under the audit's input mapping); a black box is refused.
 
 The hypothesis's own test: does more than ``tolerated_flip_share`` of the images flip at ``reference_budget``
 (one-sided exact binomial test, Wilson interval)? Per group column: do the groups need different budgets (a
@@ -24,6 +28,7 @@ interval; a ``bias`` finding when significant). Both enter the audit's Holm corr
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -38,15 +43,14 @@ from xai_audit.api import (
     HypothesisResult,
     ModelError,
     Options,
+    batch_slices,
+    best_batch_size,
     bootstrap_gap_ci,
+    in_best_layout,
     permutation_gap_test,
     wilson_ci,
 )
 from xai_audit_robustness._common import group_columns, seeded_subset, wilson
-
-#: images per attacked batch
-BATCH = 64
-
 
 def _budget(value: Any) -> float:
     """A budget as a number in pixel units of [0, 1], or a string "k/255"."""
@@ -145,106 +149,317 @@ class AdversarialHypothesis(HypothesisPlugin):
         samples = [context.samples[int(i)] for i in index]
         images = np.stack([s.image for s in samples]).astype(np.float32)
         target = context.probs[index].argmax(axis=1)
-        eps, censored, at = _smallest(_Attack(model, o.steps, "linf"), images, target, budgets, max_budget,
-                                      o.bisection)
-        l2 = None
+        norms = {"linf": (budgets, max_budget)}
         if o.l2:
             l2_budgets = list(o.l2_budgets)
-            l2_max = max(float(o.l2_max_budget), l2_budgets[-1])
-            l2 = (*_smallest(_Attack(model, o.steps, "l2"), images, target, l2_budgets, l2_max, o.bisection),
-                  l2_budgets, l2_max)
+            norms["l2"] = (l2_budgets, max(float(o.l2_max_budget), l2_budgets[-1]))
+        found = _smallest(_Search(model, o.steps), images, target, norms, o.bisection)
+        eps, censored, at = found["linf"]
+        l2 = (*found["l2"], *norms["l2"]) if o.l2 else None
         return _result(context, o, samples, index, target, eps, censored, at, budgets, max_budget, l2)
 
 
-def _smallest(attack: "_Attack", images: np.ndarray, target: np.ndarray, budgets: list[float], max_budget: float,
-              bisection: int) -> tuple[np.ndarray, np.ndarray, dict[float, np.ndarray]]:
-    """Each image's smallest flipping budget (max_budget where none flips it: censored) and who flips at each
-    budget. PGD at every budget and at max_budget brackets each image's smallest flipping budget; a bisection
-    then narrows each bracket to the resolution max_budget / 2 ** bisection (only the images still open)."""
-    n = len(images)
-    ladder = sorted(set(budgets) | {max_budget})
-    # every rung of the ladder at once: each image once per budget in the same batches (one budget per copy),
-    # so the passes run in full batches rather than one small batch per budget
-    flat = attack.flips(np.tile(images, (len(ladder), 1, 1, 1)), np.tile(target, len(ladder)),
-                        np.repeat(np.asarray(ladder, float), n))
-    at = {b: flat[k * n:(k + 1) * n] for k, b in enumerate(ladder)}
-    flipped = np.any(np.stack([at[b] for b in ladder]), axis=0)
-    hi = np.array([min([b for b in ladder if at[b][i]], default=max_budget) for i in range(n)])
-    lo = np.array([max([0.0] + [b for b in ladder if b < hi[i] and not at[b][i]]) for i in range(n)])
-    resolution = max_budget / 2 ** bisection
-    for _ in range(64):
-        live = flipped & (hi - lo > resolution * (1 + 1e-9))
-        if not live.any():
-            break
-        mid = (lo + hi) / 2
-        f = np.zeros(n, bool)
-        f[live] = attack.flips(images[live], target[live], mid[live])
-        hi = np.where(live & f, mid, hi)
-        lo = np.where(live & ~f, mid, lo)
-    eps = np.where(flipped, hi, max_budget)
-    return eps, ~flipped, {b: at[b] for b in budgets}
+def _smallest(search: "_Search", images: np.ndarray, target: np.ndarray,
+              norms: dict[str, tuple[list[float], float]], bisection: int
+              ) -> dict[str, tuple[np.ndarray, np.ndarray, dict[float, np.ndarray]]]:
+    """Per norm ("linf", "l2": its budgets and max_budget), each image's smallest flipping budget (max_budget
+    where none flips it: censored) and who flips at each budget.
+
+    Each image climbs the ladder of budgets (and max_budget) until PGD flips it; a bisection then narrows the
+    bracket between the largest budget that did not flip it and the smallest that did to the resolution
+    max_budget / 2 ** bisection. An image flipped at some budget counts as flipped at every larger one (a
+    perturbation within the smaller budget is within the larger), so its larger budgets are not attacked."""
+    chains = {norm: [_Chain(i, norm, sorted(set(budgets) | {top}), top / 2 ** bisection) for i in range(len(images))]
+              for norm, (budgets, top) in norms.items()}
+    search.run(images, target, [c for mine in chains.values() for c in mine])
+    out = {}
+    for norm, (budgets, top) in norms.items():
+        mine = chains[norm]
+        flipped = np.array([c.hi is not None for c in mine])
+        eps = np.array([top if c.hi is None else c.hi for c in mine], float)
+        out[norm] = (eps, ~flipped, {b: np.array([c.hi is not None and c.hi <= b for c in mine]) for b in budgets})
+    return out
 
 
-class _Attack:
+class _Chain:
+    """One image's search in one norm: up the ladder of budgets until PGD flips it, then a bisection of the
+    bracket. ``hi`` is the smallest budget found to flip it (None: none yet), ``lo`` the largest found not to."""
+
+    def __init__(self, image: int, norm: str, ladder: list[float], resolution: float):
+        self.image, self.norm, self.ladder, self.resolution = image, norm, ladder, resolution
+        self.rung = 0
+        self.lo = 0.0
+        self.hi: float | None = None
+
+    def next_budget(self) -> float | None:
+        """The budget of the next attack, or None when the search is done."""
+        if self.hi is None:
+            return self.ladder[self.rung] if self.rung < len(self.ladder) else None
+        if self.hi - self.lo > self.resolution * (1 + 1e-9):
+            return (self.lo + self.hi) / 2
+        return None
+
+    def record(self, budget: float, flipped: bool) -> None:
+        if flipped:
+            self.hi = budget
+        else:
+            self.lo = budget
+            self.rung += self.hi is None
+
+
+class _Search:
     """Untargeted PGD on the margin loss (L-infinity: signed steps, a box; L2: normalised steps, a ball), one
-    budget per image, batched."""
+    budget and norm per attack, the attacks of every chain through one batch at the model's best batch size
+    and memory layout (those the explainers' passes use).
 
-    def __init__(self, model, steps: int, norm: str = "linf"):
+    An attack leaves the batch as soon as its image flips, and its chain's next attack takes its place, so the
+    passes stay full while chains remain. Every attack on an image takes its first step from the clean image,
+    whose gradient is computed once per image for all of them; the check after an attack's last step needs no
+    gradient and runs in forward passes of its own."""
+
+    def __init__(self, model, steps: int):
         self.model = model
         self.steps = steps
-        self.norm = norm
-        #: forward (+ backward) passes run, image by image, for the benchmark's limit
-        self.passes = 0
+        #: images through a forward pass with the input gradient, and through a forward pass alone (the benchmark's
+        #: limit counts them)
+        self.backward_passes = 0
+        self.forward_passes = 0
 
-    def flips(self, images: np.ndarray, target: np.ndarray, eps: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(images), bool)
-        for start in range(0, len(images), BATCH):
-            sl = slice(start, start + BATCH)
-            out[sl] = self._batch(images[sl], target[sl], eps[sl])
-        return out
-
-    def _batch(self, images: np.ndarray, target: np.ndarray, eps: np.ndarray) -> np.ndarray:
-        """PGD on one batch; an image leaves the batch as soon as its prediction flips (it keeps its perturbation)."""
+    def run(self, images: np.ndarray, target: np.ndarray, chains: list[_Chain]) -> None:
+        """Run every chain's attacks until each chain is done (its results are in the chain)."""
         import torch
 
-        device = getattr(self.model, "device", "cpu")
-        x0 = torch.as_tensor(images, device=device)
-        t = torch.as_tensor(target, device=device, dtype=torch.long)
-        e = torch.as_tensor(eps, device=device, dtype=x0.dtype).view(-1, 1, 1, 1)
-        step = 2.5 * e / self.steps
-        delta = torch.zeros_like(x0)
-        flipped = torch.zeros(len(x0), dtype=torch.bool, device=device)
+        model = self.model
+        shape = tuple(images.shape[1:])
+        batch = max(2, best_batch_size(model, shape, backward=True))
+        forward_batch = max(2, best_batch_size(model, shape, backward=False))
+        x_all = in_best_layout(model, torch.as_tensor(images, device=getattr(model, "device", "cpu")), backward=True)
+        t_all = torch.as_tensor(target, device=x_all.device, dtype=torch.long)
+        grad0, clean_flipped = self._clean(x_all, t_all, batch)
+        pools = {norm: _Pool(norm, batch, x_all, self.steps) for norm in dict.fromkeys(c.norm for c in chains)}
+        ready = deque(chains)
+        held: list[tuple[list[tuple[_Chain, float]], Any, Any]] = []  # after their last step: (attacks, images, targets)
+        while True:
+            # the chains ready for their next attack fill the rows that attacks left (or the batch grows to them)
+            new: dict[str, list[tuple[_Chain, float]]] = {norm: [] for norm in pools}
+            free = batch - sum(p.busy for p in pools.values())
+            while free > 0 and ready:
+                chain = ready.popleft()
+                budget = chain.next_budget()
+                if budget is None:
+                    continue
+                if clean_flipped[chain.image]:  # the model already disagrees with the target: no attack needed
+                    chain.record(budget, True)
+                    ready.append(chain)
+                    continue
+                new[chain.norm].append((chain, budget))
+                free -= 1
+            for norm, pool in pools.items():
+                attacks = new[norm]
+                index = torch.as_tensor([c.image for c, _ in attacks], device=x_all.device, dtype=torch.long)
+                done = pool.fill(attacks, x_all[index], t_all[index], grad0[index])
+                if done is not None:  # one step is all an attack takes: straight to its check
+                    held.append(done)
+            waiting = sum(len(h[0]) for h in held)
+            if waiting and (waiting >= forward_batch or free > 0):
+                self._check(held, forward_batch, ready)
+                held = []
+                continue
+            live = [p for p in pools.values() if p.m]
+            if not live:
+                break
+            x = live[0].x[: live[0].m] if len(live) == 1 else torch.cat([p.x[: p.m] for p in live])
+            t = live[0].t[: live[0].m] if len(live) == 1 else torch.cat([p.t[: p.m] for p in live])
+            with torch.enable_grad():
+                grad, now = self._margin_grad(x, t)
+            self.backward_passes += len(x)
+            now = now.cpu().numpy()
+            start = 0
+            for pool in live:
+                rows = slice(start, start + pool.m)
+                start += pool.m
+                for i in np.flatnonzero(now[rows]):
+                    chain, budget = pool.members[i]
+                    chain.record(budget, True)
+                    ready.append(chain)
+                done = pool.step(grad[rows], now[rows])
+                if done is not None:
+                    held.append(done)
+
+    def _check(self, held, forward_batch: int, ready: deque) -> None:
+        """Forward passes over the attacks that took their last step: did each flip its image?"""
+        import torch
+
+        attacks = [a for h in held for a in h[0]]
+        x = held[0][1] if len(held) == 1 else torch.cat([h[1] for h in held])
+        t = held[0][2] if len(held) == 1 else torch.cat([h[2] for h in held])
+        flipped = []
+        with torch.no_grad():
+            for part in batch_slices(len(x), forward_batch):
+                flipped.append(self.model.forward(x[part]).argmax(dim=1) != t[part])
+        self.forward_passes += len(x)
+        for (chain, budget), f in zip(attacks, torch.cat(flipped).cpu().numpy()):
+            chain.record(budget, bool(f))
+            ready.append(chain)
+
+    def _clean(self, x: Any, t: Any, batch: int) -> tuple[Any, np.ndarray]:
+        """The margin's gradient at every clean image (every attack's first step), and whether the model already
+        disagrees with the target there."""
+        import torch
+
+        grads, flipped = [], []
         with torch.enable_grad():
-            for _ in range(self.steps):
-                live = (~flipped).nonzero()[:, 0]
-                if not len(live):
-                    break
-                x = (x0[live] + delta[live]).clamp(0, 1).detach().requires_grad_(True)
-                logits = self.model.forward(x)
-                tl = t[live]
-                now = logits.detach().argmax(dim=1) != tl
-                rows = torch.arange(len(live), device=device)
-                other = logits.clone()
-                other[rows, tl] = -torch.inf
-                margin = logits[rows, tl] - other.max(dim=1).values
-                (grad,) = torch.autograd.grad(margin.sum(), x)
-                self.passes += len(live)
-                if self.norm == "linf":
-                    new = (delta[live] - step[live] * grad.sign()).clamp(-e[live], e[live])
-                else:
-                    g = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                    new = delta[live] - step[live] * g
-                    norm = new.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                    new = new * torch.clamp(e[live] / norm, max=1.0)
-                new = (x0[live] + new).clamp(0, 1) - x0[live]
-                delta[live] = torch.where(now.view(-1, 1, 1, 1), delta[live], new.detach())
-                flipped[live] = now
-        live = (~flipped).nonzero()[:, 0]
-        if len(live):
-            self.passes += len(live)
-            with torch.no_grad():
-                flipped[live] = self.model.forward((x0[live] + delta[live]).clamp(0, 1)).argmax(dim=1) != t[live]
-        return flipped.cpu().numpy()
+            for part in batch_slices(len(x), batch):
+                grad, now = self._margin_grad(x[part], t[part])
+                grads.append(grad)
+                flipped.append(now)
+        self.backward_passes += len(x)
+        return torch.cat(grads), torch.cat(flipped).cpu().numpy()
+
+    def _margin_grad(self, x: Any, t: Any) -> tuple[Any, Any]:
+        """The gradient of the margin (the target's logit minus the best other one) at images ``x``, and whether
+        the prediction already differs from the target."""
+        import torch
+
+        x = x.detach().requires_grad_(True)
+        logits = self.model.forward(x)
+        now = logits.detach().argmax(dim=1) != t
+        rows = torch.arange(len(x), device=x.device)
+        other = logits.clone()
+        other[rows, t] = -torch.inf
+        margin = logits[rows, t] - other.max(dim=1).values
+        (grad,) = torch.autograd.grad(margin.sum(), x)
+        return grad, now
+
+
+class _Pool:
+    """The attacks of one norm under way, row by row in tensors allocated once for a full batch: the perturbed
+    images, targets, budgets, and what keeps each image in its budget (L-infinity: the box it may move in; L2:
+    the clean image). Rows ``[0, m)`` are in use but for the ``gaps`` that attacks left in the last step; new
+    attacks fill the gaps first, and the last rows move into those they leave."""
+
+    def __init__(self, norm: str, capacity: int, like: Any, steps: int):
+        import torch
+
+        images = torch.empty_like(like[:1]).expand(capacity, *like.shape[1:])
+        per_image = ("x", "low", "high") if norm == "linf" else ("x", "x0")
+        self.data = {name: torch.empty_like(images) for name in per_image}  # the images' memory layout
+        self.data["t"] = torch.empty(capacity, dtype=torch.long, device=like.device)
+        self.data["e"] = torch.empty((capacity, 1, 1, 1), dtype=like.dtype, device=like.device)
+        self.norm, self.steps = norm, steps
+        self.members: list[tuple[_Chain, float] | None] = []
+        self.gaps: list[int] = []
+        self.k = np.zeros(capacity, int)
+
+    @property
+    def m(self) -> int:
+        return len(self.members)
+
+    @property
+    def busy(self) -> int:
+        return len(self.members) - len(self.gaps)
+
+    @property
+    def x(self) -> Any:
+        return self.data["x"]
+
+    @property
+    def t(self) -> Any:
+        return self.data["t"]
+
+    def fill(self, attacks: list[tuple[_Chain, float]], x0: Any, t: Any, grad0: Any) -> tuple | None:
+        """New attacks on clean images ``x0``, each after its first step along the clean gradient ``grad0``: into
+        the gaps, then at the end; the gaps left are closed. Returns the attacks done after that one step (with
+        ``steps`` 1), with their images and targets, else None."""
+        import torch
+
+        if attacks:
+            e = torch.tensor([b for _, b in attacks], dtype=x0.dtype, device=x0.device).view(-1, 1, 1, 1)
+            values = {"t": t, "e": e}
+            if self.norm == "linf":
+                values["low"], values["high"] = (x0 - e).clamp_(min=0), (x0 + e).clamp_(max=1)
+                values["x"] = self._linf(x0.clone(), grad0, e, values["low"], values["high"])
+            else:
+                values["x0"] = x0
+                values["x"] = self._l2(x0.clone(), x0, grad0, e)
+            if self.steps == 1:
+                self._close_gaps()
+                return attacks, values["x"], t
+            rows = self.gaps[: len(attacks)]
+            rows += range(self.m, self.m + len(attacks) - len(rows))
+            self.gaps = self.gaps[len(attacks):]
+            index = self._index(rows)
+            for name, value in values.items():
+                self.data[name].index_copy_(0, index, value)
+            self.members += [None] * (max(rows) + 1 - self.m)
+            for row, attack in zip(rows, attacks):
+                self.members[row] = attack
+            self.k[rows] = 1
+        self._close_gaps()
+        return None
+
+    def step(self, grad: Any, flipped: np.ndarray) -> tuple | None:
+        """One PGD step of every attack under way along ``grad`` (the margin's gradient at each row's image);
+        the ``flipped`` rows leave. Returns the attacks that took their last step, with their images and
+        targets (they leave too), or None."""
+        m = self.m
+        data = {name: value[:m] for name, value in self.data.items()}
+        if self.norm == "linf":
+            self._linf(data["x"], grad, data["e"], data["low"], data["high"])
+        else:
+            self._l2(data["x"], data["x0"], grad, data["e"])
+        self.k[:m] += 1
+        last = self.k[:m] >= self.steps
+        finished = np.flatnonzero(last & ~flipped)
+        done = None
+        if len(finished):
+            index = self._index(finished)
+            done = ([self.members[i] for i in finished], data["x"][index], data["t"][index])
+        self.gaps = [int(i) for i in np.flatnonzero(last | flipped)]
+        for i in self.gaps:
+            self.members[i] = None
+        return done
+
+    def _linf(self, x: Any, grad: Any, e: Any, low: Any, high: Any) -> Any:
+        """A signed step, then back into the box around the clean image within [0, 1] (in place)."""
+        import torch
+
+        x.addcmul_(2.5 * e / self.steps, grad.sign(), value=-1)
+        return torch.clamp(x, low, high, out=x)
+
+    def _l2(self, x: Any, x0: Any, grad: Any, e: Any) -> Any:
+        """A step along the normalised gradient, then back into the ball around the clean image and into [0, 1]
+        (in place)."""
+        import torch
+
+        def norm(v: Any) -> Any:  # each image's Euclidean norm, (N, 1, 1, 1), in any memory layout without a copy
+            return torch.linalg.vector_norm(v, dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+
+        d = (x - x0).addcmul_((2.5 * e / self.steps) / norm(grad), grad, value=-1)
+        d.mul_(torch.clamp(e / norm(d), max=1.0))
+        return torch.add(x0, d, out=x).clamp_(0, 1)
+
+    def _close_gaps(self) -> None:
+        """Move the last attacks into the gaps left, so that rows ``[0, m)`` are all in use."""
+        if not self.gaps:
+            return
+        m = self.busy
+        gaps = [g for g in self.gaps if g < m]
+        movers = [r for r in range(m, self.m) if self.members[r] is not None]
+        if gaps:
+            to, frm = self._index(gaps), self._index(movers)
+            for value in self.data.values():
+                value.index_copy_(0, to, value.index_select(0, frm))
+            self.k[gaps] = self.k[movers]
+            for g, r in zip(gaps, movers):
+                self.members[g] = self.members[r]
+        del self.members[m:]
+        self.gaps = []
+
+    def _index(self, rows: Any) -> Any:
+        import torch
+
+        return torch.as_tensor(np.asarray(rows), device=self.x.device, dtype=torch.long)
 
 
 def _result(context, o: AdversarialOptions, samples, index, target, eps, censored, at, budgets, max_budget,
