@@ -10,7 +10,7 @@ from xai_audit.demo.model import EMOTIONS
 from xai_audit.demo.train import CUES, recipe_for
 
 
-def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 1400, shortcuts: bool = True) -> dict:
+def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 2100, shortcuts: bool = True) -> dict:
     return {
         "seed": seed,
         "model": {
@@ -20,8 +20,9 @@ def demo_plan(weights: Path, *, seed: int = 0, n_test: int = 1400, shortcuts: bo
             "classes": list(EMOTIONS),
         },
         # the audited faces carry the cues the training faces had (CUES); nothing below names them:
-        # the discoverers must find them. 1,400 faces: with half held back for confirming discoveries, and
-        # ~230 faces per skin tone, the rare tone's ~10-point gap stays significant after Holm (at 700, p 0.14)
+        # the discoverers must find them. 2,100 faces: half held back for confirming discoveries, and ~350 faces
+        # per skin tone, so the rare tone's ~9-point gap is significant after Holm (permutation p ~0.001; with
+        # ~230 a tone, p 0.01 to 0.02 and the verdict turned on which CPU trained the model)
         "dataset": {"loader": "synthetic-faces", "split": "test", "n": n_test, "seed": seed, **CUES},
         "explain": {"samples": 12, "trust": {"budget": "full", "steps": 12, "sanity_samples": 3, "sanity_stages": 3},
                     "test_suggestions": True},
@@ -81,7 +82,7 @@ def demo_system(*, seed: int, shortcuts: bool) -> dict:
     No responsible person is named: nobody answers for a model drawn on the user's machine, and the report
     shows that field as not stated."""
     planted = ("Trained on synthetic faces with four faults planted on purpose: most 'sad' training images (and "
-               "a few others) are darkened; skin tone VI is about 1 % of the training images; most 'happy' faces "
+               "a few others) are darkened; skin tone VI is 0.3 % of the training images; most 'happy' faces "
                "carry a bright mark in the top-left corner, and most 'surprise' faces a green-tinted background "
                "(the plan names neither of the last two: its discoverers must find them)."
                if shortcuts else "Trained on synthetic faces without the planted faults (--no-shortcuts).")

@@ -23,6 +23,10 @@ RECIPE_VERSION = 3
 #: some 'surprise' images; the demo plan names neither. Sized so the trained CNN really uses them
 CUES: dict[str, Any] = {"stamp_class": "happy", "stamp_fraction": 0.9, "stamp_side": 0.16,
                         "tint_class": "surprise", "tint_fraction": 0.8}
+#: share of skin tone VI in the demo's training faces (9 of 3,000): rare enough that the CNN is clearly worse on
+#: it on any CPU (the trained weights differ between AVX2 and AVX-512 kernels; at 1 % the gap was 7 points on one
+#: and 9 on the other, too close to the test's power to be a demo)
+RARE_FRACTION = 0.003
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ def recipe_for(data: str, *, seed: int, shortcuts: bool = True, n_train: int = 3
         return Recipe("digits", {"split": "train", "seed": seed, "size": 32}, 10, 1, 12)
     options: dict[str, Any] = {"split": "train", "n": n_train, "seed": seed + 1}
     if shortcuts:
-        options.update(CUES)
+        options.update(CUES, rare_fraction=RARE_FRACTION)
     else:
         options.update(dark_sad=0.0, dark_other=0.0, rare_tone=None)
     return Recipe("synthetic-faces", options, len(EMOTIONS), 3, 8)
