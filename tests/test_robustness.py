@@ -117,6 +117,52 @@ def test_unknown_corruption_and_severity_are_refused():
         CorruptionsHypothesis.Options(severities=[0, 6])
 
 
+def test_each_corruption_and_severity_is_cached_so_a_plan_that_adds_one_computes_only_that_one(registry, tmp_path):
+    from xai_audit.plan import Step
+    from xai_audit.run.cache import Cache
+    from xai_audit.run.serialize import to_jsonable
+    from xai_audit.run.steps import test_hypothesis
+
+    samples = fa.make_samples(24, groups=lambda i: {"site": "a" if i % 2 else "b"})
+    predicted: list[int] = []
+
+    def counting(images):
+        predicted.append(len(images))
+        return noise_is_sad(images)
+
+    info = registry.get("hypothesis", "corruptions")
+    cache, base_key = Cache(tmp_path / "cache"), {"model": "noise-is-sad", "data": "fake", "ids": "24", "seed": 0}
+
+    def step(**options):
+        return Step("hypothesis", "corruptions", info, info.cls.Options(**options))
+
+    def images_through_the_model(**options):
+        ctx = fa.context(samples, counting)
+        predicted.clear()  # the clean predictions are the baseline's, not the step's
+        result = test_hypothesis(step(**options), ctx, cache, base_key)
+        return sum(predicted), result
+
+    first, _ = images_through_the_model(corruptions=["gaussian_noise", "contrast"], severities=[1, 3])
+    assert first == 24 * 2 * 2
+    # one corruption more: only its two severities go through the model; the others come from the cache
+    more, result = images_through_the_model(corruptions=["gaussian_noise", "contrast", "pixelate"], severities=[1, 3])
+    assert more == 24 * 2
+    # one severity more: only that severity of each corruption
+    deeper, _ = images_through_the_model(corruptions=["gaussian_noise", "contrast", "pixelate"], severities=[1, 2, 3])
+    assert deeper == 24 * 3
+    assert images_through_the_model(corruptions=["contrast", "gaussian_noise", "pixelate"], severities=[1, 3])[0] == 0
+    # the parts from the cache give the result a fresh run gives
+    _, fresh = run(CorruptionsHypothesis, fa.context(samples, noise_is_sad),
+                   corruptions=["gaussian_noise", "contrast", "pixelate"], severities=[1, 3])
+    assert json.dumps(to_jsonable(result_dict(result))) == json.dumps(to_jsonable(result_dict(fresh)))
+    assert np.array_equal(result.arrays["corrupted"], fresh.arrays["corrupted"])
+    # another model (or other images) shares none of them
+    ctx = fa.context(samples, counting)
+    predicted.clear()
+    test_hypothesis(step(corruptions=["gaussian_noise"], severities=[1]), ctx, cache, {**base_key, "model": "another"})
+    assert sum(predicted) == 24
+
+
 # --------------------------------------------------------------------------- adversarial
 
 

@@ -93,6 +93,7 @@ from xai_audit.contract.types import (
     RegionSource,
     RegionSourcePlugin,
     Sample,
+    StepParts,
 )
 from xai_audit.errors import DataError, ModelError, PlanError, XaiAuditError
 from xai_audit.files import shown as shown_path
@@ -119,6 +120,7 @@ __all__ = [
     "ModelPasses",
     "HypothesisContext",
     "HypothesisResult",
+    "StepParts",
     "AuditedData",
     "DiscoveryContext",
     "Candidate",

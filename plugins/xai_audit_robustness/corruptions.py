@@ -31,6 +31,7 @@ Statistics, with labels (accuracy) or without (agreement with the model's own cl
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from typing import Any
 
@@ -206,20 +207,34 @@ class CorruptionsHypothesis(HypothesisPlugin):
         names, levels = list(opts.corruptions), list(opts.severities)
         ids = [s.id for s in ctx.samples]
         k = len(ctx.classes)
-        after = {(c, s): np.zeros((n, k), np.float32) for c in names for s in levels}
+        # each corruption and severity is a part of its own in the step's cache: a plan that adds one computes
+        # only that one (its key: the corruption, the severity and the images corrupted)
+        images_key = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+        def part(c: str, s: int) -> dict[str, Any]:
+            return {"corruption": c, "severity": s, "images": images_key, "seed": ctx.seed}
+
+        after: dict[tuple[str, int], np.ndarray] = {}
         example: dict[tuple[str, int], np.ndarray] = {}
-        first_image = None
-        shape = None
-        for rows, images in ctx.batches(CHUNK):
-            shape = images.shape
-            for c in names:
-                for s in levels:
+        for c in names:
+            for s in levels:
+                hit = ctx.parts.get(part(c, s)) if ctx.parts is not None else None
+                if hit is not None and hit.get("probs") is not None and hit["probs"].shape == (n, k):
+                    after[(c, s)], example[(c, s)] = hit["probs"], hit["example"]
+        missing = [(c, s) for c in names for s in levels if (c, s) not in after]
+        after.update({key: np.zeros((n, k), np.float32) for key in missing})
+        first = np.asarray(ctx.samples[0].image, np.float32)
+        first_image, shape = shrink_for_report(first), (n, *first.shape)
+        if missing:
+            for rows, images in ctx.batches(CHUNK):
+                for c, s in missing:
                     changed = corrupt(images, ids[rows], c, s, ctx.seed)
                     after[(c, s)][rows] = ctx.predict(changed)
                     if rows.start == 0:
                         example[(c, s)] = shrink_for_report(changed[0])
-            if rows.start == 0:
-                first_image = shrink_for_report(images[0])
+            if ctx.parts is not None:
+                for c, s in missing:
+                    ctx.parts.put(part(c, s), {"probs": after[(c, s)], "example": example[(c, s)]})
         return _result(ctx, opts, after, example, first_image, shape)
 
 

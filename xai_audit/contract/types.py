@@ -286,6 +286,25 @@ class LoadContext:
     device: str = "cpu"
 
 
+class StepParts(abc.ABC):
+    """A hypothesis step's parts, cached one by one, for a step made of parts that do not depend on each other
+    (the corruption battery: one part per corruption and severity), so that a plan that adds one part computes
+    only that one again.
+
+    The host keys a part by the model, the data, the seed, the plugin's package, version and code, and
+    ``part``: plain data (JSON-serialisable) naming everything else the part's arrays depend on (e.g. the
+    corruption, the severity and the images' ids), but not the step's options, so a part is shared by every
+    step and plan that asks for it."""
+
+    @abc.abstractmethod
+    def get(self, part: Any) -> dict[str, np.ndarray] | None:
+        """The arrays stored for ``part``, or None when there are none (or the entry is damaged)."""
+
+    @abc.abstractmethod
+    def put(self, part: Any, arrays: dict[str, np.ndarray]) -> None:
+        """Store ``arrays`` for ``part`` (a cache that cannot be written costs a later run a recomputation)."""
+
+
 @dataclass
 class HypothesisContext:
     """What a hypothesis sees: the model, the audited samples and the baseline.
@@ -304,6 +323,8 @@ class HypothesisContext:
     #: builds another data set from plan-style options ``{"loader": name, ...}`` (for
     #: dataset-shift), resolving paths like the plan's; None where the host offers none
     load_dataset: Callable[[dict[str, Any]], Dataset] | None = None
+    #: the step's cache of its own parts (see :class:`StepParts`); None where the host caches nothing
+    parts: "StepParts | None" = None
 
     @property
     def labels(self) -> np.ndarray | None:

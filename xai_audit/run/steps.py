@@ -28,6 +28,7 @@ from xai_audit.contract.types import (
     LoadContext,
     NonFiniteScores,
     Sample,
+    StepParts,
 )
 from xai_audit.errors import ModelError, XaiAuditError
 from xai_audit.load.loading import AuditInputs, load_step, seed_everything
@@ -323,9 +324,27 @@ def test_hypothesis(step: Step, context: HypothesisContext, cache: Cache, base_k
             return hypothesis_from_cache(*hit)
         seed_everything(context.seed)
         plugin = step.instantiate()
+        context = dataclasses.replace(context, parts=CachedParts(cache, step, base_key))
         result = run_with_limit(lambda: plugin.test(context), limit, f"hypothesis {step.name}")
         cache.put(key, *hypothesis_to_cache(result))
         return result
+
+
+class CachedParts(StepParts):
+    """A hypothesis step's parts in the run's cache, keyed by the inputs, the plugin's code and the part (not
+    the step's name or options: a part is shared by every step that asks for it)."""
+
+    def __init__(self, cache: Cache, step: Step, base_key: dict):
+        self.cache = cache
+        self.prefix = ["hypothesis-part", step.plugin.package, step.plugin.version, code_hash(step.plugin.cls),
+                       base_key]
+
+    def get(self, part: Any) -> dict[str, np.ndarray] | None:
+        hit = self.cache.get(content_key(*self.prefix, part))
+        return None if hit is None else hit[1]
+
+    def put(self, part: Any, arrays: dict[str, np.ndarray]) -> None:
+        self.cache.put(content_key(*self.prefix, part), {}, arrays)
 
 
 def result_dict(result: HypothesisResult) -> dict[str, Any]:
