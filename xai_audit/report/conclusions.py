@@ -18,7 +18,7 @@ MAX_HARD_LISTED = 12
 #: entries (findings of one test and kind taken together) shown on the summary pages; the appendix lists all
 SUMMARY_FINDINGS = 8
 #: recommendation rows shown in the body; the appendix and finetune_manifest.csv have them all
-BODY_RECOMMENDATIONS = 8
+BODY_RECOMMENDATIONS = 5
 _ACTION_LABELS = {
     "augment": "Augment",
     "add-group": "Add images of a group",
