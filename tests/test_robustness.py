@@ -163,6 +163,58 @@ def test_each_corruption_and_severity_is_cached_so_a_plan_that_adds_one_computes
     assert sum(predicted) == 24
 
 
+def noise_is_sad_for_half(images: np.ndarray) -> np.ndarray:
+    """As noise_is_sad, but only the images coded 0 or 1 turn "sad" when noisy: a third of its errors."""
+    noisy = images[:, 0, 2:6, :7].std(axis=(1, 2)) > 0.03
+    code = fa.read_code(images)
+    return fa.one_hot(np.where(noisy & (code < 2), fa.SAD, code))
+
+
+def as_results(result, name: str) -> dict:
+    """A results.json as the comparison reads it, around one corruptions result."""
+    return {"schema_version": "2.2", "provenance": {"model": {"adapter": "torch", "fingerprint": name * 12},
+                                                    "dataset": {"fingerprint": "same"}},
+            "samples": {"n": result.n},
+            "hypotheses": {"corruptions": {"status": "ok", "plugin": "corruptions",
+                                           "options": {"reference_model": None}, **result_dict(result)}}}
+
+
+def test_the_corruption_error_relative_to_a_reference_model(tmp_path):
+    from xai_audit.judge.compare import compare_results
+    from xai_audit.report.comparison import write_comparison
+
+    samples = fa.make_samples(70)
+    options = {"corruptions": ["gaussian_noise", "shot_noise"], "severities": [1, 3]}
+    _, fragile = run(CorruptionsHypothesis, fa.context(samples, noise_is_sad), **options)
+    _, half = run(CorruptionsHypothesis, fa.context(samples, noise_is_sad_for_half), **options)
+    errors = {name: np.array(r.per_sample["corruption_error"]) for name, r in (("a", fragile), ("b", half))}
+    assert errors["a"].shape == (70, 2) and errors["a"].mean() > 0.5
+    # Hendrycks & Dietterich: each corruption's error over the reference's, averaged over the corruptions
+    expected = float(np.mean(errors["b"].mean(axis=0) / errors["a"].mean(axis=0)))
+    assert 0.2 < expected < 0.5  # about a third of the errors, by construction; no clean errors
+
+    comparison = compare_results([("a", as_results(fragile, "a")), ("b", as_results(half, "b"))])
+    rows = {r["model"]: r for r in comparison["corruption_reference"]}
+    assert {r["reference"] for r in rows.values()} == {"a"}  # the first model, unless the plan names one
+    assert rows["a"]["mce"] == 1.0 and rows["a"]["mce_ci"] == [1.0, 1.0]
+    b = rows["b"]
+    assert b["mce"] == pytest.approx(expected) and b["mce_ci"][0] < expected < b["mce_ci"][1] < 1
+    assert b["relative_mce"] == pytest.approx(expected)  # no clean error: the relative mCE is the same
+    assert b["n_common"] == 70 and b["left_out"] == []
+    # the plan names the reference: the other model's errors are the denominators
+    named = as_results(half, "b")
+    named["hypotheses"]["corruptions"]["options"]["reference_model"] = "b"
+    turned = {r["model"]: r for r in compare_results([("b", named), ("a", as_results(fragile, "a"))])
+              ["corruption_reference"]}
+    assert turned["a"]["reference"] == "b" and turned["b"]["mce"] == 1.0
+    assert turned["a"]["mce"] == pytest.approx(float(np.mean(errors["a"].mean(axis=0) / errors["b"].mean(axis=0))))
+    assert turned["a"]["mce_ci"][0] > 1
+    # the comparison page shows it
+    write_comparison(comparison, {}, tmp_path, formats=["html"])
+    page = (tmp_path / "comparison.html").read_text()
+    assert "Corruption error relative to a reference model" in page and f"{b['mce']:.2f} [" in page
+
+
 # --------------------------------------------------------------------------- adversarial
 
 

@@ -80,6 +80,11 @@ class CorruptionsOptions(InterventionOptions):
         description=f"which corruptions (of {', '.join(ALL_CORRUPTIONS)})",
     )
     severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], description="severities, each 1 to 5")
+    reference_model: str | None = Field(
+        None,
+        description="in a plan of several models, the one whose corruption errors the others' are divided by (the "
+        "mCE relative to a reference model, on the comparison page); default: the first model",
+    )
     test_each_severity: bool = Field(
         False,
         description="also enter each severity's paired test into the audit's Holm correction (default: one test "
@@ -348,6 +353,12 @@ def _result(ctx: HypothesisContext, opts: CorruptionsOptions, after: dict, examp
               "95 % paired bootstrap interval of the mean share"),
         breakdown=breakdown, examples=examples, details=details, figures=figures, arrays=arrays,
         kind="fragility", tests=tests, warnings=warnings, key_tables=["worst corruptions"],
+        # each image's error (wrong, or without labels changed) clean and under each corruption (mean over the
+        # severities, in the order of details.corruptions): a comparison of several models pairs them image by
+        # image for the corruption error relative to a reference model
+        per_sample={"ids": [s.id for s in ctx.samples], "clean_error": (~ok0).astype(int).tolist(),
+                    "corruption_error": np.stack([1 - np.stack([ok[(c, s)] for s in levels]).mean(axis=0)
+                                                  for c in names], axis=1).round(6).tolist()},
     )
 
 

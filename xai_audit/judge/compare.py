@@ -62,6 +62,7 @@ def compare_results(named: Sequence[tuple[str, dict[str, Any]]], *, seed: int = 
             "groups": _groups(named),
             "hypotheses": _hypotheses(named),
             "effect_pairs": effect_pairs,
+            "corruption_reference": corruption_reference(named, seed),
             "explainers": sorted({e for _, r in named for e in r.get("explainers", {})}),
             "same_data": len({r["provenance"]["dataset"]["fingerprint"] for _, r in named}) == 1,
         }
@@ -218,7 +219,7 @@ def _harm_by_id(results: dict[str, Any], entry: dict[str, Any], *,
     flip rate even on labelled images)."""
     per = entry.get("per_sample") or {}
     base = results.get("per_sample") or {}
-    if not per.get("ids") or not base.get("ids"):
+    if not per.get("ids") or not base.get("ids") or "predictions_after" not in per:
         return None
     clean = {sid: (label, pred) for sid, label, pred in zip(base["ids"], base["labels"], base["predictions"])}
     harm: dict[str, float] = {}
@@ -232,3 +233,102 @@ def _harm_by_id(results: dict[str, Any], entry: dict[str, Any], *,
         else:
             harm[sid] = float(after != before)
     return harm, ("accuracy drop" if labelled else "flip rate")
+
+
+def corruption_reference(named: Sequence[tuple[str, dict[str, Any]]], seed: int, n_boot: int = 2000
+                         ) -> list[dict[str, Any]]:
+    """The corruption error of each model relative to a reference model's, as Hendrycks & Dietterich define it,
+    for every corruptions step that several audits ran with the same corruptions and severities.
+
+    The reference is the model the step's ``reference_model`` option names, else the first. For each corruption
+    c, CE_c = the model's error summed over the severities ÷ the reference's (``mce``: the mean over the
+    corruptions), and the relative CE_c = the same for the error above each model's clean error (``relative_mce``;
+    None where the reference's corrupted error does not exceed its clean error). Errors are counted on the images
+    both models saw (by sample id); without labels an error is a prediction the corruption changed. 95 %
+    intervals: the images resampled together for both models (a paired bootstrap).
+    """
+    rows: list[dict[str, Any]] = []
+    steps: list[str] = []
+    for _, results in named:
+        for step, entry in (results.get("hypotheses") or {}).items():
+            if entry.get("plugin") == "corruptions" and entry.get("status") == "ok" and step not in steps:
+                steps.append(step)
+    for step in steps:
+        have = [(name, (r.get("hypotheses") or {}).get(step) or {}) for name, r in named]
+        have = [(name, e) for name, e in have if e.get("status") == "ok" and (e.get("per_sample") or {}).get("ids")]
+        if len(have) < 2:
+            continue
+        wanted = ((have[0][1].get("options") or {}).get("reference_model"))
+        names = [name for name, _ in have]
+        reference = wanted if wanted in names else names[0]
+        note = (f"the plan names {wanted!r} as the reference, and it is not among the compared models: the first is "
+                "used" if wanted and wanted not in names else "")
+        ref = dict(have)[reference]
+        for name, entry in have:
+            row: dict[str, Any] = {"step": step, "model": name, "reference": reference, "note": note}
+            row.update(_relative_to(entry, ref, seed, n_boot, same=name == reference))
+            rows.append(row)
+    return rows
+
+
+def _relative_to(entry: dict[str, Any], ref: dict[str, Any], seed: int, n_boot: int, *, same: bool
+                 ) -> dict[str, Any]:
+    details, ref_details = entry.get("details") or {}, ref.get("details") or {}
+    corruptions = list(details.get("corruptions") or [])
+    if corruptions != list(ref_details.get("corruptions") or []) or \
+            details.get("severities") != ref_details.get("severities") or \
+            details.get("labelled") != ref_details.get("labelled"):
+        return {"n_common": 0, "mce": None, "mce_ci": None, "relative_mce": None, "relative_mce_ci": None,
+                "test": "not compared: the steps ran other corruptions, severities or metrics"}
+    mine, theirs = _errors_by_id(entry), _errors_by_id(ref)
+    common = sorted(set(mine) & set(theirs))
+    if len(common) < 2:
+        return {"n_common": len(common), "mce": None, "mce_ci": None, "relative_mce": None, "relative_mce_ci": None,
+                "test": "fewer than two images in common"}
+    clean = np.array([mine[i][0] for i in common], float)
+    err = np.array([mine[i][1] for i in common], float)  # (n, corruptions): mean error over the severities
+    ref_clean = np.array([theirs[i][0] for i in common], float)
+    ref_err = np.array([theirs[i][1] for i in common], float)
+
+    # a corruption the reference gets no error on (or, relative, no error above its clean error) has no ratio:
+    # it is left out of the mean, and named
+    ref_ce, ref_clean_err = ref_err.mean(axis=0), ref_clean.mean()
+    kept = ref_ce > 0
+    kept_rel = ref_ce - ref_clean_err > 0
+
+    def scores(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mCE, relative mCE) over resamples ``idx`` (B, n) of the images, NaN where a ratio is undefined."""
+        e, r = err[idx].mean(axis=1), ref_err[idx].mean(axis=1)  # (B, corruptions)
+        e0, r0 = clean[idx].mean(axis=1)[:, None], ref_clean[idx].mean(axis=1)[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ce = np.where(r > 0, e / r, np.nan)[:, kept]
+            rel = np.where(r - r0 > 0, (e - e0) / (r - r0), np.nan)[:, kept_rel]
+        return (ce.mean(axis=1) if kept.any() else np.full(len(idx), np.nan),
+                rel.mean(axis=1) if kept_rel.any() else np.full(len(idx), np.nan))
+
+    n = len(common)
+    mce, rel = (float(v[0]) for v in scores(np.arange(n)[None, :]))
+    boot_mce, boot_rel = scores(np.random.default_rng(seed).integers(0, n, size=(n_boot, n)))
+
+    def interval(point: float, boot: np.ndarray) -> list[float] | None:
+        if not np.isfinite(point):
+            return None
+        if same:
+            return [point, point]
+        ok = boot[np.isfinite(boot)]
+        return [float(np.percentile(ok, 2.5)), float(np.percentile(ok, 97.5))] if len(ok) >= 0.95 * n_boot else None
+
+    return {"n_common": n, "corruptions": corruptions,
+            "left_out": [c for c, k in zip(corruptions, kept) if not k],
+            "relative_left_out": [c for c, k in zip(corruptions, kept_rel) if not k],
+            "mce": mce if np.isfinite(mce) else None, "mce_ci": interval(mce, boot_mce),
+            "relative_mce": rel if np.isfinite(rel) else None, "relative_mce_ci": interval(rel, boot_rel),
+            "test": "Hendrycks & Dietterich's mCE and relative mCE with this model as the baseline: each "
+                    "corruption's error summed over the severities over the reference's, averaged over the "
+                    "corruptions; 95 % paired bootstrap interval over the images both models saw"}
+
+
+def _errors_by_id(entry: dict[str, Any]) -> dict[str, tuple[float, list[float]]]:
+    per = entry.get("per_sample") or {}
+    return {sid: (float(c), [float(x) for x in e])
+            for sid, c, e in zip(per.get("ids") or [], per.get("clean_error") or [], per.get("corruption_error") or [])}

@@ -75,11 +75,26 @@ def build_comparison_context(comparison: Mapping[str, Any], artifacts: Mapping[s
              "p_value_adjusted": _p(p.get("p_value_adjusted")), "verdict": p.get("verdict", ""), "test": p.get("test", "")}
             for p in comparison.get("effect_pairs") or []
         ],
+        "corruption_reference": [
+            {"step": r["step"], "model": r["model"], "reference": r["reference"], "n": r.get("n_common", 0),
+             "mce": _ratio_with_ci(r.get("mce"), r.get("mce_ci")),
+             "relative_mce": _ratio_with_ci(r.get("relative_mce"), r.get("relative_mce_ci")), "test": r["test"]}
+            for r in comparison.get("corruption_reference") or []
+        ],
+        "corruption_reference_notes": sorted({r["note"] for r in comparison.get("corruption_reference") or []
+                                              if r.get("note")}),
         "model_names": [m["name"] for m in models],
         "heatmaps": _heatmaps(comparison, artifacts),
         "learned": _learned(comparison, artifacts),
         "heatmaps_missing": not artifacts,
     }
+
+
+def _ratio_with_ci(value: float | None, ci: Sequence[float] | None) -> str:
+    """A ratio to the reference model (1.00: as the reference) with its interval."""
+    if value is None:
+        return "—"
+    return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
 def _classes_text(classes: Sequence[str], shown: int = 6) -> str:
