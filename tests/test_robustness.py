@@ -215,6 +215,20 @@ def test_the_corruption_error_relative_to_a_reference_model(tmp_path):
     assert "Corruption error relative to a reference model" in page and f"{b['mce']:.2f} [" in page
 
 
+def test_a_reference_model_the_plan_does_not_have_is_refused(registry, tmp_path):
+    from xai_audit.errors import PlanError
+    from xai_audit.plan.parse import parse_plan
+
+    models = "\n".join(f"  - {{name: {name}, adapter: torch, module: tiny.py:make, classes: [a, b]}}"
+                        for name in ("small", "large"))
+    text = (f"models:\n{models}\ndataset: {{loader: synthetic-faces, n: 8}}\n"
+            "hypotheses:\n  - corruptions: {corruptions: [contrast], reference_model: REF}\n")
+    with pytest.raises(PlanError, match=r'hypotheses.*reference_model.*"huge", which is not a model .*small, large'):
+        parse_plan(text.replace("REF", "huge"), registry, base_dir=tmp_path)
+    plan = parse_plan(text.replace("REF", "large"), registry, base_dir=tmp_path)
+    assert plan.hypotheses[0].options.reference_model == "large"
+
+
 # --------------------------------------------------------------------------- adversarial
 
 

@@ -294,6 +294,7 @@ def parse_plan(text: str, registry: Registry, *, filename: str = "<plan>", base_
                 )
     _refuse_layer_hooks(problems, data, lists["explainers"], models if len(models) > 1 else
                         [("", model)] if model is not None else [])
+    _check_reference_models(problems, data, lists["hypotheses"], [name for name, _ in models] if len(models) > 1 else [])
     if problems.items or schema is None or model is None or dataset is None:
         raise PlanError(problems.items or [f"{filename}: invalid plan"])
     explainers, hypotheses = lists["explainers"], lists["hypotheses"]
@@ -357,6 +358,20 @@ def _plugin_step(
         problems.add(path, f"missing '{key}': the {kind} plugin to use{suggest('', registry.names(kind))}")
         return None
     return _validate_step(problems, registry, kind, path, name, options, name_path=path + (key,))
+
+
+def _check_reference_models(problems: _Problems, data: dict, hypotheses: list[Step], names: list[str]) -> None:
+    """A step's ``reference_model`` (the model a comparison divides the others' errors by) names a model of the
+    plan's ``models:``."""
+    entries = data.get("hypotheses") or []
+    for step in hypotheses:
+        wanted = getattr(step.options, "reference_model", None)
+        if wanted is None or wanted in names:
+            continue
+        index = next((i for i, e in enumerate(entries) if entry_plugin(e) == step.plugin.name), 0)
+        problems.add(("hypotheses", index, "reference_model"),
+                     f'names "{wanted}", which is not a model of this plan'
+                     + (f" ({', '.join(names)})" if names else ": it compares several models of 'models:'"))
 
 
 def _model_list(problems: _Problems, registry: Registry, entries: list) -> list[tuple[str, Step]]:
