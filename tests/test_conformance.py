@@ -523,13 +523,16 @@ def test_pytest_plugin_fixtures_and_one_line_parametrize(tmp_path):
     """An author's test file, run by pytest with the plugin as the pytest11 entry point loads it."""
     (tmp_path / "test_author.py").write_text(textwrap.dedent("""
         import numpy as np
-        from xai_audit.api import ExplainerPlugin, Explanation
+        from xai_audit.api import ExplainerPlugin, Explanation, ModelPasses
         from xai_audit.testing import parametrize_with_checks
 
         class Brightness(ExplainerPlugin):
             name = "brightness"
             description = "how bright each pixel is"
             needs_gradients = False
+
+            def model_passes(self, model, n, image_shape, maps_only=False):
+                return ModelPasses()  # it reads the pixels, never the model
 
             def explain(self, model, samples, targets, seed):
                 maps = np.stack([s.image.mean(axis=0) for s in samples])
@@ -555,7 +558,7 @@ def test_pytest_plugin_fixtures_and_one_line_parametrize(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "12 passed" in result.stdout and "skipped" not in result.stdout
+    assert "13 passed" in result.stdout and "skipped" not in result.stdout
     assert "PASSED test_author.py::test_conformance[brightness-check_batch_independent@cnn]" in result.stdout
 
 

@@ -133,16 +133,30 @@ def test_integrated_gradients_internal_batch_size_does_not_change_the_maps(regis
 
 
 def test_integrated_gradients_and_occlusion_give_the_same_bits_at_any_batch_size(registry, tmp_path, faces):
-    """The batch size only groups passes (never one point alone): maps and scalars are identical, not close."""
+    """The batch size only groups passes (never one point alone): where the model's kernels give each image the
+    same bits in passes of 2, 3 or more (batching.batch_invariant: AVX2 CPUs; AVX-512 oneDNN picks conv kernels
+    by batch size), maps and scalars are identical, not close; elsewhere they agree to float precision, and the
+    audit keeps one batch size for such a model (test_reproducible)."""
+    from xai_audit.contract import batching
+
     cnn = tiny_cnn(registry, tmp_path)
     targets = np.array([0, 1, 2])
+    shape = tuple(faces[0].image.shape)
     for name, key, options in (("integrated-gradients", "internal_batch_size", {"steps": 8}),
                                ("occlusion", "perturbations_per_eval", {"window": 8, "stride": 4})):
         info = registry.get("explainer", name)
+        backward = name == "integrated-gradients"
+        layout = batching.prefers_channels_last(cnn, shape, backward=backward)
+        exact = all(batching.batch_invariant(cnn, shape, grad, 64, layout)
+                    for grad in ((False, True) if backward else (False,)))
         runs = [info.cls(info.cls.Options(**options, **{key: b})).explain(cnn, faces, targets, 0) for b in (2, 3, 7, 64)]
         for other in runs[1:]:
-            np.testing.assert_array_equal(other.maps, runs[0].maps)
-            assert other.scalars == runs[0].scalars
+            if exact:
+                np.testing.assert_array_equal(other.maps, runs[0].maps)
+                assert other.scalars == runs[0].scalars
+            else:
+                np.testing.assert_allclose(other.maps, runs[0].maps, rtol=1e-4, atol=1e-6)
+                assert other.scalars == pytest.approx(runs[0].scalars, rel=1e-4, abs=1e-6)
         assert runs[0].run["passes"] > runs[-1].run["passes"]  # the batch said how fast, and nothing else
 
 
