@@ -67,7 +67,11 @@ def test_without_shortcuts_neither_planted_effect_is_flagged(tmp_path, demo_cach
     # ... and its darkened faces do not drain into 'sad'. They do drain into 'happy' (+32 pp at 20 %
     # brightness): a property of this clean CNN, which the audit rightly reports as a finding of its own
     assert lum["tests"][0]["details"]["gain_by_class"]["sad"] < 0.05
-    assert not any(f["kind"] == "shortcut" and f.get("class") == "sad" for f in results["findings"])
+    # nor do they under the battery's darkening corruptions. (Heavy Gaussian noise or blur may still drain this
+    # clean CNN's predictions into one class, 'sad' included: a property of the model, which the battery reports)
+    darkening = ("luminance / shortcut", "corruptions / shortcut: darken", "corruptions / shortcut: brightness")
+    assert not any(f["kind"] == "shortcut" and f.get("class") == "sad" and f["source"].endswith(darkening)
+                   for f in results["findings"]), [f["source"] for f in results["findings"]]
     # the audited faces carry the stamp and the tint, but this model never learned them: discovery confirms
     # no cue of a class
     assert not any(f.get("discovered") and f["kind"] == "shortcut" for f in results["findings"])
