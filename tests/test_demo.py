@@ -31,9 +31,17 @@ def test_demo_trains_audits_and_finds_the_planted_skin_tone_gap(tmp_path, demo_c
     validate(results)  # the published schema holds for the demo's results
     assert results["accuracy"]["value"] > 0.85
     assert results["failures"] == []
+    # the rare skin tone VI is the worst, by a gap whose interval excludes zero. Whether that gap (6 to 9 points)
+    # also holds after Holm turns on the CPU that trained the model (AVX2 and AVX-512 kernels train other
+    # weights from the same seed): where it does, it is a finding; where not, the report says it cannot tell
     groups = results["hypotheses"]["group-accuracy"]
-    assert groups["verdict"] == "supported" and "VI" in groups["claim"]
-    assert any(f["source"] == "hypotheses.group-accuracy" for f in results["findings"])
+    assert groups["details"]["worst"] == "VI" and "VI" in groups["claim"] and groups["ci"][0] > 0, groups["claim"]
+    if groups["verdict"] == "supported":
+        assert any(f["source"] == "hypotheses.group-accuracy" for f in results["findings"])
+    else:
+        assert any("group-accuracy" in str(e.get("source")) for e in results["limitations"]), results["limitations"]
+    assert any(f.get("group", {}).get("worst") == "VI" or "skin_tone VI" in f["title"] for f in results["findings"]
+               if f["kind"] == "bias")
 
     # every explainer ran, and the gradient maps look where the classes are drawn
     assert {e["status"] for e in results["explainers"].values()} == {"ok"}
