@@ -76,18 +76,29 @@ def layer_activations(model: ModelAdapter, images: np.ndarray | Any, layer: str 
     import torch
 
     _, module = resolve_layer(model, layer)
+    height, width = (images.shape if hasattr(images, "shape") else np.shape(images))[-2:]
+    seen = _hooked_passes(model, images, batch_size, lambda keep: module.register_forward_hook(
+        lambda _m, _i, o: keep(as_feature_map(o, height, width).detach().cpu())))
+    return torch.cat(seen).numpy().astype(np.float32)
+
+
+def _hooked_passes(model: ModelAdapter, images: np.ndarray | Any, batch_size: int, register: Any) -> list[Any]:
+    """What a hook keeps over no-gradient passes of display-space images (N, 3, H, W): ``register(keep)`` puts the
+    hook on and returns its handle; the hook calls ``keep`` with what it read. Even passes, never one image alone:
+    the batch changes no bit."""
+    import torch
+
     images = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images,
                              dtype=torch.float32)
-    height, width = images.shape[-2:]
     seen: list[Any] = []
-    handle = module.register_forward_hook(lambda _m, _i, o: seen.append(as_feature_map(o, height, width).detach().cpu()))
+    handle = register(seen.append)
     try:
         with torch.no_grad():
-            for part in chunks(len(images), batch_size):  # even passes, never one image alone: the batch changes no bit
+            for part in chunks(len(images), batch_size):
                 model.forward(images[part].to(model.device))
     finally:
         handle.remove()
-    return torch.cat(seen).numpy().astype(np.float32)
+    return seen
 
 
 def head_layer(model: ModelAdapter) -> tuple[str, Any]:
@@ -111,15 +122,6 @@ def penultimate_activations(model: ModelAdapter, images: np.ndarray | Any, batch
     import torch
 
     _, head = head_layer(model)
-    images = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images,
-                             dtype=torch.float32)
-    seen: list[Any] = []
-    handle = head.register_forward_pre_hook(
-        lambda _m, inputs: seen.append(first_tensor(inputs).detach().reshape(len(inputs[0]), -1).float().cpu()))
-    try:
-        with torch.no_grad():
-            for part in chunks(len(images), batch_size):  # even passes, never one image alone: the batch changes no bit
-                model.forward(images[part].to(model.device))
-    finally:
-        handle.remove()
+    seen = _hooked_passes(model, images, batch_size, lambda keep: head.register_forward_pre_hook(
+        lambda _m, inputs: keep(first_tensor(inputs).detach().reshape(len(inputs[0]), -1).float().cpu())))
     return torch.cat(seen).numpy().astype(np.float32) if seen else np.zeros((0, 0), np.float32)
