@@ -303,6 +303,7 @@ def _provenance(results: Mapping[str, Any]) -> dict[str, Any]:
             {"key": "ids sha256", "value": str(samples.get("ids_sha256") or _DASH), "hash": True},
         ],
         "plan_text": _plan_text(results.get("plan") or {}),
+        **_plan_file(results),
         "seed": _int(results.get("seed")),
         "plugins": [
             {
@@ -866,6 +867,16 @@ def _short_description(description: Any) -> str:
         parts = [f"{k}: {_value(v)}" for k, v in list(description.items())[:3]]
         return ", ".join(parts)
     return _clip(str(description), 120)
+
+
+def _plan_file(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The attached plan-as-run.yaml's sha256 and line count (the PDF names the file rather than printing it)."""
+    import hashlib
+
+    from xai_audit.report.render import plan_as_run
+
+    data = plan_as_run(results)
+    return {"plan_sha256": hashlib.sha256(data).hexdigest(), "plan_lines": data.count(b"\n")}
 
 
 def _plan_text(plan: Any) -> str:

@@ -72,11 +72,19 @@ def builtin_template_dir() -> Path:
         return Path(__file__).resolve().parents[2] / "templates"
 
 
-def make_environment(template_dirs: Sequence[Path] = ()) -> Environment:
-    """A jinja2 environment: the given folders first, the built-in templates last."""
+#: What a page is rendered for: ``screen`` (report.html: every row, every figure) or ``print`` (the PDF: a
+#: table shows its first rows, the plan as run is named as the attachment it is). Templates read it as
+#: ``medium``, macros included.
+MEDIA = ("screen", "print")
+
+
+def make_environment(template_dirs: Sequence[Path] = (), medium: str = "screen") -> Environment:
+    """A jinja2 environment: the given folders first, the built-in templates last; ``medium`` is a global."""
+    if medium not in MEDIA:
+        raise ReportError(f"unknown medium {medium!r}; choose from {list(MEDIA)}")
     loaders = [FileSystemLoader(str(d)) for d in template_dirs]
     loaders.append(FileSystemLoader(str(builtin_template_dir())))
-    return Environment(
+    env = Environment(
         loader=ChoiceLoader(loaders),
         autoescape=True,
         undefined=StrictUndefined,
@@ -84,11 +92,18 @@ def make_environment(template_dirs: Sequence[Path] = ()) -> Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.globals["medium"] = medium  # seen by imported macros too (they get no context)
+    return env
 
 
-def render_html(context: Mapping[str, Any], template_dirs: Sequence[Path] = (), page: str | None = None) -> str:
-    """The report (or another ``page`` template) as one self-contained HTML page (CSS inlined, images as data URIs)."""
-    env = make_environment(template_dirs)
+def render_html(context: Mapping[str, Any], template_dirs: Sequence[Path] = (), page: str | None = None,
+                medium: str = "screen") -> str:
+    """The report (or another ``page`` template) as one self-contained HTML page (CSS inlined, images as data URIs).
+
+    ``medium="print"`` renders the page the PDF is made from: the same sections and figures, each table cut to
+    its first rows (every row stays in the HTML, tables/*.csv and the attached results.json), the plan as run
+    named as its attachment rather than printed; what WeasyPrint is not given it does not lay out."""
+    env = make_environment(template_dirs, medium)
     css_source, _, _ = env.loader.get_source(env, CSS_TEMPLATE)  # type: ignore[union-attr]
     # The stylesheet is trusted template text, not data; only guard the </style> end.
     css = Markup(css_source.replace("</", "<\\/"))
@@ -153,11 +168,11 @@ def write_report(
 
         with figure_store(figure_cache if figure_cache is not None else _run_cache_dir(results)):
             context = build_context(results, artifacts)
-        html = shown(render_html(context, template_dirs))  # odd file-name bytes escaped
         if "html" in formats:
-            payloads["html"] = html.encode("utf-8")
+            payloads["html"] = shown(render_html(context, template_dirs)).encode("utf-8")  # odd file-name bytes escaped
         if "pdf" in formats:
-            payloads["pdf"] = _pdf_bytes(html, evidence, _moment(results), bookmark_labels(context["toc"]))
+            printed = shown(render_html(context, template_dirs, medium="print"))
+            payloads["pdf"] = _pdf_bytes(printed, evidence, _moment(results), bookmark_labels(context["toc"]))
     written = {}  # the report folder is made by write_together, and removed again if the write fails
     files: dict[Path, bytes] = {}
     for name, data in payloads.items():  # beside results.json: its JSON Schema, the tables as CSV, the evidence
