@@ -93,6 +93,7 @@ from xai_audit.contract.types import (
     RegionSource,
     RegionSourcePlugin,
     Sample,
+    SampleInfo,
     StepParts,
 )
 from xai_audit.errors import DataError, ModelError, PlanError, XaiAuditError
@@ -112,6 +113,7 @@ __all__ = [
     "DiscovererPlugin",
     # the objects that travel
     "Sample",
+    "SampleInfo",
     "Dataset",
     "ModelAdapter",
     "RegionSource",

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from xai_audit.api import FACE_REGIONS, Dataset, DatasetPlugin, LoadContext, Options, Sample
+from xai_audit.api import FACE_REGIONS, Dataset, DatasetPlugin, LoadContext, Options, Sample, SampleInfo
 
 #: Bump whenever the drawing or the sampling changes: it is part of the fingerprint.
 GENERATOR_VERSION = "synthetic-faces/2"
@@ -184,11 +184,12 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
     return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
 
 
-def _draw(opts: SyntheticFacesOptions, index: int) -> tuple[list[float], np.ndarray]:
-    """The parameter vector and the pixel noise of sample ``index``."""
+def _draw(opts: SyntheticFacesOptions, index: int, noise: bool = True) -> tuple[list[float], np.ndarray | None]:
+    """The parameter vector and the pixel noise of sample ``index`` (None when ``noise`` is False: the
+    parameters are drawn first, so they are the same either way)."""
     rng = np.random.default_rng([opts.seed, SPLIT_CODES[opts.split], index])
     u = rng.random(64).tolist()
-    noise = rng.standard_normal((3, opts.size, opts.size), dtype=np.float32)
+    pixels = rng.standard_normal((3, opts.size, opts.size), dtype=np.float32) if noise else None
     p = [0.0] * len(_PARAMS)
 
     def put(name: str, value: float) -> None:
@@ -342,7 +343,7 @@ def _draw(opts: SyntheticFacesOptions, index: int) -> tuple[list[float], np.ndar
     # the optional cues, the same in every split (u[58], u[59] are drawn for every sample anyway)
     put("stamp", 1.0 if name == opts.stamp_class and u[58] < opts.stamp_fraction else 0.0)
     put("bg_tint", TINT_WEIGHT if name == opts.tint_class and u[59] < opts.tint_fraction else 0.0)
-    return p, noise
+    return p, pixels
 
 
 def stamp_box(size: int, side: float = STAMP_SIDE) -> tuple[int, int, int, int]:
@@ -546,6 +547,14 @@ class SyntheticFacesDataset(Dataset):
             groups={"skin_tone": TONES[int(params[_P["tone"]])]},
             regions={name: mask[0] for name, mask in regions.items()},
         )
+
+    def sample_info(self, index: int) -> SampleInfo:
+        """The id, label and skin tone of sample ``index`` from its drawn parameters, with no image drawn
+        (every synthetic face has its region masks)."""
+        i = self._index(index)
+        params, _ = _draw(self.options, i, noise=False)
+        return SampleInfo(id=f"sf-{self.options.split}-{i:05d}", label=int(params[_P["label"]]),
+                          groups={"skin_tone": TONES[int(params[_P["tone"]])]}, has_regions=True)
 
     def arrays(
         self, indices: Any = None, chunk: int = 256

@@ -52,6 +52,17 @@ class Sample:
     regions: Mapping[str, np.ndarray] | None = None
 
 
+@dataclass(frozen=True)
+class SampleInfo:
+    """What the host keeps of a sample for the whole audit, without its image: the id, label and groups of
+    :class:`Sample`, and whether the data set gives the sample region masks (``Sample.regions`` not empty)."""
+
+    id: str
+    label: int | None = None
+    groups: Mapping[str, str] = field(default_factory=dict)
+    has_regions: bool = False
+
+
 class Dataset(abc.ABC):
     """A sized, indexable collection of :class:`Sample` read lazily."""
 
@@ -74,6 +85,16 @@ class Dataset(abc.ABC):
     @abc.abstractmethod
     def fingerprint(self) -> str:
         """A content hash: equal fingerprints mean equal samples."""
+
+    def sample_info(self, index: int) -> SampleInfo | None:
+        """Sample ``index``'s id, label, groups and whether it has region masks, without reading its image;
+        None (the default) when the host must read the sample to know them.
+
+        The host reads every sample once at the start of an audit, for these facts alone; that read is also
+        where a sample that cannot be read is found. Override only where the facts are cheap to tell apart
+        from the image and the image cannot fail to be made (generated data): they must equal what
+        ``self[index]`` returns."""
+        return None
 
     def files(self) -> list[Path]:
         """Files the data came from, for provenance (empty for generated data)."""

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from xai_audit.contract.types import Dataset, Sample
+from xai_audit.contract.types import Dataset, Sample, SampleInfo
 from xai_audit.files import shown
 
 #: default bound of the image cache (bytes); the plan's ``runtime.image_cache_mb`` overrides it
@@ -132,16 +132,21 @@ class LazySample(Sample):
 
 def read_metadata(dataset: Dataset, indices: Sequence[int], cache: SampleCache,
                   on_error: Callable[[int, Exception], None]) -> list[LazySample]:
-    """Read each sample once (a bad one goes to ``on_error``); keep what is small, drop the image."""
+    """Read each sample once (a bad one goes to ``on_error``); keep what is small, drop the image. A data set
+    that tells a sample's facts without its image (``Dataset.sample_info``, generated data) is not read."""
     out: list[LazySample] = []
     for index in indices:
         index = int(index)
         try:
-            sample = cache.get(index)
+            tell = getattr(cache.dataset, "sample_info", None)  # a duck-typed data set may not have it
+            info = tell(index) if tell is not None else None
+            if info is None:
+                sample = cache.get(index)
+                info = SampleInfo(sample.id, sample.label, sample.groups, bool(sample.regions))
         except Exception as exc:  # the caller decides: stop, or skip and list it
             on_error(index, exc)
             continue
         # an id made from a file name that is not UTF-8 is shown with its odd bytes escaped (it is written out)
-        out.append(LazySample(cache, index, shown(sample.id) if isinstance(sample.id, str) else sample.id, sample.label, dict(sample.groups),
-                              has_own_regions=bool(sample.regions)))
+        out.append(LazySample(cache, index, shown(info.id) if isinstance(info.id, str) else info.id, info.label,
+                              dict(info.groups), has_own_regions=info.has_regions))
     return out
