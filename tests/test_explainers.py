@@ -184,7 +184,8 @@ def test_batched_lime_draws_and_scores_the_same_neighbourhood_as_lime():
     """The vectorised neighbourhood, mean-colour image and batch size change nothing in lime's explanation."""
     from lime.lime_image import LimeImageExplainer
 
-    from xai_audit_lime.explainer import LimeOptions, _BatchedLimeImageExplainer, segment
+    from xai_audit_lime.batched import BatchedLimeImageExplainer
+    from xai_audit_lime.explainer import LimeOptions, segment
 
     image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
     seg = segment(image, LimeOptions(min_segments=20), 0)
@@ -199,7 +200,7 @@ def test_batched_lime_draws_and_scores_the_same_neighbourhood_as_lime():
         plain = LimeImageExplainer(random_state=3).explain_instance(
             image, classify, labels=(0,), top_labels=None, num_features=int(seg.max()) + 1, num_samples=200, batch_size=10,
             segmentation_fn=lambda _: seg)
-    ours = _BatchedLimeImageExplainer(random_state=3).explain_segments(image, seg, classify, 0, 200, 64)
+    ours = BatchedLimeImageExplainer(random_state=3).explain_segments(image, seg, classify, 0, 200, 64)
     weights = [dict(plain.local_exp[0]), dict(ours.local_exp[0])]
     assert ours.score == pytest.approx(plain.score, rel=1e-6)
     assert weights[0].keys() == weights[1].keys()

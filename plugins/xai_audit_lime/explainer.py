@@ -155,6 +155,8 @@ class LimeExplainer(ExplainerPlugin):
         self, model: ModelAdapter, samples: Sequence[Sample], targets: np.ndarray, seed: int, every_class: bool = True,
     ) -> tuple[np.ndarray, list[np.ndarray], list[float], list[_PerClass]]:
         """Maps of the targets, superpixels, fit R², and (``classes: all``) every class's weights per image."""
+        from xai_audit_lime.batched import BatchedLimeImageExplainer
+
         opts: LimeOptions = self.options
         batch = self._batch(model, samples)
         classify = _classifier(model, tuple(samples[0].image.shape))
@@ -164,7 +166,7 @@ class LimeExplainer(ExplainerPlugin):
             sample_seed = _sample_seed(seed, sample.id)
             image = np.ascontiguousarray(sample.image.transpose(1, 2, 0), dtype=np.float32)
             seg = segment(image, opts, sample_seed)
-            explainer = _BatchedLimeImageExplainer(kernel_width=opts.kernel_width, random_state=sample_seed)
+            explainer = BatchedLimeImageExplainer(kernel_width=opts.kernel_width, random_state=sample_seed)
             result = explainer.explain_segments(image, seg, classify, int(target), opts.samples, batch,
                                                 every_class=all_classes)
             n = int(seg.max()) + 1
@@ -243,67 +245,6 @@ def _classifier(model: ModelAdapter, image_shape: tuple[int, ...]) -> Callable[[
 def _sample_seed(seed: int, sample_id: str) -> int:
     digest = hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def _lime_base() -> type:
-    from lime.lime_image import LimeImageExplainer
-
-    return LimeImageExplainer
-
-
-class _BatchedLimeImageExplainer(_lime_base()):  # type: ignore[misc]
-    """lime's image explainer with its neighbourhood built a batch at a time, in torch."""
-
-    def explain_segments(self, image: np.ndarray, segments: np.ndarray, classifier_fn: Callable[[Any], np.ndarray],
-                         label: int, num_samples: int, batch_size: int, every_class: bool = False) -> Any:
-        """lime's ``explain_instance`` for one label (or, ``every_class``, for ``label`` and every other
-        class on the same perturbed images, as lime's ``top_labels`` does) over given superpixels, with its
-        random stream, distances, kernel, feature selection and regression (``LimeBase``), minus its
-        per-superpixel Python loop for the mean-colour image (one ``bincount`` here)."""
-        import sklearn.metrics
-        from lime.lime_image import ImageExplanation
-
-        self.random_state.randint(0, high=1000)  # lime draws a segmentation seed first: keep the stream
-        n = int(segments.max()) + 1
-        counts = np.bincount(segments.ravel(), minlength=n)
-        means = np.stack([np.bincount(segments.ravel(), weights=image[..., c].ravel(), minlength=n)
-                          for c in range(image.shape[-1])], axis=1) / np.maximum(counts, 1)[:, None]
-        fudged = means[segments].astype(image.dtype)
-        data, labels = self.data_labels(image, fudged, segments, classifier_fn, num_samples, batch_size=batch_size)
-        distances = sklearn.metrics.pairwise_distances(data, data[0].reshape(1, -1), metric="cosine").ravel()
-        result = ImageExplanation(image, segments)
-        result.probabilities = labels[0]  # data[0] keeps every superpixel: the image itself
-        result.scores = {}
-        for k in [label] + ([j for j in range(labels.shape[1]) if j != label] if every_class else []):
-            (result.intercept[k], result.local_exp[k], result.scores[k], local_pred) = (
-                self.base.explain_instance_with_data(data, labels, distances, k, n,
-                                                     feature_selection=self.feature_selection))
-            if k == label:
-                result.score, result.local_pred = result.scores[k], local_pred
-        return result
-
-    def data_labels(self, image: np.ndarray, fudged_image: np.ndarray, segments: np.ndarray,
-                    classifier_fn: Callable[[Any], np.ndarray], num_samples: int,
-                    batch_size: int = 10, **_: Any) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        n_features = np.unique(segments).shape[0]
-        # the same draws as lime's own data_labels
-        data = self.random_state.randint(0, 2, num_samples * n_features).reshape((num_samples, n_features))
-        data[0, :] = 1
-        height, width, channels = image.shape
-        # a perturbed image is fudged + on * (image - fudged), pixel by pixel: one fused operation per batch
-        # over (pixels, channels) tables, stored channels-last (1.5x faster than gathering rows of a
-        # two-row-per-pixel table, 2.5x faster than torch.where; a kept pixel may differ in its last bit)
-        fudged_t = torch.as_tensor(np.asarray(fudged_image, dtype=np.float32).reshape(-1, channels))
-        offset = torch.as_tensor(np.asarray(image, dtype=np.float32).reshape(-1, channels)) - fudged_t
-        seg = torch.as_tensor(segments.ravel())
-        labels = []
-        for part in batch_slices(num_samples, batch_size):  # never one image alone in a pass
-            on = torch.as_tensor(data[part], dtype=torch.float32).index_select(1, seg)
-            x = torch.addcmul(fudged_t, offset, on.unsqueeze(-1))  # (b, H*W, C)
-            labels.append(classifier_fn(x.view(len(on), height, width, channels).permute(0, 3, 1, 2)))
-        return data, np.concatenate(labels)
 
 
 def _draw_segments(image: np.ndarray, seg: np.ndarray, weights_map: np.ndarray) -> np.ndarray:

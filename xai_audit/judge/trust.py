@@ -17,7 +17,7 @@ what it lacks is written here, and each such place says so.
 * **Sanity.** The cascading model-parameter randomisation test (Adebayo et
   al., 2018): the model's layers are re-initialised from the top down and the
   explainer re-run on the randomised copy; the Spearman rank correlation of
-  the absolute maps (Quantus's ``correlation_spearman``) says how much the
+  the absolute maps (scipy's ``spearmanr``) says how much the
   map survived. A map that barely changes once every layer is random does not
   explain the model. The correlation is taken over the pixels where either
   map is non-zero: a pixel both maps leave at exactly zero is a tie that the
@@ -790,23 +790,19 @@ def spearman_where_either(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-sample Spearman rank correlation (Quantus's ``correlation_spearman``); 0 where a map is constant."""
-    from quantus.functions.similarity_func import correlation_spearman
+    """Per-sample Spearman rank correlation (scipy's ``spearmanr``, row by row: what Quantus's
+    ``correlation_spearman`` computes, without importing Quantus where nothing else needs it); 0 where a map
+    is constant."""
+    from scipy.stats import spearmanr
 
     a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
     b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
     constant = (np.ptp(a, axis=1) == 0) | (np.ptp(b, axis=1) == 0)
     rho = np.zeros(len(a), dtype=np.float64)
-    keep = ~constant  # a constant map has no ranking (and makes Quantus 0.6 fail on scipy's bare float)
-    if keep.any():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                rho[keep] = np.asarray(correlation_spearman(a[keep], b[keep], batched=True), np.float64).reshape(-1)
-            except AttributeError:  # Quantus 0.6 expects an array where scipy returned a float: per row, by hand
-                from scipy.stats import spearmanr
-
-                rho[keep] = [spearmanr(x, y)[0] for x, y in zip(a[keep], b[keep])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in np.flatnonzero(~constant):  # a constant map has no ranking
+            rho[i] = spearmanr(a[i], b[i])[0]
     return np.where(~np.isfinite(rho), 0.0, rho)
 
 
