@@ -158,6 +158,49 @@ def test_a_cached_figure_copied_over_another_is_drawn_again(tmp_path):
     assert (tmp_path / "b" / "report.html").read_text() == (tmp_path / "a" / "report.html").read_text()
 
 
+def _image_filters(path: Path) -> list[str]:
+    """The /Filter of every image the PDF's pages draw (WeasyPrint puts them in nested form XObjects)."""
+    found: list[str] = []
+
+    def walk(resources) -> None:
+        for item in ((resources or {}).get("/XObject") or {}).values():
+            item = item.get_object()
+            if item.get("/Subtype") == "/Image":
+                found.append(str(item.get("/Filter")))
+            else:
+                walk(item.get("/Resources"))
+
+    for page in _reader(path).pages:
+        walk(page.get("/Resources"))
+    return found
+
+
+def test_the_pdf_embeds_print_copies_of_the_figures_kept_beside_them(tmp_path):
+    """The PDF draws each figure from a JPEG copy (WeasyPrint embeds a JPEG as it is, and re-compresses a PNG),
+    kept in the figure cache like the figure; report.html keeps the PNGs. A damaged copy is made again."""
+    from PIL import Image
+
+    results, artifacts = make_results(), make_artifacts()
+    cache = tmp_path / "cache"
+    paths = write_report(results, artifacts, tmp_path / "a", formats=["html", "pdf"], figure_cache=cache)
+    filters = _image_filters(paths["pdf"])
+    assert filters and set(filters) == {"/DCTDecode"}, filters
+    html = paths["html"].read_text()
+    assert "data:image/png;base64," in html and "data:image/jpeg" not in html
+    copies = sorted((cache / "figures").rglob("*.jpg"))
+    assert 1 <= len(copies) <= len(list((cache / "figures").rglob("*.png")))
+    before = {p: p.stat().st_mtime_ns for p in copies}
+    write_report(results, artifacts, tmp_path / "b", formats=["pdf"], figure_cache=cache)
+    assert {p: p.stat().st_mtime_ns for p in sorted((cache / "figures").rglob("*.jpg"))} == before  # served
+    for path in copies:
+        path.write_bytes(path.read_bytes()[:40])  # cut short
+    paths = write_report(results, artifacts, tmp_path / "c", formats=["pdf"], figure_cache=cache)
+    assert set(_image_filters(paths["pdf"])) == {"/DCTDecode"}
+    for path in copies:
+        with Image.open(io.BytesIO(path.read_bytes()[:-32])) as copy_:  # whole again (its checksum after it)
+            assert copy_.format == "JPEG" and copy_.mode == "RGB"
+
+
 def test_image_grid_is_one_composed_picture():
     from PIL import Image
     import base64
