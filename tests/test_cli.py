@@ -89,3 +89,22 @@ def test_only_xai_audits_own_log_warnings_reach_stderr(capsys):
         assert capsys.readouterr().err == "warning: weasyprint: a note\n"
     finally:
         _state["debug"] = False
+
+
+def test_the_command_ends_with_its_status_its_whole_output_and_its_exit_handlers(tmp_path):
+    """``xai-audit`` (cli.run) ends the process without tearing the interpreter down: what it printed still
+    arrives whole, its status is the command's, and the exit handlers (Ray's shutdown, temporary folders) run."""
+    import subprocess
+    import sys
+
+    def command(*args: str) -> subprocess.CompletedProcess:
+        script = ("import atexit, sys; atexit.register(lambda: print('exit handlers ran')); "
+                  f"sys.argv = ['xai-audit', *{list(args)!r}]; from xai_audit.cli import run; run()")
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+    listed = command("plugins")
+    assert listed.returncode == 0, listed.stderr
+    assert "synthetic-faces" in listed.stdout and listed.stdout.rstrip().endswith("exit handlers ran")
+    missing = command("run", str(tmp_path / "missing.yaml"))
+    assert missing.returncode == 2
+    assert "plan file not found" in missing.stderr and "exit handlers ran" in missing.stdout

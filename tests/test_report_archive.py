@@ -235,3 +235,16 @@ def test_demo_body_fits_in_twenty_pages(tmp_path, demo_cache):
     assert start <= 20, f"the body runs {start} pages"
     assert set(reader.attachments) == {"results.json", PLAN_NAME, "finetune_manifest.csv"}
     assert reader.attachments["results.json"][0] == (out / "results.json").read_bytes()
+
+
+def test_templates_compiled_once_per_process_follow_an_edit(tmp_path):
+    """Compiled templates are kept in memory for the process (the report loads each twice, screen and print);
+    a template edited between two reports is rendered as it now reads."""
+    from xai_audit.report.render import render_html
+
+    page = tmp_path / "mine.html"
+    page.write_text("<p>{{ title }} one</p>")
+    assert render_html({"title": "t"}, [tmp_path], page="mine.html") == "<p>t one</p>"
+    assert render_html({"title": "t"}, [tmp_path], page="mine.html", medium="print") == "<p>t one</p>"
+    page.write_text("<p>{{ title }} two</p>")
+    assert render_html({"title": "t"}, [tmp_path], page="mine.html") == "<p>t two</p>"

@@ -16,20 +16,18 @@ import base64
 import contextlib
 import io
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize, to_hex
-from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
-from matplotlib.transforms import ScaledTranslation
 from PIL import Image
 
 from xai_audit.report.display import DataURI
 from xai_audit.report.figcache import cached
+
+if TYPE_CHECKING:  # matplotlib's figure and Agg modules are imported when a figure is drawn, not for a cached one
+    from matplotlib.figure import Figure
 
 #: Resolution of the charts; with the sizes below a chart stays well under 150 KB.
 DPI = 110
@@ -74,6 +72,9 @@ def class_colors(classes: Sequence[str]) -> dict[str, str]:
 @cached
 def confusion_matrix_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> str:
     """Counts annotated in each cell; colour is the row-normalised share."""
+    from matplotlib.ticker import PercentFormatter
+    from matplotlib.transforms import ScaledTranslation
+
     counts = np.asarray(matrix, dtype=np.int64)
     k = counts.shape[0]
     row_sums = counts.sum(axis=1, keepdims=True)
@@ -124,6 +125,8 @@ def group_accuracy_figure(
     Each entry of ``groups`` has ``label`` (str), ``n`` (int), ``accuracy``
     (float or None) and ``ci`` ((lo, hi) or None).
     """
+    from matplotlib.ticker import PercentFormatter
+
     labels = [f"{_plain(g['label'], 16)}\nn = {g['n']}" for g in groups]
     values = [_number(g.get("accuracy")) for g in groups]
     lower, upper = [], []
@@ -166,6 +169,8 @@ def hypothesis_figure(
     percent: bool = False,
 ) -> str:
     """Metric before and after the intervention, and the effect with its CI."""
+    from matplotlib.ticker import PercentFormatter
+
     with _style():
         fig = _figure(6.4, 2.5)
         left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.25]})
@@ -314,6 +319,10 @@ def tile_grid(
     labels sit right-aligned at the left, column titles above the first row, ``under`` lines beneath each
     tile, and ``colorbar`` (norm, colour map name, label) at the right.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.figure import Figure
+
     dpi = dpi or GRID_DPI
     longest = max((len(line) for label in row_labels for line in _plain(label, 36).splitlines()), default=0)
     if longest:  # room for the longest label line (DejaVu Sans averages under 0.6 em a character)
@@ -392,6 +401,9 @@ def _style() -> Iterator[None]:
 
 
 def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)  # explicit Agg canvas: never a GUI backend
     return fig
