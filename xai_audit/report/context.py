@@ -873,7 +873,7 @@ def _plan_file(results: Mapping[str, Any]) -> dict[str, Any]:
     """The attached plan-as-run.yaml's sha256 and line count (the PDF names the file rather than printing it)."""
     import hashlib
 
-    from xai_audit.report.render import plan_as_run
+    from xai_audit.report.tables import plan_as_run
 
     data = plan_as_run(results)
     return {"plan_sha256": hashlib.sha256(data).hexdigest(), "plan_lines": data.count(b"\n")}

@@ -39,7 +39,7 @@ from xai_audit.judge.recommend import MANIFEST_NAME, manifest_csv
 from xai_audit.report.artifacts import ReportArtifacts
 from xai_audit.report.display import for_display
 from xai_audit.report.figcache import figure_store, print_copy
-from xai_audit.report.tables import csv_tables
+from xai_audit.report.tables import csv_tables, plan_as_run
 
 #: the published JSON Schema of results.json, written beside each one
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema" / "results.schema.json"
@@ -228,14 +228,6 @@ def write_report(
     write_together(files, last=out_dir / FILENAMES["json"], folders="report folder",
                    remove=[out_dir / name for name, data in (extra or {}).items() if data is None])
     return written
-
-
-def plan_as_run(results: Mapping[str, Any]) -> bytes:
-    """The plan as the audit ran it, as YAML (it reads back as the same plan: ``xai-audit verify --rerun``)."""
-    import yaml
-
-    text = yaml.safe_dump(results.get("plan") or {}, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    return text.encode("utf-8", "backslashreplace")
 
 
 def _results_bytes(results: Mapping[str, Any]) -> bytes:

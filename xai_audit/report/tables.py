@@ -1,4 +1,5 @@
-"""The report's tables as CSV, for people who want them in a spreadsheet."""
+"""The report's tables as CSV, for people who want them in a spreadsheet, and the plan as run as YAML: the files
+beside the report that carry its data."""
 
 from __future__ import annotations
 
@@ -66,3 +67,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return " ".join(str(v) for v in value)
     return value
+
+
+def plan_as_run(results: Mapping[str, Any]) -> bytes:
+    """The plan as the audit ran it, as YAML (it reads back as the same plan: ``xai-audit verify --rerun``)."""
+    import yaml
+
+    text = yaml.safe_dump(results.get("plan") or {}, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return text.encode("utf-8", "backslashreplace")
