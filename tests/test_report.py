@@ -445,3 +445,22 @@ def test_report_renders_without_artifacts(results):
     html = render_html(build_context(results, ReportArtifacts()), [])
     assert "were not available to the report" in _text(html)
     assert "Summary of findings" in html
+
+
+def test_an_equivalence_table_is_shown_whole_not_as_a_second_accuracy_table(results, artifacts):
+    """A group table that holds each group's accuracy beside its equivalence test (difference, 90 % CI, TOST p,
+    power) is not a group-accuracy table: read as one, it lost every column but n and accuracy and showed
+    empty intervals under "Accuracy by skin_tone: equivalence"."""
+    step = results["hypotheses"]["group-accuracy"]
+    step["breakdown"]["skin_tone: equivalence"] = [
+        {"group": row["group"], "n": row["n"], "n rest": 900, "accuracy": row["accuracy"], "accuracy rest": 0.9,
+         "difference": row["accuracy"] - 0.9, "90 % ci": [-0.02, 0.03], "tost p": 0.0123, "power": 0.81,
+         "equivalent": True}
+        for row in step["breakdown"]["skin_tone"]
+    ]
+    context = build_context(results, artifacts)
+    item = next(s for s in context["groups"]["steps"] if s["name"] == "group-accuracy")
+    assert [a["name"] for a in item["attributes"]] == ["skin_tone"]
+    text = _text(render_html(context, []))
+    assert "Accuracy by skin_tone: equivalence" not in text
+    assert "tost p" in text and "0.0123" in text

@@ -628,7 +628,11 @@ def _hypothesis_common(
 
 
 def _group_rows(attribute: str, rows: Any) -> list[dict[str, Any]] | None:
-    """Rows of a group-accuracy breakdown as {label, n, accuracy, ci}, or None."""
+    """Rows of a group-accuracy breakdown as {label, n, accuracy, ci}, or None.
+
+    Only a table of each group's accuracy with its interval is one: a table that also holds a group's
+    accuracy but says something else of it (the equivalence test's difference, 90 % CI, TOST p and power)
+    has columns this form would drop, so it is shown as the table it is."""
     if not isinstance(rows, list) or not rows:
         return None
     groups = []
@@ -641,6 +645,8 @@ def _group_rows(attribute: str, rows: Any) -> list[dict[str, Any]] | None:
         ci = row.get("ci")
         if ci is None and row.get("ci_low") is not None and row.get("ci_high") is not None:
             ci = (row["ci_low"], row["ci_high"])
+        if ci is None:
+            return None
         groups.append({"label": str(label), "n": row["n"], "accuracy": row["accuracy"], "ci": ci})
     return groups
 
