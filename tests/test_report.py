@@ -464,3 +464,37 @@ def test_an_equivalence_table_is_shown_whole_not_as_a_second_accuracy_table(resu
     text = _text(render_html(context, []))
     assert "Accuracy by skin_tone: equivalence" not in text
     assert "tost p" in text and "0.0123" in text
+
+
+def test_the_collector_comes_back_after_the_pdf_unless_the_process_ends_with_it():
+    import gc
+
+    from xai_audit.report.render import _collector_paused
+
+    assert gc.isenabled()
+    try:
+        with _collector_paused():
+            assert not gc.isenabled()
+        assert gc.isenabled()
+        with _collector_paused(resume=False):
+            pass
+        assert not gc.isenabled()  # the xai-audit command's last report: its garbage dies with the process
+        gc.enable()
+        with pytest.raises(RuntimeError), _collector_paused(resume=False):
+            raise RuntimeError("the PDF failed")
+        assert gc.isenabled()  # the process goes on to report the error
+    finally:
+        gc.enable()
+
+
+def test_write_report_then_exit_leaves_the_collector_off(tmp_path):
+    import gc
+
+    try:
+        write_report(make_results(), make_artifacts(), tmp_path / "a", formats=["pdf"])
+        assert gc.isenabled()
+        write_report(make_results(), make_artifacts(), tmp_path / "b", formats=["pdf"], then_exit=True)
+        assert not gc.isenabled()
+        assert (tmp_path / "b" / "report.pdf").read_bytes().startswith(b"%PDF")
+    finally:
+        gc.enable()

@@ -28,7 +28,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_state = {"debug": False}
+#: debug: --debug was given; exits: the process ends with the command (:func:`run`, the ``xai-audit`` command;
+#: tests call :data:`app` and go on)
+_state = {"debug": False, "exits": False}
 
 
 @app.callback()
@@ -150,11 +152,13 @@ def _check_out(out: Path) -> None:
 
 
 def _write(outcome, registry, out: Path, formats: list[str], templates: Optional[Path],
-           checks: bool = True) -> dict[str, Path]:
+           checks: bool = True, last: bool = False) -> dict[str, Path]:
     """Write the report; with it, in one set (a kill leaves either all of them or no results.json), the
     fine-tuning manifest, run.log (whole tracebacks of the steps that failed; the report and results.json keep
     one line each) and, with ``checks``, checks.xml (the plan's checks as JUnit). A run.log or checks.xml that
-    an earlier run left and this one has none of is removed with the same write."""
+    an earlier run left and this one has none of is removed with the same write. ``last``: the command's last
+    report; where the process ends with the command, its garbage is left to the exit (write_report's
+    ``then_exit``)."""
     from xai_audit.judge.checks import junit_xml
     from xai_audit.judge.recommend import MANIFEST_NAME
     from xai_audit.report import ReportArtifacts, write_report
@@ -170,7 +174,8 @@ def _write(outcome, registry, out: Path, formats: list[str], templates: Optional
         "checks.xml": junit_xml(rows, outcome.results.get("title", "")).encode() if checks and rows else None,
     }
     written = write_report(outcome.results, artifacts, out, formats=formats, template_dirs=template_dirs,
-                           extra=extra if checks else {"run.log": extra["run.log"]})
+                           extra=extra if checks else {"run.log": extra["run.log"]},
+                           then_exit=last and _state["exits"])
     written["manifest"] = out / MANIFEST_NAME  # written with the report (the PDF embeds it)
     if outcome.log:
         written["log"] = out / "run.log"
@@ -224,7 +229,7 @@ def run(
     show = not quiet and sys.stderr.isatty()
     if len(validated.models) == 1:
         outcome = run_audit(validated, registry, cache=cache, progress=show)
-        _summarise(outcome.results, _write(outcome, registry, out, validated.report.formats, templates))
+        _summarise(outcome.results, _write(outcome, registry, out, validated.report.formats, templates, last=True))
         failed = _gate(outcome.results)
         failed = _incomplete(outcome.results) or failed
     else:
@@ -520,7 +525,7 @@ def demo(
     outcome = run_audit(validated, registry, cache=cache, progress=not quiet and sys.stderr.isatty())
     if verify:
         _verify(outcome, trained, registry, cache, out, plan_data, seed=seed, quiet=quiet, data=data)
-    written = _write(outcome, registry, out, validated.report.formats, None, checks=False)
+    written = _write(outcome, registry, out, validated.report.formats, None, checks=False, last=True)
     acc = outcome.results.get("accuracy")
     if acc:
         what = "held-out digits" if data == "digits" else "clean synthetic faces"
@@ -571,13 +576,15 @@ def run() -> None:
 
     Once a command has returned, every file it wrote is whole and closed (reports are written atomically);
     what is left is unloading torch, WeasyPrint and matplotlib and collecting the audit's garbage, 0.6-0.8 s
-    of a cached demo re-run for nothing. So the exit handlers run (Ray's shutdown, multiprocessing's,
+    of a cached demo re-run for nothing (and the report's PDF leaves its garbage to this exit: ``_state["exits"]``,
+    write_report's ``then_exit``). So the exit handlers run (Ray's shutdown, multiprocessing's,
     logging's flush, temporary folders' removal), stdout and stderr are flushed, and the process ends with
     the command's status. An exception that escapes a command ends the process as Python would (traceback,
     teardown). Tests call :data:`app` itself."""
     import atexit
     import os
 
+    _state["exits"] = True
     try:
         app()
         status: object = 0

@@ -159,6 +159,7 @@ def write_report(
     template_dirs: list[Path] = [],  # noqa: B006 - never mutated
     figure_cache: Path | None = None,
     extra: Mapping[str, bytes | None] | None = None,
+    then_exit: bool = False,
 ) -> dict[str, Path]:
     """Render every requested format, then write each file atomically.
 
@@ -167,7 +168,10 @@ def write_report(
     folder the run used, from results.json), so a re-run over the same results draws none again.
     ``extra``: more files of the report by name (the command line's ``run.log`` and ``checks.xml``), written
     with the others; a name mapped to ``None`` is not part of this report, and one an earlier write left
-    there is removed, so the folder never mixes two runs.
+    there is removed, so the folder never mixes two runs. ``then_exit``: the process ends once this report is
+    written (the ``xai-audit`` command's last report): Python's cyclic garbage collector, paused while
+    WeasyPrint makes the PDF, is left off, since collecting WeasyPrint's garbage (0.4-0.5 s for the demo's
+    half a million objects) would only free memory the process is about to give back.
 
     Everything is rendered in memory before the first file is written, so a
     failure leaves no partial report; each file goes to a temporary name in
@@ -208,7 +212,7 @@ def write_report(
                 printed = shown(render_html(context, template_dirs, medium="print")) if "pdf" in formats else ""
         if "pdf" in formats:
             payloads["pdf"] = _pdf_bytes(printed, evidence, _moment(results), bookmark_labels(context["toc"]),
-                                         figures)
+                                         figures, collect_after=not then_exit)
     written = {}  # the report folder is made by write_together, and removed again if the write fails
     files: dict[Path, bytes] = {}
     for name, data in payloads.items():  # beside results.json: its JSON Schema, the tables as CSV, the evidence
@@ -343,10 +347,11 @@ def _check_data_url(url: str) -> None:
 
 def _pdf_bytes(html: str, attachments: Mapping[str, bytes] | None = None, when: datetime | None = None,
                bookmarks: Mapping[str, str] | None = None,
-               figures: Mapping[str, tuple[bytes, str]] | None = None) -> bytes:
+               figures: Mapping[str, tuple[bytes, str]] | None = None, collect_after: bool = True) -> bytes:
     """The PDF/A-3b of ``html``; ``attachments`` (file name -> bytes) embedded, dated ``when``; ``bookmarks``
     renames outline entries (a heading's text runs its number into its title: "1Summary" -> "1 Summary");
-    ``figures``: the figures ``html`` refers to (:func:`_figures_by_reference`)."""
+    ``figures``: the figures ``html`` refers to (:func:`_figures_by_reference`); ``collect_after``: False
+    leaves the cyclic collector off after the PDF (:func:`_collector_paused`)."""
     from weasyprint import HTML, Attachment
 
     fetcher = data_only_url_fetcher(figures)
@@ -356,7 +361,7 @@ def _pdf_bytes(html: str, attachments: Mapping[str, bytes] | None = None, when: 
                    relationship="Source" if name == "results.json" else "Supplement", url_fetcher=fetcher)
         for name, data in (attachments or {}).items()
     ]
-    with _collector_paused():
+    with _collector_paused(resume=collect_after):
         document = HTML(string=html, url_fetcher=fetcher).render(pdf_variant=PDF_VARIANT)
         for page in document.pages:
             page.bookmarks = [(level, (bookmarks or {}).get(label.strip(), label), target, state)
@@ -365,20 +370,25 @@ def _pdf_bytes(html: str, attachments: Mapping[str, bytes] | None = None, when: 
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def _collector_paused(resume: bool = True) -> Iterator[None]:
     """Python's cyclic garbage collector off while WeasyPrint lays out and writes the PDF.
 
     WeasyPrint makes hundreds of thousands of small objects, most of them alive until the PDF is written;
     every full collection during that walks all of them (and everything else alive: the audit's results,
     torch) for almost nothing to free. Measured on the demo's 118 pages: 9.6 -> 7.9 s, for 50 MB more at the
-    peak. Its garbage is collected with the next collection after it."""
+    peak. Its garbage is collected with the next collection after it. ``resume=False`` leaves the collector
+    off when the block ends well, for a process that ends with it (``write_report(then_exit=True)``); after an
+    error it is back on, for the process goes on to report the error."""
     was_on = gc.isenabled()
     gc.disable()
     try:
         yield
-    finally:
+    except BaseException:
         if was_on:
             gc.enable()
+        raise
+    if was_on and resume:
+        gc.enable()
 
 
 def bookmark_labels(sections: Sequence[Mapping[str, Any]]) -> dict[str, str]:
