@@ -57,3 +57,45 @@ def test_heatmaps_share_one_scale_or_normalise_each():
         assert figure["src"].startswith("data:image/png;base64,")
     with pytest.raises(ValueError, match="at least one map"):
         render_spec({"kind": "heatmaps", "maps": []}, {})
+
+
+def _pixels(uri: str) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
+
+
+def _ink_margins(pixels: np.ndarray) -> tuple[int, int, int, int]:
+    """Blank pixels between the drawing and each edge: top, bottom, left, right."""
+    ink = (pixels != 255).any(axis=-1)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    return rows[0], pixels.shape[0] - 1 - rows[-1], cols[0], pixels.shape[1] - 1 - cols[-1]
+
+
+@pytest.mark.parametrize("kind", ["lines", "bars", "matrix", "scatter", "diagram"])
+def test_a_chart_is_drawn_once_and_cropped_to_what_it_drew(kind):
+    """Charts are laid out with fixed margins and cropped (figures._figure, no layout engine): what is left is
+    the drawing with a thin blank border on every side, nothing cut at an edge."""
+    from xai_audit.report import figures
+
+    pixels = _pixels(render_spec({"kind": kind, "xlabel": "x label", "ylabel": "y label", **SPECS[kind]}, ARRAYS)["src"])
+    pad = round(figures._CROP_PAD * figures.DPI)
+    assert _ink_margins(pixels) == (pad, pad, pad, pad)
+
+
+def test_a_label_past_the_margins_is_laid_out_by_constrained_layout_at_the_asked_size():
+    """Something drawn past the canvas edge (here a note far right of the axes) is not cut off by the crop: the
+    chart is laid out again by constrained layout, at the size asked for, and drawn again."""
+    from xai_audit.report import figures
+
+    with figures._style():
+        fig = figures._figure(4.0, 2.0)
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1])
+        ax.text(1.02, 0.5, "a note beside the axes that is longer than the right margin", transform=ax.transAxes)
+        pixels = _pixels(figures._encode(fig))
+    assert pixels.shape[:2] == (round(2.0 * figures.DPI), round(4.0 * figures.DPI))
+    assert fig.get_layout_engine() is not None
