@@ -498,3 +498,16 @@ def test_write_report_then_exit_leaves_the_collector_off(tmp_path):
         assert (tmp_path / "b" / "report.pdf").read_bytes().startswith(b"%PDF")
     finally:
         gc.enable()
+
+
+def test_nested_detail_values_read_as_numbers_of_four_digits_not_as_json():
+    """A plugin's details (a mapping, a list of many numbers) are shown as the report shows every number, not
+    as JSON with a float's seventeen digits, and cut at the value limit with an ellipsis."""
+    from xai_audit.report.context import _VALUE_LIMIT, _value
+
+    text = _value({"comparison": "each group against the rest", "equivalent": False, "power": 0.8157385960070849,
+                   "ci": [0.006543868058922507, 0.055696688188483036], "missing": None})
+    assert text == "{comparison: each group against the rest, equivalent: no, power: 0.8157, ci: [0.006544, 0.0557], " \
+                   "missing: —}"
+    long = _value([0.123456789] * 500)
+    assert long.startswith("[0.1235, 0.1235") and "…" in long and len(long) <= _VALUE_LIMIT

@@ -761,11 +761,43 @@ def _value(value: Any) -> str:
         return _float(float(value))
     if isinstance(value, str):
         return value
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        if len(value) <= 8:
-            return "[" + ", ".join(_value(v) for v in value) + "]"
-    text = json.dumps(value, default=str, ensure_ascii=False)
-    return text if len(text) <= 240 else text[:239] + "…"
+    text = _nested(value, _VALUE_LIMIT + 1)
+    return text if len(text) <= _VALUE_LIMIT else text[: _VALUE_LIMIT - 1] + "…"
+
+
+#: characters of one value the report shows in a table cell or a key-value line (the whole is in results.json)
+_VALUE_LIMIT = 240
+
+
+def _nested(value: Any, budget: int) -> str:
+    """A list or mapping (of lists, mappings, numbers, strings) as display text: numbers as :func:`_value`
+    shows them (four significant digits, not a float's seventeen), strings bare, a mapping as ``{key: value,
+    ...}``; past ``budget`` characters the rest of a list or mapping is left out, an ellipsis in its place."""
+    if isinstance(value, Mapping):
+        parts, used = [], 2
+        for k, v in value.items():
+            if used > budget:
+                parts.append("…")  # the rest left out, and said so
+                break
+            part = f"{k}: {_nested(v, budget - used)}"
+            parts.append(part)
+            used += len(part) + 2
+        return "{" + ", ".join(parts) + "}"
+    if isinstance(value, (list, tuple)):
+        parts, used = [], 2
+        for v in value:
+            if used > budget:
+                parts.append("…")
+                break
+            part = _nested(v, budget - used)
+            parts.append(part)
+            used += len(part) + 2
+        return "[" + ", ".join(parts) + "]"
+    if isinstance(value, str):
+        return value if len(value) <= budget else value[:budget]
+    if value is None or isinstance(value, (bool, int, float, np.integer, np.floating)):
+        return _value(value)
+    return str(value)[:budget]
 
 
 def _float(value: float) -> str:
