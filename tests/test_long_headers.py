@@ -104,3 +104,18 @@ def test_long_class_names_as_headers_keep_the_table_within_the_page(long_names_r
     flat = re.sub(r"\s+", "", text)
     assert all(name in flat for name in CLASSES)
     assert "provider_" + "klmnopqrst" * 14 in flat  # shown (cut at 200 characters), wrapped within the page
+
+
+def test_the_print_page_marks_only_long_unbroken_runs_of_text():
+    """display.breakable_runs: a run of text over BREAKABLE_RUN characters (a class name, a hash) is put in a
+    span the print stylesheet lets break anywhere; words, attributes, the stylesheet and the title are left
+    as they are, and an entity inside a run stays whole."""
+    from xai_audit.report.display import BREAKABLE_RUN, breakable_runs
+
+    name = "n" * (BREAKABLE_RUN + 1)
+    word = "w" * BREAKABLE_RUN
+    page = (f"<style>p::after {{ content: '{name}' }}</style><title>{name}</title>"
+            f'<td title="{name}">{word} {name}&amp;{name}</td>')
+    assert breakable_runs(page) == (
+        f"<style>p::after {{ content: '{name}' }}</style><title>{name}</title>"
+        f'<td title="{name}">{word} <span class="run">{name}&amp;{name}</span></td>')

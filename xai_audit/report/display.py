@@ -40,6 +40,12 @@ HEADER_RUN_LIMIT = 24
 
 
 _LONG_RUN = re.compile(rf"\S{{{RUN_LIMIT + 1},}}")
+#: characters of an unbroken run (a name, an id, a hash, a path) past which the printed page lets it break
+#: anywhere (:func:`breakable_runs`); words and shorter names break only between words
+BREAKABLE_RUN = 30
+_BREAKABLE = re.compile(rf"[^\s<>]{{{BREAKABLE_RUN + 1},}}")
+#: the print page in pieces: a style or title element (left as it is), another tag, or text between tags
+_PIECES = re.compile(r"(<style\b.*?</style>|<title\b.*?</title>|<[^>]*>)|([^<]+)", re.S)
 _LONG_HEADER_RUN = re.compile(rf"\S{{{HEADER_RUN_LIMIT + 1},}}")
 
 
@@ -105,3 +111,21 @@ def for_display(value: Any, limit: int = DISPLAY_LIMIT) -> Any:
     if isinstance(value, list):
         return [for_display(v, limit) for v in value]
     return value
+
+
+def breakable_runs(html: str) -> str:
+    """The print page with each unbroken run of text over :data:`BREAKABLE_RUN` characters in a
+    ``<span class="run">``, which the stylesheet lets break anywhere.
+
+    A table cell must otherwise allow a break at every character (``overflow-wrap: anywhere``) in case it
+    holds such a name, and WeasyPrint then measures a cell's narrowest width one character at a time, laying
+    the rest of its text out again for each: a tenth of the demo PDF's time went to a few cells of prose, and
+    their words came out broken ("confirme d"). The page is autoescaped HTML (a ``<`` or ``>`` in text or in
+    an attribute is an entity), so text between tags is text; style and title elements are left alone."""
+
+    def piece(match: re.Match[str]) -> str:
+        if match.group(1) is not None:
+            return match.group(1)
+        return _BREAKABLE.sub(lambda run: f'<span class="run">{run.group()}</span>', match.group(2))
+
+    return _PIECES.sub(piece, html)

@@ -37,7 +37,7 @@ from xai_audit.errors import XaiAuditError
 from xai_audit.files import atomic_write, shown, write_together
 from xai_audit.judge.recommend import MANIFEST_NAME, manifest_csv
 from xai_audit.report.artifacts import ReportArtifacts
-from xai_audit.report.display import for_display
+from xai_audit.report.display import breakable_runs, for_display
 from xai_audit.report.figcache import figure_store, print_copy
 from xai_audit.report.tables import csv_tables, plan_as_run
 
@@ -142,7 +142,8 @@ def render_html(context: Mapping[str, Any], template_dirs: Sequence[Path] = (), 
     # The stylesheet is trusted template text, not data; only guard the </style> end.
     css = Markup(css_source.replace("</", "<\\/"))
     # Every string the page shows is cut to DISPLAY_LIMIT here, whatever built it (see report/display.py).
-    return env.get_template(page or PAGE_TEMPLATE).render({**for_display(dict(context)), "css": css})
+    html = env.get_template(page or PAGE_TEMPLATE).render({**for_display(dict(context)), "css": css})
+    return breakable_runs(html) if medium == "print" else html
 
 
 def render_pdf(html: str, path: Path, attachments: Mapping[str, bytes] | None = None) -> None:
