@@ -99,7 +99,8 @@ class TopologyExplainer(ExplainerPlugin):
         dgms, sig = found.diagrams, found.significance
         features, significant = self._features(main, dgms, sig, ids)
 
-        notes = [self._found_note(dgms, sig, significant), self._cloud_note(main, len(images), dgms, sig)]
+        notes = [self._found_note(dgms, sig, significant), self._cloud_note(main, len(images), dgms),
+                 self._significance_note(dgms, sig)]
         reason = getattr(model, "default_layer_reason", "")
         if opts.layer in (None, "default", "final") and reason:
             notes.insert(1, f"Layer: the model's default layer, {reason}.")
@@ -193,7 +194,7 @@ class TopologyExplainer(ExplainerPlugin):
             text += " A component carried by one or two images is an isolated image: far from all others in this layer."
         return text
 
-    def _cloud_note(self, main: LayerCloud, n_images: int, dgms: Diagrams, sig: Significance | None) -> str:
+    def _cloud_note(self, main: LayerCloud, n_images: int, dgms: Diagrams) -> str:
         opts: TopologyOptions = self.options
         cloud = main.cloud
         d = cloud.points.shape[1]
@@ -212,6 +213,13 @@ class TopologyExplainer(ExplainerPlugin):
             f"Cloud: layer {cloud.layer}, {what}{sub}. {pca}; persistence on {len(main.landmarks)} {method} landmarks, "
             f"Vietoris–Rips in H{', H'.join(str(k) for k in dgms.dims)} with giotto-ph on {opts.n_threads} thread(s)."
         )
+        return text
+
+    def _significance_note(self, dgms: Diagrams, sig: Significance | None) -> str:
+        """How significance was tested and what it found, a note of its own (with the cloud's, it ran past the
+        600 characters the report shows of one string, and its results were cut off)."""
+        opts: TopologyOptions = self.options
+        text = ""
         if sig is not None and sig.method == "bootstrap":
             text += (
                 f" Significance: a bootstrap confidence set of the diagram (Fasy et al. 2014): the landmarks resampled "
@@ -242,7 +250,7 @@ class TopologyExplainer(ExplainerPlugin):
             )
         else:
             text += " No significance test was run (null_clouds: 0)."
-        return text
+        return text.lstrip()
 
     # -- features and their images -------------------------------------------------
 

@@ -35,13 +35,13 @@ def discovery(results: Mapping[str, Any]) -> dict[str, Any] | None:
     return {
         "intro": (
             f"Discoverers looked for cues nobody named on {len(data.get('discovery_ids') or [])} of the audited "
-            f"images; each candidate was then tested on the other {_confirmed_on(data)}, which "
-            "no discoverer saw, by removing the cue (or, for a cue the images do not show, putting it on them) and "
-            "comparing the model's predictions (paired test, in the "
-            "audit's Holm correction); a slice (a range of image properties, a metadata value or a cluster of "
-            "the model's embedding) is tested by its rule instead: is the model worse on the images it picks "
-            "there than on the others (accuracy, or its confidence without labels). Only a confirmed candidate "
-            "is a finding; its figures and numbers are under Hypotheses."),
+            f"images. Each candidate was then tested on the other {_confirmed_on(data)}, which no discoverer saw. "
+            "Only a confirmed candidate is a finding; its figures and numbers are under Hypotheses."),
+        "method": (
+            "A cue is tested by removing it (or putting on the images a cue they do not show) and comparing the "
+            "model's predictions (paired test, in the audit's Holm correction); a slice (a range of image "
+            "properties, a metadata value or a cluster of the model's embedding) by its rule: is the model worse "
+            "on the images it picks than on the others (accuracy, or its confidence without labels)?"),
         "note": str(data.get("note") or ""),
         "rows": rows,
         "none": "No discoverer proposed a candidate." if not rows and not data.get("note") else "",
