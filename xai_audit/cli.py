@@ -152,13 +152,13 @@ def _check_out(out: Path) -> None:
 
 
 def _write(outcome, registry, out: Path, formats: list[str], templates: Optional[Path],
-           checks: bool = True, last: bool = False) -> dict[str, Path]:
+           checks: bool = True, last: bool = False, pdf_worker=None) -> dict[str, Path]:
     """Write the report; with it, in one set (a kill leaves either all of them or no results.json), the
     fine-tuning manifest, run.log (whole tracebacks of the steps that failed; the report and results.json keep
     one line each) and, with ``checks``, checks.xml (the plan's checks as JUnit). A run.log or checks.xml that
     an earlier run left and this one has none of is removed with the same write. ``last``: the command's last
     report; where the process ends with the command, its garbage is left to the exit (write_report's
-    ``then_exit``)."""
+    ``then_exit``). ``pdf_worker``: the process that makes its PDF (:func:`_pdf_worker`)."""
     from xai_audit.judge.checks import junit_xml
     from xai_audit.judge.recommend import MANIFEST_NAME
     from xai_audit.report import ReportArtifacts, write_report
@@ -175,7 +175,7 @@ def _write(outcome, registry, out: Path, formats: list[str], templates: Optional
     }
     written = write_report(outcome.results, artifacts, out, formats=formats, template_dirs=template_dirs,
                            extra=extra if checks else {"run.log": extra["run.log"]},
-                           then_exit=last and _state["exits"])
+                           then_exit=last and _state["exits"], pdf_worker=pdf_worker)
     written["manifest"] = out / MANIFEST_NAME  # written with the report (the PDF embeds it)
     if outcome.log:
         written["log"] = out / "run.log"
@@ -211,6 +211,7 @@ def run(
         "json, card (a Hugging Face model card, README.md)."),
 ) -> None:
     """Run the audit PLAN and write report.html, report.pdf and results.json."""
+    worker = _pdf_worker()
     if batch_sizes_from is not None:
         from xai_audit.verify.rerun import batch_sizes_from as recorded, read_results
 
@@ -229,7 +230,8 @@ def run(
     show = not quiet and sys.stderr.isatty()
     if len(validated.models) == 1:
         outcome = run_audit(validated, registry, cache=cache, progress=show)
-        _summarise(outcome.results, _write(outcome, registry, out, validated.report.formats, templates, last=True))
+        _summarise(outcome.results, _write(outcome, registry, out, validated.report.formats, templates, last=True,
+                                           pdf_worker=worker))
         failed = _gate(outcome.results)
         failed = _incomplete(outcome.results) or failed
     else:
@@ -237,6 +239,19 @@ def run(
     _cache_warnings(cache)
     if failed:
         raise typer.Exit(1)
+
+
+def _pdf_worker():
+    """A process that makes the report's PDF (report/pdfworker.py), forked now, before the audit imports
+    torch (which starts threads), so WeasyPrint is imported while the audit runs and the PDF is laid out in
+    a small process while this one writes the rest. Only for the ``xai-audit`` command, whose process ends
+    with it (:func:`run`); tests and library use make the PDF in-process. A worker the command did not use
+    (it failed first, or wrote no PDF) is a daemon process: the exit handlers :func:`run` runs end it."""
+    if not _state["exits"]:
+        return None
+    from xai_audit.report.pdfworker import PdfWorker
+
+    return PdfWorker.start()
 
 
 def _formats(text: str) -> list[str]:
@@ -499,6 +514,7 @@ def demo(
     """Draw synthetic faces (or load the bundled digits), train a small CNN on the CPU, audit it, write the report."""
     import time
 
+    worker = _pdf_worker()
     from xai_audit.audit import run_audit
     from xai_audit.demo.plan import demo_plan, digits_plan, write_demo_plan
     from xai_audit.demo.train import train_demo_model
@@ -525,7 +541,8 @@ def demo(
     outcome = run_audit(validated, registry, cache=cache, progress=not quiet and sys.stderr.isatty())
     if verify:
         _verify(outcome, trained, registry, cache, out, plan_data, seed=seed, quiet=quiet, data=data)
-    written = _write(outcome, registry, out, validated.report.formats, None, checks=False, last=True)
+    written = _write(outcome, registry, out, validated.report.formats, None, checks=False, last=True,
+                     pdf_worker=worker)
     acc = outcome.results.get("accuracy")
     if acc:
         what = "held-out digits" if data == "digits" else "clean synthetic faces"

@@ -27,7 +27,7 @@ import io
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from jinja2 import BytecodeCache, ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 from jinja2.bccache import Bucket
@@ -40,6 +40,9 @@ from xai_audit.report.artifacts import ReportArtifacts
 from xai_audit.report.display import breakable_runs, for_display
 from xai_audit.report.figcache import figure_store, print_copy
 from xai_audit.report.tables import csv_tables, plan_as_run
+
+if TYPE_CHECKING:
+    from xai_audit.report.pdfworker import PdfWorker
 
 #: the published JSON Schema of results.json, written beside each one
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema" / "results.schema.json"
@@ -161,6 +164,7 @@ def write_report(
     figure_cache: Path | None = None,
     extra: Mapping[str, bytes | None] | None = None,
     then_exit: bool = False,
+    pdf_worker: PdfWorker | None = None,
 ) -> dict[str, Path]:
     """Render every requested format, then write each file atomically.
 
@@ -172,7 +176,9 @@ def write_report(
     there is removed, so the folder never mixes two runs. ``then_exit``: the process ends once this report is
     written (the ``xai-audit`` command's last report): Python's cyclic garbage collector, paused while
     WeasyPrint makes the PDF, is left off, since collecting WeasyPrint's garbage (0.4-0.5 s for the demo's
-    half a million objects) would only free memory the process is about to give back.
+    half a million objects) would only free memory the process is about to give back. ``pdf_worker``: a
+    process started before the audit that makes the PDF while this one renders and writes the rest
+    (report/pdfworker.py, the ``xai-audit`` command's); the PDF is the same without it.
 
     Everything is rendered in memory before the first file is written, so a
     failure leaves no partial report; each file goes to a temporary name in
@@ -187,10 +193,6 @@ def write_report(
     payloads: dict[str, bytes] = {}
     # results.json is final here: its bytes are written as they are and embedded in the PDF as they are
     results_bytes = _results_bytes(results)
-    if "json" in formats:
-        payloads["json"] = results_bytes
-        payloads["schema"] = SCHEMA_PATH.read_bytes()
-        payloads.update({f"tables/{name}": shown(text).encode("utf-8") for name, text in csv_tables(results).items()})
     evidence = {
         "results.json": results_bytes,
         PLAN_NAME: plan_as_run(results),
@@ -198,22 +200,31 @@ def write_report(
     }
     payloads[PLAN_NAME] = evidence[PLAN_NAME]
     payloads[MANIFEST_NAME] = evidence[MANIFEST_NAME]
-    if "card" in formats:  # a Hugging Face model card (README.md) from the results alone
-        from xai_audit.report.card import model_card
-
-        payloads["card"] = model_card(results, template_dirs).encode("utf-8")
+    job: tuple | None = None  # the PDF's: the print page, its attachments, its date, bookmarks, figures
     if "html" in formats or "pdf" in formats:
         from xai_audit.report.context import build_context
 
         with figure_store(figure_cache if figure_cache is not None else _run_cache_dir(results)):
             context = build_context(results, artifacts)
+            if "pdf" in formats:  # first, so a worker lays it out while the rest is rendered here
+                with _figures_by_reference() as figures:
+                    printed = shown(render_html(context, template_dirs, medium="print"))
+                job = (printed, evidence, _moment(results), bookmark_labels(context["toc"]), figures)
+                if pdf_worker is not None:
+                    pdf_worker.submit(*job)
             if "html" in formats:  # odd file-name bytes escaped
                 payloads["html"] = shown(render_html(context, template_dirs)).encode("utf-8")
-            with _figures_by_reference() as figures:
-                printed = shown(render_html(context, template_dirs, medium="print")) if "pdf" in formats else ""
-        if "pdf" in formats:
-            payloads["pdf"] = _pdf_bytes(printed, evidence, _moment(results), bookmark_labels(context["toc"]),
-                                         figures, collect_after=not then_exit)
+    if "json" in formats:
+        payloads["json"] = results_bytes
+        payloads["schema"] = SCHEMA_PATH.read_bytes()
+        payloads.update({f"tables/{name}": shown(text).encode("utf-8") for name, text in csv_tables(results).items()})
+    if "card" in formats:  # a Hugging Face model card (README.md) from the results alone
+        from xai_audit.report.card import model_card
+
+        payloads["card"] = model_card(results, template_dirs).encode("utf-8")
+    if job is not None:
+        payloads["pdf"] = (pdf_worker.result(collect_after=not then_exit) if pdf_worker is not None
+                           else _pdf_bytes(*job, collect_after=not then_exit))
     written = {}  # the report folder is made by write_together, and removed again if the write fails
     files: dict[Path, bytes] = {}
     for name, data in payloads.items():  # beside results.json: its JSON Schema, the tables as CSV, the evidence
