@@ -198,9 +198,8 @@ def write_report(
         PLAN_NAME: plan_as_run(results),
         MANIFEST_NAME: manifest_csv(results.get("recommendations") or []).encode("utf-8"),
     }
-    payloads[PLAN_NAME] = evidence[PLAN_NAME]
-    payloads[MANIFEST_NAME] = evidence[MANIFEST_NAME]
     job: tuple | None = None  # the PDF's: the print page, its attachments, its date, bookmarks, figures
+    html: bytes | None = None
     if "html" in formats or "pdf" in formats:
         from xai_audit.report.context import build_context
 
@@ -213,15 +212,20 @@ def write_report(
                 if pdf_worker is not None:
                     pdf_worker.submit(*job)
             if "html" in formats:  # odd file-name bytes escaped
-                payloads["html"] = shown(render_html(context, template_dirs)).encode("utf-8")
+                html = shown(render_html(context, template_dirs)).encode("utf-8")
+    # the files in the order they are written: results.json's neighbours first, the formats after
     if "json" in formats:
         payloads["json"] = results_bytes
         payloads["schema"] = SCHEMA_PATH.read_bytes()
         payloads.update({f"tables/{name}": shown(text).encode("utf-8") for name, text in csv_tables(results).items()})
+    payloads[PLAN_NAME] = evidence[PLAN_NAME]
+    payloads[MANIFEST_NAME] = evidence[MANIFEST_NAME]
     if "card" in formats:  # a Hugging Face model card (README.md) from the results alone
         from xai_audit.report.card import model_card
 
         payloads["card"] = model_card(results, template_dirs).encode("utf-8")
+    if html is not None:
+        payloads["html"] = html
     if job is not None:
         payloads["pdf"] = (pdf_worker.result(collect_after=not then_exit) if pdf_worker is not None
                            else _pdf_bytes(*job, collect_after=not then_exit))
