@@ -58,8 +58,9 @@ class PdfWorker:
         self._job = job
         try:
             self._connection.send(job)
-        except (OSError, ValueError):  # the worker is gone: result() makes the PDF in-process
-            pass
+        except Exception as exc:  # noqa: BLE001 - the worker is gone, or the job did not pickle: made in-process
+            log.debug("the PDF worker did not take the job: %s", exc)
+            self._connection.close()
 
     def result(self, collect_after: bool = True) -> bytes:
         """The PDF's bytes: the worker's, or, where it failed, made here (``collect_after`` as
@@ -70,7 +71,7 @@ class PdfWorker:
             raise RuntimeError("no PDF was submitted to the worker")
         try:
             status, payload = self._connection.recv()
-        except (EOFError, OSError):  # it died (killed, out of memory): the PDF is made here
+        except (EOFError, OSError):  # it died (killed, out of memory), or never took the job: made here
             status, payload = "died", f"exit status {self._process.exitcode}"
         self.close()
         if status == "ok":
