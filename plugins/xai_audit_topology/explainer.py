@@ -219,19 +219,18 @@ class TopologyExplainer(ExplainerPlugin):
         """How significance was tested and what it found, a note of its own (with the cloud's, it ran past the
         600 characters the report shows of one string, and its results were cut off)."""
         opts: TopologyOptions = self.options
-        text = ""
         if sig is not None and sig.method == "bootstrap":
-            text += (
-                f" Significance: a bootstrap confidence set of the diagram (Fasy et al. 2014): the landmarks resampled "
+            return (
+                f"Significance: a bootstrap confidence set of the diagram (Fasy et al. 2014): the landmarks resampled "
                 f"with replacement {sig.null_clouds} times; a feature is significant when its half-persistence exceeds "
                 f"the {100 * (1 - sig.alpha / len(sig.threshold)):.1f} % quantile of the bottleneck distances between "
                 f"the resamples' diagrams and the data's (α = {sig.alpha:g}/{len(sig.threshold)}): "
                 + "; ".join(sig.describe(k) for k in sorted(sig.threshold)) + "."
             )
-        elif sig is not None and sig.method == "universal":
+        if sig is not None and sig.method == "universal":
             untested = [k for k in dgms.dims if k not in sig.threshold]
-            text += (
-                " Significance: Bobrowski and Skraba's universal law, no simulation: each loop's or void's ℓ "
+            return (
+                "Significance: Bobrowski and Skraba's universal law, no simulation: each loop's or void's ℓ "
                 "(½·log log(death/birth), centred on its diagram's mean) against the left Gumbel law, for the largest "
                 f"of its diagram's features, at α = {sig.alpha:g}/{len(opts.dims)}"
                 + (f"; components against {sig.null_clouds} Gaussian clouds" if 0 in sig.threshold else "")
@@ -239,18 +238,16 @@ class TopologyExplainer(ExplainerPlugin):
                 + (f"; H{', H'.join(map(str, untested))} not tested (the law covers loops and voids only)"
                    if untested else "") + "."
             )
-        elif sig is not None:
-            text += (
-                f" Significance: each loop's or void's ℓ (½·log log(death/birth), centred on its diagram's mean; a "
+        if sig is not None:
+            return (
+                f"Significance: each loop's or void's ℓ (½·log log(death/birth), centred on its diagram's mean; a "
                 f"component's log(death/median death)) against the largest such value in {sig.null_clouds} Gaussian clouds "
                 f"with the same number of points and per-axis variance, through the same landmarks; "
                 f"significant when its p-value under a Gumbel fit to those maxima is below α = {sig.alpha:g}/"
                 f"{len(sig.threshold)} and it beats every null maximum: "
                 + "; ".join(sig.describe(k) for k in sorted(sig.threshold)) + "."
             )
-        else:
-            text += " No significance test was run (null_clouds: 0)."
-        return text.lstrip()
+        return "No significance test was run (null_clouds: 0)."
 
     # -- features and their images -------------------------------------------------
 

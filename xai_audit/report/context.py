@@ -773,26 +773,17 @@ def _nested(value: Any, budget: int) -> str:
     """A list or mapping (of lists, mappings, numbers, strings) as display text: numbers as :func:`_value`
     shows them (four significant digits, not a float's seventeen), strings bare, a mapping as ``{key: value,
     ...}``; past ``budget`` characters the rest of a list or mapping is left out, an ellipsis in its place."""
-    if isinstance(value, Mapping):
+    if isinstance(value, (Mapping, list, tuple)):
+        items = ((f"{k}: ", v) for k, v in value.items()) if isinstance(value, Mapping) else (("", v) for v in value)
         parts, used = [], 2
-        for k, v in value.items():
+        for prefix, v in items:
             if used > budget:
                 parts.append("…")  # the rest left out, and said so
                 break
-            part = f"{k}: {_nested(v, budget - used)}"
+            part = prefix + _nested(v, budget - used - len(prefix))
             parts.append(part)
             used += len(part) + 2
-        return "{" + ", ".join(parts) + "}"
-    if isinstance(value, (list, tuple)):
-        parts, used = [], 2
-        for v in value:
-            if used > budget:
-                parts.append("…")
-                break
-            part = _nested(v, budget - used)
-            parts.append(part)
-            used += len(part) + 2
-        return "[" + ", ".join(parts) + "]"
+        return ("{%s}" if isinstance(value, Mapping) else "[%s]") % ", ".join(parts)
     if isinstance(value, str):
         return value if len(value) <= budget else value[:budget]
     if value is None or isinstance(value, (bool, int, float, np.integer, np.floating)):

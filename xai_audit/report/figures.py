@@ -418,16 +418,16 @@ def _figure(width: float, height: float) -> Figure:
 
     No layout engine: matplotlib's constrained layout measured every axes' labels twice before the one draw
     that counts (drawing the demo report's figures and HTML took 9.25 s of CPU with it, 8.47 s without). The
-    chart is drawn once, on a canvas with room
-    to spare, and :func:`_encode` crops the blank border; where a label does not fit the margins (it reaches
-    the canvas edge) the chart is laid out by constrained layout at its asked size and drawn again."""
+    chart is drawn once, on a canvas with room to spare, and :func:`_encode` crops the blank border; where a
+    label does not fit the margins (it reaches the canvas edge) the chart is laid out by constrained layout at
+    its asked size and drawn again."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width + _GROWTH[0], height + _GROWTH[1]))
+    w, h = width + _GROWTH[0], height + _GROWTH[1]
+    fig = Figure(figsize=(w, h))
     FigureCanvasAgg(fig)  # explicit Agg canvas: never a GUI backend
     left, right, bottom, top = MARGINS
-    w, h = width + _GROWTH[0], height + _GROWTH[1]
     fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h)
     _CROPPED[fig] = (width, height)
     return fig
@@ -441,19 +441,20 @@ def _drawn(fig: Figure) -> np.ndarray:
 
 def _cropped(fig: Figure, pixels: np.ndarray) -> np.ndarray:
     """A chart's pixels without the blank border its margins left (a small one kept), or drawn again by
-    constrained layout when something reaches the canvas edge (a label longer than its margin)."""
+    constrained layout when something reaches the canvas edge (a label longer than its margin). A view of the
+    canvas: :func:`_encode` copies it."""
     ink = (pixels != 255).any(axis=-1)
     if ink[0].any() or ink[-1].any() or ink[:, 0].any() or ink[:, -1].any():
         fig.set_size_inches(*_CROPPED[fig])
         fig.set_layout_engine("constrained")
-        return _drawn(fig).copy()
+        return _drawn(fig)
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     if rows.size == 0:
-        return pixels.copy()
+        return pixels
     pad = max(1, int(round(_CROP_PAD * fig.dpi)))
     top, bottom = max(0, rows[0] - pad), min(pixels.shape[0], rows[-1] + 1 + pad)
     left, right = max(0, cols[0] - pad), min(pixels.shape[1], cols[-1] + 1 + pad)
-    return pixels[top:bottom, left:right].copy()
+    return pixels[top:bottom, left:right]
 
 
 def _encode(fig: Figure, dpi: int = DPI) -> DataURI:
@@ -469,7 +470,7 @@ def _encode(fig: Figure, dpi: int = DPI) -> DataURI:
         pixels = _drawn(fig)
         if fig in _CROPPED:
             pixels = _cropped(fig, pixels)
-        image = Image.fromarray(np.ascontiguousarray(pixels))
+        image = Image.fromarray(pixels.copy())  # off the canvas's buffer, which the figure keeps
     finally:
         fig.clear()
     data = _png(image, level=1)
