@@ -99,3 +99,49 @@ def test_a_label_past_the_margins_is_laid_out_by_constrained_layout_at_the_asked
         pixels = _pixels(figures._encode(fig))
     assert pixels.shape[:2] == (round(2.0 * figures.DPI), round(4.0 * figures.DPI))
     assert fig.get_layout_engine() is not None
+
+
+def test_a_tile_grid_places_its_tiles_text_and_colour_bar():
+    """A tile grid is composed with Pillow (figures.tile_grid): each tile's pixels where the grid's geometry puts
+    them, a line of text under a tile that has one and none under a tile without, the colour bar's top in the
+    colour map's top colour and its bottom in its bottom colour, and the bar's tick labels beside it."""
+    import matplotlib
+    from matplotlib.colors import Normalize
+
+    from xai_audit.report import figures
+
+    dpi, cell = figures.GRID_DPI, 0.5
+    size = figures.tile_pixels(cell, dpi)
+    green = np.zeros((size, size, 3), np.float32)
+    green[..., 1] = 1.0
+    cells = [[figures.Tile(green, "under me"), figures.Tile(green)]]
+    pixels = _pixels(figures.tile_grid(cells, cell=cell, under_lines=1,
+                                       colorbar=(Normalize(-1.0, 1.0), "RdBu_r", "attribution")))
+    gap = max(2, round(0.05 * dpi))
+    y0 = round(0.06 * dpi)  # no title, no column titles: the top margin alone
+    for left in (0, size + gap):
+        assert (pixels[y0:y0 + size, left:left + size] == [0, 255, 0]).all()
+    under_first = pixels[y0 + size + 1:y0 + size + 1 + round(5.8 / 72 * 1.3 * dpi), 0:size]
+    under_second = pixels[y0 + size + 1:y0 + size + 1 + round(5.8 / 72 * 1.3 * dpi), size + gap:2 * size + gap]
+    assert (under_first.max(axis=-1) < 128).sum() > 10  # dark lettering
+    assert (under_second == 255).all()
+    bar_left = round(2 * (size + gap) + 0.12 * dpi)
+    column = pixels[:, bar_left + 2]
+    coloured = np.flatnonzero((column != 255).any(axis=-1))
+    top, bottom = column[coloured[0]].astype(int), column[coloured[-1]].astype(int)
+    cmap = matplotlib.colormaps["RdBu_r"]
+    assert np.abs(top - np.round(np.asarray(cmap(0.999)[:3]) * 255)).max() <= 10  # a bar of 40-odd rows
+    assert np.abs(bottom - np.round(np.asarray(cmap(0.001)[:3]) * 255)).max() <= 10
+    right_of_bar = pixels[:, bar_left + round(0.11 * dpi) + 8:]
+    assert (right_of_bar.max(axis=-1) < 128).sum() > 30  # tick labels and the bar's label
+
+
+def test_colour_bar_tick_labels_read_as_matplotlib_writes_them():
+    from xai_audit.report.figures import _tick_labels
+
+    assert _tick_labels([-1.0, -0.5, 0.0, 0.5, 1.0]) == ["\u22121.0", "\u22120.5", "0.0", "0.5", "1.0"]
+    assert _tick_labels([0.0, 0.25, 0.5]) == ["0.00", "0.25", "0.50"]
+    assert _tick_labels([0, 10, 20]) == ["0", "10", "20"]
+    assert _tick_labels([0.0, 0.0001, 0.0002]) == ["0", "0.0001", "0.0002"]
+    assert _tick_labels([0.0, 2e-5, 4e-5]) == ["0", "2e\u221205", "4e\u221205"]
+    assert _tick_labels([]) == []
