@@ -1,4 +1,4 @@
-"""Report figures, drawn with matplotlib's Agg canvas (charts) or composed with Pillow (tile grids), returned as data URIs.
+"""Report figures as data URIs: charts drawn with matplotlib's Agg canvas, tile grids composed with Pillow.
 
 Every function takes plain numbers, strings and arrays, draws one figure and
 returns ``data:image/png;base64,...``. No pyplot: each figure is a bare
