@@ -248,3 +248,27 @@ def test_templates_compiled_once_per_process_follow_an_edit(tmp_path):
     assert render_html({"title": "t"}, [tmp_path], page="mine.html", medium="print") == "<p>t one</p>"
     page.write_text("<p>{{ title }} two</p>")
     assert render_html({"title": "t"}, [tmp_path], page="mine.html") == "<p>t two</p>"
+
+
+def test_a_figure_store_renames_whole_entries_and_survives_a_folder_it_cannot_write(tmp_path):
+    """An entry is written under a temporary name and renamed when whole (none left behind); a store whose
+    folder cannot be made records why and costs only the redraw."""
+    import base64
+
+    from PIL import Image
+
+    from xai_audit.report.figcache import FigureStore
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(buffer, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    key = "ab" * 32
+    store = FigureStore(tmp_path)
+    store.put(key, uri)
+    assert store.get(key) == uri and not store.errors
+    assert [p.name for p in (tmp_path / "figures").rglob("*")] == ["ab", f"{key}.png"]
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    blocked = FigureStore(tmp_path / "blocked")
+    blocked.put(key, uri)
+    assert blocked.get(key) is None
+    assert len(blocked.errors) == 1 and "cannot store a figure" in blocked.errors[0]

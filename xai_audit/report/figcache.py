@@ -24,12 +24,12 @@ import functools
 import hashlib
 import io
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import numpy as np
 
-from xai_audit.files import atomic_write
 from xai_audit.report.display import DataURI
 
 #: bump to redraw every cached figure (the modules' source is hashed too, so an edit there redraws anyway)
@@ -86,11 +86,17 @@ class FigureStore:
         if not uri.startswith(prefix):
             return
         path = self._path(key, kind)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             data = base64.b64decode(uri[len(prefix):])
-            atomic_write(path, data + _checksum(key, data))
+            # renamed when whole, not synced: an entry a crash cut short fails its checksum and is drawn again,
+            # so the files.atomic_write a report's own files get (a synced file each) would buy nothing here
+            temp.write_bytes(data + _checksum(key, data))
+            os.replace(temp, path)
         except Exception as exc:  # noqa: BLE001 - a full disk or a read-only folder costs a redraw, not the report
+            with contextlib.suppress(OSError):
+                temp.unlink()
             self.errors.append(f"{path}: cannot store a figure: {exc}")
 
 
