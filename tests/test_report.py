@@ -500,6 +500,44 @@ def test_write_report_then_exit_leaves_the_collector_off(tmp_path):
         gc.enable()
 
 
+def test_what_was_alive_before_the_report_is_left_out_of_collections_while_it_renders(tmp_path, monkeypatch):
+    """write_report freezes the objects alive before it (gc.freeze: the audit's results, the model) while it
+    renders, and puts them back after, also when rendering fails; a program's own freeze is left as it was."""
+    import gc
+
+    import xai_audit.report.context as context_module
+
+    seen = []
+    build = context_module.build_context
+
+    def watched(*args, **kwargs):
+        seen.append(gc.get_freeze_count())
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(context_module, "build_context", watched)
+    assert gc.get_freeze_count() == 0
+    write_report(make_results(), make_artifacts(), tmp_path / "a", formats=["html"])
+    assert seen[-1] > 0 and gc.get_freeze_count() == 0
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a template failed")
+
+    monkeypatch.setattr(context_module, "build_context", broken)
+    with pytest.raises(RuntimeError):
+        write_report(make_results(), make_artifacts(), tmp_path / "b", formats=["html"])
+    assert gc.get_freeze_count() == 0
+    monkeypatch.setattr(context_module, "build_context", watched)
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        write_report(make_results(), make_artifacts(), tmp_path / "c", formats=["html"])
+        # not frozen again (that would add the thousands of objects made since) nor put back (a frozen object
+        # that dies leaves the count, so it may fall by a few)
+        assert frozen - 100 < seen[-1] <= frozen and frozen - 100 < gc.get_freeze_count() <= frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_nested_detail_values_read_as_numbers_of_four_digits_not_as_json():
     """A plugin's details (a mapping, a list of many numbers) are shown as the report shows every number, not
     as JSON with a float's seventeen digits, and cut at the value limit with an ellipsis."""
