@@ -31,6 +31,31 @@ def test_builtins_are_found_through_entry_points(registry):
     assert {"torch", "datasets", "captum", "hypotheses"} <= sources
 
 
+def test_plugins_from_entry_points_take_their_distribution_from_it_without_scanning_every_one(monkeypatch):
+    """An entry point names its distribution, so the registry scans every installed distribution (about half a
+    second) only for a class from a module no entry point loaded, and gives it the same answer."""
+    scans = []
+    scan = metadata.packages_distributions
+
+    def counted():
+        scans.append(1)
+        return scan()
+
+    monkeypatch.setattr(metadata, "packages_distributions", counted)
+    registry = make_plugin_manager()
+    assert scans == []
+    assert {(info.package, info.version) for info in registry.all()} == {("xai-audit", metadata.version("xai-audit"))}
+
+    class Elsewhere(HypothesisPlugin):
+        name = "elsewhere"
+        description = "a class from a module no entry point loaded"
+
+    Elsewhere.__module__ = "pluggy._hooks"  # a module of an installed distribution
+    registry = make_plugin_manager(extra_plugins=[_plugin_with(Elsewhere)])
+    info = registry.get("hypothesis", "elsewhere")
+    assert len(scans) == 1 and (info.package, info.version) == ("pluggy", metadata.version("pluggy"))
+
+
 def _plugin_with(cls):
     module = types.ModuleType(f"fake_{cls.__name__}")
 

@@ -65,12 +65,16 @@ class PluginLoadWarning(UserWarning):
 class Registry:
     """Plugin classes indexed by kind and name."""
 
-    def __init__(self, pm: pluggy.PluginManager, load_errors: list[str] | None = None):
+    def __init__(self, pm: pluggy.PluginManager, load_errors: list[str] | None = None,
+                 distributions: Mapping[str, tuple[str, str]] | None = None):
         self.pm = pm
         self.load_errors = list(load_errors or [])
         self._by_kind: dict[str, dict[str, PluginInfo]] = {kind: {} for kind in KINDS}
-        # scanning every installed distribution takes ~0.4 s: once per registry, not once per plugin
-        self._distributions = metadata.packages_distributions()
+        # a plugin class's distribution and version, by its top-level module: known from the entry points that
+        # loaded the plugins (make_plugin_manager); every installed distribution is scanned (~0.5 s) only for a
+        # class from a module no entry point named, once per registry
+        self._known: dict[str, tuple[str, str]] = dict(distributions or {})
+        self._scanned: Mapping[str, list[str]] | None = None
         for kind, (hook_name, base) in KINDS.items():
             hook = getattr(pm.hook, hook_name)
             for impl in hook.get_hookimpls():
@@ -92,7 +96,7 @@ class Registry:
                 f'Plugin "{source}" registered {cls.__name__}, whose options declare {", ".join(clash)}: the host '
                 f"reads {', '.join(HOST_OPTIONS[kind])} from a {kind} entry itself; rename the option"
             )
-        package, version = _distribution_of(cls, self._distributions)
+        package, version = self._distribution(cls)
         info = PluginInfo(kind, cls.name, cls, source, package, version)
         existing = self._by_kind[kind].get(cls.name)
         if existing is not None and existing.cls is not cls:
@@ -101,6 +105,14 @@ class Registry:
                 f'(from "{existing.source}") and {cls.__module__}.{cls.__name__} (from "{source}")'
             )
         self._by_kind[kind][cls.name] = info
+
+    def _distribution(self, cls: type) -> tuple[str, str]:
+        top = cls.__module__.split(".")[0]
+        if top not in self._known:
+            if self._scanned is None:
+                self._scanned = metadata.packages_distributions()
+            self._known[top] = _distribution_of(cls, self._scanned)
+        return self._known[top]
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._by_kind[kind])
@@ -155,6 +167,7 @@ def make_plugin_manager(
     pm = pluggy.PluginManager("xai_audit")
     pm.add_hookspecs(hookspecs)
     errors: list[str] = []
+    distributions: dict[str, tuple[str, str]] = {}  # a loaded entry point's top-level module -> its distribution
     if entry_points:
         for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
@@ -162,6 +175,8 @@ def make_plugin_manager(
             try:
                 plugin = ep.load()
                 pm.register(plugin, name=ep.name)
+                if ep.dist is not None:
+                    distributions.setdefault(ep.module.split(".")[0], (ep.dist.name, ep.dist.version))
             except Exception as exc:  # one broken plugin must not stop the others
                 message = f'Error importing plugin "{ep.name}" ({ep.value}): {type(exc).__name__}: {exc}'
                 if strict:
@@ -174,4 +189,4 @@ def make_plugin_manager(
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginLoadError(f"a plugin implements an unknown hook: {exc}") from exc
-    return Registry(pm, errors)
+    return Registry(pm, errors, distributions)
