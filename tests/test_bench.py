@@ -163,21 +163,23 @@ def test_report_rows_compare_with_their_targets():
     assert slow.met is False
     text = sections[0].text()
     assert "cached re-run" in text and "median of 3" in text and "11.0" in text  # every run is shown
-    assert "one more, compiling every module" not in text
+    assert "one more, writing no bytecode" not in text
     rows_, sections = report.results(reruns, {"audit_wall": 100.0, "audit_cpu": 150.0, "render_wall": 20.0,
-                                              "render_cpu": 24.0}, compiling=(13.5, 14.0))
+                                              "render_cpu": 24.0}, no_bytecode=(13.5, 14.0))
     assert rows_[0].ratio == pytest.approx(10.0 / 6.5)  # shown beside the re-runs, not one of them
-    assert "one more, compiling every module" in sections[0].text() and "13.5" in sections[0].text()
+    assert "one more, writing no bytecode" in sections[0].text() and "13.5" in sections[0].text()
 
 
 def test_the_report_bench_child_reads_or_never_writes_python_bytecode(tmp_path, monkeypatch):
     from bench import report
 
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    compiled = report._python_env(tmp_path / "b", write=True)
+    compiled = report._python_env(tmp_path / "b")
     assert "PYTHONDONTWRITEBYTECODE" not in compiled and compiled["PYTHONPYCACHEPREFIX"] == str(tmp_path / "b")
-    never = report._python_env(tmp_path / "n", write=False)
-    assert never["PYTHONDONTWRITEBYTECODE"] == "1" and never["PYTHONPYCACHEPREFIX"] == str(tmp_path / "n")
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE")
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(tmp_path / "elsewhere"))
+    never = report._python_env(None)
+    assert never["PYTHONDONTWRITEBYTECODE"] == "1" and "PYTHONPYCACHEPREFIX" not in never
 
 
 def test_robustness_rows_scale_to_1000_images_and_judge_each_limit():
