@@ -549,3 +549,40 @@ def test_nested_detail_values_read_as_numbers_of_four_digits_not_as_json():
                    "missing: —}"
     long = _value([0.123456789] * 500)
     assert long.startswith("[0.1235, 0.1235") and "…" in long and len(long) <= _VALUE_LIMIT
+
+
+def test_a_wide_printed_table_sizes_its_columns_by_what_they_hold():
+    """In print (a fixed table layout) a wide table's columns are not equal: each gets its longest word, and
+    what the page has left goes to the columns of long text, so a word is never broken beside columns of short
+    numbers with room to spare; a narrow table is left to the layout."""
+    from xai_audit.report.display import WIDTHS_FROM_COLUMNS, column_widths
+
+    labels = ["region", "carries the label", "accuracy after", "effect", "ci low", "ci high", "p-value", "largest gain"]
+    rows = [["eyes", "yes", "0.6529", "0.2443", "0.2248", "0.2652", "1.549e-121", "disgust +1.3 pp"],
+            ["brows", "yes", "0.7038", "0.1933", "0.1747", "0.2114", "2.282e-88",
+             "'disgust' +7.5 pp (descriptive: the intervention may change the label)"]]
+    widths = column_widths(labels, rows)
+    assert widths is not None and len(widths) == 8 and 95 <= sum(widths) <= 100
+    assert widths[-1] == max(widths) and widths[-1] >= 2 * widths[0]  # the long text gets the room
+    assert widths[6] > widths[3]  # 1.549e-121 needs more than 0.2443
+    assert column_widths(labels[:WIDTHS_FROM_COLUMNS - 1], [r[:WIDTHS_FROM_COLUMNS - 1] for r in rows]) is None
+    short = column_widths(labels[:6], [r[:6] for r in rows])  # every text fits: shared as the texts are long
+    assert short is not None and short[2] > short[3]
+    huge = column_widths([f"column {k}" for k in range(12)], [["x" * 300] * 12])  # not even the words fit
+    assert huge is not None and len(set(huge)) == 1
+
+
+def test_the_print_page_gives_a_wide_table_its_column_widths():
+    from xai_audit.report.render import make_environment
+
+    def table(columns: int) -> dict:
+        return {"title": "t", "columns": [{"label": f"column {k}", "num": k > 0} for k in range(columns)],
+                "rows": [[{"text": "a long name of a region" if k == 0 else "0.25", "num": k > 0}
+                          for k in range(columns)]]}
+
+    macro = '{% from "macros.html" import data_table %}{{ data_table(t) }}'
+    printed = make_environment(medium="print").from_string(macro).render(t=table(7))
+    widths = [int(w) for w in re.findall(r'<col style="width: (\d+)%">', printed)]
+    assert len(widths) == 7 and widths[0] == max(widths)
+    assert "<colgroup>" not in make_environment().from_string(macro).render(t=table(7))  # the screen's own layout
+    assert "<colgroup>" not in make_environment(medium="print").from_string(macro).render(t=table(5))

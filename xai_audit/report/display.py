@@ -129,3 +129,43 @@ def breakable_runs(html: str) -> str:
         return _BREAKABLE.sub(lambda run: f'<span class="run">{run.group()}</span>', match.group(2))
 
     return _PIECES.sub(piece, html)
+
+
+#: a printed table of at least this many columns is given column widths by its contents (:func:`column_widths`)
+WIDTHS_FROM_COLUMNS = 6
+#: characters of a cell's text that count toward its column's width: a longer text wraps in the column
+WIDTH_TEXT_LIMIT = 28
+#: characters of table text across a printed page (8.5 pt Liberation Sans, about 6 px a character, in 178 mm)
+PRINTED_TABLE_CHARACTERS = 110
+#: a printed cell's padding, in characters (14 px each side)
+PRINTED_CELL_PADDING = 5
+
+
+def column_widths(labels: list[str], rows: list[list[str]]) -> list[int] | None:
+    """A printed table's column widths, in per cent of the table, from what its columns hold; None below
+    :data:`WIDTHS_FROM_COLUMNS` columns.
+
+    The PDF lays its appendix tables out at a fixed layout, which without widths gives every column an equal
+    share, so in a wide table a column of long text broke its words ('descriptiv e') beside columns of short
+    numbers with room to spare. Each column needs its longest word (a header's or a cell's, which may not
+    break) and wants its longest text, both up to :data:`WIDTH_TEXT_LIMIT` characters (a longer run is marked
+    breakable on the print page, :func:`breakable_runs`), plus the cell's padding: every column gets what it
+    needs where the page has room, and what is left goes to the columns that want more, in proportion."""
+    if len(labels) < WIDTHS_FROM_COLUMNS:
+        return None
+    needs, wants = [], []
+    for j, label in enumerate(labels):
+        texts = [str(row[j]) for row in rows if j < len(row)]
+        word = min(max((len(w) for t in [str(label), *texts] for w in t.split()), default=1), WIDTH_TEXT_LIMIT)
+        text = min(max((len(t) for t in texts), default=0), WIDTH_TEXT_LIMIT)
+        needs.append(word + PRINTED_CELL_PADDING)
+        wants.append(max(word, text) + PRINTED_CELL_PADDING)
+    room = PRINTED_TABLE_CHARACTERS
+    if sum(wants) <= room:  # room for every text on one line: the rest shared as the texts are long
+        widths = [w * room / sum(wants) for w in wants]
+    elif sum(needs) <= room:  # every word fits: what is left goes to the long texts
+        more = [w - n for w, n in zip(wants, needs)]
+        widths = [n + (room - sum(needs)) * m / sum(more) for n, m in zip(needs, more)]
+    else:  # not even the words fit: each column as its words are long
+        widths = [n * room / sum(needs) for n in needs]
+    return [int(100 * w / room) for w in widths]

@@ -37,7 +37,7 @@ from xai_audit.errors import XaiAuditError
 from xai_audit.files import atomic_write, shown, write_together
 from xai_audit.judge.recommend import MANIFEST_NAME, manifest_csv
 from xai_audit.report.artifacts import ReportArtifacts
-from xai_audit.report.display import breakable_runs, for_display
+from xai_audit.report.display import breakable_runs, column_widths, for_display
 from xai_audit.report.figcache import figure_store, print_copy
 from xai_audit.report.tables import csv_tables, plan_as_run
 
@@ -125,6 +125,7 @@ def make_environment(template_dirs: Sequence[Path] = (), medium: str = "screen")
         bytecode_cache=_COMPILED,
     )
     env.globals["medium"] = medium  # seen by imported macros too (they get no context)
+    env.globals["column_widths"] = column_widths  # a wide printed table's columns sized by what they hold
     env.filters["for_medium"] = _printed_figure if medium == "print" else _as_is  # a figure's data URI
     return env
 
