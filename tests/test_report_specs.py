@@ -145,3 +145,19 @@ def test_colour_bar_tick_labels_read_as_matplotlib_writes_them():
     assert _tick_labels([0.0, 0.0001, 0.0002]) == ["0", "0.0001", "0.0002"]
     assert _tick_labels([0.0, 2e-5, 4e-5]) == ["0", "2e\u221205", "4e\u221205"]
     assert _tick_labels([]) == []
+
+
+def test_a_tile_grid_sets_a_dollar_sign_as_it_is(monkeypatch):
+    """matplotlib needs a $ escaped (no mathtext); Pillow sets text as it is, so a tile grid's labels are not."""
+    from xai_audit.report import figures
+
+    drawn = []
+    draw_text = figures._draw_text
+    monkeypatch.setattr(figures, "_draw_text", lambda draw, x, y, text, *rest: (drawn.append(text),
+                                                                               draw_text(draw, x, y, text, *rest)))
+    size = figures.tile_pixels(0.5, figures.GRID_DPI)
+    tile = figures.Tile(np.ones((size, size, 3), np.float32), "costs $5")
+    figures.tile_grid([[tile]], cell=0.5, row_labels=["two $x$"], column_titles=["$y"], title="a $ title",
+                      under_lines=1)
+    assert sorted(drawn) == sorted(["costs $5", "two $x$", "$y", "a $ title"])
+    assert figures._plain("two $x$", 36) == r"two \$x\$"

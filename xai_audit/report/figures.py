@@ -324,7 +324,7 @@ def tile_grid(
     half of it rasterising glyphs one Python call each), Pillow's a few milliseconds.
     """
     dpi = dpi or GRID_DPI
-    longest = max((len(line) for label in row_labels for line in _plain(label, 36).splitlines()), default=0)
+    longest = max((len(line) for label in row_labels for line in _clipped(label, 36).splitlines()), default=0)
     if longest:  # room for the longest label line (DejaVu Sans averages under 0.6 em a character)
         label_width = max(label_width, 0.6 * fontsize * 0.95 / 72 * longest + 0.12)
     n_rows = len(cells)
@@ -351,15 +351,15 @@ def tile_grid(
             if tile.rgb is not None:
                 canvas[top:top + size, left:left + size] = np.clip(tile.rgb[:size, :size], 0.0, 1.0)
             if tile.under:
-                texts.append((left + size / 2, top + size + 1, _plain(tile.under, 26), under_fontsize,
+                texts.append((left + size / 2, top + size + 1, _clipped(tile.under, 26), under_fontsize,
                               "center", "top", 1.15))
         if r < len(row_labels) and row_labels[r]:
-            texts.append((x0 - gap * 2, top + size / 2, _plain(row_labels[r], 36), fontsize * 0.95,
+            texts.append((x0 - gap * 2, top + size / 2, _clipped(row_labels[r], 36), fontsize * 0.95,
                           "right", "center", 1.35))
     for c, name in enumerate(column_titles):
-        texts.append((x0 + c * step_x + size / 2, y0 - 3, _plain(name, 24), fontsize + 0.5, "center", "bottom", 1.2))
+        texts.append((x0 + c * step_x + size / 2, y0 - 3, _clipped(name, 24), fontsize + 0.5, "center", "bottom", 1.2))
     if title:
-        texts.append((W / 2, 2, _plain(title, 100), fontsize + 1.5, "center", "top", 1.2))
+        texts.append((W / 2, 2, _clipped(title, 100), fontsize + 1.5, "center", "top", 1.2))
     image = Image.fromarray(np.round(canvas * 255.0).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for x, y, text, points, ha, va, spacing in texts:
@@ -402,7 +402,7 @@ def _colour_bar(image: Image.Image, draw: ImageDraw.ImageDraw, colorbar: tuple[N
         _draw_text(draw, right + tick_len + 3.5 * dpi / 72, y, text, font, "left", "center", 1.2)
         widest = max(widest, draw.textlength(text, font=font))
     label_font = _font((fontsize - 0.5) * dpi / 72)
-    text = _plain(label, 60)
+    text = _clipped(label, 60)
     ascent, descent = label_font.getmetrics()
     strip_w = int(np.ceil(draw.textlength(text, font=label_font))) + 2
     mask = Image.new("L", (strip_w, ascent + descent + 2), 0)
@@ -567,11 +567,16 @@ def _png(image: Image.Image, level: int = 6) -> bytes:
 
 def _plain(text: object, limit: int) -> str:
     """Text safe for matplotlib: no mathtext, at most ``limit`` characters a line."""
+    return _clipped(text, limit).replace("$", r"\$")
+
+
+def _clipped(text: object, limit: int) -> str:
+    """``text`` with at most ``limit`` characters a line (Pillow sets a ``$`` as it is: no escape)."""
     lines = []
     for line in str(text).splitlines() or [""]:
         if len(line) > limit:
             line = line[: limit - 1] + "…"
-        lines.append(line.replace("$", r"\$"))
+        lines.append(line)
     return "\n".join(lines)
 
 
