@@ -147,10 +147,11 @@ def column_widths(labels: list[str], rows: list[list[str]]) -> list[int] | None:
 
     The PDF lays its appendix tables out at a fixed layout, which without widths gives every column an equal
     share, so in a wide table a column of long text broke its words ('descriptiv e') beside columns of short
-    numbers with room to spare. Each column needs its longest word (a header's or a cell's, which may not
-    break) and wants its longest text, both up to :data:`WIDTH_TEXT_LIMIT` characters (a longer run is marked
-    breakable on the print page, :func:`breakable_runs`), plus the cell's padding: every column gets what it
-    needs where the page has room, and what is left goes to the columns that want more, in proportion."""
+    numbers with room to spare. Each column needs its longest word (a header's or a cell's) and wants its
+    longest text, both counted up to :data:`WIDTH_TEXT_LIMIT` characters (a longer word breaks where it must,
+    and a run past :data:`BREAKABLE_RUN` anywhere: :func:`breakable_runs`), plus the cell's padding: every
+    column gets what it needs where the page has room, and what is left goes to the columns that want more,
+    in proportion."""
     if len(labels) < WIDTHS_FROM_COLUMNS:
         return None
     needs, wants = [], []
