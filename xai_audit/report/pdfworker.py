@@ -98,9 +98,13 @@ def _serve(connection: Any, parents_end: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it quietly, with the command
     parents_end.close()
     try:
-        import weasyprint  # noqa: F401 - imported while the audit runs
+        import pypdf  # noqa: F401 - imported while the audit runs, with WeasyPrint
+        import weasyprint  # noqa: F401
 
+        from xai_audit.report import pdfparts
         from xai_audit.report.render import _pdf_bytes
+
+        pdfparts.allow_fork()  # this process has one thread: the second part of a PDF is forked from it
 
         job = connection.recv()
     except (EOFError, OSError, KeyboardInterrupt):  # the command ended without a PDF to make

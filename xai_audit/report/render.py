@@ -210,7 +210,8 @@ def write_report(
                 if "pdf" in formats:  # first, so a worker lays it out while the rest is rendered here
                     with _figures_by_reference() as figures:
                         printed = shown(render_html(context, template_dirs, medium="print"))
-                    job = (printed, evidence, _moment(results), bookmark_labels(context["toc"]), figures)
+                    job = (printed, evidence, _moment(results), bookmark_labels(context["toc"]), figures,
+                           _builtin_page(template_dirs))
                     if pdf_worker is not None:
                         pdf_worker.submit(*job)
                 if "html" in formats:  # odd file-name bytes escaped
@@ -251,6 +252,18 @@ def write_report(
     write_together(files, last=out_dir / FILENAMES["json"], folders="report folder",
                    remove=[out_dir / name for name, data in (extra or {}).items() if data is None])
     return written
+
+
+def _builtin_page(template_dirs: Sequence[Path]) -> bool:
+    """Whether the report's page and stylesheet are the built-in ones (not a user's), so that its PDF may be
+    laid out in parts (report/pdfparts.py)."""
+    env = make_environment(template_dirs, "print")
+    builtin = builtin_template_dir().resolve()
+    for name in (PAGE_TEMPLATE, CSS_TEMPLATE):
+        _, filename, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
+        if filename is None or Path(filename).resolve().parent != builtin:
+            return False
+    return True
 
 
 def _results_bytes(results: Mapping[str, Any]) -> bytes:
@@ -366,26 +379,46 @@ def _check_data_url(url: str) -> None:
 
 def _pdf_bytes(html: str, attachments: Mapping[str, bytes] | None = None, when: datetime | None = None,
                bookmarks: Mapping[str, str] | None = None,
-               figures: Mapping[str, tuple[bytes, str]] | None = None, collect_after: bool = True) -> bytes:
+               figures: Mapping[str, tuple[bytes, str]] | None = None, in_parts: bool = False,
+               collect_after: bool = True) -> bytes:
     """The PDF/A-3b of ``html``; ``attachments`` (file name -> bytes) embedded, dated ``when``; ``bookmarks``
     renames outline entries (a heading's text runs its number into its title: "1Summary" -> "1 Summary");
-    ``figures``: the figures ``html`` refers to (:func:`_figures_by_reference`); ``collect_after``: False
-    leaves the cyclic collector off after the PDF (:func:`_collector_paused`)."""
-    from weasyprint import HTML, Attachment
-
-    fetcher = data_only_url_fetcher(figures)
+    ``figures``: the figures ``html`` refers to (:func:`_figures_by_reference`); ``in_parts``: ``html`` is the
+    built-in report's print page, which may be laid out in two parts side by side (report/pdfparts.py);
+    ``collect_after``: False leaves the cyclic collector off after the PDF (:func:`_collector_paused`)."""
     when = (when or datetime.now(timezone.utc)).replace(tzinfo=None)  # WeasyPrint writes it as UTC
-    files = [
-        Attachment(file_obj=io.BytesIO(data), name=name, description=EVIDENCE.get(name), created=when, modified=when,
-                   relationship="Source" if name == "results.json" else "Supplement", url_fetcher=fetcher)
-        for name, data in (attachments or {}).items()
-    ]
+    labels, figures = dict(bookmarks or {}), dict(figures or {})
     with _collector_paused(resume=collect_after):
-        document = HTML(string=html, url_fetcher=fetcher).render(pdf_variant=PDF_VARIANT)
-        for page in document.pages:
-            page.bookmarks = [(level, (bookmarks or {}).get(label.strip(), label), target, state)
-                              for level, label, target, state in page.bookmarks]
-        return document.write_pdf(pdf_variant=PDF_VARIANT, attachments=files)
+        if in_parts:
+            from xai_audit.report.pdfparts import pdf_in_parts
+
+            made = pdf_in_parts(html, attachments, when, labels, figures)
+            if made is not None:
+                return made
+        fetcher = data_only_url_fetcher(figures)
+        document = _document(html, labels, fetcher)
+        return document.write_pdf(pdf_variant=PDF_VARIANT, attachments=_attachments(attachments, when, fetcher))
+
+
+def _document(html: str, labels: Mapping[str, str], fetcher: Any) -> Any:
+    """``html`` laid out by WeasyPrint (a Document), its outline entries renamed by ``labels``."""
+    from weasyprint import HTML
+
+    document = HTML(string=html, url_fetcher=fetcher).render(pdf_variant=PDF_VARIANT)
+    for page in document.pages:
+        page.bookmarks = [(level, labels.get(label.strip(), label), target, state)
+                          for level, label, target, state in page.bookmarks]
+    return document
+
+
+def _attachments(attachments: Mapping[str, bytes] | None, when: datetime, fetcher: Any) -> list[Any]:
+    """The evidence as WeasyPrint attachments, dated ``when`` (naive UTC)."""
+    from weasyprint import Attachment
+
+    return [Attachment(file_obj=io.BytesIO(data), name=name, description=EVIDENCE.get(name), created=when,
+                       modified=when, relationship="Source" if name == "results.json" else "Supplement",
+                       url_fetcher=fetcher)
+            for name, data in (attachments or {}).items()]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,220 @@
+"""The PDF laid out in parts side by side (report/pdfparts.py) is the PDF laid out whole: the same pages pixel
+for pixel, page numbers of the whole, the same outline, named destinations and links (across the cut too), the
+same metadata and attachments; the cut is made only where the stylesheet starts a page; a helper that fails
+leaves its part to the caller; a short page or a user's stylesheet is laid out whole."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pypdf import PdfReader
+
+from test_report import make_artifacts, make_results
+from xai_audit.report import pdfparts, write_report
+from xai_audit.report.context import build_context
+from xai_audit.report.render import (
+    _builtin_page,
+    _figures_by_reference,
+    _pdf_bytes,
+    bookmark_labels,
+    render_html,
+)
+
+PDFTOPPM = shutil.which("pdftoppm")
+WHEN = datetime(2026, 3, 4, 5, 6, 7)
+EVIDENCE = {"results.json": b'{"a": 1}\n', "plan-as-run.yaml": b"title: t\n", "finetune_manifest.csv": b"x\n"}
+
+
+@pytest.fixture(scope="module")
+def job() -> tuple:
+    """A small report's print page and what its PDF is made with."""
+    context = build_context(make_results(), make_artifacts())
+    with _figures_by_reference() as figures:
+        printed = render_html(context, medium="print")
+    return printed, EVIDENCE, WHEN, bookmark_labels(context["toc"]), figures
+
+
+@pytest.fixture()
+def small_cuts(monkeypatch):
+    """The small test report is cut as the demo's is (its page is far shorter than the threshold)."""
+    monkeypatch.setattr(pdfparts, "MIN_CHARACTERS", 0)
+    monkeypatch.setattr(pdfparts, "MIN_SHARE", 0.01)
+
+
+#: where each case cuts the small report's page: before the appendix; before an appendix section (inside the
+#: appendix, as the demo's page is cut); both (a part in the middle)
+CUTS = {"appendix": [0], "section": [2], "three": [0, 2]}
+
+
+@pytest.fixture(scope="module")
+def made(job) -> dict[str, bytes]:
+    """The PDF laid out whole, and in parts at each of CUTS (a child Python lays out the parts after the first)."""
+    html = job[0]
+    places = pdfparts._page_breaks(html, html.find('<div class="appendix" id="appendix">'))
+    made = {"whole": _pdf_bytes(*job)}
+    patch = pytest.MonkeyPatch()
+    try:
+        for name, chosen in CUTS.items():
+            patch.setattr(pdfparts, "cut", lambda page, parts, at=[places[i] for i in chosen]:
+                          pdfparts._linked_across(pdfparts._parts(page, at)))
+            made[name] = pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4])
+    finally:
+        patch.undo()
+    return made
+
+
+def _reader(data: bytes) -> PdfReader:
+    return PdfReader(io.BytesIO(data))
+
+
+def _outline(reader: PdfReader, entries=None, depth: int = 0) -> list[tuple]:
+    found = []
+    for entry in reader.outline if entries is None else entries:
+        if isinstance(entry, list):
+            found += _outline(reader, entry, depth + 1)
+        else:
+            found.append((depth, entry.title, reader.get_destination_page_number(entry), round(float(entry.left), 2),
+                          round(float(entry.top), 2), entry.get("/Count", 0) >= 0))
+    return found
+
+
+def _links(reader: PdfReader) -> list[tuple]:
+    found = []
+    for number, page in enumerate(reader.pages):
+        for annotation in page.get("/Annots", []) or []:
+            annotation = annotation.get_object()
+            action = annotation.get("/A")
+            found.append((number, [round(float(v), 2) for v in annotation["/Rect"]], annotation.get("/Dest"),
+                          action.get_object().get("/URI") if action is not None else None))
+    return found
+
+
+def _destinations(reader: PdfReader) -> dict[str, tuple]:
+    return {name: (reader.get_destination_page_number(dest), round(float(dest.left), 2), round(float(dest.top), 2))
+            for name, dest in reader.named_destinations.items()}
+
+
+@pytest.mark.parametrize("parts", list(CUTS))
+def test_parts_make_the_document_the_whole_makes(made, parts):
+    whole, cut = _reader(made["whole"]), _reader(made[parts])
+    assert len(cut.pages) == len(whole.pages) >= 6
+    assert cut.metadata == whole.metadata
+    xmp = cut.trailer["/Root"]["/Metadata"].get_object().get_data()
+    assert xmp == whole.trailer["/Root"]["/Metadata"].get_object().get_data() and b"pdfaid:part" in xmp
+    assert "/OutputIntents" in cut.trailer["/Root"]
+    assert {name: data for name, data in cut.attachments.items()} == {n: [d] for n, d in EVIDENCE.items()}
+    assert _outline(cut) == _outline(whole) and len(_outline(whole)) >= 8
+    assert _destinations(cut) == _destinations(whole)
+    links = _links(cut)
+    assert links == _links(whole) and links
+    internal = [dest for _, _, dest, _ in links if dest is not None]
+    assert internal and set(internal) <= set(_destinations(cut))  # every link lands, across the cut too
+    assert not any(uri and uri.startswith(pdfparts.ACROSS) for *_, uri in links)
+    for number, page in enumerate(cut.pages, 1):  # the page numbers of the whole, on every page
+        assert f"Page {number} of {len(cut.pages)}" in page.extract_text()
+
+
+@pytest.mark.skipif(PDFTOPPM is None, reason="pdftoppm (poppler) is not installed")
+@pytest.mark.parametrize("parts", list(CUTS))
+def test_parts_draw_every_page_as_the_whole_does(made, parts, tmp_path):
+    pages = {}
+    for name in ("whole", parts):
+        (tmp_path / f"{name}.pdf").write_bytes(made[name])
+        subprocess.run([PDFTOPPM, "-r", "50", "-png", str(tmp_path / f"{name}.pdf"), str(tmp_path / name)], check=True)
+        pages[name] = sorted(tmp_path.glob(f"{name}-*.png"))
+    assert len(pages["whole"]) == len(pages[parts])
+    for one, other in zip(pages["whole"], pages[parts]):
+        assert np.array_equal(np.asarray(Image.open(one)), np.asarray(Image.open(other))), one.name
+
+
+def test_the_cut_is_where_the_appendix_starts_a_page(job, small_cuts):
+    html = job[0]
+    assert len(pdfparts.cut(html, 2)) == 2  # the cheapest place: before the appendix (the body is most of it)
+    places = pdfparts._page_breaks(html, html.find('<div class="appendix" id="appendix">'))
+    parts = pdfparts._linked_across(pdfparts._parts(html, [places[0], places[2]]))
+    for place in places:  # the appendix, then each of its sections after its first
+        assert html.startswith(('<div class="appendix"', '<section class="section'), place)
+    starts = [re.search(r'<h1 class="report-title" style="[^"]*hidden[^"]*">', part) for part in parts[1:]]
+    assert all(starts)  # the running title, unseen, in every part after the first
+    ids = [set(re.findall(r'\sid="([^"]+)"', part)) for part in parts]
+    assert set().union(*ids) == set(re.findall(r'\sid="([^"]+)"', html))
+    assert sum(len(one) for one in ids) == len(set().union(*ids))  # each anchor in one part only
+    for part in parts:
+        assert part.count("<style>") == html.count("<style>") + 1 and part.rstrip().endswith("</html>")
+
+
+def test_short_pages_and_a_users_stylesheet_are_laid_out_whole(job, tmp_path, monkeypatch):
+    assert pdfparts.cut(job[0]) == [job[0]]  # far shorter than MIN_CHARACTERS
+    assert pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4]) is None
+    monkeypatch.setattr(pdfparts, "MIN_CHARACTERS", 0)
+    monkeypatch.setattr(pdfparts, "MIN_SHARE", 0.01)
+    monkeypatch.setenv(pdfparts.ENV, "0")
+    assert pdfparts.cut(job[0]) == [job[0]]
+    assert _builtin_page([]) and _builtin_page([tmp_path])  # a folder that overrides neither
+    (tmp_path / "report.css").write_text("@page { @bottom-right { content: counter(page); } }")
+    assert not _builtin_page([tmp_path])
+
+
+def test_a_helper_that_fails_leaves_its_part_here(job, made, small_cuts, monkeypatch):
+    def no_process(self, function, arguments):
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(pdfparts._Helper, "_start", no_process)
+    assert pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4], parts=2) == made["appendix"]
+
+
+def test_a_forked_helper_makes_the_same_bytes(job, made, tmp_path):
+    """The command's PDF worker forks its helpers; a library call starts a child Python: the same PDF."""
+    import pickle
+
+    (tmp_path / "job.pickle").write_bytes(pickle.dumps((job[0], job[1], WHEN, job[3], job[4])))
+    script = textwrap.dedent(f"""
+        import pickle, sys
+        from xai_audit.report import pdfparts
+        pdfparts.MIN_CHARACTERS, pdfparts.MIN_SHARE = 0, 0.01
+        pdfparts.allow_fork()
+        job = pickle.loads(open({str(tmp_path / "job.pickle")!r}, "rb").read())
+        sys.stdout.buffer.write(pdfparts.pdf_in_parts(*job, parts=2))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout == made["appendix"]
+
+
+def test_the_outline_follows_weasyprints_rule_for_skipped_levels():
+    marks = [([(1, "a", (0, 10), "open"), (3, "a.1", (0, 20), "closed")], 100.0),
+             ([(2, "a.2", (5, 30), "open"), (1, "b", (0, 40), "open"), (4, "b.1", (0, 50), "open")], 200.0)]
+    tree = pdfparts.bookmark_tree(marks, scale=1)
+    assert [label for label, *_ in tree] == ["a", "b"]
+    assert [label for label, *_ in tree[0][2]] == ["a.1", "a.2"]  # level 3 then level 2: both one below 'a'
+    assert tree[0][2][1][1] == (1, 5, 170)  # page 2, y from the page's bottom
+    assert [label for label, *_ in tree[1][2]] == ["b.1"]
+
+
+def test_write_report_lays_out_a_long_report_in_parts(tmp_path, monkeypatch):
+    """write_report asks for parts for the built-in page (and none where a user's stylesheet is used)."""
+    seen = []
+    real = pdfparts.pdf_in_parts
+
+    def spy(*args, **kwargs):
+        seen.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pdfparts, "pdf_in_parts", spy)
+    write_report(make_results(), make_artifacts(), tmp_path / "a", formats=["pdf"])
+    assert seen == [True]
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "report.css").write_text("body { color: black; }")
+    write_report(make_results(), make_artifacts(), tmp_path / "b", formats=["pdf"], template_dirs=[tmp_path / "t"])
+    assert seen == [True]
+    assert Path(tmp_path / "b" / "report.pdf").read_bytes().startswith(b"%PDF")

@@ -1,0 +1,462 @@
+"""The report's PDF laid out in two parts at once, then made one PDF.
+
+WeasyPrint lays a document out on one core, and laying out the demo's hundred pages was most of a cached
+re-run (issue 19 asks for one under 10 s on 2 cores). So the print page is cut where the stylesheet already
+starts a new page, before an appendix section other than the first, at the place that halves the page; the
+second part is laid out by WeasyPrint in a process of its own, on the other core, while this process lays
+out the first; pypdf makes the two PDFs one.
+
+What WeasyPrint does across a whole document is done here across the cut:
+
+* **Page numbers.** "Page X of Y" needs both parts' page counts. The parts are laid out without their
+  numbered margin box (:data:`NUMBERED_BOX`). Once both counts are known, WeasyPrint lays out the numbers
+  of every page as a document of their own (the report's stylesheet, pages that hold nothing but that box),
+  and each is drawn over its page. A margin box takes no room from a page's content, so no page is laid out
+  differently.
+* **Links across the cut.** WeasyPrint drops a link whose anchor is not in its document, so a link to the
+  other part's anchor is given a URL of a scheme of its own (:data:`ACROSS`), and made an internal link
+  again in the one PDF, whose named destinations are both parts'.
+* **The outline.** It is built from both parts' bookmarks in order, by WeasyPrint's rule: a bookmark's depth
+  follows its level, a skipped level is skipped (:func:`bookmark_tree`).
+* **The running title** (``string(doctitle)``) is set by the report's title, in part one. Part two starts
+  with a copy of that heading, out of the flow and unseen. The boxes the cut crosses (the report, the
+  appendix) lose their margin, border and padding on the cut's side, as a box broken across pages does.
+
+Everything else of the PDF is part one's: the PDF/A-3b metadata, the output intent, the attachments; part
+two gives its pages. Only the built-in page and stylesheet are cut (they number pages in one box and carry
+nothing else across the cut), and only a print page of :data:`MIN_CHARACTERS` or more with a place to cut
+near its middle; any other is laid out whole. The PDF is the same in the ``xai-audit`` command (its PDF
+worker forks the second process) and in a library call (a child Python is started): same bytes.
+"""
+
+from __future__ import annotations
+
+import html as html_text
+import io
+import itertools
+import os
+import pickle
+import re
+import subprocess
+import sys
+import threading
+from datetime import datetime
+from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import unquote
+
+#: print pages shorter than this (characters) are laid out whole: what the cut costs (a second process, the
+#: page numbers, the merge: about a second) would eat what it saves
+MIN_CHARACTERS = 150_000
+#: a place to cut is taken only where the smaller part holds at least this share of the page
+MIN_SHARE = 0.25
+#: the most parts a print page is cut into (two cores: this process lays out one, another the other)
+PARTS = 2
+#: set to 0 to lay the PDF out whole
+ENV = "XAI_AUDIT_PDF_PARTS"
+#: the margin box that shows "Page X of Y" in the built-in stylesheet
+NUMBERED_BOX = "bottom-center"
+#: the URL scheme of a link whose anchor is in the other part, until the parts are one PDF
+ACROSS = "xai-audit-across"
+#: every margin box of a page (CSS Paged Media)
+MARGIN_BOXES = ("top-left-corner", "top-left", "top-center", "top-right", "top-right-corner", "right-top",
+                "right-middle", "right-bottom", "bottom-right-corner", "bottom-right", "bottom-center",
+                "bottom-left", "bottom-left-corner", "left-bottom", "left-middle", "left-top")
+
+_APPENDIX = '<div class="appendix" id="appendix">'
+_MAIN = '<main class="report">'
+_TITLE = re.compile(r'<h1 class="report-title">.*?</h1>', re.S)
+_BLOCK_TAG = re.compile(r'<(/?)(div|section)\b[^>]*>')
+_ID = re.compile(r'\sid="([^"]*)"')
+_HREF = re.compile(r'href="#([^"]*)"')
+#: the attributes that mark a box the cut crosses: it goes on from the part before, or on into the part after
+_CONTINUED, _CONTINUES = "data-xai-audit-continued", "data-xai-audit-continues"
+
+#: each part: no page numbers (they are drawn over the one PDF), and no decoration on a crossing box's cut side
+_PART_CSS = (f"@page {{ @{NUMBERED_BOX} {{ content: none !important; }} }} "
+             f"[{_CONTINUED}] {{ margin-top: 0 !important; padding-top: 0 !important; border-top-width: 0 !important;"
+             " break-before: auto !important; } "
+             f"[{_CONTINUES}] {{ margin-bottom: 0 !important; padding-bottom: 0 !important;"
+             " border-bottom-width: 0 !important; }")
+#: the page numbers' document: every other margin box empty, nothing painted but the numbers
+_NUMBERS_CSS = ("@page { background: none !important; "
+                + " ".join(f"@{box} {{ content: none !important; }}" for box in MARGIN_BOXES if box != NUMBERED_BOX)
+                + " } html, body { background: none !important; } .xai-audit-page { break-after: page; }")
+
+#: True in a process that may fork a helper (the command's PDF worker: one thread, WeasyPrint imported)
+_may_fork = False
+
+
+def allow_fork() -> None:
+    """Let this process fork the second part's process (call it only in a process with one thread)."""
+    global _may_fork
+    _may_fork = True
+
+
+# -- the cut ---------------------------------------------------------------------
+
+
+def cut(html: str, parts: int = 2) -> list[str]:
+    """``html`` (a print page of the built-in report template) as up to ``parts`` pages to lay out side by side,
+    cut where their lengths come nearest to equal; or as itself alone where it is short, has no place to cut
+    that leaves each part :data:`MIN_SHARE` of it, or the cut is switched off (:data:`ENV`)."""
+    if len(html) < MIN_CHARACTERS or os.environ.get(ENV, "1") == "0" or parts < 2:
+        return [html]
+    head_end, main, appendix = html.find("</head>"), html.find(_MAIN), html.find(_APPENDIX)
+    if html.count(_APPENDIX) != 1 or _TITLE.search(html) is None or not 0 <= head_end < main < appendix:
+        return [html]
+    places = _page_breaks(html, appendix)
+    best: tuple[float, list[int]] | None = None
+    for count in range(1, min(parts, len(places) + 1)):
+        for chosen in itertools.combinations(places, count):
+            sizes = [b - a for a, b in zip((0, *chosen), (*chosen, len(html)))]
+            if min(sizes) >= MIN_SHARE * len(html) / count and (best is None or max(sizes) < best[0]):
+                best = (max(sizes), list(chosen))
+    return [html] if best is None else _linked_across(_parts(html, best[1]))
+
+
+def _page_breaks(html: str, appendix: int) -> list[int]:
+    """Where the stylesheet starts a new page in the appendix: the appendix itself, and each of its sections (a
+    ``<section class="section ...">`` that is a child of the appendix) after its first, which shares the
+    appendix's first page. Each is a page of the appendix (a named page, whose running head is not the first
+    page's)."""
+    places, depth = [appendix], 0
+    for tag in _BLOCK_TAG.finditer(html, appendix):
+        if tag.group(1):
+            depth -= 1
+            if depth == 0:
+                break  # the appendix ends
+            continue
+        if depth == 1 and tag.group(2) == "section" and re.match(r'<section class="section[ "]', tag.group()):
+            places.append(tag.start())
+        depth += 1
+    return places[:1] + places[2:]
+
+
+def _parts(html: str, places: list[int]) -> list[str]:
+    """``html`` cut at ``places``: each part a whole page, with the head (stylesheet and all), the boxes the cut
+    crosses (the report; the appendix, where a cut is inside it) opened before it and closed after it, and the
+    report's title, unseen, at its start for the running head."""
+    head_end, main, appendix = html.find("</head>"), html.find(_MAIN), html.find(_APPENDIX)
+    title = _TITLE.search(html)
+    assert title is not None
+    unseen = title.group().replace('class="report-title"',
+                                   'class="report-title" style="position: absolute; visibility: hidden"', 1)
+    head = f"{html[:head_end]}<style>{_PART_CSS}</style>{html[head_end:main]}"
+    bounds = [0, *places, len(html)]
+    parts = []
+    for start, end in zip(bounds, bounds[1:]):
+        crossed_before = [] if start == 0 else ["main"] + (["appendix"] if start > appendix else [])
+        crossed_after = [] if end == len(html) else ["main"] + (["appendix"] if end > appendix else [])
+        if start == 0:
+            text = f"{html[:head_end]}<style>{_PART_CSS}</style>{html[head_end:end]}"
+            for box in crossed_after:  # the boxes opened in this part go on into the next
+                tag = _MAIN if box == "main" else _APPENDIX
+                text = text.replace(tag, tag.replace(">", f" {_CONTINUES}>", 1), 1)
+        else:
+            opened = ""
+            for box in crossed_before:
+                marks = _CONTINUED + (f" {_CONTINUES}" if box in crossed_after else "")
+                opened += f'<main class="report" {marks}>\n{unseen}\n' if box == "main" else f'<div class="appendix" {marks}>\n'
+            text = head + opened + html[start:end]
+            if "appendix" in crossed_after and "appendix" not in crossed_before:  # the appendix starts in this part
+                text = text.replace(_APPENDIX, _APPENDIX.replace(">", f" {_CONTINUES}>", 1), 1)
+        closing = {"main": "</main>", "appendix": "</div>"}
+        text += "".join(f"\n{closing[box]}" for box in reversed(crossed_after))
+        parts.append(text if end == len(html) else f"{text}\n</body>\n</html>\n")
+    return parts
+
+
+def _linked_across(parts: list[str]) -> list[str]:
+    """Each part's links to an anchor in another part given the :data:`ACROSS` scheme."""
+    ids = [{unquote(html_text.unescape(name)) for name in _ID.findall(part)} for part in parts]
+    everywhere = set().union(*ids)
+
+    def relink(part: str, own: set[str]) -> str:
+        def one(link: re.Match) -> str:
+            target = unquote(html_text.unescape(link.group(1)))
+            return link.group() if target in own or target not in everywhere else f'href="{ACROSS}:{link.group(1)}"'
+
+        return _HREF.sub(one, part)
+
+    return [relink(part, own) for part, own in zip(parts, ids)]
+
+
+# -- laying out ------------------------------------------------------------------
+
+#: one page's bookmarks ((level, label, (x, y), state), as WeasyPrint's Page has them) and its height (CSS px)
+Marks = list[tuple[list[tuple[int, str, tuple[float, float], str]], float]]
+
+
+def part_pdf(html: str, attachments: Mapping[str, bytes] | None, when: datetime, labels: Mapping[str, str],
+             figures: Mapping[str, tuple[bytes, str]], laid_out: Callable[[int], None] | None = None
+             ) -> tuple[bytes, Marks]:
+    """One part's PDF/A-3b, with no outline, and its pages' bookmarks and heights (for the outline of both);
+    ``laid_out`` is told its page count as soon as it is laid out, before it is drawn."""
+    from xai_audit.report.render import PDF_VARIANT, _attachments, _document, data_only_url_fetcher
+
+    fetcher = data_only_url_fetcher(figures)
+    document = _document(html, labels, fetcher)
+    if laid_out is not None:
+        laid_out(len(document.pages))
+    marks: Marks = []
+    for page in document.pages:
+        marks.append((list(page.bookmarks), page.height))
+        page.bookmarks = []  # the outline is written once, for both parts (merge)
+    return document.write_pdf(pdf_variant=PDF_VARIANT, attachments=_attachments(attachments, when, fetcher)), marks
+
+
+def numbers_pdf(html: str, count: int, laid_out: Callable[[int], None] | None = None) -> bytes:
+    """The page numbers of a ``count``-page PDF of ``html`` (the print page): ``count`` pages with the page's
+    own stylesheet that show nothing but :data:`NUMBERED_BOX`."""
+    from weasyprint import HTML
+
+    from xai_audit.report.render import PDF_VARIANT, data_only_url_fetcher
+
+    head = html[:html.index("</head>")]
+    pages = '<div class="xai-audit-page"></div>' * (count - 1) + "<div></div>"
+    page = f"{head}<style>{_NUMBERS_CSS}</style></head><body>{pages}</body></html>"
+    document = HTML(string=page, url_fetcher=data_only_url_fetcher()).render(pdf_variant=PDF_VARIANT)
+    if len(document.pages) != count:
+        raise RuntimeError(f"the page numbers took {len(document.pages)} pages, not {count}")
+    if laid_out is not None:
+        laid_out(count)
+    return document.write_pdf(pdf_variant=PDF_VARIANT)
+
+
+def pdf_in_parts(html: str, attachments: Mapping[str, bytes] | None, when: datetime, labels: Mapping[str, str],
+                 figures: Mapping[str, tuple[bytes, str]], parts: int = PARTS) -> bytes | None:
+    """The PDF of ``html`` laid out in up to ``parts`` parts side by side (:func:`cut`), or None where it is one.
+
+    The first part is laid out here, each other in a process of its own, which says its page count as soon
+    as it has laid its part out; where this process may fork, the page numbers are then laid out in one more
+    process while the parts are drawn. A helper that failed leaves its work to this process, which does it or
+    raises what it raises."""
+    pieces = cut(html, parts)
+    if len(pieces) == 1:
+        return None
+    first, others = pieces[0], pieces[1:]
+    jobs = [(piece, None, when, labels, {url: figures[url] for url in figures if url in piece}) for piece in others]
+    helpers = [_Helper(part_pdf, job) for job in jobs]
+    numbering: list[_Helper] = []
+
+    def first_laid_out(count: int) -> None:
+        theirs = [helper.count() for helper in helpers]
+        if _may_fork and None not in theirs:
+            numbering.append(_Helper(numbers_pdf, (html, count + sum(theirs))))  # type: ignore[arg-type]
+
+    made = [part_pdf(first, attachments, when, labels, figures, laid_out=first_laid_out)]
+    for helper, job in zip(helpers, jobs):
+        made.append(helper.result() or part_pdf(*job))  # a helper that failed: its part is laid out here
+    marks = [page for _, pages in made for page in pages]
+    numbers = numbering[0].result() if numbering else None
+    return merge([pdf for pdf, _ in made], numbers or numbers_pdf(html, len(marks)), marks)
+
+
+# -- one PDF ---------------------------------------------------------------------
+
+
+def bookmark_tree(marks: Marks, scale: float = 0.75) -> list[tuple[str, tuple[int, float, float], list, str]]:
+    """The outline of pages with these bookmarks: ``(label, (page, x, y), children, state)`` subtrees, as
+    WeasyPrint's ``Document.make_bookmark_tree(scale, transform_pages=True)`` makes them (a depth per level
+    met, a skipped level skipped; points in PDF units, from the page's bottom left)."""
+    root: list = []
+    skipped: list[int] = []
+    last_by_depth = [root]
+    previous = 0
+    for number, (bookmarks, height) in enumerate(marks):
+        for level, label, (x, y), state in bookmarks:
+            if level > previous:
+                skipped.append(level - previous - 1)
+            else:
+                level_now = level
+                while level_now < previous:
+                    level_now += 1 + skipped.pop()
+                if level_now > previous:
+                    skipped.append(level_now - previous - 1)
+            previous = level
+            depth = level - sum(skipped)
+            children: list = []
+            last_by_depth[depth - 1].append((label, (number, x * scale, (height - y) * scale), children, state))
+            del last_by_depth[depth:]
+            last_by_depth.append(children)
+    return root
+
+
+def merge(parts: Sequence[bytes], numbers: bytes, marks: Marks) -> bytes:
+    """One PDF: the first part (its document: metadata, attachments, output intent) with the other parts' pages
+    after its own, every part's named destinations, links across a cut made internal, the outline of ``marks``
+    (every part's pages in order), and ``numbers``' pages drawn over the pages."""
+    from pypdf import PdfReader, PdfWriter
+    from pypdf.generic import ArrayObject, DictionaryObject, Fit, NameObject, TextStringObject
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(parts[0])))
+    # named destinations: the first part's are on the writer's pages already; the others' are moved onto them
+    dests = dict(_named_destinations(writer.root_object))
+    for part in parts[1:]:
+        extra = PdfReader(io.BytesIO(part))
+        theirs = {page.indirect_reference.idnum: len(writer.pages) + i for i, page in enumerate(extra.pages)}
+        for page in extra.pages:
+            writer.add_page(page)
+        for name, dest in _named_destinations(extra.trailer["/Root"]):
+            dests.setdefault(name, ArrayObject([writer.pages[theirs[dest[0].idnum]].indirect_reference, *dest[1:]]))
+    if dests:
+        names = writer.root_object.setdefault(NameObject("/Names"), DictionaryObject()).get_object()
+        flat = ArrayObject()
+        for name in sorted(dests):
+            flat.extend([TextStringObject(name), dests[name]])
+        names[NameObject("/Dests")] = DictionaryObject({NameObject("/Names"): flat})
+    for page in writer.pages:  # links across the cut: internal again
+        for annotation in page.get("/Annots", []):
+            annotation = annotation.get_object()
+            action = annotation.get("/A")
+            uri = action.get_object().get("/URI") if action is not None else None
+            if isinstance(uri, str) and uri.startswith(f"{ACROSS}:"):
+                del annotation["/A"]
+                annotation[NameObject("/Dest")] = TextStringObject(unquote(uri[len(ACROSS) + 1:]))
+
+    def outline(subtrees: Sequence, parent: Any = None) -> None:
+        for label, (number, x, y), children, state in subtrees:
+            item = writer.add_outline_item(title=label, page_number=number, parent=parent, fit=Fit.xyz(x, y, 0),
+                                           is_open=state != "closed")
+            outline(children, item)
+
+    outline(bookmark_tree(marks))
+    for page, numbered in zip(writer.pages, PdfReader(io.BytesIO(numbers)).pages):
+        page.merge_page(numbered)
+        page.compress_content_streams()
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def _named_destinations(catalog: Any) -> list[tuple[str, Any]]:
+    """(name, destination array) of a catalog's /Dests name tree, in the tree's order."""
+    found: list[tuple[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        node = node.get_object()
+        for kid in node.get("/Kids", []):
+            walk(kid)
+        flat = node.get("/Names", [])
+        for at in range(0, len(flat) - 1, 2):
+            found.append((str(flat[at]), flat[at + 1].get_object()))
+
+    names = catalog.get_object().get("/Names")
+    if names is not None and "/Dests" in names.get_object():
+        walk(names.get_object()["/Dests"])
+    return found
+
+
+# -- the second part's process ---------------------------------------------------
+
+
+class _Helper:
+    """``function(*arguments, laid_out=...)`` in another process: forked where this process may fork
+    (:func:`allow_fork`), otherwise a child Python started for it. It says its page count once laid out
+    (:meth:`count`), then its value (:meth:`result`); either is None where it failed."""
+
+    def __init__(self, function: Callable[..., Any], arguments: tuple) -> None:
+        self._pid: int | None = None
+        self._process: subprocess.Popen | None = None
+        self._stream: Any = None
+        self._told: list[tuple[str, Any]] = []
+        try:
+            if _may_fork:
+                self._fork(function, arguments)
+            else:
+                self._start(function, arguments)
+        except (OSError, ValueError):  # no more processes: the caller does it itself
+            self._stream = None
+
+    def _fork(self, function: Callable[..., Any], arguments: tuple) -> None:
+        theirs, ours = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the forked child; what it says is checked in the parent
+            os.close(theirs)
+            _answer(os.fdopen(ours, "wb"), function.__name__, arguments)
+        os.close(ours)
+        self._pid, self._stream = pid, os.fdopen(theirs, "rb")
+
+    def _start(self, function: Callable[..., Any], arguments: tuple) -> None:
+        env = dict(os.environ)  # the child finds the modules this process found
+        env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", "from xai_audit.report.pdfparts import _serve; _serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        job = pickle.dumps((function.__name__, arguments), protocol=pickle.HIGHEST_PROTOCOL)
+        stdin = self._process.stdin
+
+        def send() -> None:  # in a thread: the child reads once it has imported WeasyPrint
+            try:
+                stdin.write(job)
+                stdin.close()
+            except OSError:
+                pass
+
+        threading.Thread(target=send, name="xai-audit-pdf-part", daemon=True).start()
+        self._stream = self._process.stdout
+
+    def _next(self) -> tuple[str, Any]:
+        if self._stream is None:
+            return ("died", None)
+        try:
+            return pickle.load(self._stream)
+        except Exception:  # noqa: BLE001 - it died before answering (killed, out of memory)
+            return ("died", None)
+
+    def count(self) -> int | None:
+        """The page count it laid out (waits for it), or None where it failed first."""
+        if not self._told:
+            self._told.append(self._next())
+        kind, value = self._told[0]
+        return value if kind == "count" else None
+
+    def result(self) -> Any:
+        """Its value (waits for it), or None where it failed; the process is ended."""
+        told = next((message for message in self._told if message[0] != "count"), None)
+        while told is None:  # its count, where not asked for, comes first
+            message = self._next()
+            told = message if message[0] != "count" else None
+        self._told.clear()
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        if self._pid is not None:
+            os.waitpid(self._pid, 0)
+        if self._process is not None:
+            self._process.wait()
+        kind, value = told
+        return value if kind == "ok" else None
+
+
+#: what a helper may be asked to do, by name
+_WORK: dict[str, Callable[..., Any]] = {"part_pdf": part_pdf, "numbers_pdf": numbers_pdf}
+
+
+def _answer(out: Any, name: str, arguments: tuple) -> None:
+    """Run the work ``name`` on ``arguments``; write ``("count", pages)`` once laid out, then ``("ok", value)``
+    or ``("error", message)``, each a pickle, to ``out``; end the process."""
+    def tell(message: tuple[str, Any]) -> None:
+        pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+
+    try:
+        try:
+            reply: tuple[str, Any] = ("ok", _WORK[name](*arguments, laid_out=lambda pages: tell(("count", pages))))
+        except BaseException as exc:  # noqa: BLE001 - the parent does the work itself, and raises there
+            reply = ("error", f"{type(exc).__name__}: {exc}")
+        tell(reply)
+        out.close()
+    finally:
+        os._exit(0)  # no teardown: WeasyPrint's objects die with the process
+
+
+def _serve() -> None:
+    """A child Python's work (:class:`_Helper`): one job from stdin, what it says to stdout."""
+    import gc
+
+    gc.disable()  # a short life: WeasyPrint's garbage dies with the process
+    answer = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything a library prints goes to stderr, not into the answer
+    name, arguments = pickle.load(sys.stdin.buffer)
+    _answer(answer, name, arguments)
