@@ -192,3 +192,16 @@ def test_robustness_rows_scale_to_1000_images_and_judge_each_limit():
     # corruptions and calibration are linear in the images; the attack covers at most 64 of them
     assert table[0][-1] == "250 s" and table[1][-1] == "32.00 s" and table[2][-1] == "12.50 s"
     assert whole.measured == "294 s (scaled from 8)" and whole.ratio is None
+
+
+def test_the_render_share_counts_the_cpu_of_child_processes():
+    """The PDF's parts are laid out in a child Python (report/pdfparts.py): its CPU is rendering's too."""
+    import subprocess
+    import sys
+
+    from bench import report
+
+    before, children = report._cpu(), report._child_cpu()
+    subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], check=True)
+    assert report._child_cpu() - children > 0.05
+    assert report._cpu() - before >= report._child_cpu() - children

@@ -48,12 +48,12 @@ def job() -> tuple:
 def small_cuts(monkeypatch):
     """The small test report is cut as the demo's is (its page is far shorter than the threshold)."""
     monkeypatch.setattr(pdfparts, "MIN_CHARACTERS", 0)
-    monkeypatch.setattr(pdfparts, "MIN_SHARE", 0.01)
 
 
-#: where each case cuts the small report's page: before the appendix; before an appendix section (inside the
-#: appendix, as the demo's page is cut); both (a part in the middle)
-CUTS = {"appendix": [0], "section": [2], "three": [0, 2]}
+#: where each case cuts the small report's page (places: the appendix, then its sections after the first):
+#: before the appendix; before an appendix section (inside the appendix); both (a part in the middle); at every
+#: place (None: :func:`pdfparts.cut`, as the demo's page is cut)
+CUTS = {"appendix": [0], "section": [2], "three": [0, 2], "every": None}
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,10 @@ def made(job) -> dict[str, bytes]:
     made = {"whole": _pdf_bytes(*job)}
     patch = pytest.MonkeyPatch()
     try:
+        patch.setattr(pdfparts, "MIN_CHARACTERS", 0)
+        real = pdfparts.cut
         for name, chosen in CUTS.items():
-            patch.setattr(pdfparts, "cut", lambda page, parts, at=[places[i] for i in chosen]:
+            patch.setattr(pdfparts, "cut", real if chosen is None else lambda page, at=[places[i] for i in chosen]:
                           pdfparts._linked_across(pdfparts._parts(page, at)))
             made[name] = pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4])
     finally:
@@ -139,11 +141,14 @@ def test_parts_draw_every_page_as_the_whole_does(made, parts, tmp_path):
 
 def test_the_cut_is_where_the_appendix_starts_a_page(job, small_cuts):
     html = job[0]
-    assert len(pdfparts.cut(html, 2)) == 2  # the cheapest place: before the appendix (the body is most of it)
     places = pdfparts._page_breaks(html, html.find('<div class="appendix" id="appendix">'))
-    parts = pdfparts._linked_across(pdfparts._parts(html, [places[0], places[2]]))
+    parts = pdfparts.cut(html)
+    assert len(parts) == len(places) + 1 >= 5
     for place in places:  # the appendix, then each of its sections after its first
         assert html.startswith(('<div class="appendix"', '<section class="section'), place)
+    # a part's own metadata (the run's date among it) is the first part's alone: the others are the same on a re-run
+    assert '<meta name="generator"' in parts[0] and "<title>" in parts[0]
+    assert not any('<meta name="' in part or "<title>" in part for part in parts[1:])
     starts = [re.search(r'<h1 class="report-title" style="[^"]*hidden[^"]*">', part) for part in parts[1:]]
     assert all(starts)  # the running title, unseen, in every part after the first
     ids = [set(re.findall(r'\sid="([^"]+)"', part)) for part in parts]
@@ -157,7 +162,6 @@ def test_short_pages_and_a_users_stylesheet_are_laid_out_whole(job, tmp_path, mo
     assert pdfparts.cut(job[0]) == [job[0]]  # far shorter than MIN_CHARACTERS
     assert pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4]) is None
     monkeypatch.setattr(pdfparts, "MIN_CHARACTERS", 0)
-    monkeypatch.setattr(pdfparts, "MIN_SHARE", 0.01)
     monkeypatch.setenv(pdfparts.ENV, "0")
     assert pdfparts.cut(job[0]) == [job[0]]
     assert _builtin_page([]) and _builtin_page([tmp_path])  # a folder that overrides neither
@@ -170,7 +174,7 @@ def test_a_helper_that_fails_leaves_its_part_here(job, made, small_cuts, monkeyp
         raise OSError("no more processes")
 
     monkeypatch.setattr(pdfparts._Helper, "_start", no_process)
-    assert pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4], parts=2) == made["appendix"]
+    assert pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4]) == made["every"]
 
 
 def test_a_forked_helper_makes_the_same_bytes(job, made, tmp_path):
@@ -181,14 +185,43 @@ def test_a_forked_helper_makes_the_same_bytes(job, made, tmp_path):
     script = textwrap.dedent(f"""
         import pickle, sys
         from xai_audit.report import pdfparts
-        pdfparts.MIN_CHARACTERS, pdfparts.MIN_SHARE = 0, 0.01
+        pdfparts.MIN_CHARACTERS = 0
         pdfparts.allow_fork()
         job = pickle.loads(open({str(tmp_path / "job.pickle")!r}, "rb").read())
-        sys.stdout.buffer.write(pdfparts.pdf_in_parts(*job, parts=2))
+        sys.stdout.buffer.write(pdfparts.pdf_in_parts(*job))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert done.stdout == made["appendix"]
+    assert done.stdout == made["every"]
+
+
+def test_parts_are_kept_by_content_and_not_laid_out_again(job, made, small_cuts, tmp_path, monkeypatch):
+    laid_out = []
+    real = pdfparts.parts_pdf
+
+    def counted(jobs, laid_out=None):
+        laid.append(len(jobs))
+        return real(jobs, laid_out=laid_out)
+
+    def no_process(self, function, arguments):  # every part laid out here, where it is counted
+        raise OSError("no more processes")
+
+    laid = laid_out
+    monkeypatch.setattr(pdfparts, "parts_pdf", counted)
+    monkeypatch.setattr(pdfparts._Helper, "_start", no_process)
+    pieces = len(pdfparts.cut(job[0]))
+    first = pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4], tmp_path)
+    assert first == made["every"] and sum(laid_out) == pieces
+    stored = sorted((tmp_path / "figures" / "pdf").rglob("*.part"))
+    assert len(stored) == pieces  # every part after the first, and the page numbers
+    laid_out.clear()
+    later = WHEN.replace(year=2027)  # a re-run: only the first part (its date, its attachments) is laid out
+    again = pdfparts.pdf_in_parts(*job[:2], later, job[3], job[4], tmp_path)
+    assert laid_out == [1] and _reader(again).attachments["results.json"] == [EVIDENCE["results.json"]]
+    stored[0].write_bytes(stored[0].read_bytes()[:-1] + b"x")  # a damaged entry is laid out again
+    laid_out.clear()
+    assert pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4], tmp_path) == made["every"]
+    assert sum(laid_out) == 2
 
 
 def test_the_outline_follows_weasyprints_rule_for_skipped_levels():

@@ -1,39 +1,44 @@
-"""The report's PDF laid out in two parts at once, then made one PDF.
+"""The report's PDF laid out in parts, side by side and from a cache, then made one PDF.
 
 WeasyPrint lays a document out on one core, and laying out the demo's hundred pages was most of a cached
 re-run (issue 19 asks for one under 10 s on 2 cores). So the print page is cut where the stylesheet already
-starts a new page, before an appendix section other than the first, at the place that halves the page; the
-second part is laid out by WeasyPrint in a process of its own, on the other core, while this process lays
-out the first; pypdf makes the two PDFs one.
+starts a new page: before the appendix and before each of its sections but the first (:func:`cut`). Parts
+are laid out by WeasyPrint in two processes at once, this one and a helper, and pypdf makes them one PDF
+(:func:`merge`). A part after the first is the same on a re-run (the evidence: explanations, hypotheses,
+fine-tuning data) unless the audit changed, so its PDF is kept by content in the run's cache folder, beside
+the figures, and not laid out again (:class:`PartStore`); the first part (the verdict and the body, which
+name the run's time) and the parts that record the run (provenance, timings) are laid out every time.
 
-What WeasyPrint does across a whole document is done here across the cut:
+What WeasyPrint does across a whole document is done here across the cuts:
 
-* **Page numbers.** "Page X of Y" needs both parts' page counts. The parts are laid out without their
-  numbered margin box (:data:`NUMBERED_BOX`). Once both counts are known, WeasyPrint lays out the numbers
-  of every page as a document of their own (the report's stylesheet, pages that hold nothing but that box),
-  and each is drawn over its page. A margin box takes no room from a page's content, so no page is laid out
+* **Page numbers.** "Page X of Y" needs every part's page count. The parts are laid out without their
+  numbered margin box (:data:`NUMBERED_BOX`). Once every count is known, WeasyPrint lays out the numbers of
+  every page as a document of their own (the report's stylesheet, pages that hold nothing but that box), and
+  each is drawn over its page. A margin box takes no room from a page's content, so no page is laid out
   differently.
-* **Links across the cut.** WeasyPrint drops a link whose anchor is not in its document, so a link to the
-  other part's anchor is given a URL of a scheme of its own (:data:`ACROSS`), and made an internal link
-  again in the one PDF, whose named destinations are both parts'.
-* **The outline.** It is built from both parts' bookmarks in order, by WeasyPrint's rule: a bookmark's depth
+* **Links across a cut.** WeasyPrint drops a link whose anchor is not in its document, so a link to another
+  part's anchor is given a URL of a scheme of its own (:data:`ACROSS`), and made an internal link again in the
+  one PDF, whose named destinations are every part's.
+* **The outline.** It is built from every part's bookmarks in order, by WeasyPrint's rule: a bookmark's depth
   follows its level, a skipped level is skipped (:func:`bookmark_tree`).
-* **The running title** (``string(doctitle)``) is set by the report's title, in part one. Part two starts
-  with a copy of that heading, out of the flow and unseen. The boxes the cut crosses (the report, the
-  appendix) lose their margin, border and padding on the cut's side, as a box broken across pages does.
+* **The running title** (``string(doctitle)``) is set by the report's title, in the first part. Each other
+  part starts with a copy of that heading, out of the flow and unseen. The boxes a cut crosses (the report,
+  the appendix) lose their margin, border and padding on the cut's side, as a box broken across pages does.
 
-Everything else of the PDF is part one's: the PDF/A-3b metadata, the output intent, the attachments; part
-two gives its pages. Only the built-in page and stylesheet are cut (they number pages in one box and carry
-nothing else across the cut), and only a print page of :data:`MIN_CHARACTERS` or more with a place to cut
-near its middle; any other is laid out whole. The PDF is the same in the ``xai-audit`` command (its PDF
-worker forks the second process) and in a library call (a child Python is started): same bytes.
+Everything else of the PDF is the first part's: the PDF/A-3b metadata, the output intent, the attachments;
+the other parts give their pages (their own metadata is left out of their page, so that it is the same on a
+re-run). Only the built-in page and stylesheet are cut (they number pages in one box and carry nothing else
+across a cut), and only a print page of :data:`MIN_CHARACTERS` or more; any other is laid out whole. The PDF
+is the same bytes whether a part came from the cache or was laid out, in this process or a helper, forked
+(the ``xai-audit`` command's PDF worker) or a child Python (a library call).
 """
 
 from __future__ import annotations
 
+import hashlib
 import html as html_text
 import io
-import itertools
+import json
 import os
 import pickle
 import re
@@ -41,26 +46,25 @@ import subprocess
 import sys
 import threading
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import unquote
 
 #: print pages shorter than this (characters) are laid out whole: what the cut costs (a second process, the
-#: page numbers, the merge: about a second) would eat what it saves
+#: page numbers, the merge: about a second of CPU) would eat what it saves
 MIN_CHARACTERS = 150_000
-#: a place to cut is taken only where the smaller part holds at least this share of the page
-MIN_SHARE = 0.25
-#: the most parts a print page is cut into (two cores: this process lays out one, another the other)
-PARTS = 2
 #: set to 0 to lay the PDF out whole
 ENV = "XAI_AUDIT_PDF_PARTS"
 #: the margin box that shows "Page X of Y" in the built-in stylesheet
 NUMBERED_BOX = "bottom-center"
-#: the URL scheme of a link whose anchor is in the other part, until the parts are one PDF
+#: the URL scheme of a link whose anchor is in another part, until the parts are one PDF
 ACROSS = "xai-audit-across"
 #: every margin box of a page (CSS Paged Media)
 MARGIN_BOXES = ("top-left-corner", "top-left", "top-center", "top-right", "top-right-corner", "right-top",
                 "right-middle", "right-bottom", "bottom-right-corner", "bottom-right", "bottom-center",
                 "bottom-left", "bottom-left-corner", "left-bottom", "left-middle", "left-top")
+#: bump to lay out every cached part again
+PART_FORMAT = 1
 
 _APPENDIX = '<div class="appendix" id="appendix">'
 _MAIN = '<main class="report">'
@@ -68,7 +72,9 @@ _TITLE = re.compile(r'<h1 class="report-title">.*?</h1>', re.S)
 _BLOCK_TAG = re.compile(r'<(/?)(div|section)\b[^>]*>')
 _ID = re.compile(r'\sid="([^"]*)"')
 _HREF = re.compile(r'href="#([^"]*)"')
-#: the attributes that mark a box the cut crosses: it goes on from the part before, or on into the part after
+#: a part's own metadata (its date, author, subject): the one PDF has the first part's
+_METADATA = re.compile(r'<meta name="[^"]*" content="[^"]*">\n?|<title>.*?</title>\n?', re.S)
+#: the attributes that mark a box a cut crosses: it goes on from the part before, or on into the part after
 _CONTINUED, _CONTINUES = "data-xai-audit-continued", "data-xai-audit-continues"
 
 #: each part: no page numbers (they are drawn over the one PDF), and no decoration on a crossing box's cut side
@@ -87,7 +93,7 @@ _may_fork = False
 
 
 def allow_fork() -> None:
-    """Let this process fork the second part's process (call it only in a process with one thread)."""
+    """Let this process fork its helpers (call it only in a process with one thread)."""
     global _may_fork
     _may_fork = True
 
@@ -95,23 +101,16 @@ def allow_fork() -> None:
 # -- the cut ---------------------------------------------------------------------
 
 
-def cut(html: str, parts: int = 2) -> list[str]:
-    """``html`` (a print page of the built-in report template) as up to ``parts`` pages to lay out side by side,
-    cut where their lengths come nearest to equal; or as itself alone where it is short, has no place to cut
-    that leaves each part :data:`MIN_SHARE` of it, or the cut is switched off (:data:`ENV`)."""
-    if len(html) < MIN_CHARACTERS or os.environ.get(ENV, "1") == "0" or parts < 2:
+def cut(html: str) -> list[str]:
+    """``html`` (a print page of the built-in report template) as the pages to lay out one by one: cut before
+    the appendix and before each of its sections but the first; or as itself alone where it is short, has no
+    appendix, or the cut is switched off (:data:`ENV`)."""
+    if len(html) < MIN_CHARACTERS or os.environ.get(ENV, "1") == "0":
         return [html]
     head_end, main, appendix = html.find("</head>"), html.find(_MAIN), html.find(_APPENDIX)
     if html.count(_APPENDIX) != 1 or _TITLE.search(html) is None or not 0 <= head_end < main < appendix:
         return [html]
-    places = _page_breaks(html, appendix)
-    best: tuple[float, list[int]] | None = None
-    for count in range(1, min(parts, len(places) + 1)):
-        for chosen in itertools.combinations(places, count):
-            sizes = [b - a for a, b in zip((0, *chosen), (*chosen, len(html)))]
-            if min(sizes) >= MIN_SHARE * len(html) / count and (best is None or max(sizes) < best[0]):
-                best = (max(sizes), list(chosen))
-    return [html] if best is None else _linked_across(_parts(html, best[1]))
+    return _linked_across(_parts(html, _page_breaks(html, appendix)))
 
 
 def _page_breaks(html: str, appendix: int) -> list[int]:
@@ -133,15 +132,16 @@ def _page_breaks(html: str, appendix: int) -> list[int]:
 
 
 def _parts(html: str, places: list[int]) -> list[str]:
-    """``html`` cut at ``places``: each part a whole page, with the head (stylesheet and all), the boxes the cut
-    crosses (the report; the appendix, where a cut is inside it) opened before it and closed after it, and the
-    report's title, unseen, at its start for the running head."""
+    """``html`` cut at ``places``: each part a whole page, with the head (stylesheet and all; a part after the
+    first without the page's metadata), the boxes the cut crosses (the report; the appendix, where a cut is
+    inside it) opened before it and closed after it, and the report's title, unseen, at its start for the
+    running head."""
     head_end, main, appendix = html.find("</head>"), html.find(_MAIN), html.find(_APPENDIX)
     title = _TITLE.search(html)
     assert title is not None
     unseen = title.group().replace('class="report-title"',
                                    'class="report-title" style="position: absolute; visibility: hidden"', 1)
-    head = f"{html[:head_end]}<style>{_PART_CSS}</style>{html[head_end:main]}"
+    head = f"{_METADATA.sub('', html[:head_end])}<style>{_PART_CSS}</style>{html[head_end:main]}"
     bounds = [0, *places, len(html)]
     parts = []
     for start, end in zip(bounds, bounds[1:]):
@@ -156,7 +156,8 @@ def _parts(html: str, places: list[int]) -> list[str]:
             opened = ""
             for box in crossed_before:
                 marks = _CONTINUED + (f" {_CONTINUES}" if box in crossed_after else "")
-                opened += f'<main class="report" {marks}>\n{unseen}\n' if box == "main" else f'<div class="appendix" {marks}>\n'
+                opened += (f'<main class="report" {marks}>\n{unseen}\n' if box == "main"
+                           else f'<div class="appendix" {marks}>\n')
             text = head + opened + html[start:end]
             if "appendix" in crossed_after and "appendix" not in crossed_before:  # the appendix starts in this part
                 text = text.replace(_APPENDIX, _APPENDIX.replace(">", f" {_CONTINUES}>", 1), 1)
@@ -185,24 +186,29 @@ def _linked_across(parts: list[str]) -> list[str]:
 
 #: one page's bookmarks ((level, label, (x, y), state), as WeasyPrint's Page has them) and its height (CSS px)
 Marks = list[tuple[list[tuple[int, str, tuple[float, float], str]], float]]
+#: what a part is laid out from: its page, its attachments (the first part's), their date, the outline's
+#: labels, the figures its page refers to
+PartJob = tuple[str, Mapping[str, bytes] | None, datetime, Mapping[str, str], Mapping[str, tuple[bytes, str]]]
 
 
-def part_pdf(html: str, attachments: Mapping[str, bytes] | None, when: datetime, labels: Mapping[str, str],
-             figures: Mapping[str, tuple[bytes, str]], laid_out: Callable[[int], None] | None = None
-             ) -> tuple[bytes, Marks]:
-    """One part's PDF/A-3b, with no outline, and its pages' bookmarks and heights (for the outline of both);
-    ``laid_out`` is told its page count as soon as it is laid out, before it is drawn."""
+def parts_pdf(jobs: Sequence[PartJob], laid_out: Callable[[int], None] | None = None) -> list[tuple[bytes, Marks]]:
+    """Each part's PDF/A-3b, with no outline, and its pages' bookmarks and heights (for the outline of all);
+    ``laid_out`` is told their page count once every part is laid out, before they are drawn."""
     from xai_audit.report.render import PDF_VARIANT, _attachments, _document, data_only_url_fetcher
 
-    fetcher = data_only_url_fetcher(figures)
-    document = _document(html, labels, fetcher)
+    fetchers = [data_only_url_fetcher(figures) for *_, figures in jobs]
+    documents = [_document(page, labels, fetcher) for (page, _, _, labels, _), fetcher in zip(jobs, fetchers)]
     if laid_out is not None:
-        laid_out(len(document.pages))
-    marks: Marks = []
-    for page in document.pages:
-        marks.append((list(page.bookmarks), page.height))
-        page.bookmarks = []  # the outline is written once, for both parts (merge)
-    return document.write_pdf(pdf_variant=PDF_VARIANT, attachments=_attachments(attachments, when, fetcher)), marks
+        laid_out(sum(len(document.pages) for document in documents))
+    made = []
+    for (_, attachments, when, _, _), fetcher, document in zip(jobs, fetchers, documents):
+        marks: Marks = []
+        for page in document.pages:
+            marks.append((list(page.bookmarks), page.height))
+            page.bookmarks = []  # the outline is written once, for every part (merge)
+        made.append((document.write_pdf(pdf_variant=PDF_VARIANT,
+                                        attachments=_attachments(attachments, when, fetcher)), marks))
+    return made
 
 
 def numbers_pdf(html: str, count: int, laid_out: Callable[[int], None] | None = None) -> bytes:
@@ -212,9 +218,8 @@ def numbers_pdf(html: str, count: int, laid_out: Callable[[int], None] | None = 
 
     from xai_audit.report.render import PDF_VARIANT, data_only_url_fetcher
 
-    head = html[:html.index("</head>")]
     pages = '<div class="xai-audit-page"></div>' * (count - 1) + "<div></div>"
-    page = f"{head}<style>{_NUMBERS_CSS}</style></head><body>{pages}</body></html>"
+    page = f"{_numbers_head(html)}<style>{_NUMBERS_CSS}</style></head><body>{pages}</body></html>"
     document = HTML(string=page, url_fetcher=data_only_url_fetcher()).render(pdf_variant=PDF_VARIANT)
     if len(document.pages) != count:
         raise RuntimeError(f"the page numbers took {len(document.pages)} pages, not {count}")
@@ -223,33 +228,139 @@ def numbers_pdf(html: str, count: int, laid_out: Callable[[int], None] | None = 
     return document.write_pdf(pdf_variant=PDF_VARIANT)
 
 
-def pdf_in_parts(html: str, attachments: Mapping[str, bytes] | None, when: datetime, labels: Mapping[str, str],
-                 figures: Mapping[str, tuple[bytes, str]], parts: int = PARTS) -> bytes | None:
-    """The PDF of ``html`` laid out in up to ``parts`` parts side by side (:func:`cut`), or None where it is one.
+def _numbers_head(html: str) -> str:
+    """The print page's head, up to ``</head>``, without its metadata: what the page numbers are laid out with."""
+    return _METADATA.sub("", html[:html.index("</head>")])
 
-    The first part is laid out here, each other in a process of its own, which says its page count as soon
-    as it has laid its part out; where this process may fork, the page numbers are then laid out in one more
-    process while the parts are drawn. A helper that failed leaves its work to this process, which does it or
-    raises what it raises."""
-    pieces = cut(html, parts)
+
+def pdf_in_parts(html: str, attachments: Mapping[str, bytes] | None, when: datetime, labels: Mapping[str, str],
+                 figures: Mapping[str, tuple[bytes, str]], cache: Path | None = None) -> bytes | None:
+    """The PDF of ``html`` laid out in parts (:func:`cut`), or None where it is one part.
+
+    A part after the first is taken from ``cache`` (a run's cache folder: :class:`PartStore`) where it is
+    there. The others are shared between this process (the first part, and others) and one helper process,
+    by length; the helper says its page count as soon as it has laid its parts out, and where this process may
+    fork, the page numbers are then laid out in one more process while the parts are drawn. What is laid out
+    is kept in ``cache``. A helper that failed leaves its work to this process, which does it or raises what
+    it raises."""
+    pieces = cut(html)
     if len(pieces) == 1:
         return None
-    first, others = pieces[0], pieces[1:]
-    jobs = [(piece, None, when, labels, {url: figures[url] for url in figures if url in piece}) for piece in others]
-    helpers = [_Helper(part_pdf, job) for job in jobs]
+    store = PartStore(cache) if cache is not None else None
+    keys = [""] + [part_key(piece, labels) for piece in pieces[1:]]
+    made: list[tuple[bytes, Marks] | None] = [None] + [store.get(key) if store else None for key in keys[1:]]
+    jobs: dict[int, PartJob] = {
+        i: (piece, attachments if i == 0 else None, when, labels,
+            {url: figures[url] for url in figures if url in piece})
+        for i, piece in enumerate(pieces) if made[i] is None}
+    ours, theirs = _shared({i: len(pieces[i]) for i in jobs})
+    helper = _Helper(parts_pdf, ([jobs[i] for i in theirs],)) if theirs else None
+    known = sum(len(found[1]) for found in made if found is not None)
+    numbers: list[bytes] = []  # the page numbers, once every count is known: from the cache, or a helper's
     numbering: list[_Helper] = []
 
-    def first_laid_out(count: int) -> None:
-        theirs = [helper.count() for helper in helpers]
-        if _may_fork and None not in theirs:
-            numbering.append(_Helper(numbers_pdf, (html, count + sum(theirs))))  # type: ignore[arg-type]
+    def ours_laid_out(count: int) -> None:
+        others = helper.count() if helper is not None else 0
+        if others is None:  # the helper failed: its parts are laid out here, and counted after
+            return
+        stored = store.get(_numbers_key(html, known + count + others)) if store else None
+        if stored is not None:
+            numbers.append(stored[0])
+        elif _may_fork:
+            numbering.append(_Helper(numbers_pdf, (html, known + count + others)))
 
-    made = [part_pdf(first, attachments, when, labels, figures, laid_out=first_laid_out)]
-    for helper, job in zip(helpers, jobs):
-        made.append(helper.result() or part_pdf(*job))  # a helper that failed: its part is laid out here
-    marks = [page for _, pages in made for page in pages]
-    numbers = numbering[0].result() if numbering else None
-    return merge([pdf for pdf, _ in made], numbers or numbers_pdf(html, len(marks)), marks)
+    for i, done in zip(ours, parts_pdf([jobs[i] for i in ours], laid_out=ours_laid_out)):
+        made[i] = done
+    if theirs:
+        there = helper.result() if helper is not None else None
+        for i, done in zip(theirs, there or parts_pdf([jobs[i] for i in theirs])):  # a helper that failed: here
+            made[i] = done
+    marks = [page for found in made for page in found[1]]  # type: ignore[index]
+    if not numbers:
+        numbered = numbering[0].result() if numbering else None
+        numbers.append(numbered if numbered is not None else numbers_pdf(html, len(marks)))
+        if store is not None:
+            store.put(_numbers_key(html, len(marks)), numbers[0], [])
+    if store is not None:
+        for i in jobs:
+            if i > 0:
+                store.put(keys[i], *made[i])  # type: ignore[misc]
+    return merge([found[0] for found in made], numbers[0], marks)  # type: ignore[index]
+
+
+def _numbers_key(html: str, count: int) -> str:
+    return part_key(_numbers_head(html), {"page numbers": str(count)})
+
+
+def _shared(sizes: Mapping[int, int]) -> tuple[list[int], list[int]]:
+    """The parts to lay out, shared between this process (the first part's, and others) and a helper: the
+    longest first, each to the process with less to do so far (in page-characters)."""
+    ours, theirs, load = [], [], [0, 0]
+    for i in sorted(sizes, key=lambda i: (i != 0, -sizes[i])):
+        side = 0 if i == 0 or load[0] <= load[1] else 1
+        (ours if side == 0 else theirs).append(i)
+        load[side] += sizes[i]
+    return sorted(ours), sorted(theirs)
+
+
+# -- the cache -------------------------------------------------------------------
+
+
+def part_key(page: str, labels: Mapping[str, str]) -> str:
+    """What a part's PDF is a function of: its page (the figures it shows are named by their SHA-256 there), the
+    outline's labels, and the software that lays it out."""
+    import pydyf
+    import weasyprint
+
+    from xai_audit.report.render import PDF_VARIANT
+
+    digest = hashlib.sha256()
+    for value in (str(PART_FORMAT), weasyprint.__version__, pydyf.__version__, PDF_VARIANT,
+                  json.dumps(dict(labels), sort_keys=True), page):
+        digest.update(value.encode("utf-8", "surrogatepass") + b"\x00")
+    return digest.hexdigest()
+
+
+class PartStore:
+    """Parts' PDFs (and their pages' bookmarks) on disk under ``root/figures/pdf``, kept by :func:`part_key`.
+
+    An entry is the PDF, its bookmarks as JSON, the PDF's length (8 bytes) and the SHA-256 of the key, the PDF
+    and the JSON; one that does not check out is laid out again. Written under a temporary name and renamed
+    when whole; a store that cannot be written costs the next run a layout, never this report its PDF."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root) / "figures" / "pdf"
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.part"
+
+    def get(self, key: str) -> tuple[bytes, Marks] | None:
+        try:
+            stored = self._path(key).read_bytes()
+            body, checksum = stored[:-32], stored[-32:]
+            length = int.from_bytes(body[-8:], "big")
+            pdf, marks = body[:length], body[length:-8]
+            if not pdf.startswith(b"%PDF-") or hashlib.sha256(key.encode() + pdf + marks).digest() != checksum:
+                return None
+            pages = json.loads(marks)
+            return pdf, [([(level, label, (x, y), state) for level, label, (x, y), state in marked], height)
+                         for marked, height in pages]
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def put(self, key: str, pdf: bytes, marks: Marks) -> None:
+        path = self._path(key)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        data = json.dumps(marks, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp.write_bytes(pdf + data + len(pdf).to_bytes(8, "big") + hashlib.sha256(key.encode() + pdf + data).digest())
+            os.replace(temp, path)
+        except OSError:
+            try:
+                temp.unlink()
+            except OSError:
+                pass
 
 
 # -- one PDF ---------------------------------------------------------------------
@@ -289,6 +400,9 @@ def merge(parts: Sequence[bytes], numbers: bytes, marks: Marks) -> bytes:
     from pypdf import PdfReader, PdfWriter
     from pypdf.generic import ArrayObject, DictionaryObject, Fit, NameObject, TextStringObject
 
+    numbered = PdfReader(io.BytesIO(numbers)).pages
+    if len(numbered) != len(marks):
+        raise ValueError(f"{len(numbered)} pages of page numbers for {len(marks)} pages")
     writer = PdfWriter(clone_from=PdfReader(io.BytesIO(parts[0])))
     # named destinations: the first part's are on the writer's pages already; the others' are moved onto them
     dests = dict(_named_destinations(writer.root_object))
@@ -321,8 +435,8 @@ def merge(parts: Sequence[bytes], numbers: bytes, marks: Marks) -> bytes:
             outline(children, item)
 
     outline(bookmark_tree(marks))
-    for page, numbered in zip(writer.pages, PdfReader(io.BytesIO(numbers)).pages):
-        page.merge_page(numbered)
+    for page, number in zip(writer.pages, numbered):
+        page.merge_page(number)
         page.compress_content_streams()
     out = io.BytesIO()
     writer.write(out)
@@ -430,7 +544,7 @@ class _Helper:
 
 
 #: what a helper may be asked to do, by name
-_WORK: dict[str, Callable[..., Any]] = {"part_pdf": part_pdf, "numbers_pdf": numbers_pdf}
+_WORK: dict[str, Callable[..., Any]] = {"parts_pdf": parts_pdf, "numbers_pdf": numbers_pdf}
 
 
 def _answer(out: Any, name: str, arguments: tuple) -> None:

@@ -54,7 +54,8 @@ class PdfWorker:
         return cls(process, ours)
 
     def submit(self, *job: Any) -> None:
-        """Hand over :func:`render._pdf_bytes`'s arguments (html, attachments, when, bookmarks, figures)."""
+        """Hand over :func:`render._pdf_bytes`'s arguments (html, attachments, when, bookmarks, figures, in_parts,
+        part_cache)."""
         self._job = job
         try:
             self._connection.send(job)

@@ -199,19 +199,20 @@ def write_report(
         PLAN_NAME: plan_as_run(results),
         MANIFEST_NAME: manifest_csv(results.get("recommendations") or []).encode("utf-8"),
     }
-    job: tuple | None = None  # the PDF's: the print page, its attachments, its date, bookmarks, figures
+    job: tuple | None = None  # _pdf_bytes's: print page, attachments, date, bookmarks, figures, parts, their cache
     html: bytes | None = None
     with _earlier_objects_frozen():  # everything drawn, rendered and laid out for this report
         if "html" in formats or "pdf" in formats:
             from xai_audit.report.context import build_context
 
-            with figure_store(figure_cache if figure_cache is not None else _run_cache_dir(results)):
+            cache = figure_cache if figure_cache is not None else _run_cache_dir(results)
+            with figure_store(cache):
                 context = build_context(results, artifacts)
                 if "pdf" in formats:  # first, so a worker lays it out while the rest is rendered here
                     with _figures_by_reference() as figures:
                         printed = shown(render_html(context, template_dirs, medium="print"))
                     job = (printed, evidence, _moment(results), bookmark_labels(context["toc"]), figures,
-                           _builtin_page(template_dirs))
+                           _builtin_page(template_dirs), cache)
                     if pdf_worker is not None:
                         pdf_worker.submit(*job)
                 if "html" in formats:  # odd file-name bytes escaped
@@ -380,19 +381,19 @@ def _check_data_url(url: str) -> None:
 def _pdf_bytes(html: str, attachments: Mapping[str, bytes] | None = None, when: datetime | None = None,
                bookmarks: Mapping[str, str] | None = None,
                figures: Mapping[str, tuple[bytes, str]] | None = None, in_parts: bool = False,
-               collect_after: bool = True) -> bytes:
+               part_cache: Path | None = None, collect_after: bool = True) -> bytes:
     """The PDF/A-3b of ``html``; ``attachments`` (file name -> bytes) embedded, dated ``when``; ``bookmarks``
     renames outline entries (a heading's text runs its number into its title: "1Summary" -> "1 Summary");
     ``figures``: the figures ``html`` refers to (:func:`_figures_by_reference`); ``in_parts``: ``html`` is the
-    built-in report's print page, which may be laid out in two parts side by side (report/pdfparts.py);
-    ``collect_after``: False leaves the cyclic collector off after the PDF (:func:`_collector_paused`)."""
+    built-in report's print page, which may be laid out in parts, side by side and kept in ``part_cache`` (a
+    run's cache folder) by content (report/pdfparts.py); ``collect_after``: False leaves the cyclic collector off after the PDF (:func:`_collector_paused`)."""
     when = (when or datetime.now(timezone.utc)).replace(tzinfo=None)  # WeasyPrint writes it as UTC
     labels, figures = dict(bookmarks or {}), dict(figures or {})
     with _collector_paused(resume=collect_after):
         if in_parts:
             from xai_audit.report.pdfparts import pdf_in_parts
 
-            made = pdf_in_parts(html, attachments, when, labels, figures)
+            made = pdf_in_parts(html, attachments, when, labels, figures, part_cache)
             if made is not None:
                 return made
         fetcher = data_only_url_fetcher(figures)
