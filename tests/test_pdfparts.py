@@ -143,9 +143,10 @@ def test_the_cut_is_where_the_appendix_starts_a_page(job, small_cuts):
     html = job[0]
     places = pdfparts._page_breaks(html, html.find('<div class="appendix" id="appendix">'))
     parts = pdfparts.cut(html)
-    assert len(parts) == len(places) + 1 >= 5
-    for place in places:  # the appendix, then each of its sections after its first
+    assert len(parts) == len(places) + 2 >= 6  # the body, the appendix, each of its sections after its first
+    for place in places:
         assert html.startswith(('<div class="appendix"', '<section class="section'), place)
+    assert parts[1].count('<div class="report-body">') == 1 and '<div class="report-body">' not in parts[0]
     # a part's own metadata (the run's date among it) is the first part's alone: the others are the same on a re-run
     assert '<meta name="generator"' in parts[0] and "<title>" in parts[0]
     assert not any('<meta name="' in part or "<title>" in part for part in parts[1:])
@@ -175,6 +176,24 @@ def test_a_helper_that_fails_leaves_its_part_here(job, made, small_cuts, monkeyp
 
     monkeypatch.setattr(pdfparts._Helper, "_start", no_process)
     assert pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4]) == made["every"]
+
+
+def test_an_error_here_leaves_no_helper_at_work(job, small_cuts, monkeypatch):
+    started = []
+    real_init = pdfparts._Helper.__init__
+
+    def recorded(self, function, arguments):
+        real_init(self, function, arguments)
+        started.append(self)
+
+    def broken(jobs, laid_out=None):  # this process's parts fail (the helper's, in a child Python, do not)
+        raise RuntimeError("WeasyPrint failed")
+
+    monkeypatch.setattr(pdfparts._Helper, "__init__", recorded)
+    monkeypatch.setattr(pdfparts, "parts_pdf", broken)
+    with pytest.raises(RuntimeError, match="WeasyPrint failed"):
+        pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4])
+    assert started and all(helper._process is None and helper._stream is None for helper in started)
 
 
 def test_a_forked_helper_makes_the_same_bytes(job, made, tmp_path):

@@ -42,6 +42,7 @@ import json
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -67,6 +68,7 @@ MARGIN_BOXES = ("top-left-corner", "top-left", "top-center", "top-right", "top-r
 PART_FORMAT = 1
 
 _APPENDIX = '<div class="appendix" id="appendix">'
+_BODY = '<div class="report-body">'
 _MAIN = '<main class="report">'
 _TITLE = re.compile(r'<h1 class="report-title">.*?</h1>', re.S)
 _BLOCK_TAG = re.compile(r'<(/?)(div|section)\b[^>]*>')
@@ -77,12 +79,16 @@ _METADATA = re.compile(r'<meta name="[^"]*" content="[^"]*">\n?|<title>.*?</titl
 #: the attributes that mark a box a cut crosses: it goes on from the part before, or on into the part after
 _CONTINUED, _CONTINUES = "data-xai-audit-continued", "data-xai-audit-continues"
 
-#: each part: no page numbers (they are drawn over the one PDF), and no decoration on a crossing box's cut side
+#: each part: no page numbers (they are drawn over the one PDF), and no decoration on a crossing box's cut side;
+#: a part after the first starts on a page that is not the document's first, whose running head the built-in
+#: stylesheet leaves out (``@page :first``): it is given the head every other page has (a page of the appendix
+#: has its own, a named page's rule, which wins over this one)
 _PART_CSS = (f"@page {{ @{NUMBERED_BOX} {{ content: none !important; }} }} "
              f"[{_CONTINUED}] {{ margin-top: 0 !important; padding-top: 0 !important; border-top-width: 0 !important;"
              " break-before: auto !important; } "
              f"[{_CONTINUES}] {{ margin-bottom: 0 !important; padding-bottom: 0 !important;"
              " border-bottom-width: 0 !important; }")
+_NOT_FIRST_CSS = "@page :first { @top-center { content: string(doctitle); } }"
 #: the page numbers' document: every other margin box empty, nothing painted but the numbers
 _NUMBERS_CSS = ("@page { background: none !important; "
                 + " ".join(f"@{box} {{ content: none !important; }}" for box in MARGIN_BOXES if box != NUMBERED_BOX)
@@ -103,14 +109,15 @@ def allow_fork() -> None:
 
 def cut(html: str) -> list[str]:
     """``html`` (a print page of the built-in report template) as the pages to lay out one by one: cut before
-    the appendix and before each of its sections but the first; or as itself alone where it is short, has no
-    appendix, or the cut is switched off (:data:`ENV`)."""
+    the body, before the appendix and before each of its sections but the first; or as itself alone where it
+    is short, has no appendix, or the cut is switched off (:data:`ENV`)."""
     if len(html) < MIN_CHARACTERS or os.environ.get(ENV, "1") == "0":
         return [html]
     head_end, main, appendix = html.find("</head>"), html.find(_MAIN), html.find(_APPENDIX)
     if html.count(_APPENDIX) != 1 or _TITLE.search(html) is None or not 0 <= head_end < main < appendix:
         return [html]
-    return _linked_across(_parts(html, _page_breaks(html, appendix)))
+    body = html.find(_BODY, main, appendix)
+    return _linked_across(_parts(html, ([body] if body > 0 else []) + _page_breaks(html, appendix)))
 
 
 def _page_breaks(html: str, appendix: int) -> list[int]:
@@ -132,16 +139,18 @@ def _page_breaks(html: str, appendix: int) -> list[int]:
 
 
 def _parts(html: str, places: list[int]) -> list[str]:
-    """``html`` cut at ``places``: each part a whole page, with the head (stylesheet and all; a part after the
-    first without the page's metadata), the boxes the cut crosses (the report; the appendix, where a cut is
-    inside it) opened before it and closed after it, and the report's title, unseen, at its start for the
-    running head."""
+    """``html`` cut at ``places`` (the body, where the stylesheet starts it on a page of its own; the appendix and
+    its sections: :func:`_page_breaks`): each part a whole page, with the head (stylesheet and all; a part
+    after the first without the page's metadata), the boxes the cut crosses (the report; the appendix, where a
+    cut is inside it) opened before it and closed after it, and the report's title, unseen, at its start for
+    the running head."""
     head_end, main, appendix = html.find("</head>"), html.find(_MAIN), html.find(_APPENDIX)
     title = _TITLE.search(html)
     assert title is not None
     unseen = title.group().replace('class="report-title"',
                                    'class="report-title" style="position: absolute; visibility: hidden"', 1)
-    head = f"{_METADATA.sub('', html[:head_end])}<style>{_PART_CSS}</style>{html[head_end:main]}"
+    head = (f"{_METADATA.sub('', html[:head_end])}<style>{_PART_CSS} {_NOT_FIRST_CSS}</style>"
+            f"{html[head_end:main]}")
     bounds = [0, *places, len(html)]
     parts = []
     for start, end in zip(bounds, bounds[1:]):
@@ -269,15 +278,20 @@ def pdf_in_parts(html: str, attachments: Mapping[str, bytes] | None, when: datet
         elif _may_fork:
             numbering.append(_Helper(numbers_pdf, (html, known + count + others)))
 
-    for i, done in zip(ours, parts_pdf([jobs[i] for i in ours], laid_out=ours_laid_out)):
-        made[i] = done
-    if theirs:
-        there = helper.result() if helper is not None else None
-        for i, done in zip(theirs, there or parts_pdf([jobs[i] for i in theirs])):  # a helper that failed: here
+    try:
+        for i, done in zip(ours, parts_pdf([jobs[i] for i in ours], laid_out=ours_laid_out)):
             made[i] = done
+        if theirs:
+            there = helper.result() if helper is not None else None
+            for i, done in zip(theirs, there or parts_pdf([jobs[i] for i in theirs])):  # a helper that failed
+                made[i] = done
+        numbered = numbering[0].result() if numbering and not numbers else None
+    finally:  # an error here (WeasyPrint's, an interrupt) leaves no helper behind
+        for process in [helper, *numbering]:
+            if process is not None:
+                process.close()
     marks = [page for found in made for page in found[1]]  # type: ignore[index]
     if not numbers:
-        numbered = numbering[0].result() if numbering else None
         numbers.append(numbered if numbered is not None else numbers_pdf(html, len(marks)))
         if store is not None:
             store.put(_numbers_key(html, len(marks)), numbers[0], [])
@@ -532,15 +546,31 @@ class _Helper:
             message = self._next()
             told = message if message[0] != "count" else None
         self._told.clear()
+        self._end(kill=False)
+        kind, value = told
+        return value if kind == "ok" else None
+
+    def close(self) -> None:
+        """End it where it is still at work (this process stopped waiting for it: an error, an interrupt)."""
+        self._end(kill=True)
+
+    def _end(self, kill: bool) -> None:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
         if self._pid is not None:
+            if kill:
+                try:
+                    os.kill(self._pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             os.waitpid(self._pid, 0)
+            self._pid = None
         if self._process is not None:
+            if kill:
+                self._process.kill()
             self._process.wait()
-        kind, value = told
-        return value if kind == "ok" else None
+            self._process = None
 
 
 #: what a helper may be asked to do, by name
