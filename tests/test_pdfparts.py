@@ -48,6 +48,7 @@ def job() -> tuple:
 def small_cuts(monkeypatch):
     """The small test report is cut as the demo's is (its page is far shorter than the threshold)."""
     monkeypatch.setattr(pdfparts, "MIN_CHARACTERS", 0)
+    monkeypatch.setattr(pdfparts, "MIN_PART", 0)
 
 
 #: where each case cuts the small report's page (places: the appendix, then its sections after the first):
@@ -58,13 +59,14 @@ CUTS = {"appendix": [0], "section": [2], "three": [0, 2], "every": None}
 
 @pytest.fixture(scope="module")
 def made(job) -> dict[str, bytes]:
-    """The PDF laid out whole, and in parts at each of CUTS (a child Python lays out the parts after the first)."""
+    """The PDF laid out whole, and in parts at each of CUTS (in this process, one after another)."""
     html = job[0]
     places = pdfparts._page_breaks(html, html.find('<div class="appendix" id="appendix">'))
     made = {"whole": _pdf_bytes(*job)}
     patch = pytest.MonkeyPatch()
     try:
         patch.setattr(pdfparts, "MIN_CHARACTERS", 0)
+        patch.setattr(pdfparts, "MIN_PART", 0)
         real = pdfparts.cut
         for name, chosen in CUTS.items():
             patch.setattr(pdfparts, "cut", real if chosen is None else lambda page, at=[places[i] for i in chosen]:
@@ -170,48 +172,59 @@ def test_short_pages_and_a_users_stylesheet_are_laid_out_whole(job, tmp_path, mo
     assert not _builtin_page([tmp_path])
 
 
-def test_a_helper_that_fails_leaves_its_part_here(job, made, small_cuts, monkeypatch):
-    def no_process(self, function, arguments):
-        raise OSError("no more processes")
-
-    monkeypatch.setattr(pdfparts._Helper, "_start", no_process)
-    assert pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4]) == made["every"]
-
-
-def test_an_error_here_leaves_no_helper_at_work(job, small_cuts, monkeypatch):
-    started = []
-    real_init = pdfparts._Helper.__init__
-
-    def recorded(self, function, arguments):
-        real_init(self, function, arguments)
-        started.append(self)
-
-    def broken(jobs, laid_out=None):  # this process's parts fail (the helper's, in a child Python, do not)
-        raise RuntimeError("WeasyPrint failed")
-
-    monkeypatch.setattr(pdfparts._Helper, "__init__", recorded)
-    monkeypatch.setattr(pdfparts, "parts_pdf", broken)
-    with pytest.raises(RuntimeError, match="WeasyPrint failed"):
-        pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4])
-    assert started and all(helper._process is None and helper._stream is None for helper in started)
-
-
-def test_a_forked_helper_makes_the_same_bytes(job, made, tmp_path):
-    """The command's PDF worker forks its helpers; a library call starts a child Python: the same PDF."""
+def _forked(script: str, tmp_path: Path, job: tuple) -> subprocess.CompletedProcess:
+    """``script`` in a fresh interpreter (one thread, as the command's PDF worker is) that may fork helpers, with
+    ``job`` (the print page and its PDF's arguments) loaded as ``job``; its stdout is bytes."""
     import pickle
 
     (tmp_path / "job.pickle").write_bytes(pickle.dumps((job[0], job[1], WHEN, job[3], job[4])))
-    script = textwrap.dedent(f"""
-        import pickle, sys
+    prelude = textwrap.dedent(f"""
+        import os, pickle, sys
         from xai_audit.report import pdfparts
-        pdfparts.MIN_CHARACTERS = 0
+        pdfparts.MIN_CHARACTERS = pdfparts.MIN_PART = 0
         pdfparts.allow_fork()
         job = pickle.loads(open({str(tmp_path / "job.pickle")!r}, "rb").read())
-        sys.stdout.buffer.write(pdfparts.pdf_in_parts(*job))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)], capture_output=True, timeout=300)
+
+
+def test_forked_helpers_make_the_same_bytes(job, made, tmp_path):
+    """The command's PDF worker forks its helpers; a library call lays every part out itself: the same PDF."""
+    done = _forked("sys.stdout.buffer.write(pdfparts.pdf_in_parts(*job))", tmp_path, job)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout == made["every"]
+
+
+@pytest.mark.parametrize("failure", [
+    "def cannot(self, function, arguments):\n    raise OSError('no more processes')\npdfparts._Helper._fork = cannot",
+    "def dies(out, function, arguments):\n    os._exit(9)\npdfparts._answer = dies",  # killed before it said a word
+])
+def test_a_helper_that_fails_leaves_its_parts_here(job, made, tmp_path, failure):
+    done = _forked(failure + "\nsys.stdout.buffer.write(pdfparts.pdf_in_parts(*job))", tmp_path, job)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout == made["every"]
+
+
+def test_an_error_here_leaves_no_helper_at_work(job, tmp_path):
+    done = _forked("""
+        def failing(jobs, laid_out=None):
+            if os.getpid() == parent:
+                raise RuntimeError("WeasyPrint failed")
+            import time; time.sleep(120)  # a helper still at work
+        parent = os.getpid()
+        pdfparts.parts_pdf = failing
+        try:
+            pdfparts.pdf_in_parts(*job)
+        except RuntimeError as exc:
+            print("raised", exc)
+        try:
+            os.waitpid(-1, os.WNOHANG)
+            print("a helper is left")
+        except ChildProcessError:
+            print("no helper left")
+    """, tmp_path, job)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().split("\n")[:2] == ["raised WeasyPrint failed", "no helper left"]
 
 
 def test_parts_are_kept_by_content_and_not_laid_out_again(job, made, small_cuts, tmp_path, monkeypatch):
@@ -222,12 +235,8 @@ def test_parts_are_kept_by_content_and_not_laid_out_again(job, made, small_cuts,
         laid.append(len(jobs))
         return real(jobs, laid_out=laid_out)
 
-    def no_process(self, function, arguments):  # every part laid out here, where it is counted
-        raise OSError("no more processes")
-
     laid = laid_out
-    monkeypatch.setattr(pdfparts, "parts_pdf", counted)
-    monkeypatch.setattr(pdfparts._Helper, "_start", no_process)
+    monkeypatch.setattr(pdfparts, "parts_pdf", counted)  # a library call: every part is laid out here
     pieces = len(pdfparts.cut(job[0]))
     first = pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4], tmp_path)
     assert first == made["every"] and sum(laid_out) == pieces
@@ -241,6 +250,16 @@ def test_parts_are_kept_by_content_and_not_laid_out_again(job, made, small_cuts,
     laid_out.clear()
     assert pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4], tmp_path) == made["every"]
     assert sum(laid_out) == 2
+
+
+def test_a_short_part_is_joined_to_the_next(monkeypatch):
+    monkeypatch.setattr(pdfparts, "MIN_PART", 10)
+    # parts after the first start at the places: 20-25 is short (joined to the next: 20-40), 40-45 too (40-52);
+    # the first part (0-20) is never joined
+    assert pdfparts._joined([20, 25, 40, 45], 52) == [20, 40]
+    assert pdfparts._joined([20, 25, 40, 45], 48) == [20]  # 40-48 is short and last: joined to the one before
+    assert pdfparts._joined([5, 30], 60) == [5, 30]
+    assert pdfparts._joined([5, 8], 12) == [5]
 
 
 def test_the_outline_follows_weasyprints_rule_for_skipped_levels():

@@ -2,12 +2,13 @@
 
 WeasyPrint lays a document out on one core, and laying out the demo's hundred pages was most of a cached
 re-run (issue 19 asks for one under 10 s on 2 cores). So the print page is cut where the stylesheet already
-starts a new page: before the appendix and before each of its sections but the first (:func:`cut`). Parts
-are laid out by WeasyPrint in two processes at once, this one and a helper, and pypdf makes them one PDF
-(:func:`merge`). A part after the first is the same on a re-run (the evidence: explanations, hypotheses,
-fine-tuning data) unless the audit changed, so its PDF is kept by content in the run's cache folder, beside
-the figures, and not laid out again (:class:`PartStore`); the first part (the verdict and the body, which
-name the run's time) and the parts that record the run (provenance, timings) are laid out every time.
+starts a new page: before the body, before the appendix and before each of its sections but the first
+(:func:`cut`). Parts are laid out by WeasyPrint in two processes at once, this one and a helper forked from
+it, and pypdf makes them one PDF (:func:`merge`). A part after the first is the same on a re-run unless the audit changed
+(the body, the evidence: explanations, hypotheses, fine-tuning data), so its PDF is kept by content in the
+run's cache folder, beside the figures, and not laid out again (:class:`PartStore`); the first part (the
+verdict, which names the run's time) and the parts that record the run (provenance, timings) are laid out
+every time.
 
 What WeasyPrint does across a whole document is done here across the cuts:
 
@@ -29,8 +30,9 @@ Everything else of the PDF is the first part's: the PDF/A-3b metadata, the outpu
 the other parts give their pages (their own metadata is left out of their page, so that it is the same on a
 re-run). Only the built-in page and stylesheet are cut (they number pages in one box and carry nothing else
 across a cut), and only a print page of :data:`MIN_CHARACTERS` or more; any other is laid out whole. The PDF
-is the same bytes whether a part came from the cache or was laid out, in this process or a helper, forked
-(the ``xai-audit`` command's PDF worker) or a child Python (a library call).
+is the same bytes whether a part came from the cache or was laid out, in this process or in a helper forked
+from it: the ``xai-audit`` command's PDF worker, a process of one thread, forks them; a library call, whose
+process may run threads (torch's), lays every part out itself, one after another.
 """
 
 from __future__ import annotations
@@ -43,9 +45,6 @@ import os
 import pickle
 import re
 import signal
-import subprocess
-import sys
-import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -54,6 +53,8 @@ from urllib.parse import unquote
 #: print pages shorter than this (characters) are laid out whole: what the cut costs (a second process, the
 #: page numbers, the merge: about a second of CPU) would eat what it saves
 MIN_CHARACTERS = 150_000
+#: a part after the first shorter than this (characters, the page's head not counted) is joined to the next
+MIN_PART = 20_000
 #: set to 0 to lay the PDF out whole
 ENV = "XAI_AUDIT_PDF_PARTS"
 #: the margin box that shows "Page X of Y" in the built-in stylesheet
@@ -117,7 +118,22 @@ def cut(html: str) -> list[str]:
     if html.count(_APPENDIX) != 1 or _TITLE.search(html) is None or not 0 <= head_end < main < appendix:
         return [html]
     body = html.find(_BODY, main, appendix)
-    return _linked_across(_parts(html, ([body] if body > 0 else []) + _page_breaks(html, appendix)))
+    places = ([body] if body > 0 else []) + _page_breaks(html, appendix)
+    return _linked_across(_parts(html, _joined(places, len(html))))
+
+
+def _joined(places: list[int], end: int) -> list[int]:
+    """``places`` less those that would leave a part after the first shorter than :data:`MIN_PART` characters: a
+    short part is joined to the one after it (the last to the one before), for a part's fixed cost (its
+    stylesheet, its fonts: about 0.2 s) is most of a short part's."""
+    kept = list(places)
+    while True:
+        bounds = [*kept, end]
+        short = [k for k in range(len(kept)) if bounds[k + 1] - bounds[k] < MIN_PART]
+        if not short or len(kept) == 1:
+            return kept
+        k = short[0]
+        del kept[k + 1 if k + 1 < len(kept) else k]
 
 
 def _page_breaks(html: str, appendix: int) -> list[int]:
@@ -247,11 +263,11 @@ def pdf_in_parts(html: str, attachments: Mapping[str, bytes] | None, when: datet
     """The PDF of ``html`` laid out in parts (:func:`cut`), or None where it is one part.
 
     A part after the first is taken from ``cache`` (a run's cache folder: :class:`PartStore`) where it is
-    there. The others are shared between this process (the first part, and others) and one helper process,
-    by length; the helper says its page count as soon as it has laid its parts out, and where this process may
-    fork, the page numbers are then laid out in one more process while the parts are drawn. What is laid out
-    is kept in ``cache``. A helper that failed leaves its work to this process, which does it or raises what
-    it raises."""
+    there. Where this process may fork (:func:`allow_fork`), the others are shared between it (the first part,
+    and others) and one helper process, by length; the helper says its page count as soon as it has laid its
+    parts out, and the page numbers are then laid out in one more process while the parts are drawn.
+    Elsewhere every part is laid out here, one after another. What is laid out is kept in ``cache``. A helper
+    that failed leaves its work to this process, which does it or raises what it raises."""
     pieces = cut(html)
     if len(pieces) == 1:
         return None
@@ -262,7 +278,9 @@ def pdf_in_parts(html: str, attachments: Mapping[str, bytes] | None, when: datet
         i: (piece, attachments if i == 0 else None, when, labels,
             {url: figures[url] for url in figures if url in piece})
         for i, piece in enumerate(pieces) if made[i] is None}
-    ours, theirs = _shared({i: len(pieces[i]) for i in jobs})
+    # where this process may not fork (a library call: it may run threads), every part is laid out here (a
+    # child Python would cost 1.4 s of CPU to start: Python, WeasyPrint); the PDF is the same bytes
+    ours, theirs = _shared({i: len(pieces[i]) for i in jobs}) if _may_fork else (sorted(jobs), [])
     helper = _Helper(parts_pdf, ([jobs[i] for i in theirs],)) if theirs else None
     known = sum(len(found[1]) for found in made if found is not None)
     numbers: list[bytes] = []  # the page numbers, once every count is known: from the cache, or a helper's
@@ -479,20 +497,16 @@ def _named_destinations(catalog: Any) -> list[tuple[str, Any]]:
 
 
 class _Helper:
-    """``function(*arguments, laid_out=...)`` in another process: forked where this process may fork
-    (:func:`allow_fork`), otherwise a child Python started for it. It says its page count once laid out
-    (:meth:`count`), then its value (:meth:`result`); either is None where it failed."""
+    """``function(*arguments, laid_out=...)`` in a process forked from this one (which must have one thread:
+    :func:`allow_fork`). It says its page count once laid out (:meth:`count`), then its value (:meth:`result`);
+    either is None where it failed."""
 
     def __init__(self, function: Callable[..., Any], arguments: tuple) -> None:
         self._pid: int | None = None
-        self._process: subprocess.Popen | None = None
         self._stream: Any = None
         self._told: list[tuple[str, Any]] = []
         try:
-            if _may_fork:
-                self._fork(function, arguments)
-            else:
-                self._start(function, arguments)
+            self._fork(function, arguments)
         except (OSError, ValueError):  # no more processes: the caller does it itself
             self._stream = None
 
@@ -501,28 +515,9 @@ class _Helper:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the forked child; what it says is checked in the parent
             os.close(theirs)
-            _answer(os.fdopen(ours, "wb"), function.__name__, arguments)
+            _answer(os.fdopen(ours, "wb"), function, arguments)
         os.close(ours)
         self._pid, self._stream = pid, os.fdopen(theirs, "rb")
-
-    def _start(self, function: Callable[..., Any], arguments: tuple) -> None:
-        env = dict(os.environ)  # the child finds the modules this process found
-        env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", "from xai_audit.report.pdfparts import _serve; _serve()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-        job = pickle.dumps((function.__name__, arguments), protocol=pickle.HIGHEST_PROTOCOL)
-        stdin = self._process.stdin
-
-        def send() -> None:  # in a thread: the child reads once it has imported WeasyPrint
-            try:
-                stdin.write(job)
-                stdin.close()
-            except OSError:
-                pass
-
-        threading.Thread(target=send, name="xai-audit-pdf-part", daemon=True).start()
-        self._stream = self._process.stdout
 
     def _next(self) -> tuple[str, Any]:
         if self._stream is None:
@@ -566,41 +561,21 @@ class _Helper:
                     pass
             os.waitpid(self._pid, 0)
             self._pid = None
-        if self._process is not None:
-            if kill:
-                self._process.kill()
-            self._process.wait()
-            self._process = None
 
 
-#: what a helper may be asked to do, by name
-_WORK: dict[str, Callable[..., Any]] = {"parts_pdf": parts_pdf, "numbers_pdf": numbers_pdf}
-
-
-def _answer(out: Any, name: str, arguments: tuple) -> None:
-    """Run the work ``name`` on ``arguments``; write ``("count", pages)`` once laid out, then ``("ok", value)``
-    or ``("error", message)``, each a pickle, to ``out``; end the process."""
+def _answer(out: Any, function: Callable[..., Any], arguments: tuple) -> None:
+    """Run ``function(*arguments)``; write ``("count", pages)`` once laid out, then ``("ok", value)`` or
+    ``("error", message)``, each a pickle, to ``out``; end the process."""
     def tell(message: tuple[str, Any]) -> None:
         pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
         out.flush()
 
     try:
         try:
-            reply: tuple[str, Any] = ("ok", _WORK[name](*arguments, laid_out=lambda pages: tell(("count", pages))))
+            reply: tuple[str, Any] = ("ok", function(*arguments, laid_out=lambda pages: tell(("count", pages))))
         except BaseException as exc:  # noqa: BLE001 - the parent does the work itself, and raises there
             reply = ("error", f"{type(exc).__name__}: {exc}")
         tell(reply)
         out.close()
     finally:
         os._exit(0)  # no teardown: WeasyPrint's objects die with the process
-
-
-def _serve() -> None:
-    """A child Python's work (:class:`_Helper`): one job from stdin, what it says to stdout."""
-    import gc
-
-    gc.disable()  # a short life: WeasyPrint's garbage dies with the process
-    answer = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything a library prints goes to stderr, not into the answer
-    name, arguments = pickle.load(sys.stdin.buffer)
-    _answer(answer, name, arguments)
