@@ -133,8 +133,9 @@ def results(reruns: list[tuple[float, float]], share: dict[str, float],
          ["report, every figure drawn (HTML, PDF/A, JSON)", fmt_seconds(share["render_wall"]),
           fmt_seconds(share["render_cpu"])]],
         notes=["The share is rendering CPU ÷ audit CPU (CPU time: other work on the machine moves wall time), "
-               "the child processes that lay out the PDF's parts included; rendering's wall time is less than its "
-               "CPU time, for the parts are laid out on both cores.",
+               "child processes included. Rendering runs here in the bench's process, as a library call does, "
+               "so its PDF is laid out whole; the command's PDF worker lays it out in parts, two at a time, and "
+               "from the cache on a re-run.",
                "The re-runs read Python's bytecode cache, as an installed xai-audit does (pip compiles its modules "
                "when it installs it); the run writing no bytecode compiles xai-audit's and its plugins' modules from "
                "the source checkout, as every run does where PYTHONDONTWRITEBYTECODE is set."],

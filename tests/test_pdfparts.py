@@ -57,23 +57,39 @@ def small_cuts(monkeypatch):
 CUTS = {"appendix": [0], "section": [2], "three": [0, 2], "every": None}
 
 
+def _forked(script: str, folder: Path, job: tuple) -> subprocess.CompletedProcess:
+    """``script`` in a fresh interpreter (one thread, as the command's PDF worker is) that may fork helpers and
+    cuts the small report's page, with ``job`` (the print page and its PDF's arguments) loaded as ``job``; its
+    stdout is bytes."""
+    import pickle
+
+    (folder / "job.pickle").write_bytes(pickle.dumps((job[0], job[1], WHEN, job[3], job[4])))
+    prelude = textwrap.dedent(f"""
+        import os, pickle, sys
+        from xai_audit.report import pdfparts
+        pdfparts.MIN_CHARACTERS = pdfparts.MIN_PART = 0
+        pdfparts.allow_fork()
+        job = pickle.loads(open({str(folder / "job.pickle")!r}, "rb").read())
+    """)
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)], capture_output=True, timeout=300)
+
+
 @pytest.fixture(scope="module")
-def made(job) -> dict[str, bytes]:
-    """The PDF laid out whole, and in parts at each of CUTS (in this process, one after another)."""
-    html = job[0]
-    places = pdfparts._page_breaks(html, html.find('<div class="appendix" id="appendix">'))
+def made(job, tmp_path_factory) -> dict[str, bytes]:
+    """The PDF laid out whole (in this process), and in parts at each of CUTS (where the command lays them out:
+    in a process that forks its helpers)."""
     made = {"whole": _pdf_bytes(*job)}
-    patch = pytest.MonkeyPatch()
-    try:
-        patch.setattr(pdfparts, "MIN_CHARACTERS", 0)
-        patch.setattr(pdfparts, "MIN_PART", 0)
-        real = pdfparts.cut
-        for name, chosen in CUTS.items():
-            patch.setattr(pdfparts, "cut", real if chosen is None else lambda page, at=[places[i] for i in chosen]:
-                          pdfparts._linked_across(pdfparts._parts(page, at)))
-            made[name] = pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4])
-    finally:
-        patch.undo()
+    folder = tmp_path_factory.mktemp("parts")
+    for name, chosen in CUTS.items():
+        done = _forked(f"""
+            chosen = {chosen!r}
+            if chosen is not None:
+                places = pdfparts._page_breaks(job[0], job[0].find('<div class="appendix" id="appendix">'))
+                pdfparts.cut = lambda page: pdfparts._linked_across(pdfparts._parts(page, [places[i] for i in chosen]))
+            sys.stdout.buffer.write(pdfparts.pdf_in_parts(*job))
+        """, folder, job)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        made[name] = done.stdout
     return made
 
 
@@ -162,6 +178,8 @@ def test_the_cut_is_where_the_appendix_starts_a_page(job, small_cuts):
 
 
 def test_short_pages_and_a_users_stylesheet_are_laid_out_whole(job, tmp_path, monkeypatch):
+    assert pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4]) is None  # a library call: laid out whole
+    monkeypatch.setattr(pdfparts, "_may_fork", True)
     assert pdfparts.cut(job[0]) == [job[0]]  # far shorter than MIN_CHARACTERS
     assert pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4]) is None
     monkeypatch.setattr(pdfparts, "MIN_CHARACTERS", 0)
@@ -172,29 +190,6 @@ def test_short_pages_and_a_users_stylesheet_are_laid_out_whole(job, tmp_path, mo
     assert not _builtin_page([tmp_path])
 
 
-def _forked(script: str, tmp_path: Path, job: tuple) -> subprocess.CompletedProcess:
-    """``script`` in a fresh interpreter (one thread, as the command's PDF worker is) that may fork helpers, with
-    ``job`` (the print page and its PDF's arguments) loaded as ``job``; its stdout is bytes."""
-    import pickle
-
-    (tmp_path / "job.pickle").write_bytes(pickle.dumps((job[0], job[1], WHEN, job[3], job[4])))
-    prelude = textwrap.dedent(f"""
-        import os, pickle, sys
-        from xai_audit.report import pdfparts
-        pdfparts.MIN_CHARACTERS = pdfparts.MIN_PART = 0
-        pdfparts.allow_fork()
-        job = pickle.loads(open({str(tmp_path / "job.pickle")!r}, "rb").read())
-    """)
-    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)], capture_output=True, timeout=300)
-
-
-def test_forked_helpers_make_the_same_bytes(job, made, tmp_path):
-    """The command's PDF worker forks its helpers; a library call lays every part out itself: the same PDF."""
-    done = _forked("sys.stdout.buffer.write(pdfparts.pdf_in_parts(*job))", tmp_path, job)
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert done.stdout == made["every"]
-
-
 @pytest.mark.parametrize("failure", [
     "def cannot(self, function, arguments):\n    raise OSError('no more processes')\npdfparts._Helper._fork = cannot",
     "def dies(out, function, arguments):\n    os._exit(9)\npdfparts._answer = dies",  # killed before it said a word
@@ -203,6 +198,20 @@ def test_a_helper_that_fails_leaves_its_parts_here(job, made, tmp_path, failure)
     done = _forked(failure + "\nsys.stdout.buffer.write(pdfparts.pdf_in_parts(*job))", tmp_path, job)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout == made["every"]
+
+
+def test_the_commands_pdf_worker_lays_out_in_parts(job, made, tmp_path):
+    """The worker (forked before the audit, one thread) lays out a long page in parts; the process that
+    starts it, which may run threads, does not (its PDF would be laid out whole)."""
+    done = _forked("""
+        pdfparts._may_fork = False  # as in the command's own process
+        from xai_audit.report.pdfworker import PdfWorker
+        worker = PdfWorker.start()
+        worker.submit(*job, True, None)
+        sys.stdout.buffer.write(worker.result())
+    """, tmp_path, job)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout == made["every"] != made["whole"]
 
 
 def test_an_error_here_leaves_no_helper_at_work(job, tmp_path):
@@ -235,8 +244,13 @@ def test_parts_are_kept_by_content_and_not_laid_out_again(job, made, small_cuts,
         laid.append(len(jobs))
         return real(jobs, laid_out=laid_out)
 
+    def no_process(self, function, arguments):  # every part laid out here, where it is counted
+        raise OSError("no more processes")
+
     laid = laid_out
-    monkeypatch.setattr(pdfparts, "parts_pdf", counted)  # a library call: every part is laid out here
+    monkeypatch.setattr(pdfparts, "parts_pdf", counted)
+    monkeypatch.setattr(pdfparts, "_may_fork", True)
+    monkeypatch.setattr(pdfparts._Helper, "_fork", no_process)
     pieces = len(pdfparts.cut(job[0]))
     first = pdfparts.pdf_in_parts(*job[:2], WHEN, job[3], job[4], tmp_path)
     assert first == made["every"] and sum(laid_out) == pieces

@@ -29,10 +29,12 @@ What WeasyPrint does across a whole document is done here across the cuts:
 Everything else of the PDF is the first part's: the PDF/A-3b metadata, the output intent, the attachments;
 the other parts give their pages (their own metadata is left out of their page, so that it is the same on a
 re-run). Only the built-in page and stylesheet are cut (they number pages in one box and carry nothing else
-across a cut), and only a print page of :data:`MIN_CHARACTERS` or more; any other is laid out whole. The PDF
-is the same bytes whether a part came from the cache or was laid out, in this process or in a helper forked
-from it: the ``xai-audit`` command's PDF worker, a process of one thread, forks them; a library call, whose
-process may run threads (torch's), lays every part out itself, one after another.
+across a cut), and only a print page of :data:`MIN_CHARACTERS` or more; any other is laid out whole. Parts
+are laid out only where helpers can be forked: in the ``xai-audit`` command's PDF worker, a process of one
+thread. A library call, whose process may run threads (torch's), lays the PDF out whole, as before: in one
+process the parts' fixed costs (about 0.2 s a part), the page numbers and the merge would cost CPU and save
+no time. The pages are the same either way (tests compare them pixel for pixel); the parts' PDF is the same
+bytes whether a part came from the cache or was laid out here or in a helper.
 """
 
 from __future__ import annotations
@@ -260,14 +262,17 @@ def _numbers_head(html: str) -> str:
 
 def pdf_in_parts(html: str, attachments: Mapping[str, bytes] | None, when: datetime, labels: Mapping[str, str],
                  figures: Mapping[str, tuple[bytes, str]], cache: Path | None = None) -> bytes | None:
-    """The PDF of ``html`` laid out in parts (:func:`cut`), or None where it is one part.
+    """The PDF of ``html`` laid out in parts (:func:`cut`), or None where it is one part or this process may not
+    fork its helpers (:func:`allow_fork`; the caller lays it out whole).
 
     A part after the first is taken from ``cache`` (a run's cache folder: :class:`PartStore`) where it is
-    there. Where this process may fork (:func:`allow_fork`), the others are shared between it (the first part,
-    and others) and one helper process, by length; the helper says its page count as soon as it has laid its
-    parts out, and the page numbers are then laid out in one more process while the parts are drawn.
-    Elsewhere every part is laid out here, one after another. What is laid out is kept in ``cache``. A helper
-    that failed leaves its work to this process, which does it or raises what it raises."""
+    there. The others are shared between this process (the first part, and others) and one helper process
+    forked from it, by length; the helper says its page count as soon as it has laid its parts out, and the
+    page numbers are then laid out in one more process while the parts are drawn. What is laid out is kept in
+    ``cache``. A helper that failed leaves its work to this process, which does it or raises what it
+    raises."""
+    if not _may_fork:  # one process: the parts' fixed costs, page numbers and merge would buy no time
+        return None
     pieces = cut(html)
     if len(pieces) == 1:
         return None
@@ -278,9 +283,7 @@ def pdf_in_parts(html: str, attachments: Mapping[str, bytes] | None, when: datet
         i: (piece, attachments if i == 0 else None, when, labels,
             {url: figures[url] for url in figures if url in piece})
         for i, piece in enumerate(pieces) if made[i] is None}
-    # where this process may not fork (a library call: it may run threads), every part is laid out here (a
-    # child Python would cost 1.4 s of CPU to start: Python, WeasyPrint); the PDF is the same bytes
-    ours, theirs = _shared({i: len(pieces[i]) for i in jobs}) if _may_fork else (sorted(jobs), [])
+    ours, theirs = _shared({i: len(pieces[i]) for i in jobs})
     helper = _Helper(parts_pdf, ([jobs[i] for i in theirs],)) if theirs else None
     known = sum(len(found[1]) for found in made if found is not None)
     numbers: list[bytes] = []  # the page numbers, once every count is known: from the cache, or a helper's
@@ -293,7 +296,7 @@ def pdf_in_parts(html: str, attachments: Mapping[str, bytes] | None, when: datet
         stored = store.get(_numbers_key(html, known + count + others)) if store else None
         if stored is not None:
             numbers.append(stored[0])
-        elif _may_fork:
+        else:
             numbering.append(_Helper(numbers_pdf, (html, known + count + others)))
 
     try:

@@ -7,9 +7,10 @@ starts a :class:`PdfWorker` before it imports anything heavy: a forked process t
 the audit runs, then waits for one page. :func:`xai_audit.report.render.write_report` hands it the print
 page as soon as it is rendered and writes the HTML, results.json and the tables meanwhile; the worker makes
 the PDF with the same function the report uses in-process (:func:`render._pdf_bytes`), returns its bytes
-and ends without tearing its interpreter down.
+and ends without tearing its interpreter down. Having one thread, it may fork: it lays the PDF out in parts,
+two at a time, from the run's cache where it can (report/pdfparts.py).
 
-Nothing depends on it: the report is the same without it. Where it cannot be used (no ``fork``, not Linux,
+Nothing depends on it: the report is the same without it (the PDF laid out whole, the same pages). Where it cannot be used (no ``fork``, not Linux,
 ``XAI_AUDIT_PDF_WORKER=0``) :meth:`PdfWorker.start` returns None, and a job it could not do (its process
 died, WeasyPrint raised) is done again in-process, which makes the PDF or raises what it raises.
 """
