@@ -4,11 +4,11 @@ WeasyPrint lays a document out on one core, and laying out the demo's hundred pa
 re-run (issue 19 asks for one under 10 s on 2 cores). So the print page is cut where the stylesheet already
 starts a new page: before the body, before the appendix and before each of its sections but the first
 (:func:`cut`). Parts are laid out by WeasyPrint in two processes at once, this one and a helper forked from
-it, and pypdf makes them one PDF (:func:`merge`). A part after the first is the same on a re-run unless the audit changed
-(the body, the evidence: explanations, hypotheses, fine-tuning data), so its PDF is kept by content in the
-run's cache folder, beside the figures, and not laid out again (:class:`PartStore`); the first part (the
-verdict, which names the run's time) and the parts that record the run (provenance, timings) are laid out
-every time.
+it, and pypdf makes them one PDF (:func:`merge`). A part after the first is the same on a re-run unless the
+audit changed (the body, the evidence: explanations, hypotheses, fine-tuning data), so its PDF is kept by
+content in the run's cache folder, beside the figures, and not laid out again (:class:`PartStore`); the
+first part (the verdict, which names the run's time) and the parts that record the run (provenance,
+timings) are laid out every time.
 
 What WeasyPrint does across a whole document is done here across the cuts:
 
@@ -389,7 +389,8 @@ class PartStore:
         data = json.dumps(marks, ensure_ascii=False).encode("utf-8", "surrogatepass")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temp.write_bytes(pdf + data + len(pdf).to_bytes(8, "big") + hashlib.sha256(key.encode() + pdf + data).digest())
+            checksum = hashlib.sha256(key.encode() + pdf + data).digest()
+            temp.write_bytes(pdf + data + len(pdf).to_bytes(8, "big") + checksum)
             os.replace(temp, path)
         except OSError:
             try:

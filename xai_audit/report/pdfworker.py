@@ -10,9 +10,10 @@ the PDF with the same function the report uses in-process (:func:`render._pdf_by
 and ends without tearing its interpreter down. Having one thread, it may fork: it lays the PDF out in parts,
 two at a time, from the run's cache where it can (report/pdfparts.py).
 
-Nothing depends on it: the report is the same without it (the PDF laid out whole, the same pages). Where it cannot be used (no ``fork``, not Linux,
-``XAI_AUDIT_PDF_WORKER=0``) :meth:`PdfWorker.start` returns None, and a job it could not do (its process
-died, WeasyPrint raised) is done again in-process, which makes the PDF or raises what it raises.
+Nothing depends on it: the report is the same without it (the PDF laid out whole, the same pages). Where it
+cannot be used (no ``fork``, not Linux, ``XAI_AUDIT_PDF_WORKER=0``) :meth:`PdfWorker.start` returns None, and
+a job it could not do (its process died, WeasyPrint raised) is done again in-process, which makes the PDF or
+raises what it raises.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _serve(connection: Any, parents_end: Any) -> None:
         from xai_audit.report import pdfparts
         from xai_audit.report.render import _pdf_bytes
 
-        pdfparts.allow_fork()  # this process has one thread: the second part of a PDF is forked from it
+        pdfparts.allow_fork()  # this process has one thread: the PDF's parts are laid out in processes forked from it
 
         job = connection.recv()
     except (EOFError, OSError, KeyboardInterrupt):  # the command ended without a PDF to make

@@ -386,7 +386,8 @@ def _pdf_bytes(html: str, attachments: Mapping[str, bytes] | None = None, when: 
     renames outline entries (a heading's text runs its number into its title: "1Summary" -> "1 Summary");
     ``figures``: the figures ``html`` refers to (:func:`_figures_by_reference`); ``in_parts``: ``html`` is the
     built-in report's print page, which may be laid out in parts, side by side and kept in ``part_cache`` (a
-    run's cache folder) by content (report/pdfparts.py); ``collect_after``: False leaves the cyclic collector off after the PDF (:func:`_collector_paused`)."""
+    run's cache folder) by content (report/pdfparts.py); ``collect_after``: False leaves the cyclic collector
+    off after the PDF (:func:`_collector_paused`)."""
     when = (when or datetime.now(timezone.utc)).replace(tzinfo=None)  # WeasyPrint writes it as UTC
     labels, figures = dict(bookmarks or {}), dict(figures or {})
     with _collector_paused(resume=collect_after):
