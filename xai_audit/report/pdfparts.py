@@ -221,20 +221,21 @@ PartJob = tuple[str, Mapping[str, bytes] | None, datetime, Mapping[str, str], Ma
 def parts_pdf(jobs: Sequence[PartJob], laid_out: Callable[[int], None] | None = None) -> list[tuple[bytes, Marks]]:
     """Each part's PDF/A-3b, with no outline, and its pages' bookmarks and heights (for the outline of all);
     ``laid_out`` is told their page count once every part is laid out, before they are drawn."""
-    from xai_audit.report.render import PDF_VARIANT, _attachments, _document, data_only_url_fetcher
+    from xai_audit.report.pdfdoc import PDF_VARIANT, attachments, data_only_url_fetcher
+    from xai_audit.report.pdfdoc import laid_out as lay_out
 
     fetchers = [data_only_url_fetcher(figures) for *_, figures in jobs]
-    documents = [_document(page, labels, fetcher) for (page, _, _, labels, _), fetcher in zip(jobs, fetchers)]
+    documents = [lay_out(page, labels, fetcher) for (page, _, _, labels, _), fetcher in zip(jobs, fetchers)]
     if laid_out is not None:
         laid_out(sum(len(document.pages) for document in documents))
     made = []
-    for (_, attachments, when, _, _), fetcher, document in zip(jobs, fetchers, documents):
+    for (_, files, when, _, _), fetcher, document in zip(jobs, fetchers, documents):
         marks: Marks = []
         for page in document.pages:
             marks.append((list(page.bookmarks), page.height))
             page.bookmarks = []  # the outline is written once, for every part (merge)
         made.append((document.write_pdf(pdf_variant=PDF_VARIANT,
-                                        attachments=_attachments(attachments, when, fetcher)), marks))
+                                        attachments=attachments(files, when, fetcher)), marks))
     return made
 
 
@@ -243,7 +244,7 @@ def numbers_pdf(html: str, count: int, laid_out: Callable[[int], None] | None = 
     own stylesheet that show nothing but :data:`NUMBERED_BOX`."""
     from weasyprint import HTML
 
-    from xai_audit.report.render import PDF_VARIANT, data_only_url_fetcher
+    from xai_audit.report.pdfdoc import PDF_VARIANT, data_only_url_fetcher
 
     pages = '<div class="xai-audit-page"></div>' * (count - 1) + "<div></div>"
     page = f"{_numbers_head(html)}<style>{_NUMBERS_CSS}</style></head><body>{pages}</body></html>"
@@ -347,7 +348,7 @@ def part_key(page: str, labels: Mapping[str, str]) -> str:
     import pydyf
     import weasyprint
 
-    from xai_audit.report.render import PDF_VARIANT
+    from xai_audit.report.pdfdoc import PDF_VARIANT
 
     digest = hashlib.sha256()
     for value in (str(PART_FORMAT), weasyprint.__version__, pydyf.__version__, PDF_VARIANT,

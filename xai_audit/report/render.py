@@ -23,22 +23,29 @@ import contextvars
 import gc
 import hashlib
 import importlib.resources
-import io
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from jinja2 import BytecodeCache, ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 from jinja2.bccache import Bucket
 from markupsafe import Markup
 
-from xai_audit.errors import XaiAuditError
 from xai_audit.files import atomic_write, shown, write_together
 from xai_audit.judge.recommend import MANIFEST_NAME, manifest_csv
 from xai_audit.report.artifacts import ReportArtifacts
 from xai_audit.report.display import breakable_runs, column_widths, for_display
+from xai_audit.report.errors import ReportError, URLRefusedError  # noqa: F401 - URLRefusedError re-exported
 from xai_audit.report.figcache import figure_store, print_copy
+from xai_audit.report.pdfdoc import (  # noqa: F401 - EVIDENCE re-exported
+    EVIDENCE,
+    PDF_VARIANT,
+    PLAN_NAME,
+    data_only_url_fetcher,
+)
+from xai_audit.report.pdfdoc import attachments as _attachments
+from xai_audit.report.pdfdoc import laid_out as _document
 from xai_audit.report.tables import csv_tables, plan_as_run
 
 if TYPE_CHECKING:
@@ -52,26 +59,6 @@ PAGE_TEMPLATE = "report.html"
 CSS_TEMPLATE = "report.css"
 #: Output formats and the file each writes.
 FILENAMES = {"html": "report.html", "pdf": "report.pdf", "json": "results.json", "card": "README.md"}
-#: The plan as the audit ran it (results.json's ``plan`` as YAML), written beside the report.
-PLAN_NAME = "plan-as-run.yaml"
-#: The PDF standard the report is written to: PDF/A-3, level b (embedded files allowed).
-PDF_VARIANT = "pdf/a-3b"
-#: What each embedded file is, as the PDF's attachment list says it.
-EVIDENCE = {
-    "results.json": "Every number of this report (xai-audit results.json)",
-    PLAN_NAME: "The audit plan as it ran, defaults filled in",
-    MANIFEST_NAME: "The recommended fine-tuning data (one row per recommendation)",
-}
-
-
-class ReportError(XaiAuditError):
-    """The report could not be rendered or written."""
-
-
-class URLRefusedError(ReportError):
-    """The PDF renderer asked for a URL that is not an embedded ``data:`` URL."""
-
-
 def builtin_template_dir() -> Path:
     """The folder of the built-in templates (the ``xai_audit_templates`` package)."""
     try:
@@ -304,37 +291,6 @@ def _moment(results: Mapping[str, Any]) -> datetime:
 # -- PDF -------------------------------------------------------------------------
 
 
-def data_only_url_fetcher(figures: Mapping[str, tuple[bytes, str]] | None = None) -> Callable[..., Any]:
-    """A WeasyPrint URL fetcher that serves ``data:`` URLs and refuses every other scheme; ``figures`` (URL ->
-    (bytes, MIME type), made by :func:`_figures_by_reference`) are served from memory, by exact URL."""
-    figures = dict(figures or {})
-    try:
-        from weasyprint.urls import URLFetcher, URLFetcherResponse
-    except ImportError:  # WeasyPrint < 66: fetchers are plain functions returning dicts
-        from weasyprint import default_url_fetcher
-
-        def fetch(url: str, *args: Any, **kwargs: Any) -> Any:
-            if url in figures:
-                return {"string": figures[url][0], "mime_type": figures[url][1]}
-            _check_data_url(url)
-            return default_url_fetcher(url, *args, **kwargs)
-
-        return fetch
-
-    class DataOnlyURLFetcher(URLFetcher):
-        def __init__(self) -> None:
-            super().__init__(allowed_protocols=("data",), allow_redirects=False, fail_on_errors=False)
-
-        def fetch(self, url: str, headers: Any = None) -> Any:
-            if url in figures:
-                body, mime = figures[url]
-                return URLFetcherResponse(url, body, {"Content-Type": mime})
-            _check_data_url(url)
-            return super().fetch(url, headers)
-
-    return DataOnlyURLFetcher()
-
-
 #: the scheme of a figure the print page refers to rather than embeds (:func:`_figures_by_reference`)
 FIGURE_SCHEME = "xai-audit-figure"
 _REFERENCED: contextvars.ContextVar[dict[str, tuple[bytes, str]] | None] = contextvars.ContextVar(
@@ -370,14 +326,6 @@ def _printed_figure(uri: Any) -> Any:
     return url
 
 
-def _check_data_url(url: str) -> None:
-    if not str(url).lower().startswith("data:"):
-        scheme = str(url).split(":", 1)[0] if ":" in str(url) else "relative"
-        raise URLRefusedError(
-            f"the PDF renderer may only read embedded data: URLs; refused a {scheme} URL: {str(url)[:120]}"
-        )
-
-
 def _pdf_bytes(html: str, attachments: Mapping[str, bytes] | None = None, when: datetime | None = None,
                bookmarks: Mapping[str, str] | None = None,
                figures: Mapping[str, tuple[bytes, str]] | None = None, in_parts: bool = False,
@@ -400,27 +348,6 @@ def _pdf_bytes(html: str, attachments: Mapping[str, bytes] | None = None, when: 
         fetcher = data_only_url_fetcher(figures)
         document = _document(html, labels, fetcher)
         return document.write_pdf(pdf_variant=PDF_VARIANT, attachments=_attachments(attachments, when, fetcher))
-
-
-def _document(html: str, labels: Mapping[str, str], fetcher: Any) -> Any:
-    """``html`` laid out by WeasyPrint (a Document), its outline entries renamed by ``labels``."""
-    from weasyprint import HTML
-
-    document = HTML(string=html, url_fetcher=fetcher).render(pdf_variant=PDF_VARIANT)
-    for page in document.pages:
-        page.bookmarks = [(level, labels.get(label.strip(), label), target, state)
-                          for level, label, target, state in page.bookmarks]
-    return document
-
-
-def _attachments(attachments: Mapping[str, bytes] | None, when: datetime, fetcher: Any) -> list[Any]:
-    """The evidence as WeasyPrint attachments, dated ``when`` (naive UTC)."""
-    from weasyprint import Attachment
-
-    return [Attachment(file_obj=io.BytesIO(data), name=name, description=EVIDENCE.get(name), created=when,
-                       modified=when, relationship="Source" if name == "results.json" else "Supplement",
-                       url_fetcher=fetcher)
-            for name, data in (attachments or {}).items()]
 
 
 @contextlib.contextmanager
