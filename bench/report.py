@@ -32,8 +32,8 @@ RENDER_SHARE_LIMIT = 0.2
 
 
 def _cpu() -> float:
-    """CPU seconds of this process and of its children that have ended (the PDF's parts are laid out in a
-    child Python: report/pdfparts.py)."""
+    """CPU seconds of this process and of its children that have ended (work a report hands to another process
+    counts as rendering too; a library call's report, as here, lays its PDF out in this one)."""
     return time.process_time() + _child_cpu()
 
 

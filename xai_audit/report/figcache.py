@@ -86,18 +86,27 @@ class FigureStore:
         if not uri.startswith(prefix):
             return
         path = self._path(key, kind)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            data = base64.b64decode(uri[len(prefix):])
-            # renamed when whole, not synced: an entry a crash cut short fails its checksum and is drawn again,
-            # so the files.atomic_write a report's own files get (a synced file each) would buy nothing here
-            temp.write_bytes(data + _checksum(key, data))
-            os.replace(temp, path)
-        except Exception as exc:  # noqa: BLE001 - a full disk or a read-only folder costs a redraw, not the report
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            self.errors.append(f"{path}: cannot store a figure: {exc}")
+        data = base64.b64decode(uri[len(prefix):])
+        failed = store_entry(path, data + _checksum(key, data))
+        if failed:
+            self.errors.append(f"{path}: cannot store a figure: {failed}")
+
+
+def store_entry(path: Path, data: bytes) -> str | None:
+    """Write a cache entry (one that carries its own checksum) to ``path``: under a temporary name, renamed when
+    whole, not synced (an entry a crash cut short fails its checksum and is made again, so the files.atomic_write
+    a report's own files get, a synced file each, would buy nothing here). Returns why it could not be written,
+    or None: a full disk or a read-only folder costs the next run a redraw, never this report."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp.write_bytes(data)
+        os.replace(temp, path)
+    except Exception as exc:  # noqa: BLE001 - see above
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        return str(exc)
+    return None
 
 
 _STORE: contextvars.ContextVar[FigureStore | None] = contextvars.ContextVar("xai_audit_figure_store", default=None)

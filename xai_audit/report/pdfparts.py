@@ -307,7 +307,7 @@ def pdf_in_parts(html: str, attachments: Mapping[str, bytes] | None, when: datet
             there = helper.result() if helper is not None else None
             for i, done in zip(theirs, there or parts_pdf([jobs[i] for i in theirs])):  # a helper that failed
                 made[i] = done
-        numbered = numbering[0].result() if numbering and not numbers else None
+        numbered = numbering[0].result() if numbering else None  # (none where the cache had them)
     finally:  # an error here (WeasyPrint's, an interrupt) leaves no helper behind
         for process in [helper, *numbering]:
             if process is not None:
@@ -385,19 +385,11 @@ class PartStore:
             return None
 
     def put(self, key: str, pdf: bytes, marks: Marks) -> None:
-        path = self._path(key)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        from xai_audit.report.figcache import store_entry
+
         data = json.dumps(marks, ensure_ascii=False).encode("utf-8", "surrogatepass")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            checksum = hashlib.sha256(key.encode() + pdf + data).digest()
-            temp.write_bytes(pdf + data + len(pdf).to_bytes(8, "big") + checksum)
-            os.replace(temp, path)
-        except OSError:
-            try:
-                temp.unlink()
-            except OSError:
-                pass
+        checksum = hashlib.sha256(key.encode() + pdf + data).digest()
+        store_entry(self._path(key), pdf + data + len(pdf).to_bytes(8, "big") + checksum)
 
 
 # -- one PDF ---------------------------------------------------------------------
@@ -498,7 +490,7 @@ def _named_destinations(catalog: Any) -> list[tuple[str, Any]]:
     return found
 
 
-# -- the second part's process ---------------------------------------------------
+# -- helper processes ------------------------------------------------------------
 
 
 class _Helper:
